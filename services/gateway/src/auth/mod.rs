@@ -1,0 +1,374 @@
+//! Who is asking, proven by SigV4: the Authorization header, presigned
+//! query parameters, or nobody (anonymous, allowed only by public ACLs).
+
+pub mod chunked;
+pub mod sigv4;
+
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+use insitu_catalog::Catalog;
+
+use crate::error::{S3Error, S3ErrorCode, S3Result};
+use crate::limits::{MAX_CLOCK_SKEW_SECS, MAX_PRESIGN_EXPIRES_SECS};
+use chunked::ChunkSigning;
+use sigv4::{Scope, SigningKey};
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Anonymous,
+    User {
+        tenant: String,
+        access_key_id: String,
+        is_root: bool,
+    },
+}
+
+impl Principal {
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Anonymous => None,
+            Self::User { tenant, .. } => Some(tenant),
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        matches!(self, Self::User { is_root: true, .. })
+    }
+}
+
+/// How the request body must be checked against the signature.
+#[derive(Clone)]
+pub enum PayloadCheck {
+    /// `UNSIGNED-PAYLOAD`, anonymous, or presigned.
+    Unsigned,
+    /// The body's SHA-256 must equal this hex digest.
+    Sha256(String),
+    /// `aws-chunked` framing, signed chunks or not, with or without trailers.
+    Chunked {
+        signing: Option<ChunkSigning>,
+        trailer: bool,
+    },
+}
+
+pub struct Authenticated {
+    pub principal: Principal,
+    pub payload: PayloadCheck,
+    /// The signing key and scope, for POST policies and the like.
+    pub credential: Option<(String, Scope)>,
+}
+
+/// Root credentials live in configuration, not in the catalog, so that a
+/// lost catalog key can never lock the operator out.
+#[derive(Clone)]
+pub struct RootCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+pub const ROOT_TENANT: &str = "root";
+
+pub struct Authenticator<'a> {
+    pub catalog: &'a Catalog,
+    pub root: &'a RootCredentials,
+}
+
+/// The parts of a request that a signature covers.
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub raw_path: &'a str,
+    pub raw_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub now: i64,
+    /// SHA-256 of an already-read body, for clients (curl) that sign the
+    /// payload hash without sending `x-amz-content-sha256`.
+    pub body_sha256: Option<String>,
+}
+
+fn err(code: S3ErrorCode, msg: &str) -> S3Error {
+    S3Error::new(code, msg)
+}
+
+pub fn query_map(raw_query: &str) -> BTreeMap<String, String> {
+    raw_query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                sigv4::uri_decode(&k.replace('+', " ")),
+                sigv4::uri_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+impl Authenticator<'_> {
+    /// Finds the secret for an access key; unknown keys are refused.
+    pub fn lookup(&self, access_key_id: &str) -> S3Result<(Principal, String)> {
+        if sigv4::signatures_match(access_key_id, &self.root.access_key_id) {
+            return Ok((
+                Principal::User {
+                    tenant: ROOT_TENANT.to_string(),
+                    access_key_id: access_key_id.to_string(),
+                    is_root: true,
+                },
+                self.root.secret_access_key.clone(),
+            ));
+        }
+        match self.catalog.get_access_key(access_key_id)? {
+            Some(k) => Ok((
+                Principal::User {
+                    tenant: k.tenant,
+                    access_key_id: k.access_key_id,
+                    is_root: false,
+                },
+                k.secret_access_key,
+            )),
+            None => Err(err(
+                S3ErrorCode::InvalidAccessKeyId,
+                "The AWS Access Key Id you provided does not exist in our records.",
+            )),
+        }
+    }
+
+    pub fn authenticate(&self, req: &SignedRequest<'_>) -> S3Result<Authenticated> {
+        let query = query_map(req.raw_query);
+        if let Some(auth) = req.headers.get(http::header::AUTHORIZATION) {
+            let auth = auth.to_str().map_err(|_| {
+                err(
+                    S3ErrorCode::AuthorizationHeaderMalformed,
+                    "The authorization header is malformed.",
+                )
+            })?;
+            return self.header_auth(req, auth);
+        }
+        if query.contains_key("X-Amz-Algorithm") || query.contains_key("X-Amz-Signature") {
+            return self.presigned_auth(req, &query);
+        }
+        if query.contains_key("Signature") && query.contains_key("AWSAccessKeyId") {
+            return Err(err(
+                S3ErrorCode::InvalidRequest,
+                "Signature Version 2 is not supported; use SigV4.",
+            ));
+        }
+        Ok(Authenticated {
+            principal: Principal::Anonymous,
+            payload: PayloadCheck::Unsigned,
+            credential: None,
+        })
+    }
+
+    fn check_scope(scope: &Scope) -> S3Result<()> {
+        if scope.service != "s3" {
+            return Err(err(
+                S3ErrorCode::AuthorizationHeaderMalformed,
+                "The authorization header is malformed; the credential scope must name service 's3'.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn canonical_headers(headers: &HeaderMap, signed: &str) -> S3Result<Vec<(String, String)>> {
+        let names: Vec<&str> = signed.split(';').collect();
+        if !names.contains(&"host") {
+            return Err(err(
+                S3ErrorCode::AccessDenied,
+                "The host header must be signed.",
+            ));
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let values: Vec<String> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| sigv4::canonical_header_value(&String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            if values.is_empty() {
+                return Err(err(
+                    S3ErrorCode::SignatureDoesNotMatch,
+                    "A signed header is missing from the request.",
+                ));
+            }
+            out.push((name.to_string(), values.join(",")));
+        }
+        Ok(out)
+    }
+
+    fn header_auth(&self, req: &SignedRequest<'_>, auth: &str) -> S3Result<Authenticated> {
+        let parsed = sigv4::parse_authorization(auth).ok_or_else(|| {
+            err(
+                S3ErrorCode::AuthorizationHeaderMalformed,
+                "The authorization header is malformed.",
+            )
+        })?;
+        Self::check_scope(&parsed.scope)?;
+        let (principal, secret) = self.lookup(&parsed.access_key_id)?;
+        let amz_date = req
+            .headers
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                let d = req.headers.get(http::header::DATE)?.to_str().ok()?;
+                let t = httpdate::parse_http_date(d).ok()?;
+                Some(
+                    chrono::DateTime::<chrono::Utc>::from(t)
+                        .format("%Y%m%dT%H%M%SZ")
+                        .to_string(),
+                )
+            })
+            .ok_or_else(|| {
+                err(
+                    S3ErrorCode::AccessDenied,
+                    "AWS authentication requires a valid Date or x-amz-date header",
+                )
+            })?;
+        let t = sigv4::parse_amz_date(&amz_date).ok_or_else(|| {
+            err(
+                S3ErrorCode::AccessDenied,
+                "AWS authentication requires a valid Date or x-amz-date header",
+            )
+        })?;
+        if (req.now - t).abs() > MAX_CLOCK_SKEW_SECS {
+            return Err(err(
+                S3ErrorCode::RequestTimeTooSkewed,
+                "The difference between the request time and the current time is too large.",
+            ));
+        }
+        if !amz_date.starts_with(&parsed.scope.date) {
+            return Err(err(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "The credential date does not match the request date.",
+            ));
+        }
+        let content_sha = req
+            .headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.body_sha256.clone())
+            .unwrap_or_else(|| "UNSIGNED-PAYLOAD".to_string());
+        let headers = Self::canonical_headers(req.headers, &parsed.signed_headers)?;
+        let creq = sigv4::canonical_request(
+            req.method,
+            &sigv4::canonical_uri(req.raw_path),
+            &sigv4::canonical_query(req.raw_query, None),
+            &headers,
+            &parsed.signed_headers,
+            &content_sha,
+        );
+        let scope = parsed.scope.as_string();
+        let key = SigningKey::derive(&secret, &parsed.scope).ok_or_else(|| {
+            err(
+                S3ErrorCode::AuthorizationHeaderMalformed,
+                "The credential date is invalid.",
+            )
+        })?;
+        let expected = key.sign(&sigv4::string_to_sign(&amz_date, &scope, &creq));
+        if !sigv4::signatures_match(&expected, &parsed.signature) {
+            tracing::debug!(canonical_request = %creq, "signature mismatch");
+            return Err(err(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            ));
+        }
+        let payload = match content_sha.as_str() {
+            "UNSIGNED-PAYLOAD" => PayloadCheck::Unsigned,
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => PayloadCheck::Chunked { signing: None, trailer: true },
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" => PayloadCheck::Chunked {
+                signing: Some(ChunkSigning {
+                    key,
+                    amz_date,
+                    scope,
+                    seed_signature: parsed.signature.clone(),
+                }),
+                trailer: content_sha.ends_with("-TRAILER"),
+            },
+            h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => PayloadCheck::Sha256(h.to_ascii_lowercase()),
+            _ => {
+                return Err(err(
+                    S3ErrorCode::InvalidArgument,
+                    "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-*, or a SHA-256 hex digest.",
+                ))
+            }
+        };
+        Ok(Authenticated {
+            principal,
+            payload,
+            credential: Some((parsed.access_key_id, parsed.scope)),
+        })
+    }
+
+    fn presigned_auth(
+        &self,
+        req: &SignedRequest<'_>,
+        q: &BTreeMap<String, String>,
+    ) -> S3Result<Authenticated> {
+        let bad = |m: &str| err(S3ErrorCode::AuthorizationQueryParametersError, m);
+        if q.get("X-Amz-Algorithm").map(String::as_str) != Some(sigv4::ALGORITHM) {
+            return Err(bad("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\""));
+        }
+        let cred = q
+            .get("X-Amz-Credential")
+            .ok_or_else(|| bad("X-Amz-Credential is missing"))?;
+        let (akid, scope) =
+            sigv4::parse_credential(cred).ok_or_else(|| bad("X-Amz-Credential is malformed"))?;
+        Self::check_scope(&scope)?;
+        let amz_date = q
+            .get("X-Amz-Date")
+            .ok_or_else(|| bad("X-Amz-Date is missing"))?;
+        let t = sigv4::parse_amz_date(amz_date)
+            .ok_or_else(|| bad("X-Amz-Date must be in ISO 8601 format"))?;
+        let expires: i64 = q
+            .get("X-Amz-Expires")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("X-Amz-Expires must be a number of seconds"))?;
+        if !(1..=MAX_PRESIGN_EXPIRES_SECS).contains(&expires) {
+            return Err(bad("X-Amz-Expires must be between 1 and 604800 seconds"));
+        }
+        let signed = q
+            .get("X-Amz-SignedHeaders")
+            .ok_or_else(|| bad("X-Amz-SignedHeaders is missing"))?;
+        let signature = q
+            .get("X-Amz-Signature")
+            .ok_or_else(|| bad("X-Amz-Signature is missing"))?;
+        let (principal, secret) = self.lookup(&akid)?;
+        if t - req.now > MAX_CLOCK_SKEW_SECS {
+            return Err(err(S3ErrorCode::AccessDenied, "Request is not valid yet"));
+        }
+        if req.now > t + expires {
+            return Err(err(S3ErrorCode::AccessDenied, "Request has expired"));
+        }
+        let headers = Self::canonical_headers(req.headers, signed)?;
+        let payload_hash = req
+            .headers
+            .get("x-amz-content-sha256")
+            .filter(|_| signed.split(';').any(|h| h == "x-amz-content-sha256"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("UNSIGNED-PAYLOAD");
+        let creq = sigv4::canonical_request(
+            req.method,
+            &sigv4::canonical_uri(req.raw_path),
+            &sigv4::canonical_query(req.raw_query, Some("X-Amz-Signature")),
+            &headers,
+            signed,
+            payload_hash,
+        );
+        let key = SigningKey::derive(&secret, &scope)
+            .ok_or_else(|| bad("The credential date is invalid."))?;
+        let expected = key.sign(&sigv4::string_to_sign(amz_date, &scope.as_string(), &creq));
+        if !sigv4::signatures_match(&expected, signature) {
+            return Err(err(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            ));
+        }
+        Ok(Authenticated {
+            principal,
+            payload: PayloadCheck::Unsigned,
+            credential: Some((akid, scope)),
+        })
+    }
+}

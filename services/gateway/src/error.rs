@@ -1,0 +1,227 @@
+//! S3 errors, and the one place where every failure becomes an S3 XML body.
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use insitu_catalog::CatalogError;
+
+/// The standard S3 error codes this gateway returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3ErrorCode {
+    AccessDenied,
+    AuthorizationHeaderMalformed,
+    AuthorizationQueryParametersError,
+    BadDigest,
+    BucketAlreadyExists,
+    BucketAlreadyOwnedByYou,
+    BucketNotEmpty,
+    EntityTooLarge,
+    EntityTooSmall,
+    IncompleteBody,
+    InternalError,
+    InvalidAccessKeyId,
+    InvalidArgument,
+    InvalidBucketName,
+    InvalidDigest,
+    InvalidPart,
+    InvalidPartOrder,
+    InvalidPolicyDocument,
+    InvalidRange,
+    InvalidRequest,
+    KeyTooLongError,
+    MalformedAclError,
+    MalformedPostRequest,
+    MalformedXml,
+    MetadataTooLarge,
+    MethodNotAllowed,
+    MissingContentLength,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    NoSuchVersion,
+    NotImplemented,
+    PreconditionFailed,
+    RequestTimeTooSkewed,
+    ServiceUnavailable,
+    SignatureDoesNotMatch,
+    XAmzContentSha256Mismatch,
+}
+
+impl S3ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use S3ErrorCode::*;
+        match self {
+            AccessDenied => "AccessDenied",
+            AuthorizationHeaderMalformed => "AuthorizationHeaderMalformed",
+            AuthorizationQueryParametersError => "AuthorizationQueryParametersError",
+            BadDigest => "BadDigest",
+            BucketAlreadyExists => "BucketAlreadyExists",
+            BucketAlreadyOwnedByYou => "BucketAlreadyOwnedByYou",
+            BucketNotEmpty => "BucketNotEmpty",
+            EntityTooLarge => "EntityTooLarge",
+            EntityTooSmall => "EntityTooSmall",
+            IncompleteBody => "IncompleteBody",
+            InternalError => "InternalError",
+            InvalidAccessKeyId => "InvalidAccessKeyId",
+            InvalidArgument => "InvalidArgument",
+            InvalidBucketName => "InvalidBucketName",
+            InvalidDigest => "InvalidDigest",
+            InvalidPart => "InvalidPart",
+            InvalidPartOrder => "InvalidPartOrder",
+            InvalidPolicyDocument => "InvalidPolicyDocument",
+            InvalidRange => "InvalidRange",
+            InvalidRequest => "InvalidRequest",
+            KeyTooLongError => "KeyTooLongError",
+            MalformedAclError => "MalformedACLError",
+            MalformedPostRequest => "MalformedPOSTRequest",
+            MalformedXml => "MalformedXML",
+            MetadataTooLarge => "MetadataTooLarge",
+            MethodNotAllowed => "MethodNotAllowed",
+            MissingContentLength => "MissingContentLength",
+            NoSuchBucket => "NoSuchBucket",
+            NoSuchKey => "NoSuchKey",
+            NoSuchUpload => "NoSuchUpload",
+            NoSuchVersion => "NoSuchVersion",
+            NotImplemented => "NotImplemented",
+            PreconditionFailed => "PreconditionFailed",
+            RequestTimeTooSkewed => "RequestTimeTooSkewed",
+            ServiceUnavailable => "ServiceUnavailable",
+            SignatureDoesNotMatch => "SignatureDoesNotMatch",
+            XAmzContentSha256Mismatch => "XAmzContentSHA256Mismatch",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        use S3ErrorCode::*;
+        match self {
+            AccessDenied | InvalidAccessKeyId | RequestTimeTooSkewed | SignatureDoesNotMatch => {
+                StatusCode::FORBIDDEN
+            }
+            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
+            NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchVersion => StatusCode::NOT_FOUND,
+            InvalidRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            MissingContentLength => StatusCode::LENGTH_REQUIRED,
+            PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct S3Error {
+    pub code: S3ErrorCode,
+    pub message: String,
+    pub resource: Option<String>,
+}
+
+impl S3Error {
+    pub fn new(code: S3ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            resource: None,
+        }
+    }
+
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(
+            S3ErrorCode::InternalError,
+            "We encountered an internal error. Please try again.",
+        )
+    }
+
+    pub fn access_denied() -> Self {
+        Self::new(S3ErrorCode::AccessDenied, "Access Denied")
+    }
+
+    pub fn no_such_key(key: &str) -> Self {
+        Self::new(S3ErrorCode::NoSuchKey, "The specified key does not exist.").with_resource(key)
+    }
+
+    pub fn no_such_bucket(bucket: &str) -> Self {
+        Self::new(
+            S3ErrorCode::NoSuchBucket,
+            "The specified bucket does not exist",
+        )
+        .with_resource(bucket)
+    }
+
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(S3ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_implemented(what: &str) -> Self {
+        Self::new(
+            S3ErrorCode::NotImplemented,
+            format!("{what} is not implemented by insitu"),
+        )
+    }
+}
+
+impl From<CatalogError> for S3Error {
+    fn from(e: CatalogError) -> Self {
+        use S3ErrorCode::*;
+        match e {
+            CatalogError::BucketAlreadyExists(b) => S3Error::new(
+                BucketAlreadyExists,
+                "The requested bucket name is not available. The bucket namespace is shared by all users of the system.",
+            )
+            .with_resource(b),
+            CatalogError::BucketAlreadyOwnedByYou(b) => S3Error::new(
+                BucketAlreadyOwnedByYou,
+                "Your previous request to create the named bucket succeeded and you already own it.",
+            )
+            .with_resource(b),
+            CatalogError::NoSuchBucket(b) => S3Error::no_such_bucket(&b),
+            CatalogError::BucketNotEmpty(b) => {
+                S3Error::new(BucketNotEmpty, "The bucket you tried to delete is not empty").with_resource(b)
+            }
+            CatalogError::NoSuchUpload(u) => S3Error::new(
+                NoSuchUpload,
+                "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+            )
+            .with_resource(u),
+            other => S3Error::internal(other),
+        }
+    }
+}
+
+pub fn xml_escape(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
+}
+
+impl IntoResponse for S3Error {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let resource = self
+            .resource
+            .as_deref()
+            .map(|r| format!("<Resource>{}</Resource>", xml_escape(r)))
+            .unwrap_or_default();
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message>{resource}<RequestId>{request_id}</RequestId></Error>",
+            self.code.as_str(),
+            xml_escape(&self.message),
+        );
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/xml")
+            .header("x-amz-request-id", request_id)
+            .body(Body::from(body))
+            .unwrap_or_default()
+    }
+}
+
+pub type S3Result<T> = Result<T, S3Error>;

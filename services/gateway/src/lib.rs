@@ -1,0 +1,261 @@
+//! The insitu gateway: S3 API, admin API, authentication, placement, and
+//! the background collector of unreferenced blobs.
+
+pub mod admin_api;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod limits;
+pub mod nodes;
+pub mod s3;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use insitu_catalog::{Catalog, CatalogError, NodeRecord};
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use auth::{Authenticator, RootCredentials, SignedRequest};
+use error::{S3Error, S3ErrorCode};
+use nodes::NodeSet;
+
+#[derive(Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Where the catalog's rocksdb lives.
+    pub catalog_dir: PathBuf,
+    /// With a domain, `bucket.domain` hosts address buckets (virtual-hosted
+    /// style); path style always works.
+    pub domain: Option<String>,
+    pub region: String,
+    pub replicas: usize,
+    pub root: RootCredentials,
+    pub cluster_secret: String,
+    /// How long an unreferenced blob waits before deletion, so a GET that
+    /// looked up the old record just before an overwrite can still open it.
+    pub gc_grace: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct Gateway {
+    pub catalog: Catalog,
+    pub nodes: NodeSet,
+    pub config: GatewayConfig,
+}
+
+impl Gateway {
+    pub fn open(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        let catalog = Catalog::open(&config.catalog_dir)?;
+        catalog.ensure_tenant(auth::ROOT_TENANT)?;
+        let nodes = NodeSet::new(config.cluster_secret.clone());
+        for n in catalog.list_nodes()? {
+            nodes.set_node(&n.id, &n.addr);
+        }
+        Ok(Arc::new(Self {
+            catalog,
+            nodes,
+            config,
+        }))
+    }
+
+    /// Records where a storage node listens now; its id is permanent.
+    pub fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
+        self.catalog.put_node(&NodeRecord {
+            id: id.to_string(),
+            addr: addr.to_string(),
+            registered_ms: insitu_catalog::now_ms(),
+        })?;
+        self.nodes.set_node(id, addr);
+        tracing::info!(node = %id, addr = %addr, "storage node registered");
+        Ok(())
+    }
+
+    pub async fn bind(&self) -> Result<TcpListener, GatewayError> {
+        TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| GatewayError::Listen {
+                addr: self.config.listen,
+                source,
+            })
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let gc = tokio::spawn(collect_garbage(self.clone()));
+        let app = Router::new().fallback(handle).with_state(self.clone());
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        gc.abort();
+        result.map_err(GatewayError::Serve)
+    }
+
+    /// Splits a request into (bucket, key) by virtual host or path.
+    fn bucket_and_key(
+        &self,
+        host: Option<&str>,
+        raw_path: &str,
+    ) -> (Option<String>, Option<String>) {
+        let path = auth::sigv4::uri_decode(raw_path);
+        let path = path.strip_prefix('/').unwrap_or(&path);
+        if let (Some(domain), Some(host)) = (&self.config.domain, host) {
+            let host = host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(h, _)| h);
+            if let Some(bucket) = host
+                .strip_suffix(domain.as_str())
+                .and_then(|b| b.strip_suffix('.'))
+            {
+                if !bucket.is_empty() {
+                    let key = (!path.is_empty()).then(|| path.to_string());
+                    return (Some(bucket.to_string()), key);
+                }
+            }
+        }
+        match path.split_once('/') {
+            None if path.is_empty() => (None, None),
+            None => (Some(path.to_string()), None),
+            Some((b, "")) => (Some(b.to_string()), None),
+            Some((b, k)) => (Some(b.to_string()), Some(k.to_string())),
+        }
+    }
+}
+
+async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let mut resp = route_request(gw, req).await;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::SERVER,
+        http::HeaderValue::from_static("insitu"),
+    );
+    if !headers.contains_key("x-amz-request-id") {
+        if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()) {
+            headers.insert("x-amz-request-id", v);
+        }
+    }
+    resp
+}
+
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>(_: &T) {}
+    fn probe(gw: Arc<Gateway>, req: Request) {
+        is_send(&route_request(gw.clone(), req));
+    }
+}
+
+async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let raw_path = parts.uri.path().to_string();
+    if raw_path.starts_with("/_insitu/") {
+        return admin_api::handle(gw, parts, body).await;
+    }
+    let raw_query = parts.uri.query().unwrap_or("").to_string();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let (bucket, key) = gw.bucket_and_key(host, &raw_path);
+    let auth = {
+        let authenticator = Authenticator {
+            catalog: &gw.catalog,
+            root: &gw.config.root,
+        };
+        let signed = SignedRequest {
+            method: parts.method.as_str(),
+            raw_path: &raw_path,
+            raw_query: &raw_query,
+            headers: &parts.headers,
+            now: chrono::Utc::now().timestamp(),
+            body_sha256: None,
+        };
+        match authenticator.authenticate(&signed) {
+            Ok(a) => a,
+            Err(e) => return e.into_response(),
+        }
+    };
+    if let Some(k) = &key {
+        if k.len() > limits::MAX_KEY_BYTES {
+            return S3Error::new(
+                S3ErrorCode::KeyTooLongError,
+                "Your key is too long (the limit is 1024 bytes).",
+            )
+            .into_response();
+        }
+    }
+    let req = s3::S3Request {
+        method: parts.method,
+        bucket,
+        key,
+        query: auth::query_map(&raw_query),
+        headers: parts.headers,
+        auth,
+        body: std::sync::Mutex::new(Some(body)),
+        trailers: Default::default(),
+    };
+    s3::dispatch(gw, req).await
+}
+
+/// Deletes blobs that no record references any more, once their grace
+/// period has passed. An entry stays queued until every replica is gone.
+async fn collect_garbage(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(
+        Duration::from_secs(1).min(gw.config.gc_grace.max(Duration::from_millis(200))),
+    );
+    loop {
+        tick.tick().await;
+        let entries = match gw.catalog.list_gc(256) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the GC queue");
+                continue;
+            }
+        };
+        let cutoff = insitu_catalog::now_ms() - gw.config.gc_grace.as_millis() as i64;
+        for entry in entries.into_iter().filter(|e| e.queued_ms <= cutoff) {
+            let mut all_gone = true;
+            for node in &entry.blob.replicas {
+                if let Err(e) = gw.nodes.delete(node, &entry.blob.id).await {
+                    tracing::debug!(node = %node, blob = %entry.blob.id, error = %e, "GC delete failed; will retry");
+                    all_gone = false;
+                }
+            }
+            if all_gone {
+                if let Err(e) = gw.catalog.remove_gc(&entry.blob.id) {
+                    tracing::error!(error = %e, "cannot update the GC queue");
+                }
+            }
+        }
+    }
+}
+
+/// Builds a bodiless response with a status; used by the admin API too.
+pub fn status_response(status: http::StatusCode) -> Response {
+    Response::builder()
+        .status(status)
+        .body(Body::empty())
+        .unwrap_or_default()
+}

@@ -1,0 +1,266 @@
+//! Bucket operations: list, create, head, location, delete, and
+//! DeleteObjects (a bucket-level POST).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use insitu_catalog::CannedAcl;
+use serde::Deserialize;
+
+use super::access::{owned_bucket, writable_bucket};
+use super::{empty_response, xml, xml_response, S3Request};
+use crate::body::read_small;
+use crate::error::{xml_escape, S3Error, S3ErrorCode, S3Result};
+use crate::limits::{MAX_DELETE_KEYS, MAX_XML_BODY_BYTES};
+use crate::Gateway;
+
+/// S3 bucket naming rules: 3–63 characters of lower-case letters, digits,
+/// dots and hyphens; starting and ending with a letter or digit; no `..`;
+/// not an IP address; none of the reserved prefixes and suffixes.
+pub fn validate_bucket_name(name: &str) -> S3Result<()> {
+    let bad = |why: &str| {
+        S3Error::new(
+            S3ErrorCode::InvalidBucketName,
+            format!("The specified bucket is not valid: {why}"),
+        )
+        .with_resource(name)
+    };
+    if !(3..=63).contains(&name.len()) {
+        return Err(bad("bucket names must be 3 to 63 characters long"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return Err(bad(
+            "bucket names may contain only lower-case letters, digits, dots and hyphens",
+        ));
+    }
+    let first = name.as_bytes()[0];
+    let last = name.as_bytes()[name.len() - 1];
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Err(bad(
+            "bucket names must begin and end with a letter or digit",
+        ));
+    }
+    if name.contains("..") || name.contains(".-") || name.contains("-.") {
+        return Err(bad(
+            "bucket names must not contain adjacent dots or dots next to hyphens",
+        ));
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(bad("bucket names must not look like an IP address"));
+    }
+    if name.starts_with("xn--")
+        || name.starts_with("sthree-")
+        || name.ends_with("-s3alias")
+        || name.ends_with("--ol-s3")
+    {
+        return Err(bad("bucket names must not use a reserved prefix or suffix"));
+    }
+    Ok(())
+}
+
+pub fn canned_acl_header(req: &S3Request) -> S3Result<Option<CannedAcl>> {
+    match req.header("x-amz-acl") {
+        None => Ok(None),
+        Some(v) => CannedAcl::parse(v).map(Some).ok_or_else(|| {
+            S3Error::new(
+                S3ErrorCode::InvalidArgument,
+                format!("Unsupported canned ACL {v:?}"),
+            )
+        }),
+    }
+}
+
+pub fn require_user(req: &S3Request) -> S3Result<&str> {
+    req.principal().tenant().ok_or_else(S3Error::access_denied)
+}
+
+pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let tenant = require_user(req)?;
+    let buckets = gw.catalog.list_buckets(tenant)?;
+    let mut out = format!(
+        "{}<ListAllMyBucketsResult xmlns=\"{}\">",
+        xml::HEADER,
+        xml::NS
+    );
+    xml::owner(&mut out, tenant);
+    out.push_str("<Buckets>");
+    for b in buckets {
+        out.push_str("<Bucket>");
+        xml::elem(&mut out, "Name", &b.name);
+        xml::elem(&mut out, "CreationDate", &xml::iso8601(b.created_ms));
+        out.push_str("</Bucket>");
+    }
+    out.push_str("</Buckets></ListAllMyBucketsResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct CreateBucketConfiguration {
+    location_constraint: Option<String>,
+}
+
+pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    let tenant = require_user(&req)?.to_string();
+    let name = req.bucket()?.to_string();
+    validate_bucket_name(&name)?;
+    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let conf: CreateBucketConfiguration = xml::parse(&body)?;
+        if let Some(loc) = conf.location_constraint.filter(|l| !l.is_empty()) {
+            if loc != gw.config.region {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    format!("The location constraint {loc:?} is incompatible with this endpoint's region {:?}.", gw.config.region),
+                ));
+            }
+        }
+    }
+    match gw.catalog.create_bucket(&name, &tenant, acl) {
+        Ok(_) => {}
+        // S3 (outside us-east-1 legacy) reports a repeat create by the owner.
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(bucket = %name, tenant = %tenant, "bucket created");
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::LOCATION, format!("/{name}"))
+        .body(axum::body::Body::empty())
+        .unwrap_or_default())
+}
+
+pub async fn head_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let b = super::access::readable_bucket(gw, req.principal(), req.bucket()?)?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("x-amz-bucket-region", &gw.config.region)
+        .header("x-insitu-bucket-owner", b.owner)
+        .body(axum::body::Body::empty())
+        .unwrap_or_default())
+}
+
+pub async fn get_location(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    owned_bucket(gw, req.principal(), req.bucket()?)?;
+    // us-east-1 is reported as an empty constraint, as S3 does.
+    let region = if gw.config.region == "us-east-1" {
+        String::new()
+    } else {
+        xml_escape(&gw.config.region)
+    };
+    Ok(xml_response(
+        StatusCode::OK,
+        format!(
+            "{}<LocationConstraint xmlns=\"{}\">{region}</LocationConstraint>",
+            xml::HEADER,
+            xml::NS
+        ),
+    ))
+}
+
+pub async fn delete_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let name = req.bucket()?;
+    owned_bucket(gw, req.principal(), name)?;
+    gw.catalog.delete_bucket(name)?;
+    tracing::info!(bucket = %name, "bucket deleted");
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteRequest {
+    #[serde(default)]
+    quiet: bool,
+    #[serde(default, rename = "Object")]
+    objects: Vec<DeleteEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteEntry {
+    key: String,
+    version_id: Option<String>,
+}
+
+pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    let name = req.bucket()?.to_string();
+    let principal = req.principal().clone();
+    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    let parsed: DeleteRequest = xml::parse(&body)?;
+    if parsed.objects.is_empty() || parsed.objects.len() > MAX_DELETE_KEYS {
+        return Err(S3Error::new(
+            S3ErrorCode::MalformedXml,
+            "A Delete request must name between 1 and 1000 objects.",
+        ));
+    }
+    let allowed = writable_bucket(gw, &principal, &name);
+    let mut out = format!("{}<DeleteResult xmlns=\"{}\">", xml::HEADER, xml::NS);
+    for entry in parsed.objects {
+        let result = match (&allowed, entry.version_id.as_deref()) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Some(v)) if v != "null" => Err(S3Error::new(
+                S3ErrorCode::NoSuchVersion,
+                "The specified version does not exist.",
+            )),
+            (Ok(_), _) => gw
+                .catalog
+                .delete_object(&name, &entry.key)
+                .map_err(S3Error::from),
+        };
+        match result {
+            Ok(_) => {
+                if !parsed.quiet {
+                    out.push_str("<Deleted>");
+                    xml::elem(&mut out, "Key", &entry.key);
+                    if let Some(v) = &entry.version_id {
+                        xml::elem(&mut out, "VersionId", v);
+                    }
+                    out.push_str("</Deleted>");
+                }
+            }
+            Err(e) => {
+                out.push_str("<Error>");
+                xml::elem(&mut out, "Key", &entry.key);
+                xml::elem(&mut out, "Code", e.code.as_str());
+                xml::elem(&mut out, "Message", &e.message);
+                out.push_str("</Error>");
+            }
+        }
+    }
+    out.push_str("</DeleteResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["abc", "my-bucket.1", "a1b", &"a".repeat(63)] {
+            assert!(validate_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Abc",
+            "a_b",
+            "-abc",
+            "abc-",
+            "a..b",
+            "192.168.1.1",
+            "xn--abc",
+            "_insitu",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                validate_bucket_name(bad).unwrap_err().code,
+                S3ErrorCode::InvalidBucketName,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! CopyObject, and the copy-source parsing that UploadPartCopy shares.
+//! Bytes are streamed from a source replica to the new blob's replicas.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::{StreamExt, TryStreamExt};
+use insitu_catalog::{now_ms, ObjectRecord};
+
+use super::access::{readable_object, writable_bucket};
+use super::bucket::canned_acl_header;
+use super::get::{evaluate_preconditions, ByteRange, Precondition};
+use super::put::{node_error, object_headers, store_body, validate_key, StoredBody};
+use super::{xml, xml_response, S3Request};
+use crate::auth::sigv4::uri_decode;
+use crate::body::BodyExpectations;
+use crate::error::{S3Error, S3ErrorCode, S3Result};
+use crate::limits::MAX_OBJECT_BYTES;
+use crate::Gateway;
+
+/// The readable source of a copy, with its record.
+pub struct CopySource {
+    pub bucket: String,
+    pub key: String,
+    pub object: ObjectRecord,
+}
+
+/// Parses `x-amz-copy-source` (`[/]bucket/key[?versionId=null]`, URL-encoded),
+/// checks read access and the `x-amz-copy-source-if-*` conditions.
+pub fn copy_source(gw: &Gateway, req: &S3Request) -> S3Result<CopySource> {
+    let raw = req.header("x-amz-copy-source").unwrap_or_default();
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    if let Some(v) = query.strip_prefix("versionId=") {
+        if v != "null" {
+            return Err(S3Error::new(
+                S3ErrorCode::NoSuchVersion,
+                "The specified version does not exist.",
+            ));
+        }
+    }
+    let decoded = uri_decode(path);
+    let (bucket, key) = decoded
+        .trim_start_matches('/')
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+            )
+        })?;
+    let (_, object) = readable_object(gw, req.principal(), bucket, key)?;
+    match evaluate_preconditions(
+        req.header("x-amz-copy-source-if-match"),
+        req.header("x-amz-copy-source-if-none-match"),
+        req.header("x-amz-copy-source-if-modified-since"),
+        req.header("x-amz-copy-source-if-unmodified-since"),
+        &object,
+    ) {
+        Precondition::Ok => {}
+        _ => {
+            return Err(S3Error::new(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            ))
+        }
+    }
+    Ok(CopySource {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        object,
+    })
+}
+
+/// Streams `range` (or all) of the source into a new blob.
+pub async fn copy_bytes(
+    gw: &Gateway,
+    src: &ObjectRecord,
+    range: Option<ByteRange>,
+    nodes: Option<Vec<String>>,
+) -> S3Result<StoredBody> {
+    let len = range.map_or(src.size, |r| r.end - r.start + 1);
+    let body = if len == 0 {
+        futures::stream::empty().boxed()
+    } else {
+        gw.nodes
+            .get(&src.blob, range.map(|r| (r.start, r.end)))
+            .await
+            .map_err(node_error)?
+            .map_err(S3Error::internal)
+            .boxed()
+    };
+    let expect = BodyExpectations {
+        length: Some(len),
+        max_length: MAX_OBJECT_BYTES,
+        ..Default::default()
+    };
+    store_body(gw, body, expect, nodes).await
+}
+
+pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
+    let bucket = req.bucket()?.to_string();
+    let key = req.key()?.to_string();
+    validate_key(&key)?;
+    let dest = writable_bucket(gw, req.principal(), &bucket)?;
+    let src = copy_source(gw, &req)?;
+    let replace = match req.header("x-amz-metadata-directive") {
+        None | Some("COPY") => false,
+        Some("REPLACE") => true,
+        Some(other) => {
+            return Err(S3Error::invalid_argument(format!(
+                "Unknown metadata directive {other:?}"
+            )))
+        }
+    };
+    if src.bucket == bucket && src.key == key && !replace {
+        return Err(S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+        ));
+    }
+    let headers = if replace {
+        object_headers(&req)?
+    } else {
+        src.object.headers.clone()
+    };
+    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let stored = copy_bytes(gw, &src.object, None, None).await?;
+    let rec = ObjectRecord {
+        size: stored.blob.size,
+        etag: stored.etag(),
+        last_modified_ms: now_ms(),
+        owner: dest.owner,
+        headers,
+        acl,
+        blob: stored.blob.clone(),
+        parts_count: 0,
+        part_sizes: vec![],
+    };
+    if let Err(e) = gw.catalog.put_object(&bucket, &key, &rec) {
+        gw.nodes
+            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
+            .await;
+        return Err(e.into());
+    }
+    let mut out = format!("{}<CopyObjectResult xmlns=\"{}\">", xml::HEADER, xml::NS);
+    xml::elem(
+        &mut out,
+        "LastModified",
+        &xml::iso8601(rec.last_modified_ms),
+    );
+    xml::elem(&mut out, "ETag", &format!("\"{}\"", rec.etag));
+    out.push_str("</CopyObjectResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}

@@ -1,0 +1,321 @@
+//! GetObject and HeadObject: conditional requests, ranges, part reads, and
+//! `response-*` header overrides. Bodies stream straight from a replica.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use insitu_catalog::ObjectRecord;
+
+use super::access::readable_object;
+use super::{xml, S3Request};
+use crate::error::{S3Error, S3ErrorCode, S3Result};
+use crate::Gateway;
+
+/// A resolved byte range, inclusive.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Parses one `bytes=` range against an object of `size` bytes. `Ok(None)`
+/// means "ignore the header", which is what S3 does with forms it does not
+/// support (several ranges, other units, garbage).
+pub fn parse_range(value: &str, size: u64) -> S3Result<Option<ByteRange>> {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let unsatisfiable = || {
+        S3Error::new(
+            S3ErrorCode::InvalidRange,
+            "The requested range is not satisfiable",
+        )
+    };
+    let range = if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable());
+        }
+        ByteRange {
+            start: size.saturating_sub(n),
+            end: size - 1,
+        }
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return Ok(None);
+        };
+        let end = if b.is_empty() {
+            u64::MAX
+        } else {
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => e,
+                _ => return Ok(None),
+            }
+        };
+        if start >= size {
+            return Err(unsatisfiable());
+        }
+        ByteRange {
+            start,
+            end: end.min(size - 1),
+        }
+    };
+    Ok(Some(range))
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|t| t == "*" || t == etag)
+}
+
+fn header_time_ms(v: Option<&str>) -> Option<i64> {
+    let t = httpdate::parse_http_date(v?).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+pub enum Precondition {
+    Ok,
+    NotModified,
+    Failed,
+}
+
+/// RFC 7232 evaluation as S3 does it: If-Match wins over
+/// If-Unmodified-Since, If-None-Match over If-Modified-Since. HTTP dates
+/// have second precision, so times are compared in whole seconds.
+pub fn evaluate_preconditions(
+    if_match: Option<&str>,
+    if_none_match: Option<&str>,
+    if_modified_since: Option<&str>,
+    if_unmodified_since: Option<&str>,
+    obj: &ObjectRecord,
+) -> Precondition {
+    let modified_s = obj.last_modified_ms / 1000;
+    if let Some(m) = if_match {
+        if !etag_matches(m, &obj.etag) {
+            return Precondition::Failed;
+        }
+    } else if let Some(t) = header_time_ms(if_unmodified_since) {
+        if modified_s > t / 1000 {
+            return Precondition::Failed;
+        }
+    }
+    if let Some(m) = if_none_match {
+        if etag_matches(m, &obj.etag) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(t) = header_time_ms(if_modified_since) {
+        if modified_s <= t / 1000 {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Ok
+}
+
+fn add_object_headers(
+    mut r: http::response::Builder,
+    obj: &ObjectRecord,
+    req: &S3Request,
+) -> http::response::Builder {
+    let h = &obj.headers;
+    let pick = |override_name: &str, stored: &Option<String>| {
+        req.query(override_name)
+            .map(str::to_string)
+            .or_else(|| stored.clone())
+    };
+    let content_type = pick("response-content-type", &h.content_type)
+        .unwrap_or_else(|| "binary/octet-stream".to_string());
+    r = r
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::ETAG, format!("\"{}\"", obj.etag))
+        .header(
+            http::header::LAST_MODIFIED,
+            xml::http_date(obj.last_modified_ms),
+        )
+        .header(http::header::ACCEPT_RANGES, "bytes");
+    for (name, query, stored) in [
+        ("cache-control", "response-cache-control", &h.cache_control),
+        (
+            "content-disposition",
+            "response-content-disposition",
+            &h.content_disposition,
+        ),
+        (
+            "content-encoding",
+            "response-content-encoding",
+            &h.content_encoding,
+        ),
+        (
+            "content-language",
+            "response-content-language",
+            &h.content_language,
+        ),
+        ("expires", "response-expires", &h.expires),
+    ] {
+        if let Some(v) = pick(query, stored) {
+            r = r.header(name, v);
+        }
+    }
+    for (k, v) in &h.user_metadata {
+        r = r.header(format!("x-amz-meta-{k}"), v);
+    }
+    r
+}
+
+pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Result<Response> {
+    let bucket = req.bucket()?;
+    let key = req.key()?;
+    req.check_version_id()?;
+    let (_, obj) = readable_object(gw, req.principal(), bucket, key)?;
+
+    match evaluate_preconditions(
+        req.header("if-match"),
+        req.header("if-none-match"),
+        req.header("if-modified-since"),
+        req.header("if-unmodified-since"),
+        &obj,
+    ) {
+        Precondition::Ok => {}
+        Precondition::NotModified => {
+            return Ok(Response::builder()
+                .status(StatusCode::NOT_MODIFIED)
+                .header(http::header::ETAG, format!("\"{}\"", obj.etag))
+                .header(
+                    http::header::LAST_MODIFIED,
+                    xml::http_date(obj.last_modified_ms),
+                )
+                .body(Body::empty())
+                .unwrap_or_default())
+        }
+        Precondition::Failed => {
+            return Err(S3Error::new(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            ))
+        }
+    }
+
+    let mut range = None;
+    let mut parts_count = None;
+    if let Some(pn) = req.query("partNumber") {
+        let n: u32 = pn.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })?;
+        if obj.parts_count == 0 {
+            if n != 1 {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidRange,
+                    "The requested partnumber is not satisfiable",
+                ));
+            }
+        } else {
+            let idx = (n - 1) as usize;
+            let size = *obj.part_sizes.get(idx).ok_or_else(|| {
+                S3Error::new(
+                    S3ErrorCode::InvalidRange,
+                    "The requested partnumber is not satisfiable",
+                )
+            })?;
+            let start: u64 = obj.part_sizes[..idx].iter().sum();
+            if size > 0 {
+                range = Some(ByteRange {
+                    start,
+                    end: start + size - 1,
+                });
+            }
+            parts_count = Some(obj.parts_count);
+        }
+    } else if let Some(r) = req.header("range") {
+        range = parse_range(r, obj.size).map_err(|e| e.with_resource(key))?;
+    }
+
+    let mut builder = add_object_headers(Response::builder(), &obj, req);
+    if let Some(n) = parts_count {
+        builder = builder.header("x-amz-mp-parts-count", n);
+    }
+    let (status, len) = match range {
+        Some(r) => {
+            builder = builder.header(
+                http::header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end, obj.size),
+            );
+            (StatusCode::PARTIAL_CONTENT, r.end - r.start + 1)
+        }
+        None => (StatusCode::OK, obj.size),
+    };
+    builder = builder
+        .status(status)
+        .header(http::header::CONTENT_LENGTH, len);
+    if head_only {
+        return Ok(builder.body(Body::empty()).unwrap_or_default());
+    }
+    let body = if len == 0 {
+        Body::empty()
+    } else {
+        let stream = gw
+            .nodes
+            .get(&obj.blob, range.map(|r| (r.start, r.end)))
+            .await
+            .map_err(super::put::node_error)?;
+        Body::from_stream(stream)
+    };
+    Ok(builder.body(body).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |s: &str| parse_range(s, 100);
+        assert_eq!(
+            r("bytes=0-9").unwrap(),
+            Some(ByteRange { start: 0, end: 9 })
+        );
+        assert_eq!(
+            r("bytes=90-").unwrap(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=-10").unwrap(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=-1000").unwrap(),
+            Some(ByteRange { start: 0, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=50-1000").unwrap(),
+            Some(ByteRange { start: 50, end: 99 })
+        );
+        assert_eq!(r("bytes=100-").unwrap_err().code, S3ErrorCode::InvalidRange);
+        assert_eq!(r("bytes=-0").unwrap_err().code, S3ErrorCode::InvalidRange);
+        assert_eq!(r("bytes=0-1,5-6").unwrap(), None);
+        assert_eq!(r("items=0-1").unwrap(), None);
+        assert_eq!(r("bytes=5-2").unwrap(), None);
+        assert_eq!(
+            parse_range("bytes=0-0", 0).unwrap_err().code,
+            S3ErrorCode::InvalidRange
+        );
+    }
+
+    #[test]
+    fn etag_lists() {
+        assert!(etag_matches("\"abc\"", "abc"));
+        assert!(etag_matches("\"x\", \"abc\"", "abc"));
+        assert!(etag_matches("*", "abc"));
+        assert!(!etag_matches("\"abd\"", "abc"));
+    }
+}

@@ -1,0 +1,389 @@
+//! Multipart uploads. Every part of an upload is stored on the same nodes,
+//! so Complete concatenates them locally into one plain file per replica.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use insitu_catalog::{now_ms, ObjectRecord, PartRecord, UploadRecord};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use super::access::{owned_bucket, writable_bucket};
+use super::bucket::canned_acl_header;
+use super::copy::{copy_bytes, copy_source};
+use super::get::parse_range;
+use super::put::{
+    body_expectations, new_blob_id, node_error, object_headers, store_body, validate_key,
+};
+use super::{empty_response, xml, xml_response, S3Request};
+use crate::body::read_small;
+use crate::error::{S3Error, S3ErrorCode, S3Result};
+use crate::limits::{
+    MAX_LIST_KEYS, MAX_PART_NUMBER, MAX_PUT_BYTES, MAX_XML_BODY_BYTES, MIN_PART_BYTES,
+};
+use crate::Gateway;
+
+fn upload(gw: &Gateway, req: &S3Request) -> S3Result<UploadRecord> {
+    let upload_id = req.query("uploadId").unwrap_or_default();
+    gw.catalog
+        .get_upload(req.bucket()?, req.key()?, upload_id)?
+        .ok_or_else(|| insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into())
+}
+
+fn part_number(req: &S3Request) -> S3Result<u32> {
+    req.query("partNumber")
+        .and_then(|p| p.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            S3Error::invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
+    let bucket = req.bucket()?.to_string();
+    let key = req.key()?.to_string();
+    validate_key(&key)?;
+    let b = writable_bucket(gw, req.principal(), &bucket)?;
+    let upload_id = new_blob_id();
+    let nodes = gw
+        .nodes
+        .place(&upload_id, gw.config.replicas)
+        .map_err(node_error)?;
+    let rec = UploadRecord {
+        upload_id: upload_id.clone(),
+        bucket: bucket.clone(),
+        key: key.clone(),
+        owner: b.owner,
+        initiated_ms: now_ms(),
+        headers: object_headers(&req)?,
+        acl: canned_acl_header(&req)?.unwrap_or_default(),
+        nodes,
+    };
+    gw.catalog.create_upload(&rec)?;
+    let mut out = format!(
+        "{}<InitiateMultipartUploadResult xmlns=\"{}\">",
+        xml::HEADER,
+        xml::NS
+    );
+    xml::elem(&mut out, "Bucket", &bucket);
+    xml::elem(&mut out, "Key", &key);
+    xml::elem(&mut out, "UploadId", &upload_id);
+    out.push_str("</InitiateMultipartUploadResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let number = part_number(&req)?;
+    let up = upload(gw, &req)?;
+    let expect = body_expectations(&req, MAX_PUT_BYTES)?;
+    let body = req.take_body();
+    let stored = store_body(gw, body, expect, Some(up.nodes.clone())).await?;
+    let part = PartRecord {
+        part_number: number,
+        etag: stored.etag(),
+        last_modified_ms: now_ms(),
+        blob: stored.blob.clone(),
+    };
+    if let Err(e) = gw
+        .catalog
+        .put_part(&up.bucket, &up.key, &up.upload_id, &part)
+    {
+        gw.nodes
+            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
+            .await;
+        return Err(e.into());
+    }
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::ETAG, format!("\"{}\"", part.etag));
+    if let Some((alg, v)) = &stored.checksum {
+        resp = resp.header(alg.header_name(), v);
+    }
+    Ok(resp.body(Body::empty()).unwrap_or_default())
+}
+
+pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let number = part_number(&req)?;
+    let up = upload(gw, &req)?;
+    let src = copy_source(gw, &req)?;
+    let range = match req.header("x-amz-copy-source-range") {
+        None => None,
+        Some(r) => Some(parse_range(r, src.object.size)?.ok_or_else(|| {
+            S3Error::invalid_argument(
+                "The x-amz-copy-source-range value must be of the form bytes=first-last",
+            )
+        })?),
+    };
+    let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone())).await?;
+    let part = PartRecord {
+        part_number: number,
+        etag: stored.etag(),
+        last_modified_ms: now_ms(),
+        blob: stored.blob.clone(),
+    };
+    if let Err(e) = gw
+        .catalog
+        .put_part(&up.bucket, &up.key, &up.upload_id, &part)
+    {
+        gw.nodes
+            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
+            .await;
+        return Err(e.into());
+    }
+    let mut out = format!("{}<CopyPartResult xmlns=\"{}\">", xml::HEADER, xml::NS);
+    xml::elem(
+        &mut out,
+        "LastModified",
+        &xml::iso8601(part.last_modified_ms),
+    );
+    xml::elem(&mut out, "ETag", &format!("\"{}\"", part.etag));
+    out.push_str("</CopyPartResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+#[derive(Deserialize)]
+struct CompleteRequest {
+    #[serde(default, rename = "Part")]
+    parts: Vec<CompletePart>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CompletePart {
+    part_number: u32,
+    #[serde(rename = "ETag")]
+    etag: String,
+}
+
+/// Checks the client's part list against the stored parts and returns the
+/// parts to assemble, in order.
+fn select_parts(requested: &[CompletePart], stored: &[PartRecord]) -> S3Result<Vec<PartRecord>> {
+    if requested.is_empty() {
+        return Err(S3Error::new(
+            S3ErrorCode::MalformedXml,
+            "You must specify at least one part.",
+        ));
+    }
+    let mut chosen = Vec::with_capacity(requested.len());
+    let mut previous = 0;
+    for p in requested {
+        if p.part_number <= previous {
+            return Err(S3Error::new(S3ErrorCode::InvalidPartOrder, "The list of parts was not in ascending order. The parts list must be specified in order by part number."));
+        }
+        previous = p.part_number;
+        let etag = p.etag.trim().trim_matches('"');
+        let found = stored
+            .iter()
+            .find(|s| s.part_number == p.part_number && s.etag == etag)
+            .ok_or_else(|| {
+                S3Error::new(
+                    S3ErrorCode::InvalidPart,
+                    format!("One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag. (part {})", p.part_number),
+                )
+            })?;
+        chosen.push(found.clone());
+    }
+    for p in &chosen[..chosen.len() - 1] {
+        if p.blob.size < MIN_PART_BYTES {
+            return Err(S3Error::new(S3ErrorCode::EntityTooSmall, format!("Your proposed upload is smaller than the minimum allowed object size. (part {} is {} bytes; every part but the last must be at least 5 MiB)", p.part_number, p.blob.size)));
+        }
+    }
+    Ok(chosen)
+}
+
+/// The multipart ETag: MD5 of the concatenated binary part MD5s, then `-N`.
+pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(hex::decode(&p.etag).map_err(S3Error::internal)?);
+    }
+    Ok(format!("{}-{}", hex::encode(h.finalize()), parts.len()))
+}
+
+pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let up = upload(gw, &req)?;
+    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    let requested: CompleteRequest = xml::parse(&body)?;
+    let mut stored = Vec::new();
+    let mut marker = 0;
+    loop {
+        let (page, more) = gw
+            .catalog
+            .list_parts(&up.upload_id, marker, MAX_LIST_KEYS)?;
+        marker = page.last().map_or(marker, |p| p.part_number);
+        stored.extend(page);
+        if !more {
+            break;
+        }
+    }
+    let parts = select_parts(&requested.parts, &stored)?;
+    let etag = multipart_etag(&parts)?;
+    let blob_id = new_blob_id();
+    let part_ids: Vec<String> = parts.iter().map(|p| p.blob.id.clone()).collect();
+    let size: u64 = parts.iter().map(|p| p.blob.size).sum();
+    let composed = futures::future::join_all(
+        up.nodes
+            .iter()
+            .map(|n| gw.nodes.compose(n, &blob_id, &part_ids)),
+    )
+    .await;
+    if let Some(Err(e)) = composed.into_iter().find(Result::is_err) {
+        gw.nodes.delete_everywhere(&blob_id, &up.nodes).await;
+        return Err(node_error(e));
+    }
+    let rec = ObjectRecord {
+        size,
+        etag: etag.clone(),
+        last_modified_ms: now_ms(),
+        owner: up.owner.clone(),
+        headers: up.headers.clone(),
+        acl: up.acl,
+        blob: insitu_catalog::BlobRef {
+            id: blob_id.clone(),
+            size,
+            replicas: up.nodes.clone(),
+        },
+        parts_count: parts.len() as u32,
+        part_sizes: parts.iter().map(|p| p.blob.size).collect(),
+    };
+    if let Err(e) = gw
+        .catalog
+        .complete_upload(&up.bucket, &up.key, &up.upload_id, &rec)
+    {
+        gw.nodes.delete_everywhere(&blob_id, &up.nodes).await;
+        return Err(e.into());
+    }
+    tracing::debug!(key = %up.key, size, parts = parts.len(), "multipart upload completed");
+    let mut out = format!(
+        "{}<CompleteMultipartUploadResult xmlns=\"{}\">",
+        xml::HEADER,
+        xml::NS
+    );
+    xml::elem(&mut out, "Location", &format!("/{}/{}", up.bucket, up.key));
+    xml::elem(&mut out, "Bucket", &up.bucket);
+    xml::elem(&mut out, "Key", &up.key);
+    xml::elem(&mut out, "ETag", &format!("\"{etag}\""));
+    out.push_str("</CompleteMultipartUploadResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+pub async fn abort_upload(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let up = upload(gw, req)?;
+    gw.catalog
+        .abort_upload(&up.bucket, &up.key, &up.upload_id)?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let up = upload(gw, req)?;
+    let max = super::list::max_keys(req, "max-parts")?;
+    let marker: u32 = match req.query("part-number-marker") {
+        None | Some("") => 0,
+        Some(m) => m
+            .parse()
+            .map_err(|_| S3Error::invalid_argument("Invalid part-number-marker"))?,
+    };
+    let (parts, truncated) = gw.catalog.list_parts(&up.upload_id, marker, max)?;
+    let mut out = format!("{}<ListPartsResult xmlns=\"{}\">", xml::HEADER, xml::NS);
+    xml::elem(&mut out, "Bucket", &up.bucket);
+    xml::elem(&mut out, "Key", &up.key);
+    xml::elem(&mut out, "UploadId", &up.upload_id);
+    out.push_str("<Initiator>");
+    xml::elem(&mut out, "ID", &up.owner);
+    xml::elem(&mut out, "DisplayName", &up.owner);
+    out.push_str("</Initiator>");
+    xml::owner(&mut out, &up.owner);
+    xml::elem(&mut out, "StorageClass", "STANDARD");
+    xml::elem(&mut out, "PartNumberMarker", &marker.to_string());
+    if let Some(last) = parts.last() {
+        xml::elem(
+            &mut out,
+            "NextPartNumberMarker",
+            &last.part_number.to_string(),
+        );
+    }
+    xml::elem(&mut out, "MaxParts", &max.to_string());
+    xml::elem(
+        &mut out,
+        "IsTruncated",
+        if truncated { "true" } else { "false" },
+    );
+    for p in &parts {
+        out.push_str("<Part>");
+        xml::elem(&mut out, "PartNumber", &p.part_number.to_string());
+        xml::elem(&mut out, "LastModified", &xml::iso8601(p.last_modified_ms));
+        xml::elem(&mut out, "ETag", &format!("\"{}\"", p.etag));
+        xml::elem(&mut out, "Size", &p.blob.size.to_string());
+        out.push_str("</Part>");
+    }
+    out.push_str("</ListPartsResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}
+
+pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let bucket = req.bucket()?;
+    owned_bucket(gw, req.principal(), bucket)?;
+    let e = super::list::Encoder::from_request(req)?;
+    let prefix = req.query("prefix").unwrap_or("");
+    let delimiter = req.query("delimiter").filter(|d| !d.is_empty());
+    let key_marker = req.query("key-marker").filter(|m| !m.is_empty());
+    let id_marker = req.query("upload-id-marker").filter(|m| !m.is_empty());
+    let max = super::list::max_keys(req, "max-uploads")?;
+    let page =
+        gw.catalog
+            .list_uploads(bucket, prefix, delimiter, key_marker, id_marker, max.max(1))?;
+    let mut out = format!(
+        "{}<ListMultipartUploadsResult xmlns=\"{}\">",
+        xml::HEADER,
+        xml::NS
+    );
+    xml::elem(&mut out, "Bucket", bucket);
+    e.elem(&mut out, "KeyMarker", key_marker.unwrap_or(""));
+    xml::elem(&mut out, "UploadIdMarker", id_marker.unwrap_or(""));
+    if page.is_truncated {
+        if let Some(last) = page.uploads.last() {
+            e.elem(&mut out, "NextKeyMarker", &last.key);
+            xml::elem(&mut out, "NextUploadIdMarker", &last.upload_id);
+        }
+    }
+    e.elem(&mut out, "Prefix", prefix);
+    if let Some(d) = delimiter {
+        e.elem(&mut out, "Delimiter", d);
+    }
+    xml::elem(&mut out, "MaxUploads", &max.to_string());
+    e.write_type(&mut out);
+    xml::elem(
+        &mut out,
+        "IsTruncated",
+        if page.is_truncated { "true" } else { "false" },
+    );
+    for u in &page.uploads {
+        out.push_str("<Upload>");
+        e.elem(&mut out, "Key", &u.key);
+        xml::elem(&mut out, "UploadId", &u.upload_id);
+        out.push_str("<Initiator>");
+        xml::elem(&mut out, "ID", &u.owner);
+        xml::elem(&mut out, "DisplayName", &u.owner);
+        out.push_str("</Initiator>");
+        xml::owner(&mut out, &u.owner);
+        xml::elem(&mut out, "StorageClass", "STANDARD");
+        xml::elem(&mut out, "Initiated", &xml::iso8601(u.initiated_ms));
+        out.push_str("</Upload>");
+    }
+    for p in &page.common_prefixes {
+        out.push_str("<CommonPrefixes>");
+        e.elem(&mut out, "Prefix", p);
+        out.push_str("</CommonPrefixes>");
+    }
+    out.push_str("</ListMultipartUploadsResult>");
+    Ok(xml_response(StatusCode::OK, out))
+}

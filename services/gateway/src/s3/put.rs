@@ -1,0 +1,282 @@
+//! PutObject and DeleteObject, and the shared path that streams a request
+//! body to its replicas: used by PutObject, UploadPart and POST Object.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use insitu_catalog::{now_ms, BlobRef, ObjectHeaders, ObjectRecord};
+
+use super::access::writable_bucket;
+use super::bucket::canned_acl_header;
+use super::{empty_response, S3Request};
+use crate::auth::PayloadCheck;
+use crate::body::{self, BodyExpectations, ChecksumAlgorithm};
+use crate::error::{S3Error, S3ErrorCode, S3Result};
+use crate::limits::{MAX_KEY_BYTES, MAX_PUT_BYTES, MAX_USER_METADATA_BYTES};
+use crate::nodes::NodeError;
+use crate::Gateway;
+
+/// A body made durable on all its replicas but not yet committed.
+pub struct StoredBody {
+    pub blob: BlobRef,
+    pub md5: [u8; 16],
+    pub checksum: Option<(ChecksumAlgorithm, String)>,
+}
+
+impl StoredBody {
+    pub fn etag(&self) -> String {
+        hex::encode(self.md5)
+    }
+}
+
+pub fn new_blob_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub fn validate_key(key: &str) -> S3Result<()> {
+    if key.is_empty() {
+        return Err(S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            "Object keys must not be empty.",
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(S3Error::new(
+            S3ErrorCode::KeyTooLongError,
+            "Your key is too long (the limit is 1024 bytes).",
+        ));
+    }
+    Ok(())
+}
+
+pub fn node_error(e: NodeError) -> S3Error {
+    match e {
+        NodeError::NotEnoughNodes { .. } => S3Error::new(
+            S3ErrorCode::ServiceUnavailable,
+            format!("Not enough storage nodes are available to store the object safely: {e}"),
+        ),
+        NodeError::Status { status: 400, .. } | NodeError::Body => S3Error::new(
+            S3ErrorCode::IncompleteBody,
+            "The request body ended before the number of bytes it declared.",
+        ),
+        other => S3Error::internal(other),
+    }
+}
+
+/// Standard and user-metadata headers to store with an object.
+pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
+    let get = |n: &str| req.header(n).map(str::to_string);
+    let content_encoding = req.header("content-encoding").and_then(|v| {
+        let rest: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && *t != "aws-chunked")
+            .collect();
+        (!rest.is_empty()).then(|| rest.join(","))
+    });
+    let mut h = ObjectHeaders {
+        content_type: get("content-type"),
+        cache_control: get("cache-control"),
+        content_disposition: get("content-disposition"),
+        content_encoding,
+        content_language: get("content-language"),
+        expires: get("expires"),
+        user_metadata: Default::default(),
+    };
+    let mut meta_bytes = 0;
+    for (name, value) in &req.headers {
+        if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
+            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            meta_bytes += m.len() + v.len();
+            h.user_metadata.insert(m.to_string(), v);
+        }
+    }
+    if meta_bytes > MAX_USER_METADATA_BYTES {
+        return Err(S3Error::new(
+            S3ErrorCode::MetadataTooLarge,
+            "Your metadata headers exceed the maximum allowed metadata size (2 KB).",
+        ));
+    }
+    Ok(h)
+}
+
+/// What the request claims about its body: length, MD5, SHA-256, checksum.
+pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpectations> {
+    let chunked = matches!(req.auth.payload, PayloadCheck::Chunked { .. });
+    let length_header = if chunked {
+        "x-amz-decoded-content-length"
+    } else {
+        "content-length"
+    };
+    let length =
+        match req.header(length_header) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                S3Error::invalid_argument(format!("{length_header} must be a number"))
+            })?),
+            None if chunked => {
+                return Err(S3Error::new(
+                    S3ErrorCode::MissingContentLength,
+                    "You must provide x-amz-decoded-content-length.",
+                ))
+            }
+            None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
+                return Err(S3Error::new(
+                    S3ErrorCode::MissingContentLength,
+                    "You must provide the Content-Length HTTP header.",
+                ))
+            }
+            None => Some(0),
+        };
+    if let Some(len) = length {
+        if len > max_length {
+            return Err(S3Error::new(
+                S3ErrorCode::EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed size",
+            ));
+        }
+    }
+    let md5 = match req.header("content-md5") {
+        None => None,
+        Some(v) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    S3Error::new(
+                        S3ErrorCode::InvalidDigest,
+                        "The Content-MD5 you specified is not valid.",
+                    )
+                })?;
+            Some(raw)
+        }
+    };
+    let sha256 = match &req.auth.payload {
+        PayloadCheck::Sha256(h) => Some(h.clone()),
+        _ => None,
+    };
+    let mut checksum = None;
+    for (name, value) in &req.headers {
+        if let Some(alg) = ChecksumAlgorithm::from_header_name(name.as_str()) {
+            checksum = Some((
+                alg,
+                Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+            ));
+        }
+    }
+    if let Some(trailer) = req.header("x-amz-trailer") {
+        for name in trailer.split(',') {
+            if let Some(alg) = ChecksumAlgorithm::from_header_name(name.trim()) {
+                checksum = Some((alg, None));
+            }
+        }
+    }
+    Ok(BodyExpectations {
+        length,
+        md5,
+        sha256,
+        checksum,
+        trailers: req.trailers.clone(),
+        max_length,
+    })
+}
+
+/// Streams a body to `replicas` new replicas and waits until all are
+/// durable. On any failure every replica written is removed again.
+pub async fn store_body(
+    gw: &Gateway,
+    body: BoxStream<'static, Result<Bytes, S3Error>>,
+    expect: BodyExpectations,
+    nodes: Option<Vec<String>>,
+) -> S3Result<StoredBody> {
+    let id = new_blob_id();
+    let nodes = match nodes {
+        Some(n) => n,
+        None => gw
+            .nodes
+            .place(&id, gw.config.replicas)
+            .map_err(node_error)?,
+    };
+    let expected_len = expect.length;
+    let (stream, outcome) = body::verify(body, expect);
+    let result = gw
+        .nodes
+        .put_replicated(&nodes, &id, stream, expected_len)
+        .await;
+    let outcome = outcome
+        .lock()
+        .map(|mut o| std::mem::take(&mut *o))
+        .unwrap_or_default();
+    let failure = match (outcome.error, result) {
+        (Some(e), _) => Some(e),
+        (None, Err(e)) => Some(node_error(e)),
+        (None, Ok(_)) if !outcome.complete => Some(S3Error::new(
+            S3ErrorCode::IncompleteBody,
+            "The request body was incomplete.",
+        )),
+        (None, Ok(_)) => None,
+    };
+    if let Some(e) = failure {
+        gw.nodes.delete_everywhere(&id, &nodes).await;
+        return Err(e);
+    }
+    Ok(StoredBody {
+        blob: BlobRef {
+            id,
+            size: outcome.length,
+            replicas: nodes,
+        },
+        md5: outcome.md5,
+        checksum: outcome.checksum,
+    })
+}
+
+pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    let bucket = req.bucket()?.to_string();
+    let key = req.key()?.to_string();
+    validate_key(&key)?;
+    let b = writable_bucket(gw, req.principal(), &bucket)?;
+    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let headers = object_headers(&req)?;
+    let expect = body_expectations(&req, MAX_PUT_BYTES)?;
+    let body = req.take_body();
+    let stored = store_body(gw, body, expect, None).await?;
+    let rec = ObjectRecord {
+        size: stored.blob.size,
+        etag: stored.etag(),
+        last_modified_ms: now_ms(),
+        owner: b.owner,
+        headers,
+        acl,
+        blob: stored.blob.clone(),
+        parts_count: 0,
+        part_sizes: vec![],
+    };
+    if let Err(e) = gw.catalog.put_object(&bucket, &key, &rec) {
+        gw.nodes
+            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
+            .await;
+        return Err(e.into());
+    }
+    tracing::debug!(key = %key, size = rec.size, "object stored");
+    let mut resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::ETAG, format!("\"{}\"", rec.etag));
+    if let Some((alg, v)) = &stored.checksum {
+        resp = resp.header(alg.header_name(), v);
+    }
+    Ok(resp.body(axum::body::Body::empty()).unwrap_or_default())
+}
+
+pub async fn delete_object(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let bucket = req.bucket()?;
+    let key = req.key()?;
+    writable_bucket(gw, req.principal(), bucket)?;
+    req.check_version_id()?;
+    gw.catalog.delete_object(bucket, key)?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}

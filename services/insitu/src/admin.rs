@@ -1,0 +1,103 @@
+//! `insitu admin ...`: calls the admin API with the root credentials.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::signed_client::SignedClient;
+use crate::RootArgs;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Gateway endpoint.
+    #[arg(
+        long,
+        env = "INSITU_ENDPOINT",
+        default_value = "http://127.0.0.1:9000",
+        global = true
+    )]
+    endpoint: String,
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage access keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// List storage nodes and their state.
+    Nodes,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its first access key; prints JSON credentials.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Add an access key to a tenant; prints JSON credentials.
+    Create { tenant: String },
+}
+
+pub async fn run(args: AdminArgs) -> Result<()> {
+    let (Some(ak), Some(sk)) = (args.root.root_access_key, args.root.root_secret_key) else {
+        bail!("root credentials are needed: set INSITU_ROOT_ACCESS_KEY and INSITU_ROOT_SECRET_KEY or pass --root-access-key/--root-secret-key");
+    };
+    let client = SignedClient::new(&args.endpoint, &ak, &sk);
+    let (status, body) = match args.command {
+        AdminCommand::Tenant {
+            command: TenantCommand::Create { name },
+        } => {
+            client
+                .call(
+                    "POST",
+                    "/_insitu/v1/admin/tenants",
+                    Some(serde_json::json!({ "name": name })),
+                )
+                .await?
+        }
+        AdminCommand::Tenant {
+            command: TenantCommand::List,
+        } => {
+            client
+                .call("GET", "/_insitu/v1/admin/tenants", None)
+                .await?
+        }
+        AdminCommand::Key {
+            command: KeyCommand::Create { tenant },
+        } => {
+            client
+                .call(
+                    "POST",
+                    &format!("/_insitu/v1/admin/tenants/{tenant}/keys"),
+                    None,
+                )
+                .await?
+        }
+        AdminCommand::Nodes => client.call("GET", "/_insitu/v1/admin/nodes", None).await?,
+    };
+    if !(200..300).contains(&status) {
+        let code = body.get("code").and_then(|c| c.as_str()).unwrap_or("Error");
+        let message = body
+            .get("message")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
+        bail!("{code}: {message}");
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}

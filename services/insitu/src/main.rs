@@ -1,0 +1,102 @@
+//! The `insitu` command: `dev` (a whole cluster on one machine), `gateway`,
+//! `node`, and `admin` (tenants, keys, nodes).
+
+mod admin;
+mod dev;
+mod signed_client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "insitu",
+    version,
+    about = "An S3 object store that runs map/reduce tasks next to the data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RootArgs {
+    /// Root access key id.
+    #[arg(long, env = "INSITU_ROOT_ACCESS_KEY", hide_env_values = true)]
+    pub root_access_key: Option<String>,
+    /// Root secret access key.
+    #[arg(long, env = "INSITU_ROOT_SECRET_KEY", hide_env_values = true)]
+    pub root_secret_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway and N storage-node processes on this machine.
+    Dev(dev::DevArgs),
+    /// Run a gateway in front of storage nodes given with --node.
+    Gateway(dev::GatewayArgs),
+    /// Run one storage node.
+    Node(NodeArgs),
+    /// Administer a running cluster (tenants, keys, nodes).
+    Admin(admin::AdminArgs),
+}
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Permanent node id; object records name replicas by it.
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// Shared secret the gateway presents to nodes.
+    #[arg(long, env = "INSITU_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    /// Exit when standard input closes: `insitu dev` holds it open, so its
+    /// nodes stop with it even if it is killed.
+    #[arg(long)]
+    pub exit_with_parent: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INSITU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("insitu: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(a) => dev::run_dev(a).await,
+            Command::Gateway(a) => dev::run_gateway(a).await,
+            Command::Node(a) => dev::run_node(a).await,
+            Command::Admin(a) => admin::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("insitu: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The storage node's internal HTTP API, spoken only by the gateway.
+//!
+//! Every request carries the cluster secret as a bearer token: the API moves
+//! every tenant's bytes and must not be open to anyone who can reach the port.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+use crate::blob_store::{BlobError, BlobStore};
+
+/// Header carrying the exact body length the gateway intends to send.
+pub const EXPECTED_LENGTH_HEADER: &str = "x-insitu-expected-length";
+
+pub struct NodeState {
+    pub node_id: String,
+    pub secret: String,
+    pub store: BlobStore,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ComposeRequest {
+    pub parts: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Health {
+    pub node_id: String,
+    pub temp_files: usize,
+}
+
+pub fn router(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route(
+            "/v1/blobs/{id}",
+            get(get_blob)
+                .head(head_blob)
+                .put(put_blob)
+                .delete(delete_blob),
+        )
+        .route("/v1/blobs/{id}/compose", post(compose_blob))
+        .with_state(state)
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        let status = match &e {
+            BlobError::InvalidId(_) | BlobError::ShortBody { .. } | BlobError::Body(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            BlobError::NotFound(_) => StatusCode::NOT_FOUND,
+            BlobError::Exists(_) => StatusCode::CONFLICT,
+            BlobError::BadRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            BlobError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "blob store failure");
+        }
+        ApiError(status, e.to_string())
+    }
+}
+
+fn authorize(state: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.secret.as_bytes();
+    let ok = presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster secret".into(),
+        ))
+    }
+}
+
+async fn health(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+) -> Result<Json<Health>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(Health {
+        node_id: state.node_id.clone(),
+        temp_files: state.store.temp_files().await?,
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(node = %state.node_id, blob = %id))]
+async fn put_blob(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let expected = headers
+        .get(EXPECTED_LENGTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let info = state.store.put(&id, stream, expected).await?;
+    tracing::debug!(size = info.size, "blob stored");
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[tracing::instrument(skip_all, fields(node = %state.node_id, blob = %id))]
+async fn compose_blob(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<ComposeRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let info = state.store.compose(&id, &req.parts).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Parses the only range form the gateway sends: `bytes=START-END`, inclusive.
+fn parse_range(headers: &HeaderMap) -> Option<(u64, u64)> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?;
+    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+async fn get_blob(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let range = parse_range(&headers);
+    let start = range.map_or(0, |r| r.0);
+    let (file, size) = state.store.open_at(&id, start).await?;
+    let (status, len) = match range {
+        Some((s, e)) => {
+            if e < s || e >= size {
+                return Err(BlobError::BadRange {
+                    start: s,
+                    end: e,
+                    size,
+                }
+                .into());
+            }
+            (StatusCode::PARTIAL_CONTENT, e - s + 1)
+        }
+        None => (StatusCode::OK, size),
+    };
+    let reader = file.take(len);
+    let body = Body::from_stream(ReaderStream::with_capacity(reader, 256 * 1024));
+    Ok(Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .unwrap_or_default())
+}
+
+async fn head_blob(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let size = state.store.size(&id).await?;
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, size)
+        .body(Body::empty())
+        .unwrap_or_default())
+}
+
+async fn delete_blob(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    state.store.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
