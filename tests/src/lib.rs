@@ -1,1 +1,404 @@
+//! Test harness: starts the real `insitu` binary as a cluster of processes
+//! and hands out tenants. Every end-to-end test goes through it.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub mod sign;
+
+pub const ROOT_KEY: &str = "INSITUTESTROOT";
+pub const ROOT_SECRET: &str = "insitu-test-root-secret-0123456789";
+
+/// Path of the `insitu` binary built by cargo for this workspace.
+pub fn insitu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("INSITU_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("insitu")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Tenant {
+    pub tenant: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub nodes: usize,
+    pub replicas: Option<usize>,
+    child: Option<Child>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique within this test process, usable in bucket names.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+impl Cluster {
+    pub fn start(nodes: usize) -> Result<Self> {
+        Self::start_with(nodes, None)
+    }
+
+    pub fn start_with(nodes: usize, replicas: Option<usize>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("insitu-e2e").tempdir()?;
+        let mut c = Cluster {
+            dir,
+            endpoint: String::new(),
+            nodes,
+            replicas,
+            child: None,
+        };
+        c.launch(None)?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `insitu dev`; with `port`, on that port (restarts keep the
+    /// endpoint so clients can reconnect).
+    fn launch(&mut self, port: Option<u16>) -> Result<()> {
+        let bin = insitu_bin();
+        if !bin.exists() {
+            bail!(
+                "{} does not exist; run `cargo build -p insitu` first (scripts/test does)",
+                bin.display()
+            );
+        }
+        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let mut cmd = Command::new(&bin);
+        cmd.arg("dev")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--nodes")
+            .arg(self.nodes.to_string())
+            .env("INSITU_ROOT_ACCESS_KEY", ROOT_KEY)
+            .env("INSITU_ROOT_SECRET_KEY", ROOT_SECRET)
+            .env(
+                "INSITU_LOG",
+                std::env::var("INSITU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(r) = self.replicas {
+            cmd.arg("--replicas").arg(r.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow!("insitu dev did not become ready"))?;
+        let ready: serde_json::Value = serde_json::from_str(&line)?;
+        self.endpoint = ready["endpoint"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no endpoint in {line}"))?
+            .to_string();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// kill -9 the gateway; its nodes notice their closed stdin and exit.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Wait for the orphaned nodes to exit so their ports and files are free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && node_processes(&self.data_dir()) > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 every storage node process of this cluster.
+    pub fn kill9_nodes(&self) {
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(format!("data-dir {}/nodes/", self.data_dir().display()))
+            .status();
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        let port = self.port();
+        self.kill9();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.launch(Some(port)) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Creates a tenant through the real CLI, as an operator would.
+    pub fn create_tenant(&self, name: &str) -> Result<Tenant> {
+        let out = Command::new(insitu_bin())
+            .args([
+                "admin",
+                "--endpoint",
+                &self.endpoint,
+                "tenant",
+                "create",
+                name,
+            ])
+            .env("INSITU_ROOT_ACCESS_KEY", ROOT_KEY)
+            .env("INSITU_ROOT_SECRET_KEY", ROOT_SECRET)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tenant create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Number of files under the nodes' temp dirs (in-flight or leaked writes).
+    pub fn temp_files(&self) -> usize {
+        count_files(&self.data_dir().join("nodes"), "tmp")
+    }
+
+    /// Every blob file on every node: (path, size).
+    pub fn blob_files(&self) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        walk(&self.data_dir().join("nodes"), &mut |p| {
+            if p.components().any(|c| c.as_os_str() == "blobs") {
+                if let Ok(m) = std::fs::metadata(p) {
+                    out.push((p.to_path_buf(), m.len()));
+                }
+            }
+        });
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, f);
+        } else {
+            f(&p);
+        }
+    }
+}
+
+fn count_files(root: &Path, dir_name: &str) -> usize {
+    let mut n = 0;
+    walk(root, &mut |p| {
+        if p.parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d == dir_name)
+        {
+            n += 1;
+        }
+    });
+    n
+}
+
+fn node_processes(data_dir: &Path) -> usize {
+    Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("data-dir {}/nodes/", data_dir.display()))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}
+
+/// Runs a command with a clean AWS environment for `tenant`.
+pub fn aws_env(
+    cmd: &mut Command,
+    endpoint: &str,
+    tenant: &Tenant,
+    config_dir: &Path,
+) -> Result<()> {
+    let config = config_dir.join("aws-config");
+    std::fs::write(
+        &config,
+        "[default]\nregion = us-east-1\ns3 =\n    signature_version = s3v4\n    addressing_style = path\n",
+    )?;
+    cmd.env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", &config)
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            config_dir.join("no-credentials"),
+        )
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN");
+    Ok(())
+}
+
+/// Raw signed HTTP requests, for the cases a polite SDK never sends.
+pub struct RawClient {
+    pub endpoint: String,
+    pub signer: sign::Signer,
+    pub http: reqwest::Client,
+}
+
+impl RawClient {
+    pub fn new(endpoint: &str, tenant: &Tenant) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            signer: sign::Signer::new(&tenant.access_key_id, &tenant.secret_access_key),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn host(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_string()
+    }
+
+    /// Sends a request signed now, with the body's real SHA-256.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        let hash = sign::sha256_hex(&body);
+        self.send_signed(
+            method,
+            path,
+            query,
+            headers,
+            body,
+            &hash,
+            chrono::Utc::now(),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_signed(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        payload_hash: &str,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<reqwest::Response> {
+        let host = self.host();
+        let mut all: Vec<(&str, &str)> = vec![("host", host.as_str())];
+        all.extend_from_slice(headers);
+        let signed = self
+            .signer
+            .sign(method, path, query, &all, payload_hash, time);
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}{}", self.endpoint, encode_path(path)),
+            query,
+        )?;
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes())?, url)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        for (k, v) in &signed.headers {
+            req = req.header(k, v);
+        }
+        Ok(req.send().await?)
+    }
+
+    pub async fn create_bucket(&self, name: &str) -> Result<()> {
+        let r = self
+            .send("PUT", &format!("/{name}"), &[], &[], Vec::new())
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "create bucket {name}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes a path the way SigV4 canonicalises it.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::new();
+    for b in path.bytes() {
+        let c = b as char;
+        if c.is_ascii_alphanumeric() || "-_.~/".contains(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The S3 error code in an XML error body.
+pub fn error_code(body: &str) -> String {
+    body.split("<Code>")
+        .nth(1)
+        .and_then(|s| s.split("</Code>").next())
+        .unwrap_or("")
+        .to_string()
+}
