@@ -356,9 +356,6 @@ impl RawClient {
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes())?, url)
             .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
         for (k, v) in &signed.headers {
             req = req.header(k, v);
         }
