@@ -30,6 +30,7 @@ import uuid
 
 import boto3
 import botocore
+import botocore.handlers
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -71,6 +72,16 @@ def make_client(key=None, secret=None, unsigned=False):
 s3a = make_client(A_KEY, A_SECRET)
 s3b = make_client(B_KEY, B_SECRET)
 anon = make_client(unsigned=True)
+
+# boto3 silently adds EncodingType=url to every ListObjects(V2)/
+# ListObjectVersions call that does not set it, and then URL-decodes the
+# answer; it decodes ONLY in that case (an explicit EncodingType='url' is
+# returned raw). `s3raw` has that hook removed, so its listings without
+# EncodingType exercise the server's plain (XML-escaped) key output.
+s3raw = make_client(A_KEY, A_SECRET)
+for _op in ("ListObjects", "ListObjectsV2", "ListObjectVersions"):
+    s3raw.meta.events.unregister(f"before-parameter-build.s3.{_op}",
+                                 botocore.handlers.set_list_objects_encoding_type_url)
 
 
 def bname(suffix):
@@ -191,16 +202,23 @@ def expect_http_error(resp, status, code):
         fail(f"expected {'/'.join(codes)} {status}, got {st} {got}: {body[:300]!r}")
 
 
-def ensure_bucket(client, name):
-    client.create_bucket(Bucket=name)
-
-
 def keys_of(resp):
     return [o["Key"] for o in resp.get("Contents", [])]
 
 
 def prefixes_of(resp):
     return [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+
+
+def url_decoded(resp):
+    """Decodes a listing made with an explicit EncodingType='url' (S3 uses
+    form encoding: botocore decodes its own with unquote_plus too)."""
+    if resp.get("EncodingType") != "url":
+        fail(f"EncodingType not echoed as 'url': {ok_summary(resp)}")
+    u = urllib.parse.unquote_plus
+    return ([u(k) for k in keys_of(resp)], [u(p) for p in prefixes_of(resp)],
+            {k: u(resp[k]) for k in ("Prefix", "Delimiter", "StartAfter", "Marker", "NextMarker")
+             if resp.get(k)})
 
 
 # ---------------------------------------------------------------- buckets
@@ -334,6 +352,30 @@ def _():
     eq(status_of(r), 200, "status")
     check_obj_headers(r, "head")
     eq(r.get("AcceptRanges"), "bytes", "AcceptRanges")
+
+
+@check("object: empty object")
+def _():
+    r = s3a.put_object(Bucket=BKT, Key="empty", Body=b"")
+    eq(r.get("ETag"), quoted_md5(b""), "ETag")
+    g = s3a.get_object(Bucket=BKT, Key="empty")
+    eq((body_of(g), g.get("ContentLength")), (b"", 0), "body/ContentLength")
+    eq(s3a.head_object(Bucket=BKT, Key="empty").get("ContentLength"), 0, "head ContentLength")
+
+
+@check("object: get_object response-* header overrides")
+def _():
+    r = s3a.get_object(Bucket=BKT, Key="obj", ResponseContentType="application/json",
+                       ResponseContentDisposition="inline", ResponseCacheControl="no-cache",
+                       ResponseContentLanguage="fr", ResponseContentEncoding="identity",
+                       ResponseExpires=dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc))
+    eq(body_of(r), OBJ_BODY, "body")
+    eq(r.get("ContentType"), "application/json", "ContentType")
+    eq(r.get("ContentDisposition"), "inline", "ContentDisposition")
+    eq(r.get("CacheControl"), "no-cache", "CacheControl")
+    eq(r.get("ContentLanguage"), "fr", "ContentLanguage")
+    eq(r.get("ContentEncoding"), "identity", "ContentEncoding")
+    eq(r.get("ExpiresString", "Mon, 03 Feb 2031 04:05:06 GMT"), "Mon, 03 Feb 2031 04:05:06 GMT", "Expires")
 
 
 @check("object: put_object with correct ContentMD5")
@@ -547,14 +589,21 @@ def _():
 @check("keys: special characters listed exactly (plain, EncodingType=url, v1)")
 def _():
     want = sorted(SPECIAL_KEYS, key=lambda s: s.encode())
-    eq(keys_of(s3a.list_objects_v2(Bucket=BKT_KEYS)), want, "list_objects_v2")
-    r = s3a.list_objects_v2(Bucket=BKT_KEYS, EncodingType="url")
-    eq(r.get("EncodingType"), "url", "v2 EncodingType echoed")
-    eq(keys_of(r), want, "list_objects_v2 EncodingType=url (decoded by boto3)")
-    # boto3 always asks list_objects (v1) for EncodingType=url and decodes.
-    eq(keys_of(s3a.list_objects(Bucket=BKT_KEYS)), want, "list_objects v1")
-    r = s3a.list_objects_v2(Bucket=BKT_KEYS, Delimiter="/", EncodingType="url")
-    eq(sorted(prefixes_of(r)), ["double/", "trailing/", "ünïcödé/"], "CommonPrefixes with url encoding")
+    # plain XML (no EncodingType): keys must be XML-escaped, not URL-encoded
+    eq(keys_of(s3raw.list_objects_v2(Bucket=BKT_KEYS)), want, "list_objects_v2 without EncodingType")
+    eq(keys_of(s3raw.list_objects(Bucket=BKT_KEYS)), want, "list_objects v1 without EncodingType")
+    eq([v["Key"] for v in s3raw.list_object_versions(Bucket=BKT_KEYS).get("Versions", [])], want,
+       "list_object_versions without EncodingType")
+    # boto3's default: it adds EncodingType=url itself and decodes
+    eq(keys_of(s3a.list_objects_v2(Bucket=BKT_KEYS)), want, "list_objects_v2 (boto3 auto url)")
+    eq(keys_of(s3a.list_objects(Bucket=BKT_KEYS)), want, "list_objects v1 (boto3 auto url)")
+    eq([v["Key"] for v in s3a.list_object_versions(Bucket=BKT_KEYS).get("Versions", [])], want,
+       "list_object_versions (boto3 auto url)")
+    # explicit EncodingType=url: returned encoded, decoded here
+    keys, _, _ = url_decoded(s3a.list_objects_v2(Bucket=BKT_KEYS, EncodingType="url"))
+    eq(keys, want, "list_objects_v2 EncodingType=url")
+    _, cps, _ = url_decoded(s3a.list_objects_v2(Bucket=BKT_KEYS, Delimiter="/", EncodingType="url"))
+    eq(cps, ["double/", "trailing/", "ünïcödé/"], "CommonPrefixes with EncodingType=url")
 
 
 @check("keys: copy_object with special-character source key")
@@ -729,13 +778,19 @@ def _():
 def _():
     s3a.put_object(Bucket=BKT_LIST, Key="sp ace/x y", Body=b"s")
     try:
-        r = s3a.list_objects_v2(Bucket=BKT_LIST, Prefix="sp ace/", EncodingType="url")
-        eq(keys_of(r), ["sp ace/x y"], "v2 keys")
-        eq(r.get("Prefix"), "sp ace/", "v2 Prefix (decoded)")
-        r = s3a.list_objects_v2(Bucket=BKT_LIST, Delimiter="/", Prefix="sp", EncodingType="url")
-        eq(prefixes_of(r), ["sp ace/"], "v2 CommonPrefixes")
+        keys, _, top = url_decoded(s3a.list_objects_v2(Bucket=BKT_LIST, Prefix="sp ace/", EncodingType="url"))
+        eq(keys, ["sp ace/x y"], "v2 keys")
+        eq(top.get("Prefix"), "sp ace/", "v2 Prefix")
+        _, cps, _ = url_decoded(s3a.list_objects_v2(Bucket=BKT_LIST, Delimiter="/", Prefix="sp",
+                                                    EncodingType="url"))
+        eq(cps, ["sp ace/"], "v2 CommonPrefixes")
+        keys, _, _ = url_decoded(s3a.list_objects(Bucket=BKT_LIST, Prefix="sp ace/", EncodingType="url"))
+        eq(keys, ["sp ace/x y"], "v1 keys")
+        # boto3 default path (auto EncodingType=url, decoded by botocore)
+        r = s3a.list_objects_v2(Bucket=BKT_LIST, Prefix="sp ace/")
+        eq((keys_of(r), r.get("Prefix")), (["sp ace/x y"], "sp ace/"), "v2 keys/Prefix via boto3 decoding")
         r = s3a.list_objects(Bucket=BKT_LIST, Prefix="sp ace/")
-        eq(keys_of(r), ["sp ace/x y"], "v1 keys")
+        eq(keys_of(r), ["sp ace/x y"], "v1 keys via boto3 decoding")
     finally:
         s3a.delete_object(Bucket=BKT_LIST, Key="sp ace/x y")
 
@@ -748,10 +803,15 @@ def _():
     p = s3a.get_paginator("list_objects")
     pages = list(p.paginate(Bucket=BKT_LIST, PaginationConfig={"PageSize": 2}))
     eq([k for pg in pages for k in keys_of(pg)], LIST_KEYS, "v1 paginator keys")
-    p = s3a.get_paginator("list_objects_v2")
-    pages = list(p.paginate(Bucket=BKT_LIST, Delimiter="/", PaginationConfig={"PageSize": 1}))
-    eq([k for pg in pages for k in keys_of(pg) + prefixes_of(pg)], ["a/", "b/", "c", "d", "e"],
-       "v2 paginator with Delimiter")
+
+
+@check("list: paginators with Delimiter (v1 and v2, PageSize=1)")
+def _():
+    want = ["a/", "b/", "c", "d", "e"]
+    for op in ("list_objects_v2", "list_objects"):
+        p = s3a.get_paginator(op)
+        pages = list(p.paginate(Bucket=BKT_LIST, Delimiter="/", PaginationConfig={"PageSize": 1}))
+        eq([k for pg in pages for k in prefixes_of(pg) + keys_of(pg)], want, f"{op} paginator")
 
 
 # ---------------------------------------------------------------- multipart
@@ -923,19 +983,45 @@ def _():
         fail("copied body mismatch")
 
 
-@check("multipart: upload_part_copy with range beyond source -> InvalidRange")
+@check("multipart: upload_part_copy with bad CopySourceRange -> InvalidArgument")
 def _():
     uid = s3a.create_multipart_upload(Bucket=BKT_MPU, Key="pcopy2")["UploadId"]
     try:
         s3a.put_object(Bucket=BKT_MPU, Key="tiny", Body=b"0123456789")
-        expect_error("InvalidRange", 416, s3a.upload_part_copy, Bucket=BKT_MPU, Key="pcopy2",
+        # Unlike GET's Range, a copy range is not clipped: S3 answers
+        # 400 InvalidArgument "Range specified is not valid for source
+        # object of size: 10".
+        expect_error("InvalidArgument", 400, s3a.upload_part_copy, Bucket=BKT_MPU, Key="pcopy2",
                      UploadId=uid, PartNumber=1, CopySource={"Bucket": BKT_MPU, "Key": "tiny"},
                      CopySourceRange="bytes=5-20")
+        for bad in ("bytes=5", "5-6", "bytes=-3"):
+            try:
+                expect_error("InvalidArgument", 400, s3a.upload_part_copy, Bucket=BKT_MPU, Key="pcopy2",
+                             UploadId=uid, PartNumber=1, CopySource={"Bucket": BKT_MPU, "Key": "tiny"},
+                             CopySourceRange=bad)
+            except CheckFailed as e:
+                fail(f"CopySourceRange={bad!r}: {e}")
         r = s3a.upload_part_copy(Bucket=BKT_MPU, Key="pcopy2", UploadId=uid, PartNumber=1,
                                  CopySource={"Bucket": BKT_MPU, "Key": "tiny"}, CopySourceRange="bytes=2-5")
         eq(r["CopyPartResult"]["ETag"], quoted_md5(b"2345"), "CopyPartResult.ETag")
     finally:
         s3a.abort_multipart_upload(Bucket=BKT_MPU, Key="pcopy2", UploadId=uid)
+
+
+@check("multipart: boto3 managed transfer (upload_fileobj / download_fileobj)")
+def _():
+    import io
+    from boto3.s3.transfer import TransferConfig
+    data = os.urandom(11 * MIB)
+    tc = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, max_concurrency=3)
+    s3a.upload_fileobj(io.BytesIO(data), BKT_MPU, "managed", Config=tc)
+    h = s3a.head_object(Bucket=BKT_MPU, Key="managed")
+    parts = [data[i:i + 5 * MIB] for i in range(0, len(data), 5 * MIB)]
+    eq(h.get("ETag"), mpu_etag(parts), "ETag")
+    out = io.BytesIO()
+    s3a.download_fileobj(BKT_MPU, "managed", out, Config=tc)
+    if out.getvalue() != data:
+        fail(f"download mismatch: {len(out.getvalue())} bytes")
 
 
 # ---------------------------------------------------------------- ACLs
@@ -1067,7 +1153,8 @@ def _():
     eq(vs, want, "Versions")
     eq(r.get("DeleteMarkers", []), [], "DeleteMarkers")
     r = s3a.list_object_versions(Bucket=BKT_VER, Prefix="v/", Delimiter="/")
-    eq(r.get("Versions", []), [], "Prefix=v/ Delimiter=/ Versions")
+    eq([v["Key"] for v in r.get("Versions", [])], ["v/a", "v/b"], "Prefix=v/ Delimiter=/ Versions")
+    eq(prefixes_of(r), [], "Prefix=v/ Delimiter=/ CommonPrefixes")
     r = s3a.list_object_versions(Bucket=BKT_VER, Delimiter="/")
     eq([v["Key"] for v in r.get("Versions", [])], ["w"], "Delimiter=/ Versions")
     eq(prefixes_of(r), ["v/"], "Delimiter=/ CommonPrefixes")
@@ -1366,7 +1453,9 @@ def main():
                 print(f"FAIL {name}: unexpected error from {op}: {' '.join(err_summary(e).split())}", flush=True)
             except Exception as e:
                 failed += 1
-                tb = traceback.extract_tb(e.__traceback__)[-1]
+                frames = [f for f in traceback.extract_tb(e.__traceback__)
+                          if os.path.abspath(f.filename) == os.path.abspath(__file__)]
+                tb = frames[-1] if frames else traceback.extract_tb(e.__traceback__)[-1]
                 print(f"FAIL {name}: {type(e).__name__}: {' '.join(str(e).split())} "
                       f"(line {tb.lineno})", flush=True)
             dt_ = time.monotonic() - t0

@@ -16,11 +16,18 @@ async fn expect(resp: reqwest::Response, status: u16, code: &str) {
 }
 
 async fn head_status(c: &RawClient, path: &str) -> u16 {
-    c.send("HEAD", path, &[], &[], vec![]).await.unwrap().status().as_u16()
+    c.send("HEAD", path, &[], &[], vec![])
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 fn with_secret(t: &Tenant, secret: &str) -> Tenant {
-    Tenant { secret_access_key: secret.into(), ..t.clone() }
+    Tenant {
+        secret_access_key: secret.into(),
+        ..t.clone()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,25 +38,72 @@ async fn authentication_failures() {
     let bucket = unique("auth");
     c.create_bucket(&bucket).await.unwrap();
     let key = format!("/{bucket}/k");
-    expect(c.send("PUT", &key, &[], &[], b"v1".to_vec()).await.unwrap(), 200, "").await;
+    expect(
+        c.send("PUT", &key, &[], &[], b"v1".to_vec()).await.unwrap(),
+        200,
+        "",
+    )
+    .await;
 
     let wrong = RawClient::new(&cluster.endpoint, &with_secret(&t, "not-the-secret"));
-    expect(wrong.send("PUT", &key, &[], &[], b"evil".to_vec()).await.unwrap(), 403, "SignatureDoesNotMatch").await;
+    expect(
+        wrong
+            .send("PUT", &key, &[], &[], b"evil".to_vec())
+            .await
+            .unwrap(),
+        403,
+        "SignatureDoesNotMatch",
+    )
+    .await;
     let unknown = RawClient::new(
         &cluster.endpoint,
-        &Tenant { tenant: "x".into(), access_key_id: "NOSUCHKEY".into(), secret_access_key: "s".into() },
+        &Tenant {
+            tenant: "x".into(),
+            access_key_id: "NOSUCHKEY".into(),
+            secret_access_key: "s".into(),
+        },
     );
-    expect(unknown.send("GET", &key, &[], &[], vec![]).await.unwrap(), 403, "InvalidAccessKeyId").await;
+    expect(
+        unknown.send("GET", &key, &[], &[], vec![]).await.unwrap(),
+        403,
+        "InvalidAccessKeyId",
+    )
+    .await;
 
     let skewed = chrono::Utc::now() - chrono::Duration::minutes(20);
-    let r = c.send_signed("PUT", &key, &[], &[], b"old".to_vec(), &sha256_hex(b"old"), skewed).await.unwrap();
+    let r = c
+        .send_signed(
+            "PUT",
+            &key,
+            &[],
+            &[],
+            b"old".to_vec(),
+            &sha256_hex(b"old"),
+            skewed,
+        )
+        .await
+        .unwrap();
     expect(r, 403, "RequestTimeTooSkewed").await;
     let future = chrono::Utc::now() + chrono::Duration::minutes(20);
-    let r = c.send_signed("GET", &key, &[], &[], vec![], &sha256_hex(b""), future).await.unwrap();
+    let r = c
+        .send_signed("GET", &key, &[], &[], vec![], &sha256_hex(b""), future)
+        .await
+        .unwrap();
     expect(r, 403, "RequestTimeTooSkewed").await;
 
     // A body that does not match the signed x-amz-content-sha256.
-    let r = c.send_signed("PUT", &key, &[], &[], b"other".to_vec(), &sha256_hex(b"claimed"), chrono::Utc::now()).await.unwrap();
+    let r = c
+        .send_signed(
+            "PUT",
+            &key,
+            &[],
+            &[],
+            b"other".to_vec(),
+            &sha256_hex(b"claimed"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
     expect(r, 400, "XAmzContentSHA256Mismatch").await;
 
     // Presigned URLs: valid, expired, over 7 days, tampered.
@@ -58,15 +112,44 @@ async fn authentication_failures() {
     let r = reqwest::get(&ok).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"v1");
-    let expired = s.presign(&cluster.endpoint, "GET", &key, 60, chrono::Utc::now() - chrono::Duration::minutes(5));
+    let expired = s.presign(
+        &cluster.endpoint,
+        "GET",
+        &key,
+        60,
+        chrono::Utc::now() - chrono::Duration::minutes(5),
+    );
     expect(reqwest::get(&expired).await.unwrap(), 403, "AccessDenied").await;
-    let too_long = s.presign(&cluster.endpoint, "GET", &key, 8 * 24 * 3600, chrono::Utc::now());
-    expect(reqwest::get(&too_long).await.unwrap(), 400, "AuthorizationQueryParametersError").await;
+    let too_long = s.presign(
+        &cluster.endpoint,
+        "GET",
+        &key,
+        8 * 24 * 3600,
+        chrono::Utc::now(),
+    );
+    expect(
+        reqwest::get(&too_long).await.unwrap(),
+        400,
+        "AuthorizationQueryParametersError",
+    )
+    .await;
     let tampered = ok.replace("X-Amz-Expires=60", "X-Amz-Expires=600");
-    expect(reqwest::get(&tampered).await.unwrap(), 403, "SignatureDoesNotMatch").await;
+    expect(
+        reqwest::get(&tampered).await.unwrap(),
+        403,
+        "SignatureDoesNotMatch",
+    )
+    .await;
 
     // Anonymous access to a private object.
-    expect(reqwest::get(format!("{}{key}", cluster.endpoint)).await.unwrap(), 403, "AccessDenied").await;
+    expect(
+        reqwest::get(format!("{}{key}", cluster.endpoint))
+            .await
+            .unwrap(),
+        403,
+        "AccessDenied",
+    )
+    .await;
 
     // Nothing above changed the object.
     let r = c.send("GET", &key, &[], &[], vec![]).await.unwrap();
@@ -88,10 +171,20 @@ async fn chunked_signatures_are_verified() {
         async move {
             let host = c.host();
             let len = data.len().to_string();
-            let headers = [("content-encoding", "aws-chunked"), ("x-amz-decoded-content-length", len.as_str())];
+            let headers = [
+                ("content-encoding", "aws-chunked"),
+                ("x-amz-decoded-content-length", len.as_str()),
+            ];
             let mut all = vec![("host", host.as_str())];
             all.extend_from_slice(&headers);
-            let signed = c.signer.sign("PUT", &path, &[], &all, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", chrono::Utc::now());
+            let signed = c.signer.sign(
+                "PUT",
+                &path,
+                &[],
+                &all,
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                chrono::Utc::now(),
+            );
             let mut body = chunked_body(&signed, data, 65536);
             if tamper {
                 // Flip one data byte inside the second chunk.
@@ -108,11 +201,18 @@ async fn chunked_signatures_are_verified() {
     let good = format!("/{bucket}/good");
     expect(put(good.clone(), false).await, 200, "").await;
     let r = c.send("GET", &good, &[], &[], vec![]).await.unwrap();
-    assert!(r.bytes().await.unwrap().as_ref() == data.as_slice(), "chunked upload stored the decoded bytes");
+    assert!(
+        r.bytes().await.unwrap().as_ref() == data.as_slice(),
+        "chunked upload stored the decoded bytes"
+    );
 
     let bad = format!("/{bucket}/bad");
     expect(put(bad.clone(), true).await, 403, "SignatureDoesNotMatch").await;
-    assert_eq!(head_status(&c, &bad).await, 404, "no object after a tampered chunk");
+    assert_eq!(
+        head_status(&c, &bad).await,
+        404,
+        "no object after a tampered chunk"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cluster.temp_files(), 0, "no temp file left");
 }
@@ -128,35 +228,137 @@ async fn request_errors_leave_state_unchanged() {
 
     // Content-MD5 mismatch, and a malformed one.
     let wrong_md5 = "1B2M2Y8AsgTpgAmY7PhCfg=="; // MD5 of the empty string
-    expect(c.send("PUT", &key, &[], &[("content-md5", wrong_md5)], b"data".to_vec()).await.unwrap(), 400, "BadDigest").await;
+    expect(
+        c.send(
+            "PUT",
+            &key,
+            &[],
+            &[("content-md5", wrong_md5)],
+            b"data".to_vec(),
+        )
+        .await
+        .unwrap(),
+        400,
+        "BadDigest",
+    )
+    .await;
     assert_eq!(head_status(&c, &key).await, 404);
-    expect(c.send("PUT", &key, &[], &[("content-md5", "nope")], b"data".to_vec()).await.unwrap(), 400, "InvalidDigest").await;
+    expect(
+        c.send(
+            "PUT",
+            &key,
+            &[],
+            &[("content-md5", "nope")],
+            b"data".to_vec(),
+        )
+        .await
+        .unwrap(),
+        400,
+        "InvalidDigest",
+    )
+    .await;
 
-    expect(c.send("PUT", "/Bad_Bucket", &[], &[], vec![]).await.unwrap(), 400, "InvalidBucketName").await;
-    expect(c.send("PUT", "/ab", &[], &[], vec![]).await.unwrap(), 400, "InvalidBucketName").await;
+    expect(
+        c.send("PUT", "/Bad_Bucket", &[], &[], vec![])
+            .await
+            .unwrap(),
+        400,
+        "InvalidBucketName",
+    )
+    .await;
+    expect(
+        c.send("PUT", "/ab", &[], &[], vec![]).await.unwrap(),
+        400,
+        "InvalidBucketName",
+    )
+    .await;
 
-    expect(c.send("PUT", &key, &[], &[], b"0123456789".to_vec()).await.unwrap(), 200, "").await;
-    expect(c.send("DELETE", &format!("/{bucket}"), &[], &[], vec![]).await.unwrap(), 409, "BucketNotEmpty").await;
+    expect(
+        c.send("PUT", &key, &[], &[], b"0123456789".to_vec())
+            .await
+            .unwrap(),
+        200,
+        "",
+    )
+    .await;
+    expect(
+        c.send("DELETE", &format!("/{bucket}"), &[], &[], vec![])
+            .await
+            .unwrap(),
+        409,
+        "BucketNotEmpty",
+    )
+    .await;
     assert_eq!(head_status(&c, &key).await, 200);
 
-    expect(c.send("GET", &format!("/{bucket}/missing"), &[], &[], vec![]).await.unwrap(), 404, "NoSuchKey").await;
-    expect(c.send("GET", "/no-such-bucket-here/k", &[], &[], vec![]).await.unwrap(), 404, "NoSuchBucket").await;
-    expect(c.send("GET", &key, &[], &[("range", "bytes=20-30")], vec![]).await.unwrap(), 416, "InvalidRange").await;
+    expect(
+        c.send("GET", &format!("/{bucket}/missing"), &[], &[], vec![])
+            .await
+            .unwrap(),
+        404,
+        "NoSuchKey",
+    )
+    .await;
+    expect(
+        c.send("GET", "/no-such-bucket-here/k", &[], &[], vec![])
+            .await
+            .unwrap(),
+        404,
+        "NoSuchBucket",
+    )
+    .await;
+    expect(
+        c.send("GET", &key, &[], &[("range", "bytes=20-30")], vec![])
+            .await
+            .unwrap(),
+        416,
+        "InvalidRange",
+    )
+    .await;
 
     let long_key = format!("/{bucket}/{}", "k".repeat(1025));
-    expect(c.send("PUT", &long_key, &[], &[], b"x".to_vec()).await.unwrap(), 400, "KeyTooLongError").await;
+    expect(
+        c.send("PUT", &long_key, &[], &[], b"x".to_vec())
+            .await
+            .unwrap(),
+        400,
+        "KeyTooLongError",
+    )
+    .await;
 
     // A 3 MiB header is refused before it reaches any handler.
     let huge = "a".repeat(3 * 1024 * 1024);
-    let r = c.http.put(format!("{}/{bucket}/huge", c.endpoint)).header("x-amz-meta-huge", huge).body("x").send().await;
+    let r = c
+        .http
+        .put(format!("{}/{bucket}/huge", c.endpoint))
+        .header("x-amz-meta-huge", huge)
+        .body("x")
+        .send()
+        .await;
     match r {
         Ok(r) => assert!(r.status().is_client_error(), "3 MiB header: {}", r.status()),
-        Err(e) => assert!(e.is_request() || e.is_connect() || e.to_string().contains("connection"), "{e}"),
+        Err(e) => assert!(
+            e.is_request() || e.is_connect() || e.to_string().contains("connection"),
+            "{e}"
+        ),
     }
     assert_eq!(head_status(&c, &format!("/{bucket}/huge")).await, 404);
     // Metadata over 2 KiB, within the header limit, is S3's MetadataTooLarge.
     let meta = "m".repeat(3000);
-    expect(c.send("PUT", &format!("/{bucket}/meta"), &[], &[("x-amz-meta-big", &meta)], b"x".to_vec()).await.unwrap(), 400, "MetadataTooLarge").await;
+    expect(
+        c.send(
+            "PUT",
+            &format!("/{bucket}/meta"),
+            &[],
+            &[("x-amz-meta-big", &meta)],
+            b"x".to_vec(),
+        )
+        .await
+        .unwrap(),
+        400,
+        "MetadataTooLarge",
+    )
+    .await;
 
     // The object is untouched by all of the above.
     let r = c.send("GET", &key, &[], &[], vec![]).await.unwrap();
@@ -172,15 +374,34 @@ async fn multipart_errors() {
     c.create_bucket(&bucket).await.unwrap();
     let key = format!("/{bucket}/obj");
 
-    let r = c.send("POST", &key, &[("uploads", "")], &[], vec![]).await.unwrap();
+    let r = c
+        .send("POST", &key, &[("uploads", "")], &[], vec![])
+        .await
+        .unwrap();
     let body = r.text().await.unwrap();
-    let upload_id = body.split("<UploadId>").nth(1).unwrap().split("</UploadId>").next().unwrap().to_string();
+    let upload_id = body
+        .split("<UploadId>")
+        .nth(1)
+        .unwrap()
+        .split("</UploadId>")
+        .next()
+        .unwrap()
+        .to_string();
     let part = |n: &'static str, data: Vec<u8>| {
         let c = &c;
         let key = &key;
         let upload_id = upload_id.clone();
         async move {
-            let r = c.send("PUT", key, &[("partNumber", n), ("uploadId", &upload_id)], &[], data).await.unwrap();
+            let r = c
+                .send(
+                    "PUT",
+                    key,
+                    &[("partNumber", n), ("uploadId", &upload_id)],
+                    &[],
+                    data,
+                )
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.headers()["etag"].to_str().unwrap().to_string()
         }
@@ -193,27 +414,95 @@ async fn multipart_errors() {
         async move {
             let mut xml = String::from("<CompleteMultipartUpload>");
             for (n, e) in parts {
-                xml.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>"));
+                xml.push_str(&format!(
+                    "<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>"
+                ));
             }
             xml.push_str("</CompleteMultipartUpload>");
-            c.send("POST", key, &[("uploadId", &id)], &[], xml.into_bytes()).await.unwrap()
+            c.send("POST", key, &[("uploadId", &id)], &[], xml.into_bytes())
+                .await
+                .unwrap()
         }
     };
-    expect(complete(vec![(1, "\"0123\"".into()), (2, e2.clone())], upload_id.clone()).await, 400, "InvalidPart").await;
-    expect(complete(vec![(2, e2.clone()), (1, e1.clone())], upload_id.clone()).await, 400, "InvalidPartOrder").await;
-    expect(complete(vec![(1, e1.clone()), (2, e2.clone())], upload_id.clone()).await, 400, "EntityTooSmall").await;
-    expect(complete(vec![(1, e1.clone())], "nosuchupload".into()).await, 404, "NoSuchUpload").await;
-    expect(c.send("PUT", &key, &[("partNumber", "0"), ("uploadId", &upload_id)], &[], vec![1]).await.unwrap(), 400, "InvalidArgument").await;
-    expect(c.send("PUT", &key, &[("partNumber", "1"), ("uploadId", "nosuchupload")], &[], vec![1]).await.unwrap(), 404, "NoSuchUpload").await;
-    assert_eq!(head_status(&c, &key).await, 404, "no object after failed completes");
+    expect(
+        complete(
+            vec![(1, "\"0123\"".into()), (2, e2.clone())],
+            upload_id.clone(),
+        )
+        .await,
+        400,
+        "InvalidPart",
+    )
+    .await;
+    expect(
+        complete(vec![(2, e2.clone()), (1, e1.clone())], upload_id.clone()).await,
+        400,
+        "InvalidPartOrder",
+    )
+    .await;
+    expect(
+        complete(vec![(1, e1.clone()), (2, e2.clone())], upload_id.clone()).await,
+        400,
+        "EntityTooSmall",
+    )
+    .await;
+    expect(
+        complete(vec![(1, e1.clone())], "nosuchupload".into()).await,
+        404,
+        "NoSuchUpload",
+    )
+    .await;
+    expect(
+        c.send(
+            "PUT",
+            &key,
+            &[("partNumber", "0"), ("uploadId", &upload_id)],
+            &[],
+            vec![1],
+        )
+        .await
+        .unwrap(),
+        400,
+        "InvalidArgument",
+    )
+    .await;
+    expect(
+        c.send(
+            "PUT",
+            &key,
+            &[("partNumber", "1"), ("uploadId", "nosuchupload")],
+            &[],
+            vec![1],
+        )
+        .await
+        .unwrap(),
+        404,
+        "NoSuchUpload",
+    )
+    .await;
+    assert_eq!(
+        head_status(&c, &key).await,
+        404,
+        "no object after failed completes"
+    );
 
     // The upload is still intact: a single small last part completes.
     let r = complete(vec![(1, e1.clone())], upload_id.clone()).await;
     assert_eq!(r.status(), 200);
     let r = c.send("GET", &key, &[], &[], vec![]).await.unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), vec![1u8; 1000].as_slice());
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        vec![1u8; 1000].as_slice()
+    );
     // Completed uploads are gone.
-    expect(c.send("DELETE", &key, &[("uploadId", &upload_id)], &[], vec![]).await.unwrap(), 404, "NoSuchUpload").await;
+    expect(
+        c.send("DELETE", &key, &[("uploadId", &upload_id)], &[], vec![])
+            .await
+            .unwrap(),
+        404,
+        "NoSuchUpload",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,15 +532,26 @@ async fn truncated_body_leaves_no_object_and_no_temp_file() {
     stream.write_all(&vec![7u8; 300_000]).await.unwrap();
     stream.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(cluster.temp_files() > 0, "the write was in flight on a node");
+    assert!(
+        cluster.temp_files() > 0,
+        "the write was in flight on a node"
+    );
     drop(stream);
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while cluster.temp_files() > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(cluster.temp_files(), 0, "temp file removed after the client vanished");
-    assert_eq!(head_status(&c, &path).await, 404, "no partial object is visible");
+    assert_eq!(
+        cluster.temp_files(),
+        0,
+        "temp file removed after the client vanished"
+    );
+    assert_eq!(
+        head_status(&c, &path).await,
+        404,
+        "no partial object is visible"
+    );
     let blobs = cluster.blob_files();
     assert!(blobs.is_empty(), "no blob stored: {blobs:?}");
 }

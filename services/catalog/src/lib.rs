@@ -58,6 +58,9 @@ pub enum CatalogError {
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
+/// A raw rocksdb entry.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -383,6 +386,18 @@ impl Catalog {
                 seek = object_key(bucket, after);
                 seek.push(0);
             }
+            // Resuming after a rolled-up common prefix: every key under it
+            // was already reported as that prefix, so skip them all.
+            if let (Some(d), Some(rest)) = (
+                q.delimiter.filter(|d| !d.is_empty()),
+                after.strip_prefix(q.prefix),
+            ) {
+                if let Some(pos) = rest.find(d) {
+                    let cp = &after[..q.prefix.len() + pos + d.len()];
+                    seek = object_key(bucket, cp);
+                    increment(&mut seek);
+                }
+            }
         }
         let cf = self.cf(CF_OBJECTS)?;
         'outer: loop {
@@ -647,7 +662,7 @@ impl Catalog {
         &'a self,
         cf: &str,
         prefix: &'a [u8],
-    ) -> Result<impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a> {
+    ) -> Result<impl Iterator<Item = Result<KeyValue>> + 'a> {
         let iter = self
             .db
             .iterator_cf(self.cf(cf)?, IteratorMode::From(prefix, Direction::Forward));

@@ -145,8 +145,24 @@ impl Gateway {
 }
 
 async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
     let mut resp = route_request(gw, req).await;
+    let failed = resp.status().is_client_error() || resp.status().is_server_error();
     let headers = resp.headers_mut();
+    // A request refused before its body was read leaves the connection in
+    // an unknown state (the client may or may not send the body after
+    // `Expect: 100-continue`); close it rather than misparse what follows.
+    if has_body && failed {
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     headers.insert(
         http::header::SERVER,
         http::HeaderValue::from_static("insitu"),

@@ -294,7 +294,7 @@ mod tests {
             service: "s3".into(),
         };
         ChunkSigning {
-            key: SigningKey::derive("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", &scope).unwrap(),
+            key: SigningKey::derive("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", &scope).unwrap(),
             amz_date: "20130524T000000Z".into(),
             scope: scope.as_string(),
             seed_signature: "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::access::{owned_bucket, writable_bucket};
 use super::bucket::canned_acl_header;
 use super::copy::{copy_bytes, copy_source};
-use super::get::parse_range;
+use super::get::ByteRange;
 use super::put::{
     body_expectations, new_blob_id, node_error, object_headers, store_body, validate_key,
 };
@@ -114,11 +114,7 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
     let src = copy_source(gw, &req)?;
     let range = match req.header("x-amz-copy-source-range") {
         None => None,
-        Some(r) => Some(parse_range(r, src.object.size)?.ok_or_else(|| {
-            S3Error::invalid_argument(
-                "The x-amz-copy-source-range value must be of the form bytes=first-last",
-            )
-        })?),
+        Some(r) => Some(copy_range(r, src.object.size)?),
     };
     let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone())).await?;
     let part = PartRecord {
@@ -145,6 +141,21 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
     xml::elem(&mut out, "ETag", &format!("\"{}\"", part.etag));
     out.push_str("</CopyPartResult>");
     Ok(xml_response(StatusCode::OK, out))
+}
+
+/// `x-amz-copy-source-range` is stricter than a GET range: only
+/// `bytes=first-last`, entirely inside the source, as in S3.
+fn copy_range(value: &str, size: u64) -> S3Result<ByteRange> {
+    let parsed = value
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    match parsed {
+        Some((start, end)) if start <= end && end < size => Ok(ByteRange { start, end }),
+        Some(_) => Err(S3Error::invalid_argument(format!("Range specified is not valid for source object of size: {size}"))),
+        None => Err(S3Error::invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy")),
+    }
 }
 
 #[derive(Deserialize)]
