@@ -48,6 +48,7 @@ pub struct Cluster {
     pub endpoint: String,
     pub nodes: usize,
     pub replicas: Option<usize>,
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -65,12 +66,19 @@ impl Cluster {
     }
 
     pub fn start_with(nodes: usize, replicas: Option<usize>) -> Result<Self> {
+        Self::start_with_args(nodes, replicas, &[])
+    }
+
+    /// Starts a cluster with extra `insitu dev` arguments.
+    pub fn start_with_args(nodes: usize, replicas: Option<usize>, args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("insitu-e2e").tempdir()?;
+        let extra_args = args.iter().map(ToString::to_string).collect();
         let mut c = Cluster {
             dir,
             endpoint: String::new(),
             nodes,
             replicas,
+            extra_args,
             child: None,
         };
         c.launch(None)?;
@@ -111,6 +119,7 @@ impl Cluster {
         if let Some(r) = self.replicas {
             cmd.arg("--replicas").arg(r.to_string());
         }
+        cmd.args(&self.extra_args);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
@@ -134,6 +143,11 @@ impl Cluster {
             .to_string();
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Process id of the gateway (`insitu dev` itself).
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn port(&self) -> u16 {

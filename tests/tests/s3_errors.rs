@@ -555,3 +555,99 @@ async fn truncated_body_leaves_no_object_and_no_temp_file() {
     let blobs = cluster.blob_files();
     assert!(blobs.is_empty(), "no blob stored: {blobs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_payload_with_trailing_checksum() {
+    let cluster = Cluster::start(2).expect("cluster");
+    let t = cluster.create_tenant("trailer").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("trail");
+    c.create_bucket(&bucket).await.unwrap();
+    let data = b"hello trailing checksums".repeat(1000);
+    let crc = {
+        // CRC-32 (IEEE), computed here independently of the gateway.
+        let mut table = [0u32; 256];
+        for (i, e) in table.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in &data {
+            crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+        }
+        crc ^ 0xFFFF_FFFF
+    };
+    let b64 = |bytes: [u8; 4]| {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let n = u32::from_be_bytes(bytes);
+        let idx = [
+            (n >> 26) & 63,
+            (n >> 20) & 63,
+            (n >> 14) & 63,
+            (n >> 8) & 63,
+            (n >> 2) & 63,
+            (n << 4) & 63,
+        ];
+        let mut s: String = idx.iter().map(|&i| A[i as usize] as char).collect();
+        s.push_str("==");
+        s
+    };
+    let send = |path: String, checksum: String| {
+        let c = &c;
+        let data = &data;
+        async move {
+            let host = c.host();
+            let len = data.len().to_string();
+            let headers = [
+                ("content-encoding", "aws-chunked"),
+                ("x-amz-decoded-content-length", len.as_str()),
+                ("x-amz-trailer", "x-amz-checksum-crc32"),
+            ];
+            let mut all = vec![("host", host.as_str())];
+            all.extend_from_slice(&headers);
+            let signed = c.signer.sign(
+                "PUT",
+                &path,
+                &[],
+                &all,
+                "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                chrono::Utc::now(),
+            );
+            let mut body = Vec::new();
+            for piece in data.chunks(8192) {
+                body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                body.extend_from_slice(piece);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(
+                format!("0\r\nx-amz-checksum-crc32:{checksum}\r\n\r\n").as_bytes(),
+            );
+            let mut req = c.http.put(format!("{}{path}", c.endpoint)).body(body);
+            for (k, v) in &signed.headers {
+                req = req.header(k, v);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let good = format!("/{bucket}/good");
+    let r = send(good.clone(), b64(crc.to_be_bytes())).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = c.send("GET", &good, &[], &[], vec![]).await.unwrap();
+    assert!(r.bytes().await.unwrap().as_ref() == data.as_slice());
+
+    let bad = format!("/{bucket}/bad");
+    expect(
+        send(bad.clone(), b64((crc ^ 1).to_be_bytes())).await,
+        400,
+        "BadDigest",
+    )
+    .await;
+    assert_eq!(head_status(&c, &bad).await, 404);
+}

@@ -175,14 +175,6 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     resp
 }
 
-#[allow(dead_code)]
-fn assert_send() {
-    fn is_send<T: Send>(_: &T) {}
-    fn probe(gw: Arc<Gateway>, req: Request) {
-        is_send(&route_request(gw.clone(), req));
-    }
-}
-
 async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_string();

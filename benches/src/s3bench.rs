@@ -1,0 +1,206 @@
+//! Object-store benchmark, run by `benches/run.sh`. Every figure is measured
+//! in one run on this machine, against a baseline from the same run:
+//! - `dd conv=fsync` bandwidth against a 256 MiB PUT and a warm GET;
+//! - 4 KiB PUT and GET operations per second at 32 concurrent clients;
+//! - the gateway's peak RSS while a 2 GiB object streams in and out.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use insitu_e2e::{Cluster, RawClient};
+
+const MIB: u64 = 1024 * 1024;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// MiB/s of `dd if=/dev/zero bs=1M count=N conv=fsync` into `dir`.
+fn dd_bandwidth(dir: &std::path::Path, mib: u64) -> Result<f64> {
+    let target = dir.join("dd.bin");
+    let t = Instant::now();
+    let st = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", target.display()))
+        .arg("bs=1M")
+        .arg(format!("count={mib}"))
+        .arg("conv=fsync")
+        .arg("status=none")
+        .status()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&target);
+    if !st.success() {
+        bail!("dd failed");
+    }
+    Ok(mib as f64 / secs)
+}
+
+/// Streams `size` bytes to `path` with UNSIGNED-PAYLOAD; returns MiB/s.
+async fn put_stream(c: &RawClient, path: &str, size: u64) -> Result<f64> {
+    let chunk = Bytes::from(vec![0x5au8; MIB as usize]);
+    let chunks = size / MIB;
+    let body =
+        futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let host = c.host();
+    let len = size.to_string();
+    let signed = c.signer.sign(
+        "PUT",
+        path,
+        &[],
+        &[("host", &host), ("content-length", &len)],
+        "UNSIGNED-PAYLOAD",
+        chrono::Utc::now(),
+    );
+    let mut req = c
+        .http
+        .put(format!("{}{path}", c.endpoint))
+        .header("content-length", &len)
+        .body(reqwest::Body::wrap_stream(body));
+    for (k, v) in &signed.headers {
+        req = req.header(k, v);
+    }
+    let t = Instant::now();
+    let r = req.send().await?;
+    let secs = t.elapsed().as_secs_f64();
+    if !r.status().is_success() {
+        bail!(
+            "PUT {path}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(size as f64 / MIB as f64 / secs)
+}
+
+/// Reads `path` and discards it; returns MiB/s.
+async fn get_stream(c: &RawClient, path: &str) -> Result<f64> {
+    let t = Instant::now();
+    let r = c.send("GET", path, &[], &[], vec![]).await?;
+    if !r.status().is_success() {
+        bail!("GET {path}: {}", r.status());
+    }
+    let mut n = 0u64;
+    let mut s = r.bytes_stream();
+    while let Some(b) = s.next().await {
+        n += b?.len() as u64;
+    }
+    Ok(n as f64 / MIB as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Operations per second of `op` at `clients` concurrent clients.
+async fn ops_per_sec(
+    c: Arc<RawClient>,
+    bucket: &str,
+    clients: usize,
+    dur: Duration,
+    put: bool,
+) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..clients {
+        let (c, done, errors, bucket) =
+            (c.clone(), done.clone(), errors.clone(), bucket.to_string());
+        tasks.push(tokio::spawn(async move {
+            let body = vec![7u8; 4096];
+            let mut i = 0u64;
+            while start.elapsed() < dur {
+                let path = if put {
+                    format!("/{bucket}/small/{w}-{i}")
+                } else {
+                    format!("/{bucket}/small/{w}-{}", i % 50)
+                };
+                let r = if put {
+                    c.send("PUT", &path, &[], &[], body.clone()).await
+                } else {
+                    c.send("GET", &path, &[], &[], vec![]).await
+                };
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let errs = errors.load(Ordering::Relaxed);
+    if errs > 0 {
+        bail!("{errs} operations failed");
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kib: f64 = line.split_whitespace().nth(1).context("VmHWM")?.parse()?;
+    Ok(kib / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let big_mib: u64 = std::env::var("BENCH_RSS_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = Arc::new(RawClient::new(&cluster.endpoint, &t));
+    c.create_bucket("bench").await?;
+
+    let mut dd = Vec::new();
+    let mut put = Vec::new();
+    let mut get = Vec::new();
+    for i in 0..3 {
+        dd.push(dd_bandwidth(&cluster.data_dir(), 256)?);
+        put.push(put_stream(&c, &format!("/bench/large-{i}"), 256 * MIB).await?);
+        get_stream(&c, &format!("/bench/large-{i}")).await?; // warm the page cache
+        get.push(get_stream(&c, &format!("/bench/large-{i}")).await?);
+    }
+    let (dd, put, get) = (median(dd), median(put), median(get));
+
+    let dur = Duration::from_secs(5);
+    let put_ops = ops_per_sec(c.clone(), "bench", 32, dur, true).await?;
+    let get_ops = ops_per_sec(c.clone(), "bench", 32, dur, false).await?;
+
+    let pid = cluster.gateway_pid().context("gateway pid")?;
+    let rss_before = peak_rss_mib(pid)?;
+    let big_put = put_stream(&c, "/bench/huge", big_mib * MIB).await?;
+    let big_get = get_stream(&c, "/bench/huge").await?;
+    let rss_peak = peak_rss_mib(pid)?;
+
+    let result = serde_json::json!({
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        "dd_conv_fsync_mib_s": dd,
+        "put_256mib_r1_mib_s": put,
+        "put_vs_dd": put / dd,
+        "warm_get_256mib_mib_s": get,
+        "put_4kib_ops_s_32_clients": put_ops,
+        "get_4kib_ops_s_32_clients": get_ops,
+        "big_object_mib": big_mib,
+        "big_put_mib_s": big_put,
+        "big_get_mib_s": big_get,
+        "gateway_peak_rss_mib_before_big": rss_before,
+        "gateway_peak_rss_mib": rss_peak,
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
