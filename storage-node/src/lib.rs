@@ -1,5 +1,7 @@
 //! A storage node: a blob store on local disk behind an internal HTTP API.
-//! The task runner joins it when the jobs issue lands.
+//! It registers with its gateway by heartbeat, reporting capacity, use and
+//! corrupt replicas, and scrubs its blobs in the background. The task runner
+//! joins it when the jobs issue lands.
 
 pub mod blob_store;
 pub mod node_api;
@@ -7,19 +9,44 @@ pub mod node_api;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-use blob_store::{BlobError, BlobStore};
+use blob_store::{BlobError, BlobStore, Usage};
 use node_api::NodeState;
+
+/// Path of the gateway's heartbeat endpoint.
+pub const HEARTBEAT_PATH: &str = "/_insitu/v1/internal/heartbeat";
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: String,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// URL the gateway should use to reach this node; defaults to
+    /// `http://<bound address>`.
+    pub advertise: Option<String>,
+    /// Gateway to register with by heartbeat, if any.
+    pub gateway: Option<String>,
     pub cluster_secret: String,
+    /// Cap on stored bytes (below the filesystem size), for shared disks.
+    pub capacity_bytes: Option<u64>,
+    pub heartbeat_interval: Duration,
+    /// How often every blob is re-read and checked; `None` disables.
+    pub scrub_interval: Option<Duration>,
+}
+
+/// What a node tells the gateway every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub addr: String,
+    pub usage: Usage,
+    /// Blobs whose replica here failed its checksum.
+    pub corrupt: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -27,10 +54,7 @@ pub enum NodeError {
     #[error("blob store: {0}")]
     Store(#[from] BlobError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server: {0}")]
     Serve(std::io::Error),
 }
@@ -39,41 +63,109 @@ pub enum NodeError {
 pub struct Node {
     listener: TcpListener,
     state: Arc<NodeState>,
+    config: NodeConfig,
 }
 
 impl Node {
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
-        let store = BlobStore::open(&config.data_dir).await?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let state = Arc::new(NodeState {
-            node_id: config.node_id,
-            secret: config.cluster_secret,
-            store,
-        });
-        Ok(Self { listener, state })
+        let store = Arc::new(BlobStore::open(&config.data_dir, config.capacity_bytes).await?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Listen { addr: config.listen, source })?;
+        let state = Arc::new(NodeState { node_id: config.node_id.clone(), secret: config.cluster_secret.clone(), store });
+        Ok(Self { listener, state, config })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    pub async fn serve(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), NodeError> {
+    /// The base URL the gateway should use for this node.
+    pub fn advertised_url(&self) -> String {
+        match (&self.config.advertise, self.listener.local_addr()) {
+            (Some(a), _) => a.trim_end_matches('/').to_string(),
+            (None, Ok(addr)) => format!("http://{addr}"),
+            (None, Err(_)) => format!("http://{}", self.config.listen),
+        }
+    }
+
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
         let span = tracing::info_span!("node", node = %self.state.node_id);
-        let _enter = span.enter();
-        tracing::info!(addr = ?self.listener.local_addr().ok(), "storage node serving");
-        drop(_enter);
-        axum::serve(self.listener, node_api::router(self.state))
+        let url = self.advertised_url();
+        span.in_scope(|| tracing::info!(url = %url, "storage node serving"));
+        let heartbeat = self
+            .config
+            .gateway
+            .clone()
+            .map(|gw| tokio::spawn(heartbeat_loop(self.state.clone(), gw, url.clone(), self.config.heartbeat_interval)));
+        let scrubber = self.config.scrub_interval.map(|every| tokio::spawn(scrub_loop(self.state.clone(), every)));
+        let result = axum::serve(self.listener, node_api::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(NodeError::Serve)
+            .map_err(NodeError::Serve);
+        for task in [heartbeat, scrubber].into_iter().flatten() {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Reports to the gateway until the node stops. Failures are logged once
+/// per outage, not once per beat.
+async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, every: Duration) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let url = format!("{}{HEARTBEAT_PATH}", gateway.trim_end_matches('/'));
+    let mut failing = false;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let beat = Heartbeat {
+            node_id: state.node_id.clone(),
+            addr: addr.clone(),
+            usage: state.store.usage(),
+            corrupt: state.store.corrupt_blobs(),
+        };
+        let sent = http.post(&url).bearer_auth(&state.secret).json(&beat).send().await;
+        match sent.map(|r| r.status()) {
+            Ok(s) if s.is_success() => {
+                if failing {
+                    tracing::info!(node = %state.node_id, "gateway reachable again");
+                }
+                failing = false;
+            }
+            other => {
+                if !failing {
+                    tracing::warn!(node = %state.node_id, gateway = %gateway, result = ?other.map_err(|e| e.to_string()), "heartbeat failed");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Re-reads every blob now and then so that silent corruption is found
+/// (and reported for repair) before a reader needs the replica.
+async fn scrub_loop(state: Arc<NodeState>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut after = String::new();
+        loop {
+            let page = match state.store.list(&after, 256).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scrub listing failed");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            for b in page {
+                if let Err(e) = state.store.verify(&b.id).await {
+                    tracing::warn!(blob = %b.id, error = %e, "scrub found a bad replica");
+                }
+                // Yield the disk to foreground traffic between blobs.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }

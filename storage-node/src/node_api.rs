@@ -6,15 +6,13 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use crate::blob_store::{BlobError, BlobStore};
 
@@ -24,7 +22,7 @@ pub const EXPECTED_LENGTH_HEADER: &str = "x-insitu-expected-length";
 pub struct NodeState {
     pub node_id: String,
     pub secret: String,
-    pub store: BlobStore,
+    pub store: Arc<BlobStore>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -36,11 +34,21 @@ pub struct ComposeRequest {
 pub struct Health {
     pub node_id: String,
     pub temp_files: usize,
+    pub usage: crate::blob_store::Usage,
+    pub corrupt: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    after: String,
+    limit: Option<usize>,
 }
 
 pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/blobs", get(list_blobs))
         .route(
             "/v1/blobs/{id}",
             get(get_blob)
@@ -69,6 +77,8 @@ impl From<BlobError> for ApiError {
             BlobError::NotFound(_) => StatusCode::NOT_FOUND,
             BlobError::Exists(_) => StatusCode::CONFLICT,
             BlobError::BadRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            BlobError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            BlobError::Corrupt { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             BlobError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -109,7 +119,18 @@ async fn health(
     Ok(Json(Health {
         node_id: state.node_id.clone(),
         temp_files: state.store.temp_files().await?,
+        usage: state.store.usage(),
+        corrupt: state.store.corrupt_blobs(),
     }))
+}
+
+async fn list_blobs(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<crate::blob_store::BlobEntry>>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(state.store.list(&q.after, q.limit.unwrap_or(1000).min(10_000)).await?))
 }
 
 #[tracing::instrument(skip_all, fields(node = %state.node_id, blob = %id))]
@@ -155,25 +176,22 @@ async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let range = parse_range(&headers);
-    let start = range.map_or(0, |r| r.0);
-    let (file, size) = state.store.open_at(&id, start).await?;
-    let (status, len) = match range {
+    let size = state.store.size(&id).await?;
+    let (status, start, end) = match parse_range(&headers) {
         Some((s, e)) => {
             if e < s || e >= size {
-                return Err(BlobError::BadRange {
-                    start: s,
-                    end: e,
-                    size,
-                }
-                .into());
+                return Err(BlobError::BadRange { start: s, end: e, size }.into());
             }
-            (StatusCode::PARTIAL_CONTENT, e - s + 1)
+            (StatusCode::PARTIAL_CONTENT, s, e)
         }
-        None => (StatusCode::OK, size),
+        None => (StatusCode::OK, 0, size.saturating_sub(1)),
     };
-    let reader = file.take(len);
-    let body = Body::from_stream(ReaderStream::with_capacity(reader, 256 * 1024));
+    let len = if size == 0 { 0 } else { end - start + 1 };
+    let body = if len == 0 {
+        Body::empty()
+    } else {
+        Body::from_stream(state.store.read_verified(&id, start, end).await?)
+    };
     Ok(Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, len)
