@@ -142,6 +142,8 @@ impl BlobStore {
     /// Capacity, use and free space, counting the filesystem's own limit.
     pub fn usage(&self) -> Usage {
         let used = self.used.load(Ordering::SeqCst);
+        // statvfs field types differ between platforms, hence the casts.
+        #[allow(clippy::unnecessary_cast)]
         let (fs_total, fs_free) = nix::sys::statvfs::statvfs(&self.root)
             .map(|s| {
                 let f = (s.fragment_size() as u64).max(1);
@@ -152,11 +154,19 @@ impl BlobStore {
             Some(c) => (c, c.saturating_sub(used).min(fs_free)),
             None => (fs_total, fs_free),
         };
-        Usage { capacity_bytes: capacity, used_bytes: used, free_bytes: free, blob_count: self.count.load(Ordering::SeqCst) }
+        Usage {
+            capacity_bytes: capacity,
+            used_bytes: used,
+            free_bytes: free,
+            blob_count: self.count.load(Ordering::SeqCst),
+        }
     }
 
     pub fn corrupt_blobs(&self) -> Vec<String> {
-        self.corrupt.lock().map(|c| c.iter().cloned().collect()).unwrap_or_default()
+        self.corrupt
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn mark_corrupt(&self, id: &str, offset: u64) {
@@ -179,12 +189,19 @@ impl BlobStore {
     }
 
     fn temp_path(&self, id: &str) -> PathBuf {
-        self.root.join("tmp").join(format!("{id}.{}", uuid::Uuid::new_v4().simple()))
+        self.root
+            .join("tmp")
+            .join(format!("{id}.{}", uuid::Uuid::new_v4().simple()))
     }
 
     /// Streams `body` into a new blob. With `expected_len`, a body of any
     /// other length is refused. On any error the temp file is removed.
-    pub async fn put<S, E>(&self, id: &str, body: S, expected_len: Option<u64>) -> Result<BlobInfo, BlobError>
+    pub async fn put<S, E>(
+        &self,
+        id: &str,
+        body: S,
+        expected_len: Option<u64>,
+    ) -> Result<BlobInfo, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -199,7 +216,14 @@ impl BlobStore {
         }
         let tmp = self.temp_path(id);
         let (info, crcs) = match self.write_temp(&tmp, body, expected_len, room).await {
-            Ok((size, md5, crcs)) => (BlobInfo { id: id.to_string(), size, md5 }, crcs),
+            Ok((size, md5, crcs)) => (
+                BlobInfo {
+                    id: id.to_string(),
+                    size,
+                    md5,
+                },
+                crcs,
+            ),
             Err(e) => {
                 let _ = fs::remove_file(&tmp).await;
                 return Err(e);
@@ -234,11 +258,17 @@ impl BlobStore {
             size += chunk.len() as u64;
             if let Some(expected) = expected_len {
                 if size > expected {
-                    return Err(BlobError::ShortBody { got: size, expected });
+                    return Err(BlobError::ShortBody {
+                        got: size,
+                        expected,
+                    });
                 }
             }
             if size > room {
-                return Err(BlobError::Full { needed: size, free: room });
+                return Err(BlobError::Full {
+                    needed: size,
+                    free: room,
+                });
             }
             md5.update(&chunk);
             blocks.update(&chunk);
@@ -246,7 +276,10 @@ impl BlobStore {
         }
         if let Some(expected) = expected_len {
             if size != expected {
-                return Err(BlobError::ShortBody { got: size, expected });
+                return Err(BlobError::ShortBody {
+                    got: size,
+                    expected,
+                });
             }
         }
         file.flush().await?;
@@ -257,7 +290,9 @@ impl BlobStore {
     /// Makes a synced temp file visible: the sidecar first, then the blob,
     /// whose rename is the commit point; then the directory is synced.
     async fn publish(&self, tmp: &Path, final_path: &Path, crcs: &[u32]) -> Result<(), BlobError> {
-        let dir = final_path.parent().ok_or_else(|| BlobError::InvalidId(String::new()))?;
+        let dir = final_path
+            .parent()
+            .ok_or_else(|| BlobError::InvalidId(String::new()))?;
         if !fs::try_exists(dir).await? {
             fs::create_dir_all(dir).await?;
             fsync_dir(&self.root.join("blobs")).await?;
@@ -296,9 +331,17 @@ impl BlobStore {
         };
         if bytes.len() < 9 || &bytes[..4] != SIDECAR_MAGIC || bytes[4] != SIDECAR_VERSION {
             self.mark_corrupt(id, 0);
-            return Err(BlobError::Corrupt { id: id.to_string(), offset: 0 });
+            return Err(BlobError::Corrupt {
+                id: id.to_string(),
+                offset: 0,
+            });
         }
-        Ok(Some(bytes[9..].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        Ok(Some(
+            bytes[9..]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ))
     }
 
     /// Concatenates existing blobs into a new one (multipart completion).
@@ -404,8 +447,10 @@ impl BlobStore {
                 if let Some(dir) = path.parent() {
                     fsync_dir(dir).await?;
                 }
-                self.used.fetch_sub(size.min(self.used.load(Ordering::SeqCst)), Ordering::SeqCst);
-                self.count.fetch_sub(1.min(self.count.load(Ordering::SeqCst)), Ordering::SeqCst);
+                self.used
+                    .fetch_sub(size.min(self.used.load(Ordering::SeqCst)), Ordering::SeqCst);
+                self.count
+                    .fetch_sub(1.min(self.count.load(Ordering::SeqCst)), Ordering::SeqCst);
                 if let Ok(mut c) = self.corrupt.lock() {
                     c.remove(id);
                 }
@@ -415,7 +460,6 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
-
 
     /// Reads `start..=end` of a blob, verifying every block it touches
     /// against the sidecar before yielding any of its bytes. A mismatch marks
@@ -435,53 +479,68 @@ impl BlobStore {
         let store = self.clone();
         let id = id.to_string();
         let state = (file, start - start % CHECKSUM_BLOCK, store, id, crcs, false);
-        Ok(futures::stream::unfold(state, move |(mut file, block_start, store, id, crcs, done)| async move {
-            if done || block_start > end {
-                return None;
-            }
-            let len = CHECKSUM_BLOCK.min(size - block_start) as usize;
-            let mut buf = vec![0u8; len];
-            let read = async {
-                file.seek(SeekFrom::Start(block_start)).await?;
-                file.read_exact(&mut buf).await?;
-                Ok::<_, io::Error>(())
-            }
-            .await;
-            if let Err(e) = read {
-                return Some((Err(e), (file, block_start, store, id, crcs, true)));
-            }
-            if let Some(crcs) = &crcs {
-                let idx = (block_start / CHECKSUM_BLOCK) as usize;
-                if crcs.get(idx) != Some(&crc32c::crc32c(&buf)) {
-                    store.mark_corrupt(&id, block_start);
-                    let e = io::Error::other(format!("blob {id} is corrupt at byte {block_start}"));
-                    return Some((Err(e), (file, block_start, store, id, None, true)));
+        Ok(futures::stream::unfold(
+            state,
+            move |(mut file, block_start, store, id, crcs, done)| async move {
+                if done || block_start > end {
+                    return None;
                 }
-            }
-            let from = start.saturating_sub(block_start) as usize;
-            let to = ((end + 1).min(block_start + len as u64) - block_start) as usize;
-            let chunk = Bytes::from(buf).slice(from..to);
-            Some((Ok(chunk), (file, block_start + len as u64, store, id, crcs, false)))
-        }))
+                let len = CHECKSUM_BLOCK.min(size - block_start) as usize;
+                let mut buf = vec![0u8; len];
+                let read = async {
+                    file.seek(SeekFrom::Start(block_start)).await?;
+                    file.read_exact(&mut buf).await?;
+                    Ok::<_, io::Error>(())
+                }
+                .await;
+                if let Err(e) = read {
+                    return Some((Err(e), (file, block_start, store, id, crcs, true)));
+                }
+                if let Some(crcs) = &crcs {
+                    let idx = (block_start / CHECKSUM_BLOCK) as usize;
+                    if crcs.get(idx) != Some(&crc32c::crc32c(&buf)) {
+                        store.mark_corrupt(&id, block_start);
+                        let e =
+                            io::Error::other(format!("blob {id} is corrupt at byte {block_start}"));
+                        return Some((Err(e), (file, block_start, store, id, None, true)));
+                    }
+                }
+                let from = start.saturating_sub(block_start) as usize;
+                let to = ((end + 1).min(block_start + len as u64) - block_start) as usize;
+                let chunk = Bytes::from(buf).slice(from..to);
+                Some((
+                    Ok(chunk),
+                    (file, block_start + len as u64, store, id, crcs, false),
+                ))
+            },
+        ))
     }
 
     /// Reads a whole blob and checks it against its sidecar (the scrubber).
     pub async fn verify(&self, id: &str) -> Result<(), BlobError> {
-        let Some(crcs) = self.read_sidecar(id).await? else { return Ok(()) };
+        let Some(crcs) = self.read_sidecar(id).await? else {
+            return Ok(());
+        };
         let (mut file, size) = self.open_at(id, 0).await?;
         let mut offset = 0u64;
         let mut buf = vec![0u8; CHECKSUM_BLOCK as usize];
         let expected_blocks = size.div_ceil(CHECKSUM_BLOCK) as usize;
         if crcs.len() != expected_blocks {
             self.mark_corrupt(id, 0);
-            return Err(BlobError::Corrupt { id: id.to_string(), offset: 0 });
+            return Err(BlobError::Corrupt {
+                id: id.to_string(),
+                offset: 0,
+            });
         }
         for (i, crc) in crcs.iter().enumerate() {
             let len = CHECKSUM_BLOCK.min(size - offset) as usize;
             file.read_exact(&mut buf[..len]).await?;
             if crc32c::crc32c(&buf[..len]) != *crc {
                 self.mark_corrupt(id, offset);
-                return Err(BlobError::Corrupt { id: id.to_string(), offset: i as u64 * CHECKSUM_BLOCK });
+                return Err(BlobError::Corrupt {
+                    id: id.to_string(),
+                    offset: i as u64 * CHECKSUM_BLOCK,
+                });
             }
             offset += len as u64;
         }
@@ -513,7 +572,11 @@ impl BlobStore {
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as i64);
-                entries.push(BlobEntry { id: name, size: meta.len(), modified_ms });
+                entries.push(BlobEntry {
+                    id: name,
+                    size: meta.len(),
+                    modified_ms,
+                });
             }
             entries.sort_by(|a, b| a.id.cmp(&b.id));
             for e in entries {
@@ -637,7 +700,9 @@ mod tests {
     async fn verified_reads_refuse_corrupt_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(BlobStore::open(dir.path(), None).await.unwrap());
-        let data: Vec<u8> = (0..3 * CHECKSUM_BLOCK as usize + 100).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..3 * CHECKSUM_BLOCK as usize + 100)
+            .map(|i| (i % 253) as u8)
+            .collect();
         let body = futures::stream::iter(vec![Ok::<_, String>(Bytes::from(data.clone()))]);
         s.put("blob1", body, None).await.unwrap();
         let read = |a: u64, b: u64| {
@@ -665,7 +730,10 @@ mod tests {
         std::fs::write(&path, raw).unwrap();
         assert!(read(0, 100).await.is_ok(), "the first block is still fine");
         assert!(read(0, data.len() as u64 - 1).await.is_err());
-        assert!(matches!(s.verify("blob1").await, Err(BlobError::Corrupt { .. })));
+        assert!(matches!(
+            s.verify("blob1").await,
+            Err(BlobError::Corrupt { .. })
+        ));
         assert_eq!(s.corrupt_blobs(), ["blob1"]);
         assert!(s.delete("blob1").await.unwrap());
         assert!(s.corrupt_blobs().is_empty());
@@ -677,8 +745,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = BlobStore::open(dir.path(), Some(10)).await.unwrap();
         s.put("a1", chunks(&[b"12345"]), Some(5)).await.unwrap();
-        assert!(matches!(s.put("a2", chunks(&[b"123456"]), Some(6)).await, Err(BlobError::Full { .. })));
-        assert!(matches!(s.put("a3", chunks(&[b"123456"]), None).await, Err(BlobError::Full { .. })));
+        assert!(matches!(
+            s.put("a2", chunks(&[b"123456"]), Some(6)).await,
+            Err(BlobError::Full { .. })
+        ));
+        assert!(matches!(
+            s.put("a3", chunks(&[b"123456"]), None).await,
+            Err(BlobError::Full { .. })
+        ));
         assert_eq!(s.usage().free_bytes, 5);
         assert_eq!(s.temp_files().await.unwrap(), 0);
     }

@@ -54,7 +54,10 @@ pub enum NodeError {
     #[error("blob store: {0}")]
     Store(#[from] BlobError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server: {0}")]
     Serve(std::io::Error),
 }
@@ -69,11 +72,23 @@ pub struct Node {
 impl Node {
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
         let store = Arc::new(BlobStore::open(&config.data_dir, config.capacity_bytes).await?);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Listen { addr: config.listen, source })?;
-        let state = Arc::new(NodeState { node_id: config.node_id.clone(), secret: config.cluster_secret.clone(), store });
-        Ok(Self { listener, state, config })
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let state = Arc::new(NodeState {
+            node_id: config.node_id.clone(),
+            secret: config.cluster_secret.clone(),
+            store,
+        });
+        Ok(Self {
+            listener,
+            state,
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -89,16 +104,25 @@ impl Node {
         }
     }
 
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
         let span = tracing::info_span!("node", node = %self.state.node_id);
         let url = self.advertised_url();
         span.in_scope(|| tracing::info!(url = %url, "storage node serving"));
-        let heartbeat = self
+        let heartbeat = self.config.gateway.clone().map(|gw| {
+            tokio::spawn(heartbeat_loop(
+                self.state.clone(),
+                gw,
+                url.clone(),
+                self.config.heartbeat_interval,
+            ))
+        });
+        let scrubber = self
             .config
-            .gateway
-            .clone()
-            .map(|gw| tokio::spawn(heartbeat_loop(self.state.clone(), gw, url.clone(), self.config.heartbeat_interval)));
-        let scrubber = self.config.scrub_interval.map(|every| tokio::spawn(scrub_loop(self.state.clone(), every)));
+            .scrub_interval
+            .map(|every| tokio::spawn(scrub_loop(self.state.clone(), every)));
         let result = axum::serve(self.listener, node_api::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -113,7 +137,10 @@ impl Node {
 /// Reports to the gateway until the node stops. Failures are logged once
 /// per outage, not once per beat.
 async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, every: Duration) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
     let url = format!("{}{HEARTBEAT_PATH}", gateway.trim_end_matches('/'));
     let mut failing = false;
     let mut tick = tokio::time::interval(every);
@@ -125,7 +152,12 @@ async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, ev
             usage: state.store.usage(),
             corrupt: state.store.corrupt_blobs(),
         };
-        let sent = http.post(&url).bearer_auth(&state.secret).json(&beat).send().await;
+        let sent = http
+            .post(&url)
+            .bearer_auth(&state.secret)
+            .json(&beat)
+            .send()
+            .await;
         match sent.map(|r| r.status()) {
             Ok(s) if s.is_success() => {
                 if failing {

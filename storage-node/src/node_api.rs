@@ -130,7 +130,12 @@ async fn list_blobs(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<crate::blob_store::BlobEntry>>, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(state.store.list(&q.after, q.limit.unwrap_or(1000).min(10_000)).await?))
+    Ok(Json(
+        state
+            .store
+            .list(&q.after, q.limit.unwrap_or(1000).min(10_000))
+            .await?,
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(node = %state.node_id, blob = %id))]
@@ -180,7 +185,12 @@ async fn get_blob(
     let (status, start, end) = match parse_range(&headers) {
         Some((s, e)) => {
             if e < s || e >= size {
-                return Err(BlobError::BadRange { start: s, end: e, size }.into());
+                return Err(BlobError::BadRange {
+                    start: s,
+                    end: e,
+                    size,
+                }
+                .into());
             }
             (StatusCode::PARTIAL_CONTENT, s, e)
         }

@@ -26,8 +26,17 @@ pub const CF_UPLOADS: &str = "uploads";
 pub const CF_PARTS: &str = "parts";
 pub const CF_GC: &str = "gc";
 pub const CF_NODES: &str = "nodes";
-const ALL_CFS: [&str; 8] = [
-    CF_TENANTS, CF_KEYS, CF_BUCKETS, CF_OBJECTS, CF_UPLOADS, CF_PARTS, CF_GC, CF_NODES,
+pub const CF_BLOB_OWNERS: &str = "blob_owners";
+const ALL_CFS: [&str; 9] = [
+    CF_BLOB_OWNERS,
+    CF_TENANTS,
+    CF_KEYS,
+    CF_BUCKETS,
+    CF_OBJECTS,
+    CF_UPLOADS,
+    CF_PARTS,
+    CF_GC,
+    CF_NODES,
 ];
 
 #[derive(Debug, Error)]
@@ -162,12 +171,20 @@ impl Catalog {
         self.write_lock.lock().map_err(|_| CatalogError::Poisoned)
     }
 
+    /// Unreferences a blob: it leaves the owner index and joins the GC queue
+    /// in the same batch.
     fn queue_gc(&self, batch: &mut WriteBatch, blob: &BlobRef) -> Result<()> {
         let rec = GcRecord {
             blob: blob.clone(),
             queued_ms: now_ms(),
         };
         batch.put_cf(self.cf(CF_GC)?, blob.id.as_bytes(), rec.encode());
+        batch.delete_cf(self.cf(CF_BLOB_OWNERS)?, blob.id.as_bytes());
+        Ok(())
+    }
+
+    fn index_blob(&self, batch: &mut WriteBatch, blob: &BlobRef, owner: &BlobOwner) -> Result<()> {
+        batch.put_cf(self.cf(CF_BLOB_OWNERS)?, blob.id.as_bytes(), owner.encode());
         Ok(())
     }
 
@@ -342,6 +359,14 @@ impl Catalog {
                 self.queue_gc(b, &old.blob)?;
             }
         }
+        self.index_blob(
+            b,
+            &rec.blob,
+            &BlobOwner::Object {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            },
+        )?;
         b.put_cf(self.cf(CF_OBJECTS)?, &k, rec.encode());
         Ok(())
     }
@@ -492,6 +517,13 @@ impl Catalog {
         if let Some(old) = self.get::<PartRecord>(CF_PARTS, &pk)? {
             self.queue_gc(&mut b, &old.blob)?;
         }
+        let owner = BlobOwner::Part {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+            part_number: part.part_number,
+        };
+        self.index_blob(&mut b, &part.blob, &owner)?;
         b.put_cf(self.cf(CF_PARTS)?, pk, part.encode());
         self.commit(b)
     }
@@ -645,6 +677,123 @@ impl Catalog {
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRecord>> {
         self.scan_all(CF_NODES)
+    }
+
+    pub fn set_node_draining(&self, id: &str, draining: bool) -> Result<bool> {
+        let _g = self.lock()?;
+        let Some(mut rec) = self.get::<NodeRecord>(CF_NODES, id.as_bytes())? else {
+            return Ok(false);
+        };
+        rec.draining = draining;
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_NODES)?, id.as_bytes(), rec.encode());
+        self.commit(b)?;
+        Ok(true)
+    }
+
+    pub fn remove_node(&self, id: &str) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(CF_NODES)?, id.as_bytes());
+        self.commit(b)
+    }
+
+    pub fn get_node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        self.get(CF_NODES, id.as_bytes())
+    }
+
+    // ---- the blob owner index: repair and orphan sweeps ---------------------
+
+    pub fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_GC)?, blob_id.as_bytes())?
+            .is_some())
+    }
+
+    /// The blob as the record that owns it currently describes it.
+    pub fn owned_blob(&self, blob_id: &str) -> Result<Option<(BlobOwner, BlobRef)>> {
+        let Some(owner) = self.get::<BlobOwner>(CF_BLOB_OWNERS, blob_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let blob = match &owner {
+            BlobOwner::Object { bucket, key } => self
+                .get::<ObjectRecord>(CF_OBJECTS, &object_key(bucket, key))?
+                .map(|o| o.blob),
+            BlobOwner::Part {
+                upload_id,
+                part_number,
+                ..
+            } => self
+                .get::<PartRecord>(CF_PARTS, &part_key(upload_id, *part_number))?
+                .map(|p| p.blob),
+        };
+        Ok(blob.filter(|b| b.id == blob_id).map(|b| (owner, b)))
+    }
+
+    /// Referenced blobs in id order after `after`, at most `max`.
+    pub fn scan_blobs(&self, after: &str, max: usize) -> Result<Vec<(BlobOwner, BlobRef)>> {
+        let mut start = after.as_bytes().to_vec();
+        start.push(0);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_BLOB_OWNERS)?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            if let Some(found) = self.owned_blob(&id)? {
+                out.push(found);
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the replica list of a blob, if its owner still references
+    /// it; returns whether it did. Used by repair after a copy is durable.
+    pub fn set_replicas(&self, blob_id: &str, replicas: &[String]) -> Result<bool> {
+        let _g = self.lock()?;
+        let Some((owner, _)) = self.owned_blob(blob_id)? else {
+            return Ok(false);
+        };
+        let mut b = WriteBatch::default();
+        match owner {
+            BlobOwner::Object { bucket, key } => {
+                let k = object_key(&bucket, &key);
+                let Some(mut rec) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? else {
+                    return Ok(false);
+                };
+                rec.blob.replicas = replicas.to_vec();
+                b.put_cf(self.cf(CF_OBJECTS)?, &k, rec.encode());
+            }
+            BlobOwner::Part {
+                bucket,
+                key,
+                upload_id,
+                part_number,
+            } => {
+                let pk = part_key(&upload_id, part_number);
+                let Some(mut rec) = self.get::<PartRecord>(CF_PARTS, &pk)? else {
+                    return Ok(false);
+                };
+                let old = rec.blob.replicas.clone();
+                rec.blob.replicas = replicas.to_vec();
+                b.put_cf(self.cf(CF_PARTS)?, &pk, rec.encode());
+                // Later parts go where the earlier ones now are.
+                let uk = upload_key(&bucket, &key, &upload_id);
+                if let Some(mut up) = self.get::<UploadRecord>(CF_UPLOADS, &uk)? {
+                    if up.nodes == old {
+                        up.nodes = replicas.to_vec();
+                        b.put_cf(self.cf(CF_UPLOADS)?, &uk, up.encode());
+                    }
+                }
+            }
+        }
+        self.commit(b)?;
+        Ok(true)
     }
 
     // ---- iteration helpers --------------------------------------------------

@@ -199,9 +199,33 @@ pub struct NodeRecord {
     pub id: String,
     pub addr: String,
     pub registered_ms: i64,
+    /// A draining node gets no new blobs and its replicas are moved away.
+    #[serde(default)]
+    pub draining: bool,
 }
 impl Record for NodeRecord {
     const KIND: &'static str = "node";
+    const VERSION: u8 = 1;
+}
+
+/// Which record references a blob: the reverse index used by repair and
+/// by the orphan sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BlobOwner {
+    Object {
+        bucket: String,
+        key: String,
+    },
+    Part {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        part_number: u32,
+    },
+}
+impl Record for BlobOwner {
+    const KIND: &'static str = "blob owner";
     const VERSION: u8 = 1;
 }
 

@@ -141,6 +141,12 @@ pub async fn handle(gw: Arc<Gateway>, parts: Parts, body: Body) -> Response {
 
 async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, ApiError> {
     let path = parts.uri.path().to_string();
+    if path == insitu_storage_node::HEARTBEAT_PATH {
+        return heartbeat(&gw, &parts, body).await;
+    }
+    if path == "/_insitu/v1/metrics" {
+        return Ok(metrics(&gw));
+    }
     if path == "/_insitu/v1/health" {
         return Ok(
             Json(serde_json::json!({ "status": "ok", "nodes": gw.nodes.node_ids() }))
@@ -258,22 +264,139 @@ async fn admin(
             )
                 .into_response())
         }
-        (Method::GET, ["nodes"]) => {
-            let mut out = Vec::new();
-            for n in gw.catalog.list_nodes()? {
-                let health = gw.nodes.health(&n.id).await;
-                out.push(serde_json::json!({
-                    "id": n.id,
-                    "addr": n.addr,
-                    "state": if health.is_ok() { "up" } else { "down" },
-                    "health": health.ok(),
-                }));
+        (Method::GET, ["nodes"]) => Ok(Json(nodes_report(gw)).into_response()),
+        (Method::POST, ["nodes", id, action @ ("drain" | "undrain")]) => {
+            let draining = *action == "drain";
+            if !gw.catalog.set_node_draining(id, draining)? {
+                return Err(ApiError::NotFound(format!(
+                    "node {id} is not part of the cluster"
+                )));
             }
-            Ok(Json(serde_json::json!({ "nodes": out })).into_response())
+            gw.nodes.set_draining(id, draining);
+            tracing::info!(node = %id, draining, "node drain state changed");
+            Ok(Json(nodes_report(gw)).into_response())
+        }
+        (Method::DELETE, ["nodes", id]) => {
+            if gw.catalog.get_node(id)?.is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "node {id} is not part of the cluster"
+                )));
+            }
+            gw.catalog.remove_node(id)?;
+            gw.nodes.remove_node(id);
+            tracing::info!(node = %id, "node removed; its replicas will be re-created elsewhere");
+            Ok(Json(nodes_report(gw)).into_response())
         }
         (m, p) => Err(ApiError::NotFound(format!(
             "no admin API at {m} /{}",
             p.join("/")
         ))),
     }
+}
+
+/// State of every node and of repair, for `insitu admin nodes`.
+fn nodes_report(gw: &Gateway) -> serde_json::Value {
+    let nodes: Vec<_> = gw
+        .nodes
+        .snapshot()
+        .into_iter()
+        .map(|(id, s, state)| {
+            serde_json::json!({
+                "id": id,
+                "addr": s.addr,
+                "state": state,
+                "capacity_bytes": s.usage.capacity_bytes,
+                "used_bytes": s.usage.used_bytes,
+                "free_bytes": s.usage.free_bytes,
+                "blob_count": s.usage.blob_count,
+                "corrupt_replicas": s.corrupt.len(),
+                "last_seen_ms_ago": s.last_seen.elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    serde_json::json!({ "nodes": nodes, "replicas": gw.config.replicas, "repair": gw.repair.snapshot() })
+}
+
+/// Prometheus text format: node state and space, repair progress.
+fn metrics(gw: &Gateway) -> Response {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE insitu_node_up gauge");
+    for (id, s, state) in gw.nodes.snapshot() {
+        let up = u8::from(state == crate::nodes::NodeState::Up);
+        let _ = writeln!(out, "insitu_node_up{{node=\"{id}\"}} {up}");
+        let _ = writeln!(
+            out,
+            "insitu_node_free_bytes{{node=\"{id}\"}} {}",
+            s.usage.free_bytes
+        );
+        let _ = writeln!(
+            out,
+            "insitu_node_used_bytes{{node=\"{id}\"}} {}",
+            s.usage.used_bytes
+        );
+        let _ = writeln!(
+            out,
+            "insitu_node_blobs{{node=\"{id}\"}} {}",
+            s.usage.blob_count
+        );
+        let _ = writeln!(
+            out,
+            "insitu_node_corrupt_replicas{{node=\"{id}\"}} {}",
+            s.corrupt.len()
+        );
+    }
+    let r = gw.repair.snapshot();
+    for (name, v) in [
+        ("insitu_repair_passes_total", r.passes),
+        ("insitu_repair_blobs_copied_total", r.blobs_copied),
+        ("insitu_repair_bytes_copied_total", r.bytes_copied),
+        (
+            "insitu_repair_corrupt_replicas_repaired_total",
+            r.corrupt_replicas_repaired,
+        ),
+        ("insitu_repair_under_replicated_blobs", r.under_replicated),
+        ("insitu_orphan_blobs_removed_total", r.orphans_removed),
+        ("insitu_gc_blobs_removed_total", r.gc_blobs_removed),
+    ] {
+        let _ = writeln!(out, "{name} {v}");
+    }
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}
+
+/// A node's heartbeat: authenticated by the cluster secret, it registers
+/// the node (or its new address) and reports its space and corruption.
+async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+    let presented = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !sigv4::signatures_match(presented, &gw.config.cluster_secret) {
+        return Err(ApiError::Auth(S3Error::access_denied()));
+    }
+    let raw = body
+        .into_data_stream()
+        .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
+    let bytes = read_small(Box::pin(raw), MAX_API_BODY_BYTES)
+        .await
+        .map_err(ApiError::Auth)?;
+    let beat: insitu_storage_node::Heartbeat = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::InvalidArgument(format!("bad heartbeat: {e}")))?;
+    if gw
+        .nodes
+        .record_contact(&beat.node_id, &beat.addr, beat.usage, beat.corrupt)
+    {
+        gw.register_node(&beat.node_id, &beat.addr)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Ok(Some(rec)) = gw.catalog.get_node(&beat.node_id) {
+            gw.nodes.set_draining(&rec.id, rec.draining);
+        }
+    }
+    Ok(crate::status_response(StatusCode::NO_CONTENT))
 }

@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod auth;
 pub mod body;
+pub mod cluster;
 pub mod error;
 pub mod limits;
 pub mod nodes;
@@ -41,6 +42,18 @@ pub struct GatewayConfig {
     /// How long an unreferenced blob waits before deletion, so a GET that
     /// looked up the old record just before an overwrite can still open it.
     pub gc_grace: Duration,
+    /// When a node counts as suspect, and as down (the repair grace).
+    pub liveness: nodes::Liveness,
+    /// Free space every node keeps; a node with less gets no new blobs.
+    pub reserve_bytes: u64,
+    /// How often the gateway polls every node's health.
+    pub health_interval: Duration,
+    /// Re-replication copies at most this many bytes per second, so repair
+    /// never starves foreground traffic.
+    pub repair_bytes_per_sec: u64,
+    /// How often each node's blob files are compared with the catalog to
+    /// remove orphans.
+    pub orphan_sweep_interval: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -58,7 +71,8 @@ pub enum GatewayError {
 
 pub struct Gateway {
     pub catalog: Catalog,
-    pub nodes: NodeSet,
+    pub nodes: Arc<NodeSet>,
+    pub repair: cluster::RepairStats,
     pub config: GatewayConfig,
 }
 
@@ -66,23 +80,31 @@ impl Gateway {
     pub fn open(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
         let catalog = Catalog::open(&config.catalog_dir)?;
         catalog.ensure_tenant(auth::ROOT_TENANT)?;
-        let nodes = NodeSet::new(config.cluster_secret.clone());
+        let nodes = Arc::new(NodeSet::new(
+            config.cluster_secret.clone(),
+            config.liveness,
+            config.reserve_bytes,
+        ));
         for n in catalog.list_nodes()? {
             nodes.set_node(&n.id, &n.addr);
+            nodes.set_draining(&n.id, n.draining);
         }
         Ok(Arc::new(Self {
             catalog,
             nodes,
+            repair: Default::default(),
             config,
         }))
     }
 
     /// Records where a storage node listens now; its id is permanent.
     pub fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
+        let draining = self.catalog.get_node(id)?.is_some_and(|n| n.draining);
         self.catalog.put_node(&NodeRecord {
             id: id.to_string(),
             addr: addr.to_string(),
             registered_ms: insitu_catalog::now_ms(),
+            draining,
         })?;
         self.nodes.set_node(id, addr);
         tracing::info!(node = %id, addr = %addr, "storage node registered");
@@ -103,12 +125,14 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let gc = tokio::spawn(collect_garbage(self.clone()));
+        let background = cluster::spawn_background(self.clone());
         let app = Router::new().fallback(handle).with_state(self.clone());
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        gc.abort();
+        for task in background {
+            task.abort();
+        }
         result.map_err(GatewayError::Serve)
     }
 
@@ -225,39 +249,6 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         trailers: Default::default(),
     };
     s3::dispatch(gw, req).await
-}
-
-/// Deletes blobs that no record references any more, once their grace
-/// period has passed. An entry stays queued until every replica is gone.
-async fn collect_garbage(gw: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(
-        Duration::from_secs(1).min(gw.config.gc_grace.max(Duration::from_millis(200))),
-    );
-    loop {
-        tick.tick().await;
-        let entries = match gw.catalog.list_gc(256) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the GC queue");
-                continue;
-            }
-        };
-        let cutoff = insitu_catalog::now_ms() - gw.config.gc_grace.as_millis() as i64;
-        for entry in entries.into_iter().filter(|e| e.queued_ms <= cutoff) {
-            let mut all_gone = true;
-            for node in &entry.blob.replicas {
-                if let Err(e) = gw.nodes.delete(node, &entry.blob.id).await {
-                    tracing::debug!(node = %node, blob = %entry.blob.id, error = %e, "GC delete failed; will retry");
-                    all_gone = false;
-                }
-            }
-            if all_gone {
-                if let Err(e) = gw.catalog.remove_gc(&entry.blob.id) {
-                    tracing::error!(error = %e, "cannot update the GC queue");
-                }
-            }
-        }
-    }
 }
 
 /// Builds a bodiless response with a status; used by the admin API too.

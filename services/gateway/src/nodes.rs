@@ -2,12 +2,14 @@
 //! should hold a new blob (placement), and streaming blobs to and from them.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use insitu_catalog::BlobRef;
+use insitu_storage_node::blob_store::Usage;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use thiserror::Error;
@@ -30,6 +32,12 @@ pub enum NodeError {
     },
     #[error("blob {0} is on no reachable replica")]
     NoReplica(String),
+    #[error("only {with_room} up storage nodes have room for {size} bytes, {needed} needed")]
+    NoRoom {
+        size: u64,
+        with_room: usize,
+        needed: usize,
+    },
     #[error("the body stream failed")]
     Body,
 }
@@ -43,41 +51,182 @@ pub struct StoredBlob {
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
+/// How a node's liveness is judged from its last successful contact.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// No contact for this long: the node gets no new blobs.
+    pub suspect_after: Duration,
+    /// No contact for this long: the node is down and its blobs are
+    /// re-replicated elsewhere.
+    pub down_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            suspect_after: Duration::from_secs(5),
+            down_after: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Up,
+    Suspect,
+    Down,
+    Draining,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub addr: String,
+    pub last_seen: Instant,
+    /// Set when a request to the node failed; cleared by the next contact.
+    pub failed_at: Option<Instant>,
+    pub usage: Usage,
+    pub corrupt: Vec<String>,
+    pub draining: bool,
+}
+
 pub struct NodeSet {
     http: reqwest::Client,
     secret: String,
-    /// node id → base URL (`http://host:port`).
-    nodes: RwLock<BTreeMap<String, String>>,
+    liveness: Liveness,
+    /// Space kept free on every node; a node with less gets no new blobs.
+    reserve_bytes: u64,
+    nodes: RwLock<BTreeMap<String, NodeStatus>>,
 }
 
-/// Rendezvous (highest random weight) score of a node for a blob: stable,
-/// and adding or removing a node only moves the blobs that must move.
-fn score(node: &str, blob: &str) -> [u8; 16] {
+/// Rendezvous (highest random weight) hash of a node for a blob, as a
+/// number in (0, 1): stable, and adding or removing a node only moves the
+/// blobs that must move.
+fn unit_hash(node: &str, blob: &str) -> f64 {
     let mut h = Md5::new();
     h.update(node.as_bytes());
     h.update([0]);
     h.update(blob.as_bytes());
-    h.finalize().into()
+    let d: [u8; 16] = h.finalize().into();
+    let x = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (x as f64 + 1.0) / (u64::MAX as f64 + 2.0)
+}
+
+/// Weighted rendezvous score: nodes with more free space win
+/// proportionally more blobs.
+fn score(node: &str, blob: &str, weight: f64) -> f64 {
+    -weight / unit_hash(node, blob).ln()
 }
 
 impl NodeSet {
-    pub fn new(secret: String) -> Self {
+    pub fn new(secret: String, liveness: Liveness, reserve_bytes: u64) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_default();
         Self {
             http,
             secret,
+            liveness,
+            reserve_bytes,
             nodes: RwLock::new(BTreeMap::new()),
         }
     }
 
+    /// Adds a node, or updates its address; counts as a contact.
     pub fn set_node(&self, id: &str, base_url: &str) {
         if let Ok(mut n) = self.nodes.write() {
-            n.insert(id.to_string(), base_url.trim_end_matches('/').to_string());
+            let addr = base_url.trim_end_matches('/').to_string();
+            n.entry(id.to_string())
+                .and_modify(|s| {
+                    s.addr.clone_from(&addr);
+                    s.last_seen = Instant::now();
+                })
+                .or_insert(NodeStatus {
+                    addr,
+                    last_seen: Instant::now(),
+                    failed_at: None,
+                    usage: Usage::default(),
+                    corrupt: vec![],
+                    draining: false,
+                });
         }
+    }
+
+    pub fn set_draining(&self, id: &str, draining: bool) {
+        if let Ok(mut n) = self.nodes.write() {
+            if let Some(s) = n.get_mut(id) {
+                s.draining = draining;
+            }
+        }
+    }
+
+    pub fn remove_node(&self, id: &str) {
+        if let Ok(mut n) = self.nodes.write() {
+            n.remove(id);
+        }
+    }
+
+    /// Records a heartbeat or health answer; returns whether the address
+    /// changed (or the node is new).
+    pub fn record_contact(&self, id: &str, addr: &str, usage: Usage, corrupt: Vec<String>) -> bool {
+        let Ok(mut n) = self.nodes.write() else {
+            return false;
+        };
+        let addr = addr.trim_end_matches('/').to_string();
+        let changed = n.get(id).is_none_or(|s| s.addr != addr);
+        let s = n.entry(id.to_string()).or_insert(NodeStatus {
+            addr: addr.clone(),
+            last_seen: Instant::now(),
+            failed_at: None,
+            usage: Usage::default(),
+            corrupt: vec![],
+            draining: false,
+        });
+        s.addr = addr;
+        s.last_seen = Instant::now();
+        s.failed_at = None;
+        s.usage = usage;
+        s.corrupt = corrupt;
+        changed
+    }
+
+    /// A request to the node failed: stop placing blobs there until it
+    /// answers again.
+    pub fn mark_failed(&self, id: &str) {
+        if let Ok(mut n) = self.nodes.write() {
+            if let Some(s) = n.get_mut(id) {
+                s.failed_at.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    pub fn state_of(&self, s: &NodeStatus) -> NodeState {
+        let silent = s.last_seen.elapsed();
+        if silent >= self.liveness.down_after {
+            NodeState::Down
+        } else if s.draining {
+            NodeState::Draining
+        } else if silent >= self.liveness.suspect_after || s.failed_at.is_some() {
+            NodeState::Suspect
+        } else {
+            NodeState::Up
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, NodeStatus, NodeState)> {
+        let Ok(n) = self.nodes.read() else {
+            return vec![];
+        };
+        n.iter()
+            .map(|(id, s)| (id.clone(), s.clone(), self.state_of(s)))
+            .collect()
+    }
+
+    pub fn state(&self, id: &str) -> Option<NodeState> {
+        self.nodes.read().ok()?.get(id).map(|s| self.state_of(s))
     }
 
     pub fn node_ids(&self) -> Vec<String> {
@@ -92,24 +241,66 @@ impl NodeSet {
             .nodes
             .read()
             .map_err(|_| NodeError::UnknownNode(node.to_string()))?;
-        let base = nodes
+        let s = nodes
             .get(node)
             .ok_or_else(|| NodeError::UnknownNode(node.to_string()))?;
-        Ok(format!("{base}{path}"))
+        Ok(format!("{}{path}", s.addr))
     }
 
-    /// Chooses `replicas` distinct nodes for a blob.
-    pub fn place(&self, blob_id: &str, replicas: usize) -> Result<Vec<String>, NodeError> {
-        let mut ids = self.node_ids();
-        if ids.len() < replicas || replicas == 0 {
-            return Err(NodeError::NotEnoughNodes {
-                up: ids.len(),
-                needed: replicas.max(1),
+    /// Chooses `replicas` distinct up nodes with room for `size` bytes.
+    pub fn place(
+        &self,
+        blob_id: &str,
+        replicas: usize,
+        size: u64,
+    ) -> Result<Vec<String>, NodeError> {
+        self.place_excluding(blob_id, replicas, size, &[])
+    }
+
+    pub fn place_excluding(
+        &self,
+        blob_id: &str,
+        replicas: usize,
+        size: u64,
+        exclude: &[String],
+    ) -> Result<Vec<String>, NodeError> {
+        let snapshot = self.snapshot();
+        let up = snapshot
+            .iter()
+            .filter(|(_, _, st)| *st == NodeState::Up)
+            .count();
+        let mut candidates: Vec<(f64, String)> = snapshot
+            .into_iter()
+            .filter(|(id, s, st)| {
+                let unmeasured = s.usage.capacity_bytes == 0;
+                let room = s.usage.free_bytes.saturating_sub(self.reserve_bytes) >= size;
+                *st == NodeState::Up && !exclude.contains(id) && (unmeasured || room)
+            })
+            .map(|(id, s, _)| {
+                let gib = (s.usage.free_bytes as f64 / (1u64 << 30) as f64).max(1.0 / 1024.0);
+                (score(&id, blob_id, gib), id)
+            })
+            .collect();
+        if candidates.len() < replicas || replicas == 0 {
+            return Err(if up >= replicas {
+                NodeError::NoRoom {
+                    size,
+                    with_room: candidates.len(),
+                    needed: replicas,
+                }
+            } else {
+                NodeError::NotEnoughNodes {
+                    up,
+                    needed: replicas.max(1),
+                }
             });
         }
-        ids.sort_by_key(|id| std::cmp::Reverse(score(id, blob_id)));
-        ids.truncate(replicas);
-        Ok(ids)
+        candidates.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(candidates
+            .into_iter()
+            .take(replicas)
+            .map(|(_, id)| id)
+            .collect())
     }
 
     async fn check(
@@ -148,7 +339,13 @@ impl NodeSet {
         if let Some(len) = expected_len {
             req = req.header(insitu_storage_node_header(), len);
         }
-        let resp = Self::check(node, req.send().await).await?;
+        let sent = req.send().await;
+        if sent.as_ref().is_err_and(reqwest::Error::is_connect) {
+            // Unreachable: stop placing blobs there until it answers again.
+            // Other failures may be the client's (a body cut short).
+            self.mark_failed(node);
+        }
+        let resp = Self::check(node, sent).await?;
         resp.json::<StoredBlob>()
             .await
             .map_err(|e| NodeError::Request {
@@ -216,35 +413,81 @@ impl NodeSet {
         }
     }
 
-    /// Opens a blob for reading on the first replica that answers, trying
-    /// the others in turn. `range` is inclusive.
+    /// Opens `range` (inclusive) of a blob on one replica at a time. If a
+    /// replica fails to open, or fails mid-stream (down, slow, or a
+    /// checksum mismatch the node refuses to serve), the read resumes from
+    /// the next unread byte on another replica, so the client never notices.
     pub async fn get(
-        &self,
+        self: &Arc<Self>,
         blob: &BlobRef,
         range: Option<(u64, u64)>,
     ) -> Result<ByteStream, NodeError> {
-        let mut last = NodeError::NoReplica(blob.id.clone());
-        for node in &blob.replicas {
-            let url = match self.url(node, &format!("/v1/blobs/{}", blob.id)) {
-                Ok(u) => u,
-                Err(e) => {
-                    last = e;
-                    continue;
+        let (start, end) = match range {
+            Some(r) => r,
+            None if blob.size == 0 => return Ok(futures::stream::empty().boxed()),
+            None => (0, blob.size - 1),
+        };
+        // Healthy replicas first; the others are still worth a try.
+        let mut order = blob.replicas.clone();
+        order.sort_by_key(|n| self.state(n) != Some(NodeState::Up));
+        let mut reader = ReplicaReader {
+            nodes: self.clone(),
+            blob_id: blob.id.clone(),
+            order,
+            tried: 0,
+            pos: start,
+            end,
+        };
+        let first = reader.open_next().await?;
+        let state = (reader, first);
+        Ok(futures::stream::unfold(state, |(mut reader, mut current)| async move {
+            loop {
+                if reader.pos > reader.end {
+                    return None;
                 }
-            };
-            let mut req = self.http.get(url).bearer_auth(&self.secret);
-            if let Some((a, b)) = range {
-                req = req.header(http::header::RANGE, format!("bytes={a}-{b}"));
-            }
-            match Self::check(node, req.send().await).await {
-                Ok(resp) => return Ok(resp.bytes_stream().map_err(std::io::Error::other).boxed()),
-                Err(e) => {
-                    tracing::warn!(node = %node, blob = %blob.id, error = %e, "replica unreadable, trying another");
-                    last = e;
+                match current.next().await {
+                    Some(Ok(chunk)) => {
+                        reader.pos += chunk.len() as u64;
+                        return Some((Ok(chunk), (reader, current)));
+                    }
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => e.to_string(),
+                            _ => "stream ended early".to_string(),
+                        };
+                        let node = reader.order.get(reader.tried - 1).cloned().unwrap_or_default();
+                        tracing::warn!(node = %node, blob = %reader.blob_id, offset = reader.pos, error = %why, "replica failed mid-read; resuming on another");
+                        reader.nodes.mark_failed(&node);
+                        match reader.open_next().await {
+                            Ok(next) => current = next,
+                            Err(e) => {
+                                let err = std::io::Error::other(e.to_string());
+                                reader.pos = reader.end + 1;
+                                return Some((Err(err), (reader, futures::stream::empty().boxed())));
+                            }
+                        }
+                    }
                 }
             }
-        }
-        Err(last)
+        })
+        .boxed())
+    }
+
+    async fn open_range(
+        &self,
+        node: &str,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream, NodeError> {
+        let url = self.url(node, &format!("/v1/blobs/{id}"))?;
+        let req = self
+            .http
+            .get(url)
+            .bearer_auth(&self.secret)
+            .header(http::header::RANGE, format!("bytes={start}-{end}"));
+        let resp = Self::check(node, req.send().await).await?;
+        Ok(resp.bytes_stream().map_err(std::io::Error::other).boxed())
     }
 
     pub async fn compose(
@@ -287,17 +530,76 @@ impl NodeSet {
         }
     }
 
-    pub async fn health(&self, node: &str) -> Result<serde_json::Value, NodeError> {
+    pub async fn health(
+        &self,
+        node: &str,
+    ) -> Result<insitu_storage_node::node_api::Health, NodeError> {
         let url = self.url(node, "/v1/health")?;
-        let resp = Self::check(
-            node,
-            self.http.get(url).bearer_auth(&self.secret).send().await,
-        )
-        .await?;
+        let req = self
+            .http
+            .get(url)
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(3));
+        let resp = Self::check(node, req.send().await).await?;
         resp.json().await.map_err(|e| NodeError::Request {
             node: node.to_string(),
             message: e.to_string(),
         })
+    }
+
+    /// Lists blob files on a node after `after`.
+    pub async fn list_blobs(
+        &self,
+        node: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<insitu_storage_node::blob_store::BlobEntry>, NodeError> {
+        let url = self.url(node, "/v1/blobs")?;
+        let req = self
+            .http
+            .get(url)
+            .bearer_auth(&self.secret)
+            .query(&[("after", after), ("limit", &limit.to_string())]);
+        let resp = Self::check(node, req.send().await).await?;
+        resp.json().await.map_err(|e| NodeError::Request {
+            node: node.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Which replica a failover read is on, and how far it has got.
+struct ReplicaReader {
+    nodes: Arc<NodeSet>,
+    blob_id: String,
+    order: Vec<String>,
+    tried: usize,
+    pos: u64,
+    end: u64,
+}
+
+impl ReplicaReader {
+    async fn open_next(&mut self) -> Result<ByteStream, NodeError> {
+        let mut last = NodeError::NoReplica(self.blob_id.clone());
+        while self.tried < self.order.len() {
+            let node = self.order[self.tried].clone();
+            self.tried += 1;
+            match self
+                .nodes
+                .open_range(&node, &self.blob_id, self.pos, self.end)
+                .await
+            {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    tracing::warn!(node = %node, blob = %self.blob_id, error = %e, "replica unreadable, trying another");
+                    if matches!(e, NodeError::Request { .. }) {
+                        self.nodes.mark_failed(&node);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 }
 
@@ -335,18 +637,18 @@ mod tests {
 
     #[test]
     fn placement_is_stable_and_distinct() {
-        let n = NodeSet::new("s".into());
+        let n = NodeSet::new("s".into(), Liveness::default(), 0);
         for i in 0..4 {
             n.set_node(&format!("node-{i}"), "http://127.0.0.1:1");
         }
-        let a = n.place("blob1", 2).unwrap();
+        let a = n.place("blob1", 2, 0).unwrap();
         assert_eq!(a.len(), 2);
         assert_ne!(a[0], a[1]);
-        assert_eq!(a, n.place("blob1", 2).unwrap());
-        assert!(n.place("blob1", 5).is_err());
+        assert_eq!(a, n.place("blob1", 2, 0).unwrap());
+        assert!(n.place("blob1", 5, 0).is_err());
         // Different blobs spread over the nodes.
         let firsts: std::collections::BTreeSet<_> = (0..64)
-            .map(|i| n.place(&format!("b{i}"), 1).unwrap()[0].clone())
+            .map(|i| n.place(&format!("b{i}"), 1, 0).unwrap()[0].clone())
             .collect();
         assert_eq!(firsts.len(), 4);
     }

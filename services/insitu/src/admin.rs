@@ -34,8 +34,23 @@ enum AdminCommand {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// List storage nodes and their state.
+    /// List storage nodes: state, capacity, blob counts, repair progress.
     Nodes,
+    /// Drain, undrain or remove a storage node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Stop placing blobs on a node and move its replicas elsewhere.
+    Drain { id: String },
+    /// Let a drained node take new blobs again.
+    Undrain { id: String },
+    /// Forget a node; its replicas are re-created on the others.
+    Remove { id: String },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +103,31 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 .await?
         }
         AdminCommand::Nodes => client.call("GET", "/_insitu/v1/admin/nodes", None).await?,
+        AdminCommand::Node {
+            command: NodeCommand::Drain { id },
+        } => {
+            client
+                .call("POST", &format!("/_insitu/v1/admin/nodes/{id}/drain"), None)
+                .await?
+        }
+        AdminCommand::Node {
+            command: NodeCommand::Undrain { id },
+        } => {
+            client
+                .call(
+                    "POST",
+                    &format!("/_insitu/v1/admin/nodes/{id}/undrain"),
+                    None,
+                )
+                .await?
+        }
+        AdminCommand::Node {
+            command: NodeCommand::Remove { id },
+        } => {
+            client
+                .call("DELETE", &format!("/_insitu/v1/admin/nodes/{id}"), None)
+                .await?
+        }
     };
     if !(200..300).contains(&status) {
         let code = body.get("code").and_then(|c| c.as_str()).unwrap_or("Error");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use insitu_gateway::auth::RootCredentials;
+use insitu_gateway::nodes::Liveness;
 use insitu_gateway::{Gateway, GatewayConfig};
 use insitu_storage_node::{Node, NodeConfig};
 use rand::distributions::Alphanumeric;
@@ -36,27 +37,154 @@ pub struct DevArgs {
     region: String,
     #[command(flatten)]
     root: RootArgs,
+    #[command(flatten)]
+    tuning: ClusterTuning,
+}
+
+/// Cluster behaviour shared by `dev` and `gateway`.
+#[derive(clap::Args, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTuning {
+    /// Seconds without contact before a node gets no new blobs [default: 5].
+    #[arg(long)]
+    suspect_after_secs: Option<u64>,
+    /// Seconds without contact before a node counts as down and its blobs
+    /// are re-replicated elsewhere (the repair grace period) [default: 60].
+    #[arg(long)]
+    down_after_secs: Option<u64>,
+    /// Seconds an unreferenced blob waits before deletion [default: 30].
+    #[arg(long)]
+    gc_grace_secs: Option<u64>,
+    /// Repair copy rate limit in MiB/s [default: 64].
+    #[arg(long)]
+    repair_mib_per_sec: Option<u64>,
+    /// Free space (MiB) every node keeps; fuller nodes get no new blobs [default: 64].
+    #[arg(long)]
+    reserve_mib: Option<u64>,
+    /// How often the gateway polls node health, in milliseconds [default: 1000].
+    #[arg(long)]
+    health_interval_ms: Option<u64>,
+    /// How often every node is swept for orphan blobs, in seconds [default: 600].
+    #[arg(long)]
+    orphan_sweep_secs: Option<u64>,
+}
+
+impl ClusterTuning {
+    fn or(self, file: ClusterTuning) -> ClusterTuning {
+        ClusterTuning {
+            suspect_after_secs: self.suspect_after_secs.or(file.suspect_after_secs),
+            down_after_secs: self.down_after_secs.or(file.down_after_secs),
+            gc_grace_secs: self.gc_grace_secs.or(file.gc_grace_secs),
+            repair_mib_per_sec: self.repair_mib_per_sec.or(file.repair_mib_per_sec),
+            reserve_mib: self.reserve_mib.or(file.reserve_mib),
+            health_interval_ms: self.health_interval_ms.or(file.health_interval_ms),
+            orphan_sweep_secs: self.orphan_sweep_secs.or(file.orphan_sweep_secs),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gateway_config(
+    listen: SocketAddr,
+    data_dir: &Path,
+    domain: Option<String>,
+    region: String,
+    replicas: usize,
+    root: RootCredentials,
+    cluster_secret: String,
+    t: &ClusterTuning,
+) -> GatewayConfig {
+    let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+    GatewayConfig {
+        listen,
+        catalog_dir: data_dir.join("catalog"),
+        domain,
+        region,
+        replicas,
+        root,
+        cluster_secret,
+        gc_grace: secs(t.gc_grace_secs, 30),
+        liveness: Liveness {
+            suspect_after: secs(t.suspect_after_secs, 5),
+            down_after: secs(t.down_after_secs, 60),
+        },
+        reserve_bytes: t.reserve_mib.unwrap_or(64) * 1024 * 1024,
+        health_interval: Duration::from_millis(t.health_interval_ms.unwrap_or(1000)),
+        repair_bytes_per_sec: t.repair_mib_per_sec.unwrap_or(64) * 1024 * 1024,
+        orphan_sweep_interval: secs(t.orphan_sweep_secs, 600),
+    }
 }
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    listen: SocketAddr,
-    #[arg(long, default_value = "./insitu-data/gateway")]
-    data_dir: PathBuf,
-    /// A storage node as `ID=URL`, e.g. `node-0=http://10.0.0.5:9100`.
-    #[arg(long = "node", required = true)]
+    /// A TOML file with any of the flags below (snake_case keys, `nodes` as
+    /// a table of id = URL); flags and environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// [default: 127.0.0.1:9000]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// [default: ./insitu-data/gateway]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A storage node known up front, as `ID=URL`; nodes started with
+    /// `--gateway` register themselves instead.
+    #[arg(long = "node")]
     nodes: Vec<String>,
-    #[arg(long, default_value_t = 2)]
-    replicas: usize,
+    /// Replicas per object [default: 2].
+    #[arg(long)]
+    replicas: Option<usize>,
     #[arg(long)]
     domain: Option<String>,
-    #[arg(long, default_value = "us-east-1")]
-    region: String,
+    /// [default: us-east-1]
+    #[arg(long)]
+    region: Option<String>,
     #[arg(long, env = "INSITU_CLUSTER_SECRET", hide_env_values = true)]
-    cluster_secret: String,
+    cluster_secret: Option<String>,
     #[command(flatten)]
     root: RootArgs,
+    #[command(flatten)]
+    tuning: ClusterTuning,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    nodes: std::collections::BTreeMap<String, String>,
+    replicas: Option<usize>,
+    domain: Option<String>,
+    region: Option<String>,
+    cluster_secret: Option<String>,
+    root_access_key: Option<String>,
+    root_secret_key: Option<String>,
+    #[serde(flatten)]
+    tuning: ClusterTuning,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    gateway: Option<String>,
+    cluster_secret: Option<String>,
+    capacity_bytes: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    scrub_secs: Option<u64>,
+}
+
+fn read_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
 }
 
 fn random_string(len: usize) -> String {
@@ -141,7 +269,7 @@ struct NodeProcess {
 }
 
 /// Starts one storage node as a child process and waits for its address.
-async fn spawn_node(id: &str, data_dir: &Path, secret: &str) -> Result<NodeProcess> {
+async fn spawn_node(id: &str, data_dir: &Path, secret: &str, gateway: &str) -> Result<NodeProcess> {
     let exe = std::env::current_exe().context("cannot find the insitu executable")?;
     let mut child = Command::new(exe)
         .arg("node")
@@ -151,6 +279,8 @@ async fn spawn_node(id: &str, data_dir: &Path, secret: &str) -> Result<NodeProce
         .arg(data_dir)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .arg("--gateway")
+        .arg(gateway)
         .arg("--exit-with-parent")
         .env("INSITU_CLUSTER_SECRET", secret)
         .stdin(Stdio::piped())
@@ -170,12 +300,12 @@ async fn spawn_node(id: &str, data_dir: &Path, secret: &str) -> Result<NodeProce
         .ok_or_else(|| anyhow!("storage node {id} exited during start-up"))?;
     let ready: serde_json::Value =
         serde_json::from_str(&line).with_context(|| format!("node {id} said {line:?}"))?;
-    let addr = ready["addr"]
+    let addr = ready["url"]
         .as_str()
         .ok_or_else(|| anyhow!("node {id} did not report its address"))?;
     Ok(NodeProcess {
         id: id.to_string(),
-        addr: format!("http://{addr}"),
+        addr: addr.to_string(),
         child,
     })
 }
@@ -192,28 +322,32 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let (root, generated) = root_credentials(&args.root, &args.data_dir)?;
     let secret = persistent_secret(&args.data_dir.join("cluster-secret"), || random_string(48))?;
+    let mut tuning = args.tuning.clone();
+    // A laptop cluster collects garbage quickly.
+    tuning.gc_grace_secs = tuning.gc_grace_secs.or(Some(5));
+    let config = gateway_config(
+        args.listen,
+        &args.data_dir,
+        args.domain,
+        args.region,
+        replicas,
+        root.clone(),
+        secret.clone(),
+        &tuning,
+    );
+    let gateway = Gateway::open(config)?;
+    let listener = gateway.bind().await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
 
     let mut children = Vec::new();
     for i in 0..args.nodes {
         let id = format!("node-{i}");
         let dir = args.data_dir.join("nodes").join(&id);
-        children.push(spawn_node(&id, &dir, &secret).await?);
+        children.push(spawn_node(&id, &dir, &secret, &endpoint).await?);
     }
-    let gateway = Gateway::open(GatewayConfig {
-        listen: args.listen,
-        catalog_dir: args.data_dir.join("catalog"),
-        domain: args.domain,
-        region: args.region,
-        replicas,
-        root: root.clone(),
-        cluster_secret: secret,
-        gc_grace: Duration::from_secs(5),
-    })?;
     for n in &children {
         gateway.register_node(&n.id, &n.addr)?;
     }
-    let listener = gateway.bind().await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
     if generated {
         eprintln!(
             "insitu: generated root credentials (kept in {}):",
@@ -229,7 +363,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     // One machine-readable line on stdout, for scripts and tests.
     println!(
         "{}",
-        serde_json::json!({ "event": "ready", "endpoint": endpoint, "nodes": args.nodes, "replicas": replicas })
+        serde_json::json!({ "event": "ready", "endpoint": endpoint, "nodes": args.nodes, "replicas": replicas, "cluster_secret_file": args.data_dir.join("cluster-secret") })
     );
 
     let result = gateway.serve(listener, shutdown_signal()).await;
@@ -248,24 +382,55 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
 }
 
 pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let (root, generated) = root_credentials(&args.root, &args.data_dir)?;
-    let gateway = Gateway::open(GatewayConfig {
-        listen: args.listen,
-        catalog_dir: args.data_dir.join("catalog"),
-        domain: args.domain,
-        region: args.region,
-        replicas: args.replicas,
-        root: root.clone(),
-        cluster_secret: args.cluster_secret,
-        gc_grace: Duration::from_secs(30),
-    })?;
+    let file: GatewayFile = read_config(args.config.as_deref())?;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./insitu-data/gateway"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let root_args = RootArgs {
+        root_access_key: args.root.root_access_key.or(file.root_access_key),
+        root_secret_key: args.root.root_secret_key.or(file.root_secret_key),
+    };
+    let (root, generated) = root_credentials(&root_args, &data_dir)?;
+    let secret = args
+        .cluster_secret
+        .or(file.cluster_secret)
+        .ok_or_else(|| anyhow!("a cluster secret is needed: set INSITU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file"))?;
+    let replicas = args.replicas.or(file.replicas).unwrap_or(2);
+    if replicas == 0 {
+        bail!("replicas must be at least 1");
+    }
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000)));
+    let region = args
+        .region
+        .or(file.region)
+        .unwrap_or_else(|| "us-east-1".to_string());
+    let tuning = args.tuning.or(file.tuning);
+    let config = gateway_config(
+        listen,
+        &data_dir,
+        args.domain.or(file.domain),
+        region,
+        replicas,
+        root.clone(),
+        secret,
+        &tuning,
+    );
+    let gateway = Gateway::open(config)?;
+    let mut nodes: Vec<(String, String)> = file.nodes.into_iter().collect();
     for spec in &args.nodes {
         let (id, url) = spec
             .split_once('=')
             .ok_or_else(|| anyhow!("--node takes ID=URL, got {spec:?}"))?;
-        gateway.register_node(id, url)?;
+        nodes.push((id.to_string(), url.to_string()));
+    }
+    for (id, url) in nodes {
+        gateway.register_node(&id, &url)?;
     }
     let listener = gateway.bind().await?;
     if generated {
@@ -282,17 +447,43 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
 }
 
 pub async fn run_node(args: NodeArgs) -> Result<()> {
+    let file: NodeFile = read_config(args.config.as_deref())?;
+    let id = args
+        .id
+        .or(file.id)
+        .ok_or_else(|| anyhow!("a node id is needed: --id or id in the config file"))?;
+    let data_dir = args.data_dir.or(file.data_dir).ok_or_else(|| {
+        anyhow!("a data directory is needed: --data-dir or data_dir in the config file")
+    })?;
+    let cluster_secret = args
+        .cluster_secret
+        .or(file.cluster_secret)
+        .ok_or_else(|| anyhow!("a cluster secret is needed: set INSITU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file"))?;
+    let scrub = args.scrub_secs.or(file.scrub_secs).unwrap_or(86_400);
     let node = Node::bind(NodeConfig {
-        node_id: args.id.clone(),
-        data_dir: args.data_dir,
-        listen: args.listen,
-        cluster_secret: args.cluster_secret,
+        node_id: id.clone(),
+        data_dir,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100))),
+        advertise: args.advertise.or(file.advertise),
+        gateway: args.gateway.or(file.gateway),
+        cluster_secret,
+        capacity_bytes: args.capacity_bytes.or(file.capacity_bytes),
+        heartbeat_interval: Duration::from_millis(
+            args.heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(1000)
+                .max(50),
+        ),
+        scrub_interval: (scrub > 0).then(|| Duration::from_secs(scrub)),
     })
     .await?;
     let addr = node.local_addr()?;
     println!(
         "{}",
-        serde_json::json!({ "event": "listening", "node_id": args.id, "addr": addr.to_string() })
+        serde_json::json!({ "event": "listening", "node_id": id, "addr": addr.to_string(), "url": node.advertised_url() })
     );
     let exit_with_parent = args.exit_with_parent;
     let stop = async move {

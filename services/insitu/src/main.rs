@@ -44,18 +44,38 @@ enum Command {
     Admin(admin::AdminArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct NodeArgs {
+    /// A TOML file with any of the flags below (snake_case keys); flags and
+    /// environment variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Permanent node id; object records name replicas by it.
     #[arg(long)]
-    pub id: String,
+    pub id: Option<String>,
     #[arg(long)]
-    pub data_dir: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:9100")]
-    pub listen: SocketAddr,
-    /// Shared secret the gateway presents to nodes.
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9100].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// URL the gateway should use to reach this node [default: http://<listen>].
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Gateway URL to register with by heartbeat.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Shared secret between the gateway and its nodes.
     #[arg(long, env = "INSITU_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
+    pub cluster_secret: Option<String>,
+    /// Most bytes this node will store (below the filesystem's size).
+    #[arg(long)]
+    pub capacity_bytes: Option<u64>,
+    /// Heartbeat period in milliseconds [default: 1000].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Re-check every blob's checksums this often, in seconds [default: 86400; 0 disables].
+    #[arg(long)]
+    pub scrub_secs: Option<u64>,
     /// Exit when standard input closes: `insitu dev` holds it open, so its
     /// nodes stop with it even if it is killed.
     #[arg(long)]

@@ -51,7 +51,7 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     let upload_id = new_blob_id();
     let nodes = gw
         .nodes
-        .place(&upload_id, gw.config.replicas)
+        .place(&upload_id, gw.config.replicas, 0)
         .map_err(node_error)?;
     let rec = UploadRecord {
         upload_id: upload_id.clone(),

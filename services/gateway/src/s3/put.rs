@@ -59,6 +59,10 @@ pub fn node_error(e: NodeError) -> S3Error {
             S3ErrorCode::ServiceUnavailable,
             format!("Not enough storage nodes are available to store the object safely: {e}"),
         ),
+        NodeError::NoRoom { .. } | NodeError::Status { status: 507, .. } => S3Error::new(
+            S3ErrorCode::ServiceUnavailable,
+            format!("Not enough storage nodes have room for this object: {e}"),
+        ),
         NodeError::Status { status: 400, .. } | NodeError::Body => S3Error::new(
             S3ErrorCode::IncompleteBody,
             "The request body ended before the number of bytes it declared.",
@@ -198,7 +202,7 @@ pub async fn store_body(
         Some(n) => n,
         None => gw
             .nodes
-            .place(&id, gw.config.replicas)
+            .place(&id, gw.config.replicas, expect.length.unwrap_or(0))
             .map_err(node_error)?,
     };
     let expected_len = expect.length;
