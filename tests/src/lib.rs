@@ -362,10 +362,16 @@ impl RawClient {
         let signed = self
             .signer
             .sign(method, path, query, &all, payload_hash, time);
-        let url = reqwest::Url::parse_with_params(
-            &format!("{}{}", self.endpoint, encode_path(path)),
-            query,
-        )?;
+        // Encode the query as SigV4 does (%20, not '+'), not as a form.
+        let query_string: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", sign::encode(k, false), sign::encode(v, false)))
+            .collect();
+        let mut url = format!("{}{}", self.endpoint, encode_path(path));
+        if !query_string.is_empty() {
+            url.push('?');
+            url.push_str(&query_string.join("&"));
+        }
         let mut req = self
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes())?, url)

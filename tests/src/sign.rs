@@ -19,7 +19,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-fn encode(s: &str, keep_slash: bool) -> String {
+pub fn encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         let c = b as char;

@@ -61,8 +61,21 @@ pub enum CatalogError {
     BucketNotEmpty(String),
     #[error("multipart upload {0} does not exist")]
     NoSuchUpload(String),
+    #[error("a write precondition did not hold")]
+    PreconditionFailed,
     #[error("internal lock poisoned")]
     Poisoned,
+}
+
+/// A condition checked atomically with a write (`If-None-Match: *`,
+/// `If-Match` on PUT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    None,
+    /// Only if no object exists under the key.
+    IfNoneMatchAny,
+    /// Only if the current object has this ETag.
+    IfMatch(String),
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -116,6 +129,10 @@ pub struct UploadPage {
     pub uploads: Vec<UploadRecord>,
     pub common_prefixes: Vec<String>,
     pub is_truncated: bool,
+    /// Where the next page starts: the last key (or common prefix) and,
+    /// for an upload, its id.
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
 }
 
 pub struct ListQuery<'a> {
@@ -336,7 +353,23 @@ impl Catalog {
     pub fn put_object(&self, bucket: &str, key: &str, rec: &ObjectRecord) -> Result<()> {
         let _g = self.lock()?;
         let mut b = WriteBatch::default();
-        self.put_object_into(&mut b, bucket, key, rec)?;
+        self.put_object_into(&mut b, bucket, key, rec, None, &WriteCondition::None)?;
+        self.commit(b)
+    }
+
+    /// Like `put_object`, but only into the very bucket the caller was
+    /// authorised for (a bucket deleted and re-created by someone else
+    /// meanwhile is refused) and only if `cond` holds for the current object.
+    pub fn put_object_checked(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        rec: &ObjectRecord,
+        cond: &WriteCondition,
+    ) -> Result<()> {
+        let _g = self.lock()?;
+        let mut b = WriteBatch::default();
+        self.put_object_into(&mut b, &bucket.name, key, rec, Some(bucket), cond)?;
         self.commit(b)
     }
 
@@ -346,12 +379,27 @@ impl Catalog {
         bucket: &str,
         key: &str,
         rec: &ObjectRecord,
+        expected: Option<&BucketRecord>,
+        cond: &WriteCondition,
     ) -> Result<()> {
-        if self
-            .get::<BucketRecord>(CF_BUCKETS, bucket.as_bytes())?
-            .is_none()
-        {
+        let current = self.get::<BucketRecord>(CF_BUCKETS, bucket.as_bytes())?;
+        let same = match (&current, expected) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(c), Some(e)) => c.owner == e.owner && c.created_ms == e.created_ms,
+        };
+        if !same {
             return Err(CatalogError::NoSuchBucket(bucket.to_string()));
+        }
+        let existing = self.get::<ObjectRecord>(CF_OBJECTS, &object_key(bucket, key))?;
+        let holds = match (cond, &existing) {
+            (WriteCondition::None, _) => true,
+            (WriteCondition::IfNoneMatchAny, e) => e.is_none(),
+            (WriteCondition::IfMatch(etag), Some(e)) => e.etag == *etag,
+            (WriteCondition::IfMatch(_), None) => false,
+        };
+        if !holds {
+            return Err(CatalogError::PreconditionFailed);
         }
         let k = object_key(bucket, key);
         if let Some(old) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? {
@@ -594,7 +642,7 @@ impl Catalog {
             return Err(CatalogError::NoSuchUpload(upload_id.to_string()));
         }
         let mut b = WriteBatch::default();
-        self.put_object_into(&mut b, bucket, key, rec)?;
+        self.put_object_into(&mut b, bucket, key, rec, None, &WriteCondition::None)?;
         self.abort_into(&mut b, upload_id)?;
         b.delete_cf(self.cf(CF_UPLOADS)?, uk);
         self.commit(b)
@@ -619,6 +667,17 @@ impl Catalog {
             let up = UploadRecord::decode(&v)?;
             debug_assert!(upload_key(bucket, &up.key, &up.upload_id).starts_with(&base));
             if let Some(km) = key_marker {
+                // Resuming after a rolled-up common prefix skips everything
+                // under it.
+                if let (Some(d), Some(rest)) =
+                    (delimiter.filter(|d| !d.is_empty()), km.strip_prefix(prefix))
+                {
+                    if let Some(pos) = rest.find(d) {
+                        if up.key.starts_with(&km[..prefix.len() + pos + d.len()]) {
+                            continue;
+                        }
+                    }
+                }
                 let after_marker = match upload_id_marker {
                     Some(um) => (up.key.as_str(), up.upload_id.as_str()) > (km, um),
                     None => up.key.as_str() > km,
@@ -635,6 +694,8 @@ impl Catalog {
                             page.is_truncated = true;
                             break;
                         }
+                        page.next_key_marker = Some(cp.clone());
+                        page.next_upload_id_marker = None;
                         page.common_prefixes.push(cp);
                     }
                     continue;
@@ -644,6 +705,8 @@ impl Catalog {
                 page.is_truncated = true;
                 break;
             }
+            page.next_key_marker = Some(up.key.clone());
+            page.next_upload_id_marker = Some(up.upload_id.clone());
             page.uploads.push(up);
         }
         Ok(page)

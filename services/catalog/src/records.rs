@@ -58,6 +58,11 @@ impl CannedAcl {
             "public-read" => Some(Self::PublicRead),
             "public-read-write" => Some(Self::PublicReadWrite),
             "authenticated-read" => Some(Self::AuthenticatedRead),
+            // Within one tenant's bucket the bucket owner is the writer, so
+            // these grant nothing beyond private.
+            "bucket-owner-full-control" | "bucket-owner-read" | "aws-exec-read" => {
+                Some(Self::Private)
+            }
             _ => None,
         }
     }

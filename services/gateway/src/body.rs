@@ -179,7 +179,16 @@ impl Verifier {
                 }),
             };
             let computed = c.finish_base64();
-            match claimed {
+            let Some(claimed) = claimed else {
+                return Err(S3Error::new(
+                    S3ErrorCode::IncompleteBody,
+                    format!(
+                        "The trailer {} was declared but never sent.",
+                        alg.header_name()
+                    ),
+                ));
+            };
+            match Some(claimed) {
                 Some(claimed) if claimed != computed => {
                     return Err(S3Error::new(
                         S3ErrorCode::BadDigest,

@@ -206,11 +206,18 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         return admin_api::handle(gw, parts, body).await;
     }
     let raw_query = parts.uri.query().unwrap_or("").to_string();
+    let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
     let host = parts
         .headers
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let (bucket, key) = gw.bucket_and_key(host, &raw_path);
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let (bucket, key) = gw.bucket_and_key(host.as_deref(), &raw_path);
     let auth = {
         let authenticator = Authenticator {
             catalog: &gw.catalog,
@@ -222,7 +229,9 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
             raw_query: &raw_query,
             headers: &parts.headers,
             now: chrono::Utc::now().timestamp(),
-            body_sha256: None,
+            // A client that signs without sending x-amz-content-sha256 (curl)
+            // signed the hash of its body; with no body, that is known.
+            body_sha256: (!has_body).then(|| auth::sigv4::EMPTY_SHA256.to_string()),
         };
         match authenticator.authenticate(&signed) {
             Ok(a) => a,

@@ -29,3 +29,9 @@ pub const MAX_PRESIGN_EXPIRES_SECS: i64 = 7 * 24 * 3600;
 pub const MAX_CHUNK_HEADER_BYTES: usize = 4096;
 /// POST Object form fields other than the file are small.
 pub const MAX_POST_FIELD_BYTES: usize = 64 * 1024;
+/// POST Object fields arrive before the policy can be checked: cap their
+/// number and total size so an anonymous form cannot exhaust memory.
+pub const MAX_POST_FIELDS: usize = 100;
+pub const MAX_POST_FORM_BYTES: usize = 1024 * 1024;
+/// Trailer lines after an aws-chunked body (checksums and a signature).
+pub const MAX_TRAILER_LINES: usize = 16;

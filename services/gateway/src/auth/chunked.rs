@@ -266,6 +266,9 @@ impl ChunkedDecoder {
                 }
                 State::Trailer => match self.line().await? {
                     Some(l) if !l.is_empty() => {
+                        if self.trailer_lines.len() >= crate::limits::MAX_TRAILER_LINES {
+                            return Err(malformed("too many trailer lines"));
+                        }
                         let (name, value) = l
                             .split_once(':')
                             .ok_or_else(|| malformed("bad trailer line"))?;

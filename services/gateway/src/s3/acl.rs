@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::access::{is_owner, owned_bucket, readable_object};
 use super::bucket::canned_acl_header;
 use super::{empty_response, xml, xml_response, S3Request};
-use crate::body::read_small;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::MAX_XML_BODY_BYTES;
 use crate::Gateway;
@@ -114,7 +113,7 @@ async fn requested_acl(mut req: S3Request, owner: &str) -> S3Result<CannedAcl> {
     if let Some(acl) = canned_acl_header(&req)? {
         return Ok(acl);
     }
-    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(S3Error::new(
             S3ErrorCode::MalformedAclError,

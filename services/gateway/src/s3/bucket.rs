@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::access::{owned_bucket, writable_bucket};
 use super::{empty_response, xml, xml_response, S3Request};
-use crate::body::read_small;
 use crate::error::{xml_escape, S3Error, S3ErrorCode, S3Result};
 use crate::limits::{MAX_DELETE_KEYS, MAX_XML_BODY_BYTES};
 use crate::Gateway;
@@ -109,7 +108,7 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
     let name = req.bucket()?.to_string();
     validate_bucket_name(&name)?;
     let acl = canned_acl_header(&req)?.unwrap_or_default();
-    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let conf: CreateBucketConfiguration = xml::parse(&body)?;
         if let Some(loc) = conf.location_constraint.filter(|l| !l.is_empty()) {
@@ -135,11 +134,10 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
 }
 
 pub async fn head_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    let b = super::access::readable_bucket(gw, req.principal(), req.bucket()?)?;
+    super::access::readable_bucket(gw, req.principal(), req.bucket()?)?;
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("x-amz-bucket-region", &gw.config.region)
-        .header("x-insitu-bucket-owner", b.owner)
         .body(axum::body::Body::empty())
         .unwrap_or_default())
 }
@@ -189,7 +187,8 @@ struct DeleteEntry {
 pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     let name = req.bucket()?.to_string();
     let principal = req.principal().clone();
-    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    super::access::bucket(gw, &name)?;
+    let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let parsed: DeleteRequest = xml::parse(&body)?;
     if parsed.objects.is_empty() || parsed.objects.len() > MAX_DELETE_KEYS {
         return Err(S3Error::new(

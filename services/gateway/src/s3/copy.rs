@@ -130,14 +130,17 @@ pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response
         size: stored.blob.size,
         etag: stored.etag(),
         last_modified_ms: now_ms(),
-        owner: dest.owner,
+        owner: dest.owner.clone(),
         headers,
         acl,
         blob: stored.blob.clone(),
         parts_count: 0,
         part_sizes: vec![],
     };
-    if let Err(e) = gw.catalog.put_object(&bucket, &key, &rec) {
+    if let Err(e) =
+        gw.catalog
+            .put_object_checked(&dest, &key, &rec, &super::put::write_condition(&req)?)
+    {
         gw.nodes
             .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
             .await;

@@ -176,6 +176,11 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     let key = req.key()?;
     req.check_version_id()?;
     let (_, obj) = readable_object(gw, req.principal(), bucket, key)?;
+    for (name, value) in &req.query {
+        if name.starts_with("response-") {
+            super::put::check_header_value(name, value)?;
+        }
+    }
 
     match evaluate_preconditions(
         req.header("if-match"),

@@ -18,7 +18,6 @@ use super::put::{
     body_expectations, new_blob_id, node_error, object_headers, store_body, validate_key,
 };
 use super::{empty_response, xml, xml_response, S3Request};
-use crate::body::read_small;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{
     MAX_LIST_KEYS, MAX_PART_NUMBER, MAX_PUT_BYTES, MAX_XML_BODY_BYTES, MIN_PART_BYTES,
@@ -220,7 +219,7 @@ pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
 pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     writable_bucket(gw, req.principal(), req.bucket()?)?;
     let up = upload(gw, &req)?;
-    let body = read_small(req.take_body(), MAX_XML_BODY_BYTES).await?;
+    let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let requested: CompleteRequest = xml::parse(&body)?;
     let mut stored = Vec::new();
     let mut marker = 0;
@@ -361,9 +360,11 @@ pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     e.elem(&mut out, "KeyMarker", key_marker.unwrap_or(""));
     xml::elem(&mut out, "UploadIdMarker", id_marker.unwrap_or(""));
     if page.is_truncated {
-        if let Some(last) = page.uploads.last() {
-            e.elem(&mut out, "NextKeyMarker", &last.key);
-            xml::elem(&mut out, "NextUploadIdMarker", &last.upload_id);
+        if let Some(k) = &page.next_key_marker {
+            e.elem(&mut out, "NextKeyMarker", k);
+        }
+        if let Some(u) = &page.next_upload_id_marker {
+            xml::elem(&mut out, "NextUploadIdMarker", u);
         }
     }
     e.elem(&mut out, "Prefix", prefix);

@@ -19,7 +19,7 @@ use crate::auth::sigv4::{self, SigningKey};
 use crate::auth::{Authenticator, Principal};
 use crate::body::BodyExpectations;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
-use crate::limits::{MAX_POST_FIELD_BYTES, MAX_PUT_BYTES};
+use crate::limits::{MAX_POST_FIELDS, MAX_POST_FIELD_BYTES, MAX_POST_FORM_BYTES, MAX_PUT_BYTES};
 use crate::Gateway;
 
 fn malformed(msg: impl Into<String>) -> S3Error {
@@ -202,6 +202,7 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
     let raw = req.take_raw_body().into_data_stream();
     let mut form = multer::Multipart::new(raw, boundary);
     let mut fields = BTreeMap::new();
+    let mut total_field_bytes = 0usize;
     let file = loop {
         let field = form
             .next_field()
@@ -218,11 +219,20 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         if name == "file" {
             break field;
         }
+        // Fields are read before the policy is checked, so their number and
+        // total size are capped: an anonymous form must not fill memory.
+        if fields.len() >= MAX_POST_FIELDS {
+            return Err(malformed("too many form fields"));
+        }
         let mut value = Vec::new();
         let mut field = field;
         while let Some(chunk) = field.chunk().await.map_err(|e| malformed(e.to_string()))? {
             if value.len() + chunk.len() > MAX_POST_FIELD_BYTES {
                 return Err(malformed(format!("form field {name} is too long")));
+            }
+            total_field_bytes += chunk.len();
+            if total_field_bytes > MAX_POST_FORM_BYTES {
+                return Err(malformed("the form fields are too large"));
             }
             value.extend_from_slice(&chunk);
         }
@@ -256,6 +266,18 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         ..Default::default()
     };
     for (k, v) in &fields {
+        let stored_as_header = k.starts_with("x-amz-meta-")
+            || matches!(
+                k.as_str(),
+                "content-type"
+                    | "cache-control"
+                    | "content-disposition"
+                    | "content-encoding"
+                    | "expires"
+            );
+        if stored_as_header {
+            super::put::check_header_value(k, v)?;
+        }
         if let Some(m) = k.strip_prefix("x-amz-meta-") {
             headers.user_metadata.insert(m.to_string(), v.clone());
         }
@@ -295,14 +317,17 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         size: stored.blob.size,
         etag: stored.etag(),
         last_modified_ms: now_ms(),
-        owner: b.owner,
+        owner: b.owner.clone(),
         headers,
         acl,
         blob: stored.blob.clone(),
         parts_count: 0,
         part_sizes: vec![],
     };
-    if let Err(e) = gw.catalog.put_object(&bucket, &key, &rec) {
+    if let Err(e) =
+        gw.catalog
+            .put_object_checked(&b, &key, &rec, &insitu_catalog::WriteCondition::None)
+    {
         gw.nodes
             .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
             .await;

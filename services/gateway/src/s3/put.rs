@@ -8,7 +8,7 @@ use axum::response::Response;
 use base64::Engine;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use insitu_catalog::{now_ms, BlobRef, ObjectHeaders, ObjectRecord};
+use insitu_catalog::{now_ms, BlobRef, ObjectHeaders, ObjectRecord, WriteCondition};
 
 use super::access::writable_bucket;
 use super::bucket::canned_acl_header;
@@ -71,8 +71,57 @@ pub fn node_error(e: NodeError) -> S3Error {
     }
 }
 
+/// `If-None-Match: *` and `If-Match` on a write, checked atomically with
+/// the commit.
+pub fn write_condition(req: &S3Request) -> S3Result<WriteCondition> {
+    match (req.header("if-none-match"), req.header("if-match")) {
+        (Some(v), _) if v.trim() == "*" => Ok(WriteCondition::IfNoneMatchAny),
+        (Some(_), _) => Err(S3Error::not_implemented(
+            "If-None-Match with an ETag on writes",
+        )),
+        (None, Some(v)) => Ok(WriteCondition::IfMatch(
+            v.trim().trim_matches('"').to_string(),
+        )),
+        (None, None) => Ok(WriteCondition::None),
+    }
+}
+
+/// Refuses request headers asking for features insitu does not have, rather
+/// than silently ignoring a promise (encryption, grants, tags, locks).
+pub fn reject_unsupported(req: &S3Request) -> S3Result<()> {
+    for (name, _) in &req.headers {
+        let n = name.as_str();
+        let what = if n.starts_with("x-amz-server-side-encryption") {
+            "Server-side encryption"
+        } else if n.starts_with("x-amz-grant-") {
+            "Grants to individual users"
+        } else if n == "x-amz-tagging" {
+            "Object tagging"
+        } else if n.starts_with("x-amz-object-lock-") {
+            "Object lock"
+        } else if n == "x-amz-website-redirect-location" {
+            "Website redirects"
+        } else {
+            continue;
+        };
+        return Err(S3Error::not_implemented(what));
+    }
+    Ok(())
+}
+
+/// A stored header must be sendable back as a header.
+pub fn check_header_value(name: &str, value: &str) -> S3Result<()> {
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(S3Error::invalid_argument(format!(
+            "The value of {name} is not a valid HTTP header value"
+        )));
+    }
+    Ok(())
+}
+
 /// Standard and user-metadata headers to store with an object.
 pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
+    reject_unsupported(req)?;
     let get = |n: &str| req.header(n).map(str::to_string);
     let content_encoding = req.header("content-encoding").and_then(|v| {
         let rest: Vec<&str> = v
@@ -96,7 +145,13 @@ pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
         if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
             let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
             meta_bytes += m.len() + v.len();
-            h.user_metadata.insert(m.to_string(), v);
+            h.user_metadata
+                .entry(m.to_string())
+                .and_modify(|existing| {
+                    existing.push(',');
+                    existing.push_str(&v);
+                })
+                .or_insert(v);
         }
     }
     if meta_bytes > MAX_USER_METADATA_BYTES {
@@ -110,31 +165,43 @@ pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
 
 /// What the request claims about its body: length, MD5, SHA-256, checksum.
 pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpectations> {
+    expectations(req, max_length, true)
+}
+
+fn expectations(
+    req: &S3Request,
+    max_length: u64,
+    require_length: bool,
+) -> S3Result<BodyExpectations> {
     let chunked = matches!(req.auth.payload, PayloadCheck::Chunked { .. });
     let length_header = if chunked {
         "x-amz-decoded-content-length"
     } else {
         "content-length"
     };
-    let length =
-        match req.header(length_header) {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+    let length = match req.header(length_header) {
+        Some(v) => {
+            Some(v.parse::<u64>().map_err(|_| {
                 S3Error::invalid_argument(format!("{length_header} must be a number"))
-            })?),
-            None if chunked => {
-                return Err(S3Error::new(
-                    S3ErrorCode::MissingContentLength,
-                    "You must provide x-amz-decoded-content-length.",
-                ))
-            }
-            None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
-                return Err(S3Error::new(
-                    S3ErrorCode::MissingContentLength,
-                    "You must provide the Content-Length HTTP header.",
-                ))
-            }
-            None => Some(0),
-        };
+            })?)
+        }
+        None if chunked => {
+            return Err(S3Error::new(
+                S3ErrorCode::MissingContentLength,
+                "You must provide x-amz-decoded-content-length.",
+            ))
+        }
+        None if !require_length && req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
+            None
+        }
+        None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
+            return Err(S3Error::new(
+                S3ErrorCode::MissingContentLength,
+                "You must provide the Content-Length HTTP header.",
+            ))
+        }
+        None => Some(0),
+    };
     if let Some(len) = length {
         if len > max_length {
             return Err(S3Error::new(
@@ -187,6 +254,12 @@ pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpec
         trailers: req.trailers.clone(),
         max_length,
     })
+}
+
+/// Expectations for a small body that may come without a length
+/// (chunked transfer encoding); it is still capped at `max_length`.
+pub fn body_expectations_unsized(req: &S3Request, max_length: u64) -> S3Result<BodyExpectations> {
+    expectations(req, max_length, false)
 }
 
 /// Streams a body to `replicas` new replicas and waits until all are
@@ -246,6 +319,7 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
     let b = writable_bucket(gw, req.principal(), &bucket)?;
     let acl = canned_acl_header(&req)?.unwrap_or_default();
     let headers = object_headers(&req)?;
+    let cond = write_condition(&req)?;
     let expect = body_expectations(&req, MAX_PUT_BYTES)?;
     let body = req.take_body();
     let stored = store_body(gw, body, expect, None).await?;
@@ -253,14 +327,14 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
         size: stored.blob.size,
         etag: stored.etag(),
         last_modified_ms: now_ms(),
-        owner: b.owner,
+        owner: b.owner.clone(),
         headers,
         acl,
         blob: stored.blob.clone(),
         parts_count: 0,
         part_sizes: vec![],
     };
-    if let Err(e) = gw.catalog.put_object(&bucket, &key, &rec) {
+    if let Err(e) = gw.catalog.put_object_checked(&b, &key, &rec, &cond) {
         gw.nodes
             .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
             .await;
