@@ -50,6 +50,8 @@ pub struct Cluster {
     pub replicas: Option<usize>,
     pub extra_args: Vec<String>,
     child: Option<Child>,
+    /// Nodes started by the test itself (`insitu node`), killed on drop.
+    extra_nodes: Vec<Child>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -80,6 +82,7 @@ impl Cluster {
             replicas,
             extra_args,
             child: None,
+            extra_nodes: Vec::new(),
         };
         c.launch(None)?;
         Ok(c)
@@ -225,7 +228,7 @@ impl Cluster {
     pub fn blob_files(&self) -> Vec<(PathBuf, u64)> {
         let mut out = Vec::new();
         walk(&self.data_dir().join("nodes"), &mut |p| {
-            if p.components().any(|c| c.as_os_str() == "blobs") {
+            if p.components().any(|c| c.as_os_str() == "blobs") && p.extension().is_none() {
                 if let Ok(m) = std::fs::metadata(p) {
                     out.push((p.to_path_buf(), m.len()));
                 }
@@ -235,8 +238,147 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Blob id → ids of the nodes whose disks hold a copy, read off the
+    /// node directories.
+    pub fn blob_copies(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let nodes = self.data_dir().join("nodes");
+        for (path, _) in self.blob_files() {
+            let Ok(rel) = path.strip_prefix(&nodes) else {
+                continue;
+            };
+            let node = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.entry(id).or_default().push(node);
+        }
+        out
+    }
+
+    /// The secret nodes share with the gateway.
+    pub fn cluster_secret(&self) -> Result<String> {
+        Ok(
+            std::fs::read_to_string(self.data_dir().join("cluster-secret"))?
+                .trim()
+                .to_string(),
+        )
+    }
+
+    pub fn node_dir(&self, id: &str) -> PathBuf {
+        self.data_dir().join("nodes").join(id)
+    }
+
+    /// kill -9 one storage node.
+    pub fn kill9_node(&self, id: &str) {
+        let pattern = format!("--id {id} --data-dir {}", self.node_dir(id).display());
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg("--")
+            .arg(&pattern)
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let alive = Command::new("pgrep")
+                .arg("-f")
+                .arg("--")
+                .arg(&pattern)
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
+            if !alive {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `insitu node` for `id` that registers with this cluster's
+    /// gateway by heartbeat; `args` are extra flags.
+    pub fn start_node(&mut self, id: &str, args: &[&str]) -> Result<()> {
+        let mut child = Command::new(insitu_bin())
+            .args(["node", "--id", id, "--data-dir"])
+            .arg(self.node_dir(id))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                &self.endpoint,
+                "--heartbeat-ms",
+                "200",
+            ])
+            .args(args)
+            .env("INSITU_CLUSTER_SECRET", self.cluster_secret()?)
+            .env(
+                "INSITU_LOG",
+                std::env::var("INSITU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().ok_or_else(|| anyhow!("node {id} exited"))??;
+        std::thread::spawn(move || for _ in lines {});
+        if !first.contains("listening") {
+            bail!("node {id} said {first}");
+        }
+        self.extra_nodes.push(child);
+        Ok(())
+    }
+
+    /// Runs `insitu admin ARGS` as root and parses its JSON output.
+    pub fn admin(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = Command::new(insitu_bin())
+            .args(["admin", "--endpoint", &self.endpoint])
+            .args(args)
+            .env("INSITU_ROOT_ACCESS_KEY", ROOT_KEY)
+            .env("INSITU_ROOT_SECRET_KEY", ROOT_SECRET)
+            .output()?;
+        if !out.status.success() {
+            bail!("admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The state the gateway reports for a node.
+    pub fn node_state(&self, id: &str) -> Option<String> {
+        let report = self.admin(&["nodes"]).ok()?;
+        report["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == id)
+            .and_then(|n| n["state"].as_str().map(str::to_string))
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for c in &mut self.extra_nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         self.kill9();
     }
 }

@@ -14,6 +14,44 @@ use tokio::task::JoinHandle;
 use crate::nodes::{ByteStream, NodeState};
 use crate::Gateway;
 
+/// Blob ids being written right now (stored on nodes, not yet committed to
+/// the catalog). The orphan sweep must not take them for orphans, however
+/// long a slow replica keeps the commit waiting.
+#[derive(Default)]
+pub struct InflightBlobs {
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl InflightBlobs {
+    pub fn hold(self: &Arc<Self>, id: &str) -> InflightGuard {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(id.to_string());
+        }
+        InflightGuard {
+            set: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.lock().map(|ids| ids.contains(id)).unwrap_or(true)
+    }
+}
+
+/// Keeps a blob id in flight until dropped (after its commit or cleanup).
+pub struct InflightGuard {
+    set: Arc<InflightBlobs>,
+    id: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut ids) = self.set.ids.lock() {
+            ids.remove(&self.id);
+        }
+    }
+}
+
 /// Repair progress, shown by `insitu admin nodes` and in metrics.
 #[derive(Default)]
 pub struct RepairStats {
@@ -214,7 +252,7 @@ async fn repair_corrupt(gw: &Gateway) {
                 .cloned()
                 .collect();
             match copy_replica(gw, &blob, &good, &node).await {
-                Ok(()) => {
+                Ok(_) => {
                     gw.repair
                         .corrupt_replicas_repaired
                         .fetch_add(1, Ordering::Relaxed);
@@ -260,6 +298,7 @@ async fn repair_pass(gw: &Gateway) -> u64 {
                 continue;
             }
             let mut replicas = kept.clone();
+            let mut guards = Vec::new();
             let mut ok = true;
             while replicas.len() < r {
                 let exclude: Vec<String> = blob
@@ -277,7 +316,10 @@ async fn repair_pass(gw: &Gateway) -> u64 {
                     }
                 };
                 match copy_replica(gw, &blob, &kept, &target).await {
-                    Ok(()) => replicas.push(target),
+                    Ok(guard) => {
+                        guards.push(guard);
+                        replicas.push(target);
+                    }
                     Err(e) => {
                         tracing::warn!(blob = %blob.id, target = %target, error = %e, "repair copy failed");
                         ok = false;
@@ -307,6 +349,7 @@ async fn repair_pass(gw: &Gateway) -> u64 {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record repaired replicas"),
             }
+            drop(guards);
             if !ok {
                 pending += 1;
             }
@@ -354,7 +397,10 @@ async fn sweep_node(gw: &Gateway, node: &str) {
         };
         let Some(last) = page.last() else { return };
         after = last.id.clone();
-        for entry in page.into_iter().filter(|e| e.modified_ms < cutoff) {
+        for entry in page
+            .into_iter()
+            .filter(|e| e.modified_ms < cutoff && !gw.inflight.contains(&e.id))
+        {
             let keep = match gw.catalog.owned_blob(&entry.id) {
                 Ok(Some((_, blob))) => blob.replicas.iter().any(|n| n == node),
                 Ok(None) => gw.catalog.is_gc_queued(&entry.id).unwrap_or(true),

@@ -73,6 +73,7 @@ pub struct Gateway {
     pub catalog: Catalog,
     pub nodes: Arc<NodeSet>,
     pub repair: cluster::RepairStats,
+    pub inflight: Arc<cluster::InflightBlobs>,
     pub config: GatewayConfig,
 }
 
@@ -93,6 +94,7 @@ impl Gateway {
             catalog,
             nodes,
             repair: Default::default(),
+            inflight: Default::default(),
             config,
         }))
     }

@@ -35,6 +35,9 @@ pub struct DevArgs {
     domain: Option<String>,
     #[arg(long, default_value = "us-east-1")]
     region: String,
+    /// How often each node re-checks every blob's checksums, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    node_scrub_secs: u64,
     #[command(flatten)]
     root: RootArgs,
     #[command(flatten)]
@@ -269,7 +272,13 @@ struct NodeProcess {
 }
 
 /// Starts one storage node as a child process and waits for its address.
-async fn spawn_node(id: &str, data_dir: &Path, secret: &str, gateway: &str) -> Result<NodeProcess> {
+async fn spawn_node(
+    id: &str,
+    data_dir: &Path,
+    secret: &str,
+    gateway: &str,
+    scrub_secs: u64,
+) -> Result<NodeProcess> {
     let exe = std::env::current_exe().context("cannot find the insitu executable")?;
     let mut child = Command::new(exe)
         .arg("node")
@@ -282,6 +291,8 @@ async fn spawn_node(id: &str, data_dir: &Path, secret: &str, gateway: &str) -> R
         .arg("--gateway")
         .arg(gateway)
         .arg("--exit-with-parent")
+        .arg("--scrub-secs")
+        .arg(scrub_secs.to_string())
         .env("INSITU_CLUSTER_SECRET", secret)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -343,7 +354,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     for i in 0..args.nodes {
         let id = format!("node-{i}");
         let dir = args.data_dir.join("nodes").join(&id);
-        children.push(spawn_node(&id, &dir, &secret, &endpoint).await?);
+        children.push(spawn_node(&id, &dir, &secret, &endpoint, args.node_scrub_secs).await?);
     }
     for n in &children {
         gateway.register_node(&n.id, &n.addr)?;

@@ -236,6 +236,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     let parts = select_parts(&requested.parts, &stored)?;
     let etag = multipart_etag(&parts)?;
     let blob_id = new_blob_id();
+    let _inflight = gw.inflight.hold(&blob_id);
     let part_ids: Vec<String> = parts.iter().map(|p| p.blob.id.clone()).collect();
     let size: u64 = parts.iter().map(|p| p.blob.size).sum();
     let composed = futures::future::join_all(

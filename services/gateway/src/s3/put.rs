@@ -25,6 +25,10 @@ pub struct StoredBody {
     pub blob: BlobRef,
     pub md5: [u8; 16],
     pub checksum: Option<(ChecksumAlgorithm, String)>,
+    /// Keeps the orphan sweep away until the caller has committed; held
+    /// only for its `Drop`.
+    #[allow(dead_code)]
+    pub inflight: crate::cluster::InflightGuard,
 }
 
 impl StoredBody {
@@ -271,6 +275,7 @@ pub async fn store_body(
     nodes: Option<Vec<String>>,
 ) -> S3Result<StoredBody> {
     let id = new_blob_id();
+    let inflight = gw.inflight.hold(&id);
     let nodes = match nodes {
         Some(n) => n,
         None => gw
@@ -302,6 +307,7 @@ pub async fn store_body(
         return Err(e);
     }
     Ok(StoredBody {
+        inflight,
         blob: BlobRef {
             id,
             size: outcome.length,
