@@ -155,6 +155,83 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+async fn repair_time() -> Result<(f64, u64, f64)> {
+    let mut cluster = Cluster::start_with_args(
+        4,
+        Some(2),
+        &[
+            "--down-after-secs",
+            "2",
+            "--suspect-after-secs",
+            "1",
+            "--health-interval-ms",
+            "200",
+            "--repair-mib-per-sec",
+            "100000",
+        ],
+    )?;
+    let t = cluster.create_tenant("bench")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("bench").await?;
+    for i in 0..32 {
+        put_stream(&c, &format!("/bench/part-{i}"), 64 * MIB).await?;
+    }
+    // The node holding the most data goes down.
+    let copies = cluster.blob_copies();
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for nodes in copies.values() {
+        for n in nodes {
+            *per_node.entry(n.clone()).or_default() += 1;
+        }
+    }
+    let victim = per_node
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| id.clone())
+        .context("no blobs")?;
+    let lost_bytes = per_node[&victim] as u64 * 64 * MIB;
+    let start = Instant::now();
+    cluster.kill9_node(&victim);
+    let live: Vec<String> = per_node.keys().filter(|n| **n != victim).cloned().collect();
+    let done = insitu_e2e::wait_until(Duration::from_secs(600), || {
+        cluster
+            .blob_copies()
+            .values()
+            .all(|nodes| nodes.iter().filter(|n| live.contains(n)).count() == 2)
+    });
+    if !done {
+        bail!("repair did not finish");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let copied = cluster.admin(&["nodes"])?["repair"]["bytes_copied"]
+        .as_u64()
+        .unwrap_or(0);
+    if copied < lost_bytes {
+        bail!("repair copied {copied} bytes, expected {lost_bytes}");
+    }
+    // Baseline: one local copy of 1 GiB, synced.
+    let src = cluster.data_dir().join("cp-src");
+    Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", src.display()),
+            "bs=1M",
+            "count=1024",
+            "conv=fsync",
+            "status=none",
+        ])
+        .status()?;
+    let t0 = Instant::now();
+    Command::new("cp")
+        .arg(&src)
+        .arg(cluster.data_dir().join("cp-dst"))
+        .status()?;
+    Command::new("sync").status()?;
+    let cp_secs = t0.elapsed().as_secs_f64();
+    let _ = cluster.start_node(&victim, &[]);
+    Ok((secs, copied, cp_secs))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let big_mib: u64 = std::env::var("BENCH_RSS_MIB")
@@ -187,6 +264,27 @@ async fn main() -> Result<()> {
     let big_get = get_stream(&c, "/bench/huge").await?;
     let rss_peak = peak_rss_mib(pid)?;
 
+    drop(cluster);
+
+    // Replication: the same large PUT and GET at R=2 against R=1 above.
+    let cluster2 = Cluster::start_with(3, Some(2))?;
+    let t2 = cluster2.create_tenant("bench")?;
+    let c2 = Arc::new(RawClient::new(&cluster2.endpoint, &t2));
+    c2.create_bucket("bench").await?;
+    let mut put_r2 = Vec::new();
+    let mut get_r2 = Vec::new();
+    for i in 0..3 {
+        put_r2.push(put_stream(&c2, &format!("/bench/large-{i}"), 256 * MIB).await?);
+        get_stream(&c2, &format!("/bench/large-{i}")).await?;
+        get_r2.push(get_stream(&c2, &format!("/bench/large-{i}")).await?);
+    }
+    let (put_r2, get_r2) = (median(put_r2), median(get_r2));
+    drop(cluster2);
+
+    // Repair: time to re-replicate 1 GiB after a node loss (4 nodes, R=2),
+    // against copying 1 GiB with `cp` + sync on the same disk.
+    let (repair_secs, repaired_bytes, cp_secs) = repair_time().await?;
+
     let result = serde_json::json!({
         "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
         "dd_conv_fsync_mib_s": dd,
@@ -200,6 +298,13 @@ async fn main() -> Result<()> {
         "big_get_mib_s": big_get,
         "gateway_peak_rss_mib_before_big": rss_before,
         "gateway_peak_rss_mib": rss_peak,
+        "put_256mib_r2_mib_s": put_r2,
+        "warm_get_256mib_r2_mib_s": get_r2,
+        "put_r2_vs_r1": put_r2 / put,
+        "repair_1gib_secs": repair_secs,
+        "repair_bytes_copied": repaired_bytes,
+        "repair_mib_s": repaired_bytes as f64 / MIB as f64 / repair_secs,
+        "cp_1gib_sync_secs": cp_secs,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::fs::{self, File};
@@ -26,6 +25,41 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 pub const CHECKSUM_BLOCK: u64 = 1024 * 1024;
 const SIDECAR_MAGIC: &[u8; 4] = b"ICRC";
 const SIDECAR_VERSION: u8 = 1;
+/// Extended attribute holding the checksum record of a small blob.
+const CRC_XATTR: &str = "user.insitu.crc32c";
+/// Blobs of at most this many blocks use the attribute instead of a sidecar.
+const XATTR_MAX_BLOCKS: usize = 64;
+
+/// `"ICRC"`, format version, block size (u32 LE), one CRC32C per block (u32 LE).
+fn checksum_record(crcs: &[u32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(9 + crcs.len() * 4);
+    bytes.extend_from_slice(SIDECAR_MAGIC);
+    bytes.push(SIDECAR_VERSION);
+    bytes.extend_from_slice(&(CHECKSUM_BLOCK as u32).to_le_bytes());
+    for c in crcs {
+        bytes.extend_from_slice(&c.to_le_bytes());
+    }
+    bytes
+}
+
+fn parse_checksum_record(bytes: &[u8]) -> Option<Vec<u32>> {
+    if bytes.len() < 9
+        || !(bytes.len() - 9).is_multiple_of(4)
+        || &bytes[..4] != SIDECAR_MAGIC
+        || bytes[4] != SIDECAR_VERSION
+    {
+        return None;
+    }
+    if u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) as u64 != CHECKSUM_BLOCK {
+        return None;
+    }
+    Some(
+        bytes[9..]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
 
 #[derive(Debug, Error)]
 pub enum BlobError {
@@ -53,8 +87,6 @@ pub enum BlobError {
 pub struct BlobInfo {
     pub id: String,
     pub size: u64,
-    /// MD5 of the stored bytes, hex.
-    pub md5: String,
 }
 
 pub struct BlobStore {
@@ -215,21 +247,21 @@ impl BlobStore {
             return Err(BlobError::Full { needed, free: room });
         }
         let tmp = self.temp_path(id);
-        let (info, crcs) = match self.write_temp(&tmp, body, expected_len, room).await {
-            Ok((size, md5, crcs)) => (
+        let (info, crcs, in_xattr) = match self.write_temp(&tmp, body, expected_len, room).await {
+            Ok((size, crcs, in_xattr)) => (
                 BlobInfo {
                     id: id.to_string(),
                     size,
-                    md5,
                 },
                 crcs,
+                in_xattr,
             ),
             Err(e) => {
                 let _ = fs::remove_file(&tmp).await;
                 return Err(e);
             }
         };
-        if let Err(e) = self.publish(&tmp, &final_path, &crcs).await {
+        if let Err(e) = self.publish(&tmp, &final_path, &crcs, in_xattr).await {
             let _ = fs::remove_file(&tmp).await;
             return Err(e);
         }
@@ -244,13 +276,12 @@ impl BlobStore {
         mut body: S,
         expected_len: Option<u64>,
         room: u64,
-    ) -> Result<(u64, String, Vec<u32>), BlobError>
+    ) -> Result<(u64, Vec<u32>, bool), BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let mut file = File::create(tmp).await?;
-        let mut md5 = Md5::new();
         let mut blocks = BlockCrcs::default();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -270,7 +301,6 @@ impl BlobStore {
                     free: room,
                 });
             }
-            md5.update(&chunk);
             blocks.update(&chunk);
             file.write_all(&chunk).await?;
         }
@@ -283,13 +313,24 @@ impl BlobStore {
             }
         }
         file.flush().await?;
+        let crcs = blocks.finish();
+        // Small blobs keep their checksums in an extended attribute, which
+        // the blob's own fsync makes durable: no second file to sync.
+        let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
+            && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
         file.sync_all().await?;
-        Ok((size, hex::encode(md5.finalize()), blocks.finish()))
+        Ok((size, crcs, in_xattr))
     }
 
     /// Makes a synced temp file visible: the sidecar first, then the blob,
     /// whose rename is the commit point; then the directory is synced.
-    async fn publish(&self, tmp: &Path, final_path: &Path, crcs: &[u32]) -> Result<(), BlobError> {
+    async fn publish(
+        &self,
+        tmp: &Path,
+        final_path: &Path,
+        crcs: &[u32],
+        in_xattr: bool,
+    ) -> Result<(), BlobError> {
         let dir = final_path
             .parent()
             .ok_or_else(|| BlobError::InvalidId(String::new()))?;
@@ -297,26 +338,22 @@ impl BlobStore {
             fs::create_dir_all(dir).await?;
             fsync_dir(&self.root.join("blobs")).await?;
         }
-        let mut sidecar = final_path.to_path_buf();
-        sidecar.set_extension("crc");
-        let tmp_sidecar = tmp.with_extension("crc");
-        let mut bytes = Vec::with_capacity(9 + crcs.len() * 4);
-        bytes.extend_from_slice(SIDECAR_MAGIC);
-        bytes.push(SIDECAR_VERSION);
-        bytes.extend_from_slice(&(CHECKSUM_BLOCK as u32).to_le_bytes());
-        for c in crcs {
-            bytes.extend_from_slice(&c.to_le_bytes());
-        }
-        let written = async {
-            let mut f = File::create(&tmp_sidecar).await?;
-            f.write_all(&bytes).await?;
-            f.sync_all().await?;
-            fs::rename(&tmp_sidecar, &sidecar).await
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp_sidecar).await;
-            return Err(e.into());
+        if !in_xattr {
+            let mut sidecar = final_path.to_path_buf();
+            sidecar.set_extension("crc");
+            let tmp_sidecar = tmp.with_extension("crc");
+            let bytes = checksum_record(crcs);
+            let written = async {
+                let mut f = File::create(&tmp_sidecar).await?;
+                f.write_all(&bytes).await?;
+                f.sync_all().await?;
+                fs::rename(&tmp_sidecar, &sidecar).await
+            }
+            .await;
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp_sidecar).await;
+                return Err(e.into());
+            }
         }
         fs::rename(tmp, final_path).await?;
         fsync_dir(dir).await?;
@@ -324,24 +361,24 @@ impl BlobStore {
     }
 
     async fn read_sidecar(&self, id: &str) -> Result<Option<Vec<u32>>, BlobError> {
-        let bytes = match fs::read(self.sidecar_path(id)?).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let bytes = match xattr::get(self.path_of(id)?, CRC_XATTR) {
+            Ok(Some(b)) => b,
+            _ => match fs::read(self.sidecar_path(id)?).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
         };
-        if bytes.len() < 9 || &bytes[..4] != SIDECAR_MAGIC || bytes[4] != SIDECAR_VERSION {
-            self.mark_corrupt(id, 0);
-            return Err(BlobError::Corrupt {
-                id: id.to_string(),
-                offset: 0,
-            });
+        match parse_checksum_record(&bytes) {
+            Some(crcs) => Ok(Some(crcs)),
+            None => {
+                self.mark_corrupt(id, 0);
+                Err(BlobError::Corrupt {
+                    id: id.to_string(),
+                    offset: 0,
+                })
+            }
         }
-        Ok(Some(
-            bytes[9..]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ))
     }
 
     /// Concatenates existing blobs into a new one (multipart completion).
@@ -390,18 +427,15 @@ impl BlobStore {
                 return Err(e.into());
             }
         };
-        if let Err(e) = self.publish(&tmp, &final_path, &crcs).await {
+        if let Err(e) = self.publish(&tmp, &final_path, &crcs, false).await {
             let _ = fs::remove_file(&tmp).await;
             return Err(e);
         }
         self.used.fetch_add(size, Ordering::SeqCst);
         self.count.fetch_add(1, Ordering::SeqCst);
-        // The composed blob's own MD5 is never used as an ETag (multipart
-        // ETags are MD5s of part MD5s), so it is not computed here.
         Ok(BlobInfo {
             id: id.to_string(),
             size,
-            md5: String::new(),
         })
     }
 
@@ -654,7 +688,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.size, 11);
-        assert_eq!(a.md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
         s.put("bb2", chunks(&[b"!"]), None).await.unwrap();
         let c = s
             .compose("cc3", &["aa1".into(), "bb2".into()])

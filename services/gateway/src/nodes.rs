@@ -46,10 +46,13 @@ pub enum NodeError {
 pub struct StoredBlob {
     pub id: String,
     pub size: u64,
-    pub md5: String,
 }
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// A replica that sends nothing for this long is abandoned and the read
+/// resumes on another one.
+const READ_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a node's liveness is judged from its last successful contact.
 #[derive(Debug, Clone, Copy)]
@@ -445,7 +448,12 @@ impl NodeSet {
                 if reader.pos > reader.end {
                     return None;
                 }
-                match current.next().await {
+                // A replica that stalls is as bad as one that fails.
+                let next = match tokio::time::timeout(READ_STALL_TIMEOUT, current.next()).await {
+                    Ok(item) => item,
+                    Err(_) => Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "replica stalled"))),
+                };
+                match next {
                     Some(Ok(chunk)) => {
                         reader.pos += chunk.len() as u64;
                         return Some((Ok(chunk), (reader, current)));

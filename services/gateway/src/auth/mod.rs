@@ -365,9 +365,16 @@ impl Authenticator<'_> {
                 "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
             ));
         }
+        // A presigned URL that signed a real payload hash binds the body too.
+        let payload =
+            if payload_hash.len() == 64 && payload_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                PayloadCheck::Sha256(payload_hash.to_ascii_lowercase())
+            } else {
+                PayloadCheck::Unsigned
+            };
         Ok(Authenticated {
             principal,
-            payload: PayloadCheck::Unsigned,
+            payload,
             credential: Some((akid, scope)),
         })
     }
