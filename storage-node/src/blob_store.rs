@@ -201,7 +201,7 @@ impl BlobStore {
             .unwrap_or_default()
     }
 
-    fn mark_corrupt(&self, id: &str, offset: u64) {
+    pub fn mark_corrupt(&self, id: &str, offset: u64) {
         tracing::error!(blob = %id, offset, "checksum mismatch: replica is corrupt");
         if let Ok(mut c) = self.corrupt.lock() {
             c.insert(id.to_string());
@@ -384,6 +384,10 @@ impl BlobStore {
     /// Concatenates existing blobs into a new one (multipart completion).
     /// Runs on a blocking thread: `std::io::copy` between files uses
     /// `copy_file_range`, so the bytes never pass through user space.
+    /// Concatenates existing blobs into a new one (multipart completion).
+    /// Every block of every part is checked against its checksum on the
+    /// way, so a corrupt part is reported rather than sealed into the
+    /// object under a fresh, valid checksum.
     pub async fn compose(&self, id: &str, parts: &[String]) -> Result<BlobInfo, BlobError> {
         let final_path = self.path_of(id)?;
         let mut sources = Vec::with_capacity(parts.len());
@@ -392,39 +396,58 @@ impl BlobStore {
             if !fs::try_exists(&path).await? {
                 return Err(BlobError::NotFound(p.clone()));
             }
-            sources.push(path);
+            let crcs = self
+                .read_sidecar(p)
+                .await?
+                .ok_or_else(|| BlobError::Corrupt {
+                    id: p.clone(),
+                    offset: 0,
+                })?;
+            sources.push((p.clone(), path, crcs));
         }
         let tmp = self.temp_path(id);
         let tmp2 = tmp.clone();
-        let size = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>)> {
-            use std::io::Read;
+        let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u32>), BlobError> {
+            use std::io::{Read, Write};
             let mut out = std::fs::File::create(&tmp2)?;
-            let mut total = 0;
-            for src in sources {
-                let mut f = std::fs::File::open(src)?;
-                total += io::copy(&mut f, &mut out)?;
+            let mut total = 0u64;
+            let mut blocks = BlockCrcs::default();
+            let mut buf = vec![0u8; CHECKSUM_BLOCK as usize];
+            for (part, path, crcs) in sources {
+                let mut f = std::fs::File::open(path)?;
+                let size = f.metadata()?.len();
+                if crcs.len() as u64 != size.div_ceil(CHECKSUM_BLOCK) {
+                    return Err(BlobError::Corrupt {
+                        id: part,
+                        offset: 0,
+                    });
+                }
+                let mut offset = 0u64;
+                for crc in crcs {
+                    let len = CHECKSUM_BLOCK.min(size - offset) as usize;
+                    f.read_exact(&mut buf[..len])?;
+                    if crc32c::crc32c(&buf[..len]) != crc {
+                        return Err(BlobError::Corrupt { id: part, offset });
+                    }
+                    out.write_all(&buf[..len])?;
+                    blocks.update(&buf[..len]);
+                    offset += len as u64;
+                }
+                total += size;
             }
             out.sync_all()?;
-            // Block checksums of the result, read back from the page cache.
-            let mut blocks = BlockCrcs::default();
-            let mut f = std::fs::File::open(&tmp2)?;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                blocks.update(&buf[..n]);
-            }
             Ok((total, blocks.finish()))
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))?;
-        let (size, crcs) = match size {
+        let (size, crcs) = match result {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&tmp).await;
-                return Err(e.into());
+                if let BlobError::Corrupt { id, offset } = &e {
+                    self.mark_corrupt(id, *offset);
+                }
+                return Err(e);
             }
         };
         if let Err(e) = self.publish(&tmp, &final_path, &crcs, false).await {
@@ -509,7 +532,22 @@ impl BlobStore {
         if start > end || end >= size {
             return Err(BlobError::BadRange { start, end, size });
         }
-        let crcs = self.read_sidecar(id).await?;
+        // A blob without its checksums cannot be vouched for.
+        let Some(crcs) = self.read_sidecar(id).await? else {
+            self.mark_corrupt(id, 0);
+            return Err(BlobError::Corrupt {
+                id: id.to_string(),
+                offset: 0,
+            });
+        };
+        if crcs.len() as u64 != size.div_ceil(CHECKSUM_BLOCK) {
+            self.mark_corrupt(id, 0);
+            return Err(BlobError::Corrupt {
+                id: id.to_string(),
+                offset: 0,
+            });
+        }
+        let crcs = Some(crcs);
         let store = self.clone();
         let id = id.to_string();
         let state = (file, start - start % CHECKSUM_BLOCK, store, id, crcs, false);
@@ -590,7 +628,8 @@ impl BlobStore {
             fans.push(e.file_name().to_string_lossy().into_owned());
         }
         fans.sort();
-        let after_fan = &after[..after.len().min(2)];
+        let after_fan: String = after.chars().take(2).collect();
+        let after_fan = after_fan.as_str();
         let mut out = Vec::new();
         for fan in fans.into_iter().filter(|f| f.as_str() >= after_fan) {
             let mut entries = Vec::new();

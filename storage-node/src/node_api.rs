@@ -185,6 +185,11 @@ async fn get_blob(
     let (status, start, end) = match parse_range(&headers) {
         Some((s, e)) => {
             if e < s || e >= size {
+                // The gateway asks only for ranges inside the recorded size: a
+                // shorter file is a damaged replica.
+                if e >= size {
+                    state.store.mark_corrupt(&id, size);
+                }
                 return Err(BlobError::BadRange {
                     start: s,
                     end: e,

@@ -714,6 +714,26 @@ impl Catalog {
 
     // ---- garbage collection and nodes ---------------------------------------
 
+    /// Queued blobs with ids after `after`, at most `max`.
+    pub fn list_gc_after(&self, after: &str, max: usize) -> Result<Vec<GcRecord>> {
+        let mut start = after.as_bytes().to_vec();
+        if !after.is_empty() {
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_GC)?,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (_, v) = item?;
+            out.push(GcRecord::decode(&v)?);
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_gc(&self, max: usize) -> Result<Vec<GcRecord>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_GC)?, IteratorMode::Start) {
@@ -754,9 +774,15 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Marks a node removed (a tombstone, so it cannot rejoin by heartbeat).
     pub fn remove_node(&self, id: &str) -> Result<()> {
+        let _g = self.lock()?;
+        let Some(mut rec) = self.get::<NodeRecord>(CF_NODES, id.as_bytes())? else {
+            return Ok(());
+        };
+        rec.removed = true;
         let mut b = WriteBatch::default();
-        b.delete_cf(self.cf(CF_NODES)?, id.as_bytes());
+        b.put_cf(self.cf(CF_NODES)?, id.as_bytes(), rec.encode());
         self.commit(b)
     }
 

@@ -207,6 +207,9 @@ pub struct NodeRecord {
     /// A draining node gets no new blobs and its replicas are moved away.
     #[serde(default)]
     pub draining: bool,
+    /// A removed node is remembered so that it cannot rejoin by heartbeat.
+    #[serde(default)]
+    pub removed: bool,
 }
 impl Record for NodeRecord {
     const KIND: &'static str = "node";

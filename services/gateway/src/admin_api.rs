@@ -273,6 +273,9 @@ async fn admin(
                 )));
             }
             gw.nodes.set_draining(id, draining);
+            gw.repair
+                .wake
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(node = %id, draining, "node drain state changed");
             Ok(Json(nodes_report(gw)).into_response())
         }

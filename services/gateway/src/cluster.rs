@@ -14,18 +14,18 @@ use tokio::task::JoinHandle;
 use crate::nodes::{ByteStream, NodeState};
 use crate::Gateway;
 
-/// Blob ids being written right now (stored on nodes, not yet committed to
-/// the catalog). The orphan sweep must not take them for orphans, however
-/// long a slow replica keeps the commit waiting.
+/// Blob ids in use by the gateway right now: being written (stored on
+/// nodes, not yet committed) or being read. The orphan sweep and GC leave
+/// them alone, however long a slow replica or a slow reader takes.
 #[derive(Default)]
 pub struct InflightBlobs {
-    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    ids: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl InflightBlobs {
     pub fn hold(self: &Arc<Self>, id: &str) -> InflightGuard {
         if let Ok(mut ids) = self.ids.lock() {
-            ids.insert(id.to_string());
+            *ids.entry(id.to_string()).or_default() += 1;
         }
         InflightGuard {
             set: self.clone(),
@@ -34,11 +34,14 @@ impl InflightBlobs {
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.lock().map(|ids| ids.contains(id)).unwrap_or(true)
+        self.ids
+            .lock()
+            .map(|ids| ids.contains_key(id))
+            .unwrap_or(true)
     }
 }
 
-/// Keeps a blob id in flight until dropped (after its commit or cleanup).
+/// Keeps a blob id in use until dropped.
 pub struct InflightGuard {
     set: Arc<InflightBlobs>,
     id: String,
@@ -47,7 +50,12 @@ pub struct InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if let Ok(mut ids) = self.set.ids.lock() {
-            ids.remove(&self.id);
+            if let Some(n) = ids.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&self.id);
+                }
+            }
         }
     }
 }
@@ -63,6 +71,8 @@ pub struct RepairStats {
     pub under_replicated: AtomicU64,
     pub orphans_removed: AtomicU64,
     pub gc_blobs_removed: AtomicU64,
+    /// Set to ask for a repair pass now (a node was removed or drained).
+    pub wake: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Serialize)]
@@ -106,14 +116,12 @@ async fn health_loop(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(gw.config.health_interval);
     loop {
         tick.tick().await;
-        let polls = gw.nodes.snapshot().into_iter().map(|(id, status, _)| {
+        let polls = gw.nodes.snapshot().into_iter().map(|(id, _, _)| {
             let gw = gw.clone();
             async move {
                 match gw.nodes.health(&id).await {
-                    Ok(h) => {
-                        gw.nodes
-                            .record_contact(&id, &status.addr, h.usage, h.corrupt);
-                    }
+                    Ok(h) if h.node_id == id => gw.nodes.record_health(&id, h.usage, h.corrupt),
+                    Ok(h) => tracing::warn!(node = %id, answered_as = %h.node_id, "a different node answers at this address"),
                     Err(e) => tracing::debug!(node = %id, error = %e, "health poll failed"),
                 }
             }
@@ -123,40 +131,67 @@ async fn health_loop(gw: Arc<Gateway>) {
 }
 
 /// Deletes blobs that no record references any more, once their grace
-/// period has passed. An entry stays queued until every replica is gone.
+/// period has passed and nobody reads them. An entry stays queued until
+/// every replica is gone; entries waiting on a down node do not hold up the
+/// rest of the queue (it is walked with a cursor).
 async fn gc_loop(gw: Arc<Gateway>) {
     let every = Duration::from_secs(1).min(gw.config.gc_grace.max(Duration::from_millis(200)));
     let mut tick = tokio::time::interval(every);
+    let mut cursor = String::new();
     loop {
         tick.tick().await;
-        let entries = match gw.catalog.list_gc(256) {
+        let entries = match gw.catalog.list_gc_after(&cursor, 256) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the GC queue");
                 continue;
             }
         };
+        cursor = if entries.len() < 256 {
+            String::new()
+        } else {
+            entries
+                .last()
+                .map(|e| e.blob.id.clone())
+                .unwrap_or_default()
+        };
         let cutoff = insitu_catalog::now_ms() - gw.config.gc_grace.as_millis() as i64;
-        for entry in entries.into_iter().filter(|e| e.queued_ms <= cutoff) {
-            let mut all_gone = true;
-            for node in &entry.blob.replicas {
-                // A node removed from the cluster will never answer; its
-                // files are its operator's to wipe.
-                if gw.nodes.state(node).is_none() {
-                    continue;
+        let due = entries
+            .into_iter()
+            .filter(|e| e.queued_ms <= cutoff && !gw.inflight.contains(&e.blob.id));
+        let work = due.map(|entry| {
+            let gw = gw.clone();
+            async move {
+                let mut all_gone = true;
+                for node in &entry.blob.replicas {
+                    match gw.nodes.state(node) {
+                        // A removed node will never answer; its files are its
+                        // operator's to wipe.
+                        None => continue,
+                        // A down node is retried when it returns (and swept).
+                        Some(NodeState::Down) => {
+                            all_gone = false;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if let Err(e) = gw.nodes.delete(node, &entry.blob.id).await {
+                        tracing::debug!(node = %node, blob = %entry.blob.id, error = %e, "GC delete failed; will retry");
+                        all_gone = false;
+                    }
                 }
-                if let Err(e) = gw.nodes.delete(node, &entry.blob.id).await {
-                    tracing::debug!(node = %node, blob = %entry.blob.id, error = %e, "GC delete failed; will retry");
-                    all_gone = false;
+                if all_gone {
+                    gw.repair.gc_blobs_removed.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = gw.catalog.remove_gc(&entry.blob.id) {
+                        tracing::error!(error = %e, "cannot update the GC queue");
+                    }
                 }
             }
-            if all_gone {
-                gw.repair.gc_blobs_removed.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = gw.catalog.remove_gc(&entry.blob.id) {
-                    tracing::error!(error = %e, "cannot update the GC queue");
-                }
-            }
-        }
+        });
+        futures::stream::iter(work)
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
     }
 }
 
@@ -221,54 +256,98 @@ async fn copy_replica(
     Ok(())
 }
 
-/// Replaces replicas reported corrupt: the bad copy is deleted and a good
-/// one written in its place.
-async fn repair_corrupt(gw: &Gateway) {
+/// Replaces replicas reported corrupt. The bad copy is deleted only when
+/// another replica is up to copy from; if the rewrite then fails it is
+/// retried on the next pass. Reports already handled are ignored until the
+/// node's next report no longer carries them.
+async fn repair_corrupt(
+    gw: &Gateway,
+    handled: &mut HashMap<(String, String), Instant>,
+    pending: &mut Vec<(String, BlobRef)>,
+) {
+    handled.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+    let mut todo: Vec<(String, String)> = Vec::new();
     for (node, status, state) in gw.nodes.snapshot() {
         if state == NodeState::Down {
             continue;
         }
         for blob_id in status.corrupt {
-            let owned = match gw.catalog.owned_blob(&blob_id) {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::error!(error = %e, "catalog read failed during repair");
-                    continue;
-                }
-            };
-            // Deleting the bad copy also clears the node's report.
-            if let Err(e) = gw.nodes.delete(&node, &blob_id).await {
-                tracing::warn!(node = %node, blob = %blob_id, error = %e, "cannot remove corrupt replica");
+            if !handled.contains_key(&(node.clone(), blob_id.clone())) {
+                todo.push((node.clone(), blob_id));
+            }
+        }
+    }
+    for (node, blob_id) in todo {
+        let owned = match gw.catalog.owned_blob(&blob_id) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "catalog read failed during repair");
                 continue;
             }
-            let Some((_, blob)) = owned else { continue };
-            if !blob.replicas.contains(&node) {
-                continue;
+        };
+        let Some((_, blob)) = owned.filter(|(_, b)| b.replicas.contains(&node)) else {
+            // Not a replica the catalog knows here: just an orphan.
+            let _ = gw.nodes.delete(&node, &blob_id).await;
+            handled.insert((node, blob_id), Instant::now());
+            continue;
+        };
+        let good: Vec<String> = blob
+            .replicas
+            .iter()
+            .filter(|n| **n != node && gw.nodes.state(n) == Some(NodeState::Up))
+            .cloned()
+            .collect();
+        if good.is_empty() {
+            tracing::warn!(node = %node, blob = %blob_id, "corrupt replica has no healthy twin yet; kept for now");
+            continue;
+        }
+        handled.insert((node.clone(), blob_id.clone()), Instant::now());
+        if let Err(e) = gw.nodes.delete(&node, &blob_id).await {
+            tracing::warn!(node = %node, blob = %blob_id, error = %e, "cannot remove corrupt replica");
+            continue;
+        }
+        pending.push((node, blob));
+    }
+    let mut retry = Vec::new();
+    for (node, blob) in pending.drain(..) {
+        let good: Vec<String> = blob
+            .replicas
+            .iter()
+            .filter(|n| **n != node)
+            .cloned()
+            .collect();
+        match copy_replica(gw, &blob, &good, &node).await {
+            Ok(_) => {
+                gw.repair
+                    .corrupt_replicas_repaired
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(node = %node, blob = %blob.id, "corrupt replica rewritten from a good copy");
             }
-            let good: Vec<String> = blob
-                .replicas
-                .iter()
-                .filter(|n| **n != node)
-                .cloned()
-                .collect();
-            match copy_replica(gw, &blob, &good, &node).await {
-                Ok(_) => {
-                    gw.repair
-                        .corrupt_replicas_repaired
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(node = %node, blob = %blob_id, "corrupt replica rewritten from a good copy");
-                }
-                Err(e) => {
-                    tracing::warn!(node = %node, blob = %blob_id, error = %e, "corrupt replica not yet repaired")
+            Err(e) => {
+                tracing::warn!(node = %node, blob = %blob.id, error = %e, "corrupt replica not yet rewritten; will retry");
+                // Only while the blob is still referenced there.
+                if gw
+                    .catalog
+                    .owned_blob(&blob.id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, b)| b.replicas.contains(&node))
+                {
+                    retry.push((node, blob));
                 }
             }
         }
     }
+    *pending = retry;
 }
 
 /// One pass over every referenced blob: each with replicas on lost nodes
-/// gets new copies on live ones until it has R again. Returns how many
-/// blobs still need work.
+/// gets new copies on live ones until it has R again. Lost replicas are
+/// dropped from a record only once R live copies exist without them, so a
+/// node that comes back still counts when no replacement could be made.
+/// Parts of one multipart upload move together (placement by upload id),
+/// so Complete can still assemble them on one node. Returns how many blobs
+/// still need work.
 async fn repair_pass(gw: &Gateway) -> u64 {
     let r = gw.config.replicas;
     let mut after = String::new();
@@ -283,7 +362,7 @@ async fn repair_pass(gw: &Gateway) -> u64 {
         };
         let Some((_, last)) = page.last() else { break };
         after = last.id.clone();
-        for (_, blob) in page {
+        for (owner, blob) in page {
             let (lost, kept): (Vec<String>, Vec<String>) = blob
                 .replicas
                 .iter()
@@ -293,42 +372,55 @@ async fn repair_pass(gw: &Gateway) -> u64 {
                 continue;
             }
             if kept.is_empty() {
-                tracing::error!(blob = %blob.id, "every replica is lost; cannot repair");
+                tracing::error!(blob = %blob.id, "no live replica; waiting for a node to return");
                 pending += 1;
                 continue;
             }
-            let mut replicas = kept.clone();
+            let placement_key = match &owner {
+                insitu_catalog::BlobOwner::Part { upload_id, .. } => upload_id.clone(),
+                insitu_catalog::BlobOwner::Object { .. } => blob.id.clone(),
+            };
+            let mut live = kept.clone();
             let mut guards = Vec::new();
-            let mut ok = true;
-            while replicas.len() < r {
-                let exclude: Vec<String> = blob
-                    .replicas
-                    .iter()
-                    .chain(replicas.iter())
-                    .cloned()
-                    .collect();
-                let target = match gw.nodes.place_excluding(&blob.id, 1, blob.size, &exclude) {
+            while live.len() < r {
+                let exclude: Vec<String> =
+                    blob.replicas.iter().chain(live.iter()).cloned().collect();
+                let target = match gw
+                    .nodes
+                    .place_excluding(&placement_key, 1, blob.size, &exclude)
+                {
                     Ok(t) => t[0].clone(),
                     Err(e) => {
-                        tracing::warn!(blob = %blob.id, error = %e, "no node to repair onto");
-                        ok = false;
+                        tracing::debug!(blob = %blob.id, error = %e, "no node to repair onto yet");
                         break;
                     }
                 };
                 match copy_replica(gw, &blob, &kept, &target).await {
                     Ok(guard) => {
                         guards.push(guard);
-                        replicas.push(target);
+                        live.push(target);
                     }
                     Err(e) => {
                         tracing::warn!(blob = %blob.id, target = %target, error = %e, "repair copy failed");
-                        ok = false;
                         break;
                     }
                 }
             }
+            let complete = live.len() >= r;
+            if !complete {
+                pending += 1;
+            }
+            let added: Vec<String> = live.iter().filter(|n| !kept.contains(n)).cloned().collect();
+            if added.is_empty() && !complete {
+                continue;
+            }
+            // Keep lost replicas listed until R live copies exist.
+            let mut replicas = live.clone();
+            if !complete {
+                replicas.extend(lost.iter().cloned());
+            }
             match gw.catalog.set_replicas(&blob.id, &replicas) {
-                Ok(true) => {
+                Ok(true) if complete => {
                     // Copies on reachable (draining) nodes can go now; a down
                     // node's copies are swept when it returns.
                     for n in lost
@@ -338,46 +430,49 @@ async fn repair_pass(gw: &Gateway) -> u64 {
                         let _ = gw.nodes.delete(n, &blob.id).await;
                     }
                 }
+                Ok(true) => {}
                 Ok(false) => {
                     // Overwritten or deleted meanwhile: the new copies are orphans.
-                    let added: Vec<String> = replicas
-                        .iter()
-                        .filter(|n| !kept.contains(n))
-                        .cloned()
-                        .collect();
                     gw.nodes.delete_everywhere(&blob.id, &added).await;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot record repaired replicas"),
             }
             drop(guards);
-            if !ok {
-                pending += 1;
-            }
         }
     }
     pending
 }
 
+/// Runs a repair pass when node states change, when the last pass left
+/// work, when asked to (a node was removed), and otherwise once a minute.
 async fn repair_loop(gw: Arc<Gateway>) {
-    let mut idle_passes = 0u32;
+    let mut last_signature = String::new();
+    let mut last_pass = Instant::now();
+    let mut left = 0u64;
+    let mut handled = HashMap::new();
+    let mut rewrites = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        repair_corrupt(&gw).await;
-        let any_lost = gw
+        repair_corrupt(&gw, &mut handled, &mut rewrites).await;
+        let signature: String = gw
             .nodes
             .snapshot()
             .iter()
-            .any(|(_, _, st)| replica_lost(Some(*st)));
-        // With nothing lost, a full scan is only needed now and then (a node
-        // may have been removed while we were idle).
-        if !any_lost && idle_passes < 60 {
-            idle_passes += 1;
+            .map(|(id, _, st)| format!("{id}={st:?};"))
+            .collect();
+        let asked = gw.repair.wake.swap(false, Ordering::Relaxed);
+        let due = asked
+            || signature != last_signature
+            || left > 0
+            || last_pass.elapsed() >= Duration::from_secs(60);
+        if !due {
             continue;
         }
-        idle_passes = 0;
-        let pending = repair_pass(&gw).await;
+        last_signature = signature;
+        last_pass = Instant::now();
+        left = repair_pass(&gw).await;
         gw.repair.passes.fetch_add(1, Ordering::Relaxed);
-        gw.repair.under_replicated.store(pending, Ordering::Relaxed);
+        gw.repair.under_replicated.store(left, Ordering::Relaxed);
     }
 }
 
@@ -423,9 +518,7 @@ async fn orphan_loop(gw: Arc<Gateway>) {
         for (id, _, state) in gw.nodes.snapshot() {
             let previous = last_state.insert(id.clone(), state);
             // A node coming back from down is swept at once.
-            let returned = previous
-                .is_some_and(|p| p == NodeState::Down || p == NodeState::Suspect)
-                && state == NodeState::Up;
+            let returned = previous == Some(NodeState::Down) && state == NodeState::Up;
             if state == NodeState::Up && (full || returned) {
                 sweep_node(&gw, &id).await;
             }

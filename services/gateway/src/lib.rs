@@ -86,7 +86,7 @@ impl Gateway {
             config.liveness,
             config.reserve_bytes,
         ));
-        for n in catalog.list_nodes()? {
+        for n in catalog.list_nodes()?.into_iter().filter(|n| !n.removed) {
             nodes.set_node(&n.id, &n.addr);
             nodes.set_draining(&n.id, n.draining);
         }
@@ -100,6 +100,15 @@ impl Gateway {
     }
 
     /// Records where a storage node listens now; its id is permanent.
+    /// Whether a node was removed by an operator (and may not rejoin).
+    pub fn node_removed(&self, id: &str) -> bool {
+        self.catalog
+            .get_node(id)
+            .ok()
+            .flatten()
+            .is_some_and(|n| n.removed)
+    }
+
     pub fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
         let draining = self.catalog.get_node(id)?.is_some_and(|n| n.draining);
         self.catalog.put_node(&NodeRecord {
@@ -107,6 +116,7 @@ impl Gateway {
             addr: addr.to_string(),
             registered_ms: insitu_catalog::now_ms(),
             draining,
+            removed: false,
         })?;
         self.nodes.set_node(id, addr);
         tracing::info!(node = %id, addr = %addr, "storage node registered");

@@ -95,6 +95,9 @@ pub struct NodeStatus {
 
 pub struct NodeSet {
     http: reqwest::Client,
+    /// For calls that legitimately take long before answering (assembling
+    /// a multi-gigabyte multipart object).
+    slow_http: reqwest::Client,
     secret: String,
     liveness: Liveness,
     /// Space kept free on every node; a node with less gets no new blobs.
@@ -127,10 +130,19 @@ impl NodeSet {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            // No single read may wait longer than this, so a stopped node
+            // cannot hang a request or a background loop.
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        let slow_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(3600))
             .build()
             .unwrap_or_default();
         Self {
             http,
+            slow_http,
             secret,
             liveness,
             reserve_bytes,
@@ -194,6 +206,19 @@ impl NodeSet {
         s.usage = usage;
         s.corrupt = corrupt;
         changed
+    }
+
+    /// Records a health answer: a contact, without touching the address
+    /// (a heartbeat may have moved it meanwhile).
+    pub fn record_health(&self, id: &str, usage: Usage, corrupt: Vec<String>) {
+        if let Ok(mut n) = self.nodes.write() {
+            if let Some(s) = n.get_mut(id) {
+                s.last_seen = Instant::now();
+                s.failed_at = None;
+                s.usage = usage;
+                s.corrupt = corrupt;
+            }
+        }
     }
 
     /// A request to the node failed: stop placing blobs there until it
@@ -276,7 +301,8 @@ impl NodeSet {
             .into_iter()
             .filter(|(id, s, st)| {
                 let unmeasured = s.usage.capacity_bytes == 0;
-                let room = s.usage.free_bytes.saturating_sub(self.reserve_bytes) >= size;
+                let room = s.usage.free_bytes > self.reserve_bytes
+                    && s.usage.free_bytes - self.reserve_bytes >= size;
                 *st == NodeState::Up && !exclude.contains(id) && (unmeasured || room)
             })
             .map(|(id, s, _)| {
@@ -506,7 +532,7 @@ impl NodeSet {
     ) -> Result<StoredBlob, NodeError> {
         let url = self.url(node, &format!("/v1/blobs/{id}/compose"))?;
         let req = self
-            .http
+            .slow_http
             .post(url)
             .bearer_auth(&self.secret)
             .json(&serde_json::json!({ "parts": parts }));

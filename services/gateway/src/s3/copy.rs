@@ -80,6 +80,7 @@ pub async fn copy_bytes(
     nodes: Option<Vec<String>>,
 ) -> S3Result<StoredBody> {
     let len = range.map_or(src.size, |r| r.end - r.start + 1);
+    let reading = gw.inflight.hold(&src.blob.id);
     let body = if len == 0 {
         futures::stream::empty().boxed()
     } else {
@@ -88,6 +89,10 @@ pub async fn copy_bytes(
             .await
             .map_err(node_error)?
             .map_err(S3Error::internal)
+            .map(move |chunk| {
+                let _ = &reading;
+                chunk
+            })
             .boxed()
     };
     let expect = BodyExpectations {

@@ -268,12 +268,18 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     let body = if len == 0 {
         Body::empty()
     } else {
+        // While the body streams, GC leaves the blob alone even if the
+        // object is overwritten meanwhile.
+        let reading = gw.inflight.hold(&obj.blob.id);
         let stream = gw
             .nodes
             .get(&obj.blob, range.map(|r| (r.start, r.end)))
             .await
             .map_err(super::put::node_error)?;
-        Body::from_stream(stream)
+        Body::from_stream(futures::StreamExt::map(stream, move |chunk| {
+            let _ = &reading;
+            chunk
+        }))
     };
     Ok(builder.body(body).unwrap_or_default())
 }

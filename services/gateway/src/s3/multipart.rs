@@ -22,6 +22,7 @@ use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{
     MAX_LIST_KEYS, MAX_PART_NUMBER, MAX_PUT_BYTES, MAX_XML_BODY_BYTES, MIN_PART_BYTES,
 };
+use crate::nodes::NodeState;
 use crate::Gateway;
 
 fn upload(gw: &Gateway, req: &S3Request) -> S3Result<UploadRecord> {
@@ -50,7 +51,11 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     let upload_id = new_blob_id();
     let nodes = gw
         .nodes
-        .place(&upload_id, gw.config.replicas, 0)
+        .place(
+            &upload_id,
+            gw.config.replicas,
+            crate::limits::MIN_PART_BYTES,
+        )
         .map_err(node_error)?;
     let rec = UploadRecord {
         upload_id: upload_id.clone(),
@@ -239,15 +244,50 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     let _inflight = gw.inflight.hold(&blob_id);
     let part_ids: Vec<String> = parts.iter().map(|p| p.blob.id.clone()).collect();
     let size: u64 = parts.iter().map(|p| p.blob.size).sum();
+    // Assemble on every reachable node that holds all the parts (after a
+    // repair that is the upload's new node set). Fewer than R is accepted:
+    // repair brings the object back to R copies.
+    let holders: Vec<String> = parts[0]
+        .blob
+        .replicas
+        .iter()
+        .filter(|n| parts.iter().all(|p| p.blob.replicas.contains(n)))
+        .filter(|n| {
+            matches!(
+                gw.nodes.state(n),
+                Some(NodeState::Up | NodeState::Suspect | NodeState::Draining)
+            )
+        })
+        .cloned()
+        .collect();
+    if holders.is_empty() {
+        return Err(S3Error::new(
+            S3ErrorCode::ServiceUnavailable,
+            "The upload's parts are being re-replicated after a node failure; please retry shortly.",
+        ));
+    }
     let composed = futures::future::join_all(
-        up.nodes
+        holders
             .iter()
             .map(|n| gw.nodes.compose(n, &blob_id, &part_ids)),
     )
     .await;
-    if let Some(Err(e)) = composed.into_iter().find(Result::is_err) {
-        gw.nodes.delete_everywhere(&blob_id, &up.nodes).await;
-        return Err(node_error(e));
+    let mut stored_on = Vec::new();
+    let mut last_err = None;
+    for (node, result) in holders.iter().zip(composed) {
+        match result {
+            Ok(_) => stored_on.push(node.clone()),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "assembling the object failed on one replica");
+                last_err = Some(e);
+            }
+        }
+    }
+    if stored_on.is_empty() {
+        gw.nodes.delete_everywhere(&blob_id, &holders).await;
+        return Err(last_err
+            .map(node_error)
+            .unwrap_or_else(|| S3Error::internal("no replica assembled the object")));
     }
     let rec = ObjectRecord {
         size,
@@ -259,7 +299,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         blob: insitu_catalog::BlobRef {
             id: blob_id.clone(),
             size,
-            replicas: up.nodes.clone(),
+            replicas: stored_on.clone(),
         },
         parts_count: parts.len() as u32,
         part_sizes: parts.iter().map(|p| p.blob.size).collect(),
@@ -268,7 +308,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         .catalog
         .complete_upload(&up.bucket, &up.key, &up.upload_id, &rec)
     {
-        gw.nodes.delete_everywhere(&blob_id, &up.nodes).await;
+        gw.nodes.delete_everywhere(&blob_id, &stored_on).await;
         return Err(e.into());
     }
     tracing::debug!(key = %up.key, size, parts = parts.len(), "multipart upload completed");

@@ -67,6 +67,12 @@ pub fn node_error(e: NodeError) -> S3Error {
             S3ErrorCode::ServiceUnavailable,
             format!("Not enough storage nodes have room for this object: {e}"),
         ),
+        NodeError::Request { .. } | NodeError::NoReplica(_) | NodeError::UnknownNode(_) => {
+            S3Error::new(
+                S3ErrorCode::ServiceUnavailable,
+                format!("A storage node is unavailable; please retry: {e}"),
+            )
+        }
         NodeError::Status { status: 400, .. } | NodeError::Body => S3Error::new(
             S3ErrorCode::IncompleteBody,
             "The request body ended before the number of bytes it declared.",
