@@ -528,3 +528,204 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_node_keeps_copies_that_had_no_replacement() {
+    // Two nodes, R=2: when one dies there is nowhere to repair to, so its
+    // copies must stay listed and must survive its return.
+    let mut cluster = Cluster::start_with_args(2, Some(2), FAST).expect("cluster");
+    let t = cluster.create_tenant("keep").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("keep");
+    c.create_bucket(&bucket).await.unwrap();
+    for i in 0..10 {
+        let key = format!("k{i}-{}", 1000 + i);
+        assert_eq!(
+            c.send(
+                "PUT",
+                &format!("/{bucket}/{key}"),
+                &[],
+                &[],
+                content(&key, size_of(&key))
+            )
+            .await
+            .unwrap()
+            .status(),
+            200
+        );
+    }
+    cluster.kill9_node("node-1");
+    assert!(wait_until(Duration::from_secs(15), || cluster
+        .node_state("node-1")
+        .as_deref()
+        == Some("down")));
+    tokio::time::sleep(Duration::from_secs(2)).await; // a few repair passes
+    cluster.start_node("node-1", &[]).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || cluster
+        .node_state("node-1")
+        .as_deref()
+        == Some("up")));
+    tokio::time::sleep(Duration::from_secs(4)).await; // the returning node is swept
+    let on_node1 = cluster
+        .blob_copies()
+        .values()
+        .filter(|n| n.iter().any(|x| x == "node-1"))
+        .count();
+    assert_eq!(on_node1, 10, "node-1 kept every copy");
+    // The other node dies: node-1 alone serves everything.
+    cluster.kill9_node("node-0");
+    for i in 0..10 {
+        let key = format!("k{i}-{}", 1000 + i);
+        let r = c
+            .send("GET", &format!("/{bucket}/{key}"), &[], &[], vec![])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{key}");
+        assert!(r.bytes().await.unwrap().as_ref() == content(&key, size_of(&key)).as_slice());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multipart_upload_completes_after_its_node_dies() {
+    let cluster = Cluster::start_with_args(4, Some(2), FAST).expect("cluster");
+    let t = cluster.create_tenant("mpha").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("mpha");
+    c.create_bucket(&bucket).await.unwrap();
+    let key = format!("/{bucket}/assembled");
+    let body = c
+        .send("POST", &key, &[("uploads", "")], &[], vec![])
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let upload_id = body
+        .split("<UploadId>")
+        .nth(1)
+        .unwrap()
+        .split("</UploadId>")
+        .next()
+        .unwrap()
+        .to_string();
+    let p1 = content("p1", 5 * 1024 * 1024);
+    let p2 = content("p2", 4321);
+    let mut etags = Vec::new();
+    for (n, data) in [("1", &p1), ("2", &p2)] {
+        let r = c
+            .send(
+                "PUT",
+                &key,
+                &[("partNumber", n), ("uploadId", &upload_id)],
+                &[],
+                data.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        etags.push(r.headers()["etag"].to_str().unwrap().to_string());
+    }
+    // Kill one node that holds the parts, and wait for repair.
+    let holders = cluster.blob_copies().values().next().unwrap().clone();
+    let victim = holders[0].clone();
+    cluster.kill9_node(&victim);
+    let live = |n: &String| n != &victim;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let copies = cluster.blob_copies();
+            copies.len() == 2
+                && copies
+                    .values()
+                    .all(|n| n.iter().filter(|x| live(x)).count() == 2)
+        }),
+        "parts re-replicated: {:?}",
+        cluster.blob_copies()
+    );
+    let xml = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part><Part><PartNumber>2</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>",
+        etags[0], etags[1]
+    );
+    let r = c
+        .send(
+            "POST",
+            &key,
+            &[("uploadId", &upload_id)],
+            &[],
+            xml.into_bytes(),
+        )
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    let got = c
+        .send("GET", &key, &[], &[], vec![])
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut want = p1.clone();
+    want.extend_from_slice(&p2);
+    assert!(got.as_ref() == want.as_slice(), "assembled object intact");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_node_cannot_rejoin_and_its_blobs_move() {
+    let mut cluster = Cluster::start_with_args(3, Some(2), FAST).expect("cluster");
+    cluster.start_node("node-x", &[]).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .node_state("node-x")
+        .as_deref()
+        == Some("up")));
+    let t = cluster.create_tenant("rm").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("rm");
+    c.create_bucket(&bucket).await.unwrap();
+    for i in 0..12 {
+        assert_eq!(
+            c.send(
+                "PUT",
+                &format!("/{bucket}/o{i}"),
+                &[],
+                &[],
+                vec![i as u8; 3000]
+            )
+            .await
+            .unwrap()
+            .status(),
+            200
+        );
+    }
+    assert!(
+        cluster
+            .blob_copies()
+            .values()
+            .any(|n| n.iter().any(|x| x == "node-x")),
+        "node-x got some blobs"
+    );
+    cluster.admin(&["node", "remove", "node-x"]).unwrap();
+    // Still running and heartbeating, but it stays out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cluster.node_state("node-x"),
+        None,
+        "removed node did not rejoin"
+    );
+    let moved = wait_until(Duration::from_secs(30), || {
+        cluster
+            .blob_copies()
+            .values()
+            .all(|n| n.iter().filter(|x| *x != "node-x").count() == 2)
+    });
+    assert!(moved, "every blob has 2 copies without node-x");
+    for i in 0..12 {
+        let r = c
+            .send("GET", &format!("/{bucket}/o{i}"), &[], &[], vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            vec![i as u8; 3000].as_slice()
+        );
+    }
+}

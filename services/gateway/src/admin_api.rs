@@ -276,17 +276,23 @@ async fn admin(
             gw.repair
                 .wake
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            gw.repair
+                .wake
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(node = %id, draining, "node drain state changed");
             Ok(Json(nodes_report(gw)).into_response())
         }
         (Method::DELETE, ["nodes", id]) => {
-            if gw.catalog.get_node(id)?.is_none() {
+            if gw.catalog.get_node(id)?.is_none_or(|n| n.removed) {
                 return Err(ApiError::NotFound(format!(
                     "node {id} is not part of the cluster"
                 )));
             }
             gw.catalog.remove_node(id)?;
             gw.nodes.remove_node(id);
+            gw.repair
+                .wake
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(node = %id, "node removed; its replicas will be re-created elsewhere");
             Ok(Json(nodes_report(gw)).into_response())
         }
@@ -391,6 +397,12 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
         .map_err(ApiError::Auth)?;
     let beat: insitu_storage_node::Heartbeat = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidArgument(format!("bad heartbeat: {e}")))?;
+    if gw.node_removed(&beat.node_id) {
+        return Err(ApiError::Conflict(format!(
+            "node {} was removed from the cluster; give it a new id to rejoin",
+            beat.node_id
+        )));
+    }
     if gw
         .nodes
         .record_contact(&beat.node_id, &beat.addr, beat.usage, beat.corrupt)
