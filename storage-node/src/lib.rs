@@ -5,6 +5,7 @@
 
 pub mod blob_store;
 pub mod node_api;
+pub mod task_runner;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,208 @@
+//! The task runner against the real Docker engine (scripts/setup starts it
+//! and builds insitu-test/busybox:latest). No Docker means these fail.
+
+use std::time::Duration;
+
+use insitu_storage_node::task_runner::{GroupSpec, Limits, TaskEnd, TaskRunner, TaskSpec};
+
+const IMAGE: &str = "insitu-test/busybox:latest";
+
+async fn runner(dir: &std::path::Path, node: &str) -> TaskRunner {
+    TaskRunner::connect(node, &dir.join("tasks"))
+        .await
+        .expect("the Docker engine must be running (scripts/setup starts it)")
+}
+
+fn group(job: &str, runtime: Option<&str>) -> GroupSpec {
+    GroupSpec {
+        tenant: "acme".into(),
+        job: job.into(),
+        phase: 0,
+        image: IMAGE.into(),
+        limits: Limits {
+            memory_mb: 128,
+            ..Limits::default()
+        },
+        runtime: runtime.map(str::to_string),
+    }
+}
+
+fn task(id: &str, exec: &str, input: Option<std::path::PathBuf>) -> TaskSpec {
+    TaskSpec {
+        task_id: id.into(),
+        exec: exec.into(),
+        input,
+        env: vec![
+            ("INSITU_JOB_ID".into(), "job-1".into()),
+            ("INSITU_TASK_ID".into(), id.into()),
+        ],
+        timeout: Duration::from_secs(20),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+#[tokio::test]
+async fn tasks_run_next_to_their_input_in_one_hardened_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path(), &unique("node")).await;
+    let input = dir.path().join("blob");
+    std::fs::write(&input, "one fish\ntwo fish\nred fish\n").unwrap();
+    let g = r.start_group(&group(&unique("job"), None)).await.unwrap();
+
+    let out = r
+        .run_task(&g, &task("t1", "tr a-z A-Z", Some(input.clone())))
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0));
+    assert_eq!(
+        std::fs::read_to_string(&out.stdout).unwrap(),
+        "ONE FISH\nTWO FISH\nRED FISH\n"
+    );
+
+    // A second task reuses the same container.
+    let out = r
+        .run_task(
+            &g,
+            &task(
+                "t2",
+                "wc -l; echo \"$INSITU_JOB_ID $INSITU_TASK_ID\"",
+                Some(input.clone()),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0));
+    let text = std::fs::read_to_string(&out.stdout).unwrap();
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["3", "job-1", "t2"]
+    );
+    assert!(r.container_exists(&g.container_id).await);
+
+    // The isolation policy, seen from inside.
+    let probe = "id -u; \
+        touch /rootfs-test 2>/dev/null && echo rootfs-writable || echo rootfs-read-only; \
+        (echo x > \"$INSITU_INPUT_FILE\") 2>/dev/null && echo input-writable || echo input-read-only; \
+        ls /sys/class/net; \
+        grep CapEff /proc/self/status; \
+        grep NoNewPrivs /proc/self/status; \
+        ls /insitu/in";
+    let out = r
+        .run_task(&g, &task("t3", probe, Some(input.clone())))
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0), "{}", out.stderr_preview);
+    let text = std::fs::read_to_string(&out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "65534", "runs as nobody: {text}");
+    assert_eq!(lines[1], "rootfs-read-only", "{text}");
+    assert_eq!(lines[2], "input-read-only", "{text}");
+    assert_eq!(lines[3], "lo", "no network but loopback: {text}");
+    assert!(
+        lines[4].ends_with("0000000000000000"),
+        "no capabilities: {text}"
+    );
+    assert!(lines[5].ends_with('1'), "no new privileges: {text}");
+    assert_eq!(
+        std::fs::read_to_string(&input).unwrap(),
+        "one fish\ntwo fish\nred fish\n",
+        "the blob is untouched"
+    );
+
+    // A failing task: its exit status and stderr are kept.
+    let out = r
+        .run_task(&g, &task("t4", "echo oops >&2; exit 3", None))
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(3));
+    assert_eq!(out.stderr_preview, "oops\n");
+
+    // A task past its timeout: the container is destroyed.
+    let mut slow = task("t5", "sleep 30", None);
+    slow.timeout = Duration::from_secs(1);
+    let out = r.run_task(&g, &slow).await.unwrap();
+    assert_eq!(out.end, TaskEnd::TimedOut);
+    assert!(
+        !r.container_exists(&g.container_id).await,
+        "timed-out container destroyed"
+    );
+    r.end_group(&g).await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_reaps_containers_it_does_not_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = unique("node");
+    let first = runner(dir.path(), &node).await;
+    let g = first
+        .start_group(&group(&unique("job"), None))
+        .await
+        .unwrap();
+    assert!(first.container_exists(&g.container_id).await);
+    drop(first);
+
+    let second = runner(dir.path(), &node).await;
+    let reaped = second.reap(|_| false).await.unwrap();
+    assert_eq!(reaped, 1);
+    assert!(!second.container_exists(&g.container_id).await);
+}
+
+#[tokio::test]
+async fn unknown_images_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path(), &unique("node")).await;
+    let mut spec = group(&unique("job"), None);
+    // A registry on loopback that does not exist: the pull is tried and
+    // fails without any traffic leaving the machine.
+    spec.image = "127.0.0.1:9/insitu-test/does-not-exist:never".into();
+    let err = r.start_group(&spec).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            insitu_storage_node::task_runner::TaskError::ImageNotFound(_)
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn gvisor_runs_tasks_when_installed() {
+    if std::process::Command::new("runsc")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("runsc is not installed here; gVisor is covered where it is");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path(), &unique("node")).await;
+    let g = r
+        .start_group(&group(&unique("job"), Some("runsc")))
+        .await
+        .unwrap();
+    let out = r
+        .run_task(
+            &g,
+            &task("g1", "dmesg 2>/dev/null | head -1; echo done", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0), "{}", out.stderr_preview);
+    let text = std::fs::read_to_string(&out.stdout).unwrap();
+    assert!(
+        text.contains("gVisor") && text.ends_with("done\n"),
+        "ran under gVisor: {text}"
+    );
+    r.end_group(&g).await;
+}
