@@ -48,6 +48,9 @@ pub struct Heartbeat {
     pub usage: Usage,
     /// Blobs whose replica here failed its checksum.
     pub corrupt: Vec<String>,
+    /// Requests in progress.
+    #[serde(default)]
+    pub load: u64,
 }
 
 #[derive(Debug, Error)]
@@ -84,6 +87,7 @@ impl Node {
             node_id: config.node_id.clone(),
             secret: config.cluster_secret.clone(),
             store,
+            active: Default::default(),
         });
         Ok(Self {
             listener,
@@ -152,6 +156,7 @@ async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, ev
             addr: addr.clone(),
             usage: state.store.usage(),
             corrupt: state.store.corrupt_blobs(),
+            load: state.active.load(std::sync::atomic::Ordering::Relaxed),
         };
         let sent = http
             .post(&url)

@@ -23,6 +23,22 @@ pub struct NodeState {
     pub node_id: String,
     pub secret: String,
     pub store: Arc<BlobStore>,
+    /// Requests being served right now: the node's load, reported to the
+    /// gateway so it can prefer idle replicas.
+    pub active: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as load for as long as it is served.
+async fn count_load(
+    State(state): State<Arc<NodeState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    state.active.fetch_add(1, Ordering::Relaxed);
+    let resp = next.run(req).await;
+    state.active.fetch_sub(1, Ordering::Relaxed);
+    resp
 }
 
 #[derive(Serialize, Deserialize)]
@@ -36,6 +52,9 @@ pub struct Health {
     pub temp_files: usize,
     pub usage: crate::blob_store::Usage,
     pub corrupt: Vec<String>,
+    /// Requests in progress.
+    #[serde(default)]
+    pub load: u64,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +76,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 .delete(delete_blob),
         )
         .route("/v1/blobs/{id}/compose", post(compose_blob))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_load,
+        ))
         .with_state(state)
 }
 
@@ -121,6 +144,10 @@ async fn health(
         temp_files: state.store.temp_files().await?,
         usage: state.store.usage(),
         corrupt: state.store.corrupt_blobs(),
+        load: state
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(1),
     }))
 }
 

@@ -171,6 +171,40 @@ async fn node_loss_repair_and_rejoin() {
         "{report}"
     );
     assert_eq!(cluster.node_state("node-1").as_deref(), Some("down"));
+    let node0 = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node-0")
+        .unwrap()
+        .clone();
+    for field in [
+        "capacity_bytes",
+        "free_bytes",
+        "used_bytes",
+        "blob_count",
+        "load",
+    ] {
+        assert!(
+            node0[field].is_u64(),
+            "admin nodes reports {field}: {node0}"
+        );
+    }
+    assert!(node0["blob_count"].as_u64().unwrap() > 0);
+    let metrics = reqwest::get(format!("{}/_insitu/v1/metrics", cluster.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("insitu_node_up{node=\"node-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("insitu_repair_blobs_copied_total"),
+        "{metrics}"
+    );
 
     // The killed node comes back: it rejoins and its stale copies go.
     let stale_before = copies

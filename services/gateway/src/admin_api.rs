@@ -319,6 +319,7 @@ fn nodes_report(gw: &Gateway) -> serde_json::Value {
                 "free_bytes": s.usage.free_bytes,
                 "blob_count": s.usage.blob_count,
                 "corrupt_replicas": s.corrupt.len(),
+                "load": s.load,
                 "last_seen_ms_ago": s.last_seen.elapsed().as_millis() as u64,
             })
         })
@@ -354,6 +355,7 @@ fn metrics(gw: &Gateway) -> Response {
             "insitu_node_corrupt_replicas{{node=\"{id}\"}} {}",
             s.corrupt.len()
         );
+        let _ = writeln!(out, "insitu_node_load{{node=\"{id}\"}} {}", s.load);
     }
     let r = gw.repair.snapshot();
     for (name, v) in [
@@ -403,10 +405,13 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
             beat.node_id
         )));
     }
-    if gw
-        .nodes
-        .record_contact(&beat.node_id, &beat.addr, beat.usage, beat.corrupt)
-    {
+    if gw.nodes.record_contact(
+        &beat.node_id,
+        &beat.addr,
+        beat.usage,
+        beat.corrupt,
+        beat.load,
+    ) {
         gw.register_node(&beat.node_id, &beat.addr)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Ok(Some(rec)) = gw.catalog.get_node(&beat.node_id) {

@@ -120,7 +120,7 @@ async fn health_loop(gw: Arc<Gateway>) {
             let gw = gw.clone();
             async move {
                 match gw.nodes.health(&id).await {
-                    Ok(h) if h.node_id == id => gw.nodes.record_health(&id, h.usage, h.corrupt),
+                    Ok(h) if h.node_id == id => gw.nodes.record_health(&id, h.usage, h.corrupt, h.load),
                     Ok(h) => tracing::warn!(node = %id, answered_as = %h.node_id, "a different node answers at this address"),
                     Err(e) => tracing::debug!(node = %id, error = %e, "health poll failed"),
                 }

@@ -90,6 +90,8 @@ pub struct NodeStatus {
     pub failed_at: Option<Instant>,
     pub usage: Usage,
     pub corrupt: Vec<String>,
+    /// Requests the node was serving at its last report.
+    pub load: u64,
     pub draining: bool,
 }
 
@@ -165,6 +167,7 @@ impl NodeSet {
                     failed_at: None,
                     usage: Usage::default(),
                     corrupt: vec![],
+                    load: 0,
                     draining: false,
                 });
         }
@@ -186,7 +189,14 @@ impl NodeSet {
 
     /// Records a heartbeat or health answer; returns whether the address
     /// changed (or the node is new).
-    pub fn record_contact(&self, id: &str, addr: &str, usage: Usage, corrupt: Vec<String>) -> bool {
+    pub fn record_contact(
+        &self,
+        id: &str,
+        addr: &str,
+        usage: Usage,
+        corrupt: Vec<String>,
+        load: u64,
+    ) -> bool {
         let Ok(mut n) = self.nodes.write() else {
             return false;
         };
@@ -198,6 +208,7 @@ impl NodeSet {
             failed_at: None,
             usage: Usage::default(),
             corrupt: vec![],
+            load: 0,
             draining: false,
         });
         s.addr = addr;
@@ -205,18 +216,20 @@ impl NodeSet {
         s.failed_at = None;
         s.usage = usage;
         s.corrupt = corrupt;
+        s.load = load;
         changed
     }
 
     /// Records a health answer: a contact, without touching the address
     /// (a heartbeat may have moved it meanwhile).
-    pub fn record_health(&self, id: &str, usage: Usage, corrupt: Vec<String>) {
+    pub fn record_health(&self, id: &str, usage: Usage, corrupt: Vec<String>, load: u64) {
         if let Ok(mut n) = self.nodes.write() {
             if let Some(s) = n.get_mut(id) {
                 s.last_seen = Instant::now();
                 s.failed_at = None;
                 s.usage = usage;
                 s.corrupt = corrupt;
+                s.load = load;
             }
         }
     }
@@ -255,6 +268,15 @@ impl NodeSet {
 
     pub fn state(&self, id: &str) -> Option<NodeState> {
         self.nodes.read().ok()?.get(id).map(|s| self.state_of(s))
+    }
+
+    /// The node's last reported load (requests in progress).
+    pub fn load(&self, id: &str) -> u64 {
+        self.nodes
+            .read()
+            .ok()
+            .and_then(|n| n.get(id).map(|s| s.load))
+            .unwrap_or(u64::MAX)
     }
 
     pub fn node_ids(&self) -> Vec<String> {
@@ -458,7 +480,7 @@ impl NodeSet {
         };
         // Healthy replicas first; the others are still worth a try.
         let mut order = blob.replicas.clone();
-        order.sort_by_key(|n| self.state(n) != Some(NodeState::Up));
+        order.sort_by_key(|n| (self.state(n) != Some(NodeState::Up), self.load(n)));
         let mut reader = ReplicaReader {
             nodes: self.clone(),
             blob_id: blob.id.clone(),
