@@ -1,0 +1,30 @@
+//! Limits on job specs, with their reasons. Operators will be able to lower
+//! (not raise) them per tenant.
+
+/// Phases per job: long pipelines are better split into jobs.
+pub const MAX_PHASES: usize = 16;
+/// A job name is a label for people.
+pub const MAX_NAME_BYTES: usize = 128;
+/// `exec` and `init` are shell snippets, not programs: ship programs in the image.
+pub const MAX_EXEC_BYTES: usize = 64 * 1024;
+/// Inputs listed in the create request; more are added while input is open.
+pub const MAX_INLINE_INPUTS: usize = 10_000;
+/// Reducers per reduce phase.
+pub const MAX_REDUCERS: u32 = 1024;
+/// Per-task memory, MiB: enough for real tools, bounded by node RAM.
+pub const MIN_MEMORY_MB: u64 = 16;
+pub const MAX_MEMORY_MB: u64 = 64 * 1024;
+pub const DEFAULT_MEMORY_MB: u64 = 256;
+/// CPUs per task.
+pub const MIN_CPUS: f64 = 0.05;
+pub const MAX_CPUS: f64 = 64.0;
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Scratch space per task, MiB.
+pub const MAX_DISK_MB: u64 = 1024 * 1024;
+pub const DEFAULT_DISK_MB: u64 = 256;
+/// Wall-clock time per task, seconds.
+pub const MAX_TIMEOUT_S: u64 = 24 * 3600;
+pub const DEFAULT_TIMEOUT_S: u64 = 600;
+/// Environment variables per phase, and their total size.
+pub const MAX_ENV_VARS: usize = 128;
+pub const MAX_ENV_BYTES: usize = 32 * 1024;
