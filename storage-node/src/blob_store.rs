@@ -462,6 +462,57 @@ impl BlobStore {
         })
     }
 
+    /// Makes an existing file (a task's output, on the same filesystem)
+    /// a blob: checksums computed, synced, renamed into the store.
+    pub async fn adopt(&self, id: &str, file: &Path) -> Result<BlobInfo, BlobError> {
+        let final_path = self.path_of(id)?;
+        if fs::try_exists(&final_path).await? {
+            return Err(BlobError::Exists(id.to_string()));
+        }
+        let tmp = self.temp_path(id);
+        fs::rename(file, &tmp).await?;
+        let tmp2 = tmp.clone();
+        let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>)> {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&tmp2)?;
+            let mut blocks = BlockCrcs::default();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                blocks.update(&buf[..n]);
+            }
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp2)?
+                .sync_all()?;
+            Ok((size, blocks.finish()))
+        })
+        .await
+        .map_err(|e| BlobError::Io(io::Error::other(e)))?;
+        let (size, crcs) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp).await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.publish(&tmp, &final_path, &crcs, false).await {
+            let _ = fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        self.used.fetch_add(size, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Ok(BlobInfo {
+            id: id.to_string(),
+            size,
+        })
+    }
+
     pub async fn size(&self, id: &str) -> Result<u64, BlobError> {
         match fs::metadata(self.path_of(id)?).await {
             Ok(m) => Ok(m.len()),

@@ -5,6 +5,7 @@
 
 pub mod blob_store;
 pub mod node_api;
+pub mod task_api;
 pub mod task_runner;
 
 use std::net::SocketAddr;
@@ -76,6 +77,32 @@ pub struct Node {
 impl Node {
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
         let store = Arc::new(BlobStore::open(&config.data_dir, config.capacity_bytes).await?);
+        let tasks = match task_runner::TaskRunner::connect(
+            &config.node_id,
+            &config.data_dir.join("tasks"),
+        )
+        .await
+        {
+            Ok(runner) => {
+                let service = Arc::new(task_api::TaskService::new(runner));
+                // Containers left by an earlier life of this node belong to
+                // nobody now.
+                match service.reap_unknown().await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(node = %config.node_id, reaped = n, "removed leftover task containers")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %config.node_id, error = %e, "could not reap leftover task containers")
+                    }
+                }
+                Some(service)
+            }
+            Err(e) => {
+                tracing::warn!(node = %config.node_id, error = %e, "no container engine: this node stores blobs but runs no tasks");
+                None
+            }
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -88,6 +115,7 @@ impl Node {
             secret: config.cluster_secret.clone(),
             store,
             active: Default::default(),
+            tasks,
         });
         Ok(Self {
             listener,

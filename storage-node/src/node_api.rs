@@ -26,6 +26,8 @@ pub struct NodeState {
     /// Requests being served right now: the node's load, reported to the
     /// gateway so it can prefer idle replicas.
     pub active: std::sync::atomic::AtomicU64,
+    /// Task execution, when a container engine is available.
+    pub tasks: Option<Arc<crate::task_api::TaskService>>,
 }
 
 /// Counts a request as load for as long as it is served.
@@ -68,6 +70,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/blobs", get(list_blobs))
+        .route("/v1/tasks", post(run_task))
+        .route(
+            "/v1/groups/{tenant}/{job}/{phase}",
+            axum::routing::delete(end_group),
+        )
         .route(
             "/v1/blobs/{id}",
             get(get_blob)
@@ -262,5 +269,70 @@ async fn delete_blob(
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers)?;
     state.store.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs one task next to its input; see `task_api`.
+async fn run_task(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Json(req): Json<crate::task_api::TaskRequest>,
+) -> Result<Json<crate::task_api::TaskResponse>, Response> {
+    use crate::task_api::TaskApiError;
+    use crate::task_runner::TaskError;
+    authorize(&state, &headers).map_err(IntoResponse::into_response)?;
+    let Some(tasks) = &state.tasks else {
+        return Err(task_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "InternalError",
+            "this node has no container engine",
+        ));
+    };
+    let span = tracing::info_span!("task", node = %state.node_id, tenant = %req.tenant, job = %req.job, phase = req.phase, task = %req.task_id);
+    match tracing::Instrument::instrument(tasks.run(&state.store, req), span).await {
+        Ok(r) => Ok(Json(r)),
+        Err(TaskApiError::Task(TaskError::ImageNotFound(i))) => Err(task_error(
+            StatusCode::NOT_FOUND,
+            "ImageNotFoundError",
+            &format!("image {i} is not available"),
+        )),
+        Err(TaskApiError::Task(TaskError::Invalid(m))) => Err(task_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgumentError",
+            &m,
+        )),
+        Err(TaskApiError::Blob(BlobError::NotFound(b))) => Err(task_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundError",
+            &format!("input blob {b} is not on this node"),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "task failed to run");
+            Err(task_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalError",
+                &e.to_string(),
+            ))
+        }
+    }
+}
+
+fn task_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "code": code, "message": message })),
+    )
+        .into_response()
+}
+
+async fn end_group(
+    State(state): State<Arc<NodeState>>,
+    Path((tenant, job, phase)): Path<(String, String, u32)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    if let Some(tasks) = &state.tasks {
+        tasks.end_group(&tenant, &job, phase).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,172 @@
+//! The node's task endpoint: the gateway's supervisor sends a task here,
+//! to a node that holds the task's input blob, and gets back the task's
+//! outcome with its stdout (and, on failure, stderr) stored as blobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::blob_store::{BlobError, BlobStore};
+use crate::task_runner::{Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub tenant: String,
+    pub job: String,
+    pub phase: u32,
+    pub image: String,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub disk_mb: u64,
+    pub timeout_s: u64,
+    pub task_id: String,
+    pub exec: String,
+    /// A blob on this node, fed to the task on stdin.
+    #[serde(default)]
+    pub input_blob: Option<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Blob ids (chosen by the gateway) for the task's stdout and stderr.
+    pub stdout_blob: String,
+    pub stderr_blob: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskEndReport {
+    Exited { code: i64 },
+    Killed { resource: String },
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResponse {
+    pub end: TaskEndReport,
+    pub stdout_size: u64,
+    /// Kept only when the task did not exit 0.
+    pub stderr_kept: bool,
+    pub stderr_preview: String,
+}
+
+/// Runs tasks on this node, one container per (tenant, job, phase).
+pub struct TaskService {
+    runner: TaskRunner,
+    groups: Mutex<HashMap<String, Group>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskApiError {
+    #[error("{0}")]
+    Task(#[from] TaskError),
+    #[error("{0}")]
+    Blob(#[from] BlobError),
+}
+
+impl TaskService {
+    pub fn new(runner: TaskRunner) -> Self {
+        Self {
+            runner,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn run(
+        &self,
+        store: &BlobStore,
+        req: TaskRequest,
+    ) -> Result<TaskResponse, TaskApiError> {
+        let spec = GroupSpec {
+            tenant: req.tenant.clone(),
+            job: req.job.clone(),
+            phase: req.phase,
+            image: req.image.clone(),
+            limits: Limits {
+                memory_mb: req.memory_mb,
+                cpus: req.cpus,
+                scratch_mb: req.disk_mb.min(req.memory_mb / 2).max(16),
+                ..Limits::default()
+            },
+            runtime: req.runtime.clone(),
+        };
+        let input = match &req.input_blob {
+            Some(id) => {
+                store.size(id).await?;
+                Some(store.path_of(id)?)
+            }
+            None => None,
+        };
+        let key = format!("{}/{}/{}", req.tenant, req.job, req.phase);
+        let group = {
+            let mut groups = self.groups.lock().await;
+            match groups.get(&key) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = self.runner.start_group(&spec).await?;
+                    groups.insert(key.clone(), g.clone());
+                    g
+                }
+            }
+        };
+        let task = TaskSpec {
+            task_id: req.task_id.clone(),
+            exec: req.exec.clone(),
+            input,
+            env: req.env.clone(),
+            timeout: Duration::from_secs(req.timeout_s.max(1)),
+        };
+        let outcome = self.runner.run_task(&group, &task).await?;
+        let end = match &outcome.end {
+            TaskEnd::Exited(code) => TaskEndReport::Exited { code: *code },
+            TaskEnd::Killed(r) => TaskEndReport::Killed {
+                resource: r.clone(),
+            },
+            TaskEnd::TimedOut => TaskEndReport::TimedOut,
+        };
+        let stdout = store.adopt(&req.stdout_blob, &outcome.stdout).await?;
+        let failed = end != TaskEndReport::Exited { code: 0 };
+        let stderr_file = outcome.stdout.with_file_name("stderr");
+        let stderr_kept = failed && store.adopt(&req.stderr_blob, &stderr_file).await.is_ok();
+        let _ = tokio::fs::remove_dir_all(outcome.stdout.parent().unwrap_or(&outcome.stdout)).await;
+        if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
+            // The container is gone; the group's next task gets a fresh one.
+            self.groups.lock().await.remove(&key);
+            self.runner.end_group(&group).await;
+        }
+        Ok(TaskResponse {
+            end,
+            stdout_size: stdout.size,
+            stderr_kept,
+            stderr_preview: outcome.stderr_preview,
+        })
+    }
+
+    /// Ends a group: its container and directories go.
+    pub async fn end_group(&self, tenant: &str, job: &str, phase: u32) -> bool {
+        let key = format!("{tenant}/{job}/{phase}");
+        let group = self.groups.lock().await.remove(&key);
+        match group {
+            Some(g) => {
+                self.runner.end_group(&g).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes containers of this node that no live group claims.
+    pub async fn reap_unknown(self: &Arc<Self>) -> Result<usize, TaskError> {
+        let live: Vec<String> = self
+            .groups
+            .lock()
+            .await
+            .values()
+            .map(|g| g.group_id.clone())
+            .collect();
+        self.runner.reap(|g| live.iter().any(|l| l == g)).await
+    }
+}

@@ -1,0 +1,165 @@
+//! A storage node runs a task next to a blob it holds and stores the task's
+//! output as a blob, through its HTTP API, with real Docker.
+
+use std::time::Duration;
+
+use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
+use insitu_storage_node::{Node, NodeConfig};
+
+const SECRET: &str = "node-task-test-secret";
+
+async fn start_node(dir: &std::path::Path, id: &str) -> String {
+    let node = Node::bind(NodeConfig {
+        node_id: id.into(),
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        gateway: None,
+        cluster_secret: SECRET.into(),
+        capacity_bytes: None,
+        heartbeat_interval: Duration::from_secs(1),
+        scrub_interval: None,
+    })
+    .await
+    .unwrap();
+    let url = node.advertised_url();
+    tokio::spawn(node.serve(std::future::pending()));
+    url
+}
+
+fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskRequest {
+    TaskRequest {
+        tenant: "acme".into(),
+        job: job.into(),
+        phase: 0,
+        image: "insitu-test/busybox:latest".into(),
+        runtime: None,
+        memory_mb: 128,
+        cpus: 1.0,
+        disk_mb: 32,
+        timeout_s: 20,
+        task_id: task_id.into(),
+        exec: exec.into(),
+        input_blob: input.map(str::to_string),
+        env: vec![("INSITU_INPUT_KEY".into(), "books/a.txt".into())],
+        stdout_blob: format!("{task_id}out"),
+        stderr_blob: format!("{task_id}err"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_runs_tasks_on_its_blobs_and_keeps_their_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_id = format!("tasknode{}", std::process::id());
+    let url = start_node(dir.path(), &node_id).await;
+    let http = reqwest::Client::new();
+    let job = format!("job{}", std::process::id());
+
+    let r = http
+        .put(format!("{url}/v1/blobs/inputblob1"))
+        .bearer_auth(SECRET)
+        .body("the cat\nthe hat\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let run = |req: TaskRequest| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            http.post(format!("{url}/v1/tasks"))
+                .bearer_auth(SECRET)
+                .json(&req)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let resp: TaskResponse = run(request(
+        "t1",
+        "tr a-z A-Z; echo \"$INSITU_INPUT_KEY\"",
+        Some("inputblob1"),
+        &job,
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(resp.end, TaskEndReport::Exited { code: 0 });
+    assert!(!resp.stderr_kept);
+    let out = http
+        .get(format!("{url}/v1/blobs/t1out"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(out, "THE CAT\nTHE HAT\nbooks/a.txt\n");
+    assert_eq!(resp.stdout_size, out.len() as u64);
+
+    // A failing task keeps its stderr as a blob too.
+    let resp: TaskResponse = run(request(
+        "t2",
+        "echo broken >&2; exit 7",
+        Some("inputblob1"),
+        &job,
+    ))
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(resp.end, TaskEndReport::Exited { code: 7 });
+    assert!(resp.stderr_kept);
+    let err = http
+        .get(format!("{url}/v1/blobs/t2err"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(err, "broken\n");
+
+    // A timed-out task gets a fresh container for the next task.
+    let mut slow = request("t3", "sleep 30", None, &job);
+    slow.timeout_s = 1;
+    let resp: TaskResponse = run(slow).await.json().await.unwrap();
+    assert_eq!(resp.end, TaskEndReport::TimedOut);
+    let resp: TaskResponse = run(request("t4", "echo again", None, &job))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp.end, TaskEndReport::Exited { code: 0 });
+
+    // Errors are precise.
+    let r = run(request("t5", "cat", Some("nosuchblob"), &job)).await;
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ResourceNotFoundError");
+    let mut bad = request("t6", "cat", None, &format!("{job}x"));
+    bad.image = "127.0.0.1:9/nothing:here".into();
+    let r = run(bad).await;
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ImageNotFoundError");
+    let r = http
+        .post(format!("{url}/v1/tasks"))
+        .json(&request("t7", "true", None, &job))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the cluster secret is required");
+
+    let r = http
+        .delete(format!("{url}/v1/groups/acme/{job}/0"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
