@@ -524,6 +524,38 @@ impl RawClient {
         Ok(req.send().await?)
     }
 
+    /// Opens a raw connection and sends the signed head of an
+    /// `UNSIGNED-PAYLOAD` PUT declaring `content_length` bytes, so a test can
+    /// send the body piecemeal, or not at all.
+    pub async fn start_raw_put(
+        &self,
+        path: &str,
+        content_length: u64,
+    ) -> Result<tokio::net::TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let host = self.host();
+        let len = content_length.to_string();
+        let signed = self.signer.sign(
+            "PUT",
+            path,
+            &[],
+            &[("host", &host), ("content-length", &len)],
+            "UNSIGNED-PAYLOAD",
+            chrono::Utc::now(),
+        );
+        let mut stream = tokio::net::TcpStream::connect(&host).await?;
+        let mut head = format!(
+            "PUT {} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n",
+            encode_path(path)
+        );
+        for (k, v) in &signed.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        Ok(stream)
+    }
+
     pub async fn create_bucket(&self, name: &str) -> Result<()> {
         let r = self
             .send("PUT", &format!("/{name}"), &[], &[], Vec::new())
@@ -537,6 +569,25 @@ impl RawClient {
         }
         Ok(())
     }
+}
+
+/// Deterministic content for a key, so any object found after a crash or a
+/// failure can be checked, acknowledged or not.
+pub fn content_for(key: &str, size: usize) -> Vec<u8> {
+    let seed = key
+        .bytes()
+        .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    (0..size)
+        .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2654435761) >> 11) as u8)
+        .collect()
+}
+
+/// The size encoded as the last `-N` of a key made by the tests.
+pub fn size_in_key(key: &str) -> usize {
+    key.rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Percent-encodes a path the way SigV4 canonicalises it.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use insitu_e2e::{error_code, unique, wait_until, Cluster, RawClient};
+use insitu_e2e::{content_for, error_code, size_in_key, unique, wait_until, Cluster, RawClient};
 
 /// Fast failure detection and collection, so the test runs in seconds.
 const FAST: &[&str] = &[
@@ -24,22 +24,6 @@ const FAST: &[&str] = &[
     "--reserve-mib",
     "0",
 ];
-
-fn content(key: &str, size: usize) -> Vec<u8> {
-    let seed = key
-        .bytes()
-        .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    (0..size)
-        .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2654435761) >> 11) as u8)
-        .collect()
-}
-
-fn size_of(key: &str) -> usize {
-    key.rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_loss_repair_and_rejoin() {
@@ -59,7 +43,7 @@ async fn node_loss_repair_and_rejoin() {
                 &format!("/{bucket}/{key}"),
                 &[],
                 &[],
-                content(&key, size_of(&key)),
+                content_for(&key, size_in_key(&key)),
             )
             .await
             .unwrap();
@@ -86,7 +70,7 @@ async fn node_loss_repair_and_rejoin() {
                         &format!("/{bucket}/{key}"),
                         &[],
                         &[],
-                        content(&key, size_of(&key)),
+                        content_for(&key, size_in_key(&key)),
                     )
                     .await
                 {
@@ -113,7 +97,7 @@ async fn node_loss_repair_and_rejoin() {
                     .await
                 {
                     Ok(resp) if resp.status() == 200 => match resp.bytes().await {
-                        Ok(b) => b.as_ref() == content(&key, size_of(&key)).as_slice(),
+                        Ok(b) => b.as_ref() == content_for(&key, size_in_key(&key)).as_slice(),
                         Err(_) => false,
                     },
                     _ => false,
@@ -242,7 +226,7 @@ async fn node_loss_repair_and_rejoin() {
             .unwrap();
         assert_eq!(r.status(), 200, "{key}");
         assert!(
-            r.bytes().await.unwrap().as_ref() == content(key, size_of(key)).as_slice(),
+            r.bytes().await.unwrap().as_ref() == content_for(key, size_in_key(key)).as_slice(),
             "{key} intact"
         );
     }
@@ -257,7 +241,7 @@ async fn corrupt_replica_is_never_served_and_is_repaired() {
     let c = RawClient::new(&cluster.endpoint, &t);
     let bucket = unique("rot");
     c.create_bucket(&bucket).await.unwrap();
-    let data = content("big", 3 * 1024 * 1024 + 77);
+    let data = content_for("big", 3 * 1024 * 1024 + 77);
     assert_eq!(
         c.send("PUT", &format!("/{bucket}/big"), &[], &[], data.clone())
             .await
@@ -580,7 +564,7 @@ async fn a_returning_node_keeps_copies_that_had_no_replacement() {
                 &format!("/{bucket}/{key}"),
                 &[],
                 &[],
-                content(&key, size_of(&key))
+                content_for(&key, size_in_key(&key))
             )
             .await
             .unwrap()
@@ -615,7 +599,9 @@ async fn a_returning_node_keeps_copies_that_had_no_replacement() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{key}");
-        assert!(r.bytes().await.unwrap().as_ref() == content(&key, size_of(&key)).as_slice());
+        assert!(
+            r.bytes().await.unwrap().as_ref() == content_for(&key, size_in_key(&key)).as_slice()
+        );
     }
 }
 
@@ -642,8 +628,8 @@ async fn multipart_upload_completes_after_its_node_dies() {
         .next()
         .unwrap()
         .to_string();
-    let p1 = content("p1", 5 * 1024 * 1024);
-    let p2 = content("p2", 4321);
+    let p1 = content_for("p1", 5 * 1024 * 1024);
+    let p2 = content_for("p2", 4321);
     let mut etags = Vec::new();
     for (n, data) in [("1", &p1), ("2", &p2)] {
         let r = c

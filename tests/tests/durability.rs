@@ -4,25 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use insitu_e2e::{unique, Cluster, RawClient};
-
-/// Deterministic content for a key, so any object found after the crash can
-/// be checked, acknowledged or not.
-fn content(key: &str, size: usize) -> Vec<u8> {
-    let seed = key
-        .bytes()
-        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    (0..size)
-        .map(|i| (seed.wrapping_add(i as u32).wrapping_mul(2654435761) >> 13) as u8)
-        .collect()
-}
-
-fn size_of(key: &str) -> usize {
-    key.rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
+use insitu_e2e::{content_for, size_in_key, unique, Cluster, RawClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_puts_survive_kill_9() {
@@ -48,7 +30,7 @@ async fn acknowledged_puts_survive_kill_9() {
                         &format!("/{bucket}/{key}"),
                         &[],
                         &[],
-                        content(&key, size),
+                        content_for(&key, size),
                     )
                     .await
                 {
@@ -86,7 +68,7 @@ async fn acknowledged_puts_survive_kill_9() {
         assert_eq!(r.status(), 200, "acknowledged {key} lost");
         let body = r.bytes().await.unwrap();
         assert!(
-            body.as_ref() == content(key, size_of(key)).as_slice(),
+            body.as_ref() == content_for(key, size_in_key(key)).as_slice(),
             "acknowledged {key} corrupted"
         );
     }
@@ -115,7 +97,7 @@ async fn acknowledged_puts_survive_kill_9() {
                 .unwrap();
             assert_eq!(r.status(), 200);
             assert!(
-                r.bytes().await.unwrap().as_ref() == content(key, size_of(key)).as_slice(),
+                r.bytes().await.unwrap().as_ref() == content_for(key, size_in_key(key)).as_slice(),
                 "visible {key} is partial or wrong"
             );
             seen += 1;

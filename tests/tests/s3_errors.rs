@@ -513,22 +513,7 @@ async fn truncated_body_leaves_no_object_and_no_temp_file() {
     let bucket = unique("trunc");
     c.create_bucket(&bucket).await.unwrap();
     let path = format!("/{bucket}/partial");
-    let host = c.host();
-    let signed = c.signer.sign(
-        "PUT",
-        &path,
-        &[],
-        &[("host", &host), ("content-length", "1048576")],
-        "UNSIGNED-PAYLOAD",
-        chrono::Utc::now(),
-    );
-    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let mut head = format!("PUT {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 1048576\r\n");
-    for (k, v) in &signed.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = c.start_raw_put(&path, 1048576).await.unwrap();
     stream.write_all(&vec![7u8; 300_000]).await.unwrap();
     stream.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

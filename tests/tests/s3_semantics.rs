@@ -172,22 +172,7 @@ async fn a_put_never_lands_in_a_recreated_bucket_of_another_tenant() {
 
     // Alice starts a PUT and sends half of it.
     let path = format!("/{bucket}/secret");
-    let host = a.host();
-    let signed = a.signer.sign(
-        "PUT",
-        &path,
-        &[],
-        &[("host", &host), ("content-length", "11")],
-        "UNSIGNED-PAYLOAD",
-        chrono::Utc::now(),
-    );
-    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let mut head = format!("PUT {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 11\r\n");
-    for (k, v) in &signed.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = a.start_raw_put(&path, 11).await.unwrap();
     stream.write_all(b"alice").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 

@@ -89,6 +89,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 201 with the JSON credentials `insitu admin` prints.
+fn created_credentials(key: AccessKeyRecord) -> Response {
+    let body = Credentials {
+        tenant: key.tenant,
+        access_key_id: key.access_key_id,
+        secret_access_key: key.secret_access_key,
+    };
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
 #[derive(Serialize)]
 pub struct Credentials {
     pub tenant: String,
@@ -226,15 +236,7 @@ async fn admin(
             let key = new_access_key(&req.name);
             gw.catalog.put_access_key(&key)?;
             tracing::info!(tenant = %req.name, "tenant created");
-            Ok((
-                StatusCode::CREATED,
-                Json(Credentials {
-                    tenant: key.tenant,
-                    access_key_id: key.access_key_id,
-                    secret_access_key: key.secret_access_key,
-                }),
-            )
-                .into_response())
+            Ok(created_credentials(key))
         }
         (Method::GET, ["tenants"]) => {
             let tenants: Vec<_> = gw
@@ -254,15 +256,7 @@ async fn admin(
             let key = new_access_key(tenant);
             gw.catalog.put_access_key(&key)?;
             tracing::info!(tenant = %tenant, access_key_id = %key.access_key_id, "access key created");
-            Ok((
-                StatusCode::CREATED,
-                Json(Credentials {
-                    tenant: key.tenant,
-                    access_key_id: key.access_key_id,
-                    secret_access_key: key.secret_access_key,
-                }),
-            )
-                .into_response())
+            Ok(created_credentials(key))
         }
         (Method::GET, ["nodes"]) => Ok(Json(nodes_report(gw)).into_response()),
         (Method::POST, ["nodes", id, action @ ("drain" | "undrain")]) => {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{StreamExt, TryStreamExt};
-use insitu_catalog::{now_ms, ObjectRecord};
+use insitu_catalog::ObjectRecord;
 
 use super::access::{readable_object, writable_bucket};
 use super::bucket::canned_acl_header;
 use super::get::{evaluate_preconditions, ByteRange, Precondition};
-use super::put::{node_error, object_headers, store_body, validate_key, StoredBody};
+use super::put::{commit_object, node_error, object_headers, store_body, validate_key, StoredBody};
 use super::{xml, xml_response, S3Request};
 use crate::auth::sigv4::uri_decode;
 use crate::body::BodyExpectations;
@@ -130,27 +130,9 @@ pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response
         src.object.headers.clone()
     };
     let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let cond = super::put::write_condition(&req)?;
     let stored = copy_bytes(gw, &src.object, None, None).await?;
-    let rec = ObjectRecord {
-        size: stored.blob.size,
-        etag: stored.etag(),
-        last_modified_ms: now_ms(),
-        owner: dest.owner.clone(),
-        headers,
-        acl,
-        blob: stored.blob.clone(),
-        parts_count: 0,
-        part_sizes: vec![],
-    };
-    if let Err(e) =
-        gw.catalog
-            .put_object_checked(&dest, &key, &rec, &super::put::write_condition(&req)?)
-    {
-        gw.nodes
-            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
-            .await;
-        return Err(e.into());
-    }
+    let rec = commit_object(gw, &dest, &key, headers, acl, &stored, &cond).await?;
     let mut out = format!("{}<CopyObjectResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(
         &mut out,

@@ -16,6 +16,7 @@ use super::copy::{copy_bytes, copy_source};
 use super::get::ByteRange;
 use super::put::{
     body_expectations, new_blob_id, node_error, object_headers, store_body, validate_key,
+    StoredBody,
 };
 use super::{empty_response, xml, xml_response, S3Request};
 use crate::error::{S3Error, S3ErrorCode, S3Result};
@@ -80,13 +81,13 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     Ok(xml_response(StatusCode::OK, out))
 }
 
-pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
-    let number = part_number(&req)?;
-    let up = upload(gw, &req)?;
-    let expect = body_expectations(&req, MAX_PUT_BYTES)?;
-    let body = req.take_body();
-    let stored = store_body(gw, body, expect, Some(up.nodes.clone())).await?;
+/// Records a stored part; if the upload vanished meanwhile, its blob goes.
+async fn commit_part(
+    gw: &Gateway,
+    up: &UploadRecord,
+    number: u32,
+    stored: &StoredBody,
+) -> S3Result<PartRecord> {
     let part = PartRecord {
         part_number: number,
         etag: stored.etag(),
@@ -102,6 +103,17 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             .await;
         return Err(e.into());
     }
+    Ok(part)
+}
+
+pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
+    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    let number = part_number(&req)?;
+    let up = upload(gw, &req)?;
+    let expect = body_expectations(&req, MAX_PUT_BYTES)?;
+    let body = req.take_body();
+    let stored = store_body(gw, body, expect, Some(up.nodes.clone())).await?;
+    let part = commit_part(gw, &up, number, &stored).await?;
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(http::header::ETAG, format!("\"{}\"", part.etag));
@@ -121,21 +133,7 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
         Some(r) => Some(copy_range(r, src.object.size)?),
     };
     let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone())).await?;
-    let part = PartRecord {
-        part_number: number,
-        etag: stored.etag(),
-        last_modified_ms: now_ms(),
-        blob: stored.blob.clone(),
-    };
-    if let Err(e) = gw
-        .catalog
-        .put_part(&up.bucket, &up.key, &up.upload_id, &part)
-    {
-        gw.nodes
-            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
-            .await;
-        return Err(e.into());
-    }
+    let part = commit_part(gw, &up, number, &stored).await?;
     let mut out = format!("{}<CopyPartResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(
         &mut out,

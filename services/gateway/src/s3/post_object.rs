@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
-use insitu_catalog::{now_ms, ObjectHeaders, ObjectRecord};
+use insitu_catalog::ObjectHeaders;
 use serde_json::Value;
 
 use super::access::writable_bucket;
-use super::put::{store_body, validate_key};
+use super::put::{commit_object, store_body, validate_key};
 use super::{xml, xml_response, S3Request};
 use crate::auth::sigv4::{self, SigningKey};
 use crate::auth::{Authenticator, Principal};
@@ -313,26 +313,16 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             "Your proposed upload is smaller than the minimum allowed size",
         ));
     }
-    let rec = ObjectRecord {
-        size: stored.blob.size,
-        etag: stored.etag(),
-        last_modified_ms: now_ms(),
-        owner: b.owner.clone(),
+    let rec = commit_object(
+        gw,
+        &b,
+        &key,
         headers,
         acl,
-        blob: stored.blob.clone(),
-        parts_count: 0,
-        part_sizes: vec![],
-    };
-    if let Err(e) =
-        gw.catalog
-            .put_object_checked(&b, &key, &rec, &insitu_catalog::WriteCondition::None)
-    {
-        gw.nodes
-            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
-            .await;
-        return Err(e.into());
-    }
+        &stored,
+        &insitu_catalog::WriteCondition::None,
+    )
+    .await?;
     let etag = format!("\"{}\"", rec.etag);
     let location = format!("/{bucket}/{key}");
     if let Some(redirect) = fields

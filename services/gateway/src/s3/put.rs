@@ -324,6 +324,38 @@ pub async fn store_body(
     })
 }
 
+/// Makes a stored body the visible object `key` of `bucket`, atomically,
+/// if `cond` holds and the bucket is still the one the caller was
+/// authorised for; otherwise the stored replicas are removed again.
+pub async fn commit_object(
+    gw: &Gateway,
+    bucket: &insitu_catalog::BucketRecord,
+    key: &str,
+    headers: ObjectHeaders,
+    acl: insitu_catalog::CannedAcl,
+    stored: &StoredBody,
+    cond: &WriteCondition,
+) -> S3Result<ObjectRecord> {
+    let rec = ObjectRecord {
+        size: stored.blob.size,
+        etag: stored.etag(),
+        last_modified_ms: now_ms(),
+        owner: bucket.owner.clone(),
+        headers,
+        acl,
+        blob: stored.blob.clone(),
+        parts_count: 0,
+        part_sizes: vec![],
+    };
+    if let Err(e) = gw.catalog.put_object_checked(bucket, key, &rec, cond) {
+        gw.nodes
+            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
+            .await;
+        return Err(e.into());
+    }
+    Ok(rec)
+}
+
 pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?.to_string();
     let key = req.key()?.to_string();
@@ -335,23 +367,7 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
     let expect = body_expectations(&req, MAX_PUT_BYTES)?;
     let body = req.take_body();
     let stored = store_body(gw, body, expect, None).await?;
-    let rec = ObjectRecord {
-        size: stored.blob.size,
-        etag: stored.etag(),
-        last_modified_ms: now_ms(),
-        owner: b.owner.clone(),
-        headers,
-        acl,
-        blob: stored.blob.clone(),
-        parts_count: 0,
-        part_sizes: vec![],
-    };
-    if let Err(e) = gw.catalog.put_object_checked(&b, &key, &rec, &cond) {
-        gw.nodes
-            .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
-            .await;
-        return Err(e.into());
-    }
+    let rec = commit_object(gw, &b, &key, headers, acl, &stored, &cond).await?;
     tracing::debug!(key = %key, size = rec.size, "object stored");
     let mut resp = Response::builder()
         .status(StatusCode::OK)
