@@ -571,6 +571,21 @@ impl RawClient {
     }
 }
 
+/// The usual start of a test: a cluster of `nodes` storage nodes, a tenant,
+/// a raw client for it, and a fresh bucket.
+pub async fn cluster_with_bucket(
+    nodes: usize,
+    tenant: &str,
+    prefix: &str,
+) -> (Cluster, Tenant, RawClient, String) {
+    let cluster = Cluster::start(nodes).expect("cluster");
+    let t = cluster.create_tenant(tenant).expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique(prefix);
+    c.create_bucket(&bucket).await.expect("bucket");
+    (cluster, t, c, bucket)
+}
+
 /// Deterministic content for a key, so any object found after a crash or a
 /// failure can be checked, acknowledged or not.
 pub fn content_for(key: &str, size: usize) -> Vec<u8> {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use insitu_e2e::sign::{chunked_body, sha256_hex, Signer};
-use insitu_e2e::{error_code, unique, Cluster, RawClient, Tenant};
+use insitu_e2e::{error_code, RawClient, Tenant};
 use tokio::io::AsyncWriteExt;
 
 async fn expect(resp: reqwest::Response, status: u16, code: &str) {
@@ -32,11 +32,7 @@ fn with_secret(t: &Tenant, secret: &str) -> Tenant {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authentication_failures() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("auth").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("auth");
-    c.create_bucket(&bucket).await.unwrap();
+    let (cluster, t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "auth", "auth").await;
     let key = format!("/{bucket}/k");
     expect(
         c.send("PUT", &key, &[], &[], b"v1".to_vec()).await.unwrap(),
@@ -158,11 +154,7 @@ async fn authentication_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_signatures_are_verified() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("chunks").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("chunk");
-    c.create_bucket(&bucket).await.unwrap();
+    let (cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "chunks", "chunk").await;
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
 
     let put = |path: String, tamper: bool| {
@@ -219,11 +211,7 @@ async fn chunked_signatures_are_verified() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_errors_leave_state_unchanged() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("errs").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("errs");
-    c.create_bucket(&bucket).await.unwrap();
+    let (_cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "errs", "errs").await;
     let key = format!("/{bucket}/k");
 
     // Content-MD5 mismatch, and a malformed one.
@@ -367,11 +355,7 @@ async fn request_errors_leave_state_unchanged() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multipart_errors() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("mperr").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("mp");
-    c.create_bucket(&bucket).await.unwrap();
+    let (_cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "mperr", "mp").await;
     let key = format!("/{bucket}/obj");
 
     let r = c
@@ -507,11 +491,7 @@ async fn multipart_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncated_body_leaves_no_object_and_no_temp_file() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("trunc").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("trunc");
-    c.create_bucket(&bucket).await.unwrap();
+    let (cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "trunc", "trunc").await;
     let path = format!("/{bucket}/partial");
     let mut stream = c.start_raw_put(&path, 1048576).await.unwrap();
     stream.write_all(&vec![7u8; 300_000]).await.unwrap();
@@ -543,11 +523,7 @@ async fn truncated_body_leaves_no_object_and_no_temp_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsigned_payload_with_trailing_checksum() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("trailer").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("trail");
-    c.create_bucket(&bucket).await.unwrap();
+    let (_cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "trailer", "trail").await;
     let data = b"hello trailing checksums".repeat(1000);
     let crc = {
         // CRC-32 (IEEE), computed here independently of the gateway.

@@ -11,11 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_xml_bodies_and_conditional_writes() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("sem").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("sem");
-    c.create_bucket(&bucket).await.unwrap();
+    let (_cluster, _t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "sem", "sem").await;
     for k in ["keep1", "keep2"] {
         assert_eq!(
             c.send("PUT", &format!("/{bucket}/{k}"), &[], &[], b"x".to_vec())
@@ -213,11 +209,7 @@ async fn a_put_never_lands_in_a_recreated_bucket_of_another_tenant() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_sigv4_and_the_admin_cli() {
-    let cluster = Cluster::start(2).expect("cluster");
-    let t = cluster.create_tenant("curly").expect("tenant");
-    let c = RawClient::new(&cluster.endpoint, &t);
-    let bucket = unique("curl");
-    c.create_bucket(&bucket).await.unwrap();
+    let (cluster, t, c, bucket) = insitu_e2e::cluster_with_bucket(2, "curly", "curl").await;
     c.send(
         "PUT",
         &format!("/{bucket}/hello.txt"),
