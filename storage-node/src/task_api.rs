@@ -18,6 +18,10 @@ pub struct TaskRequest {
     pub job: String,
     pub phase: u32,
     pub image: String,
+    /// A blob on this node holding a `docker save` tarball; when given, the
+    /// task runs in the image it contains (loaded once, then cached).
+    #[serde(default)]
+    pub image_blob: Option<String>,
     #[serde(default)]
     pub runtime: Option<String>,
     pub memory_mb: u64,
@@ -57,6 +61,8 @@ pub struct TaskResponse {
 pub struct TaskService {
     runner: TaskRunner,
     groups: Mutex<HashMap<String, Group>>,
+    /// Image tarball blob id → the image it loaded.
+    loaded_images: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +78,33 @@ impl TaskService {
         Self {
             runner,
             groups: Mutex::new(HashMap::new()),
+            loaded_images: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The image a task runs in: its name, or the image loaded from its
+    /// tarball blob. Loading happens before the task's clock starts.
+    async fn image_for(
+        &self,
+        store: &BlobStore,
+        req: &TaskRequest,
+    ) -> Result<String, TaskApiError> {
+        let Some(blob) = &req.image_blob else {
+            return Ok(req.image.clone());
+        };
+        let mut loaded = self.loaded_images.lock().await;
+        if let Some(name) = loaded.get(blob) {
+            return Ok(name.clone());
+        }
+        store.size(blob).await?;
+        let names = self
+            .runner
+            .load_image_tarball(&store.path_of(blob)?)
+            .await?;
+        let name = names[0].clone();
+        tracing::info!(blob = %blob, image = %name, "image loaded from an object");
+        loaded.insert(blob.clone(), name.clone());
+        Ok(name)
     }
 
     pub async fn run(
@@ -80,11 +112,12 @@ impl TaskService {
         store: &BlobStore,
         req: TaskRequest,
     ) -> Result<TaskResponse, TaskApiError> {
+        let image = self.image_for(store, &req).await?;
         let spec = GroupSpec {
             tenant: req.tenant.clone(),
             job: req.job.clone(),
             phase: req.phase,
-            image: req.image.clone(),
+            image,
             limits: Limits {
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,

@@ -207,6 +207,41 @@ impl TaskRunner {
             .map_err(|_| TaskError::ImageNotFound(image.to_string()))
     }
 
+    /// Loads a `docker save` tarball (an image stored as an object, for
+    /// clusters without a registry), streaming it from disk. Returns the
+    /// image names it contained.
+    pub async fn load_image_tarball(&self, tarball: &Path) -> Result<Vec<String>, TaskError> {
+        let file = tokio::fs::File::open(tarball).await?;
+        // A read error ends the stream early; the engine then rejects the
+        // truncated archive, which is reported below.
+        let body = tokio_util::io::ReaderStream::new(file)
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()));
+        let opts = bollard::image::ImportImageOptions { quiet: true };
+        let mut progress = self.docker.import_image_stream(opts, body, None);
+        let mut names = Vec::new();
+        while let Some(step) = progress.next().await {
+            let info =
+                step.map_err(|e| TaskError::ImageNotFound(format!("image tarball rejected: {e}")))?;
+            if let Some(err) = info.error {
+                return Err(TaskError::ImageNotFound(format!(
+                    "image tarball rejected: {err}"
+                )));
+            }
+            for line in info.stream.unwrap_or_default().lines() {
+                if let Some(name) = line.strip_prefix("Loaded image: ") {
+                    names.push(name.trim().to_string());
+                } else if let Some(id) = line.strip_prefix("Loaded image ID: ") {
+                    names.push(id.trim().to_string());
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err(TaskError::ImageNotFound("the tarball held no image".into()));
+        }
+        Ok(names)
+    }
+
     /// Creates and starts the hardened container of a group.
     pub async fn start_group(&self, spec: &GroupSpec) -> Result<Group, TaskError> {
         check_token("tenant", &spec.tenant)?;

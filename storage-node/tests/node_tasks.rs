@@ -33,6 +33,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         job: job.into(),
         phase: 0,
         image: "insitu-test/busybox:latest".into(),
+        image_blob: None,
         runtime: None,
         memory_mb: 128,
         cpus: 1.0,
@@ -162,4 +163,107 @@ async fn a_node_runs_tasks_on_its_blobs_and_keeps_their_output() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_stored_as_objects_are_loaded_and_used() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let node_id = format!("imgnode{}", std::process::id());
+    let url = start_node(dir.path(), &node_id).await;
+    let http = reqwest::Client::new();
+    let job = format!("imgjob{}", std::process::id());
+
+    // A `docker save` tarball of an image the engine does not have.
+    let tag = format!("insitu-test/saved-{}:v1", std::process::id());
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker CLI")
+    };
+    assert!(docker(&["tag", "insitu-test/busybox:latest", &tag])
+        .status
+        .success());
+    let tar = dir.path().join("image.tar");
+    assert!(docker(&["save", "-o", tar.to_str().unwrap(), &tag])
+        .status
+        .success());
+    assert!(docker(&["rmi", &tag]).status.success());
+    assert!(
+        !docker(&["image", "inspect", &tag]).status.success(),
+        "the tag is gone before the load"
+    );
+
+    let bytes = std::fs::read(&tar).unwrap();
+    let r = http
+        .put(format!("{url}/v1/blobs/imagetarball"))
+        .bearer_auth(SECRET)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut req = request("i1", "echo from-object-image", None, &job);
+    req.image = "unused/name:tag".into();
+    req.image_blob = Some("imagetarball".into());
+    let resp: TaskResponse = http
+        .post(format!("{url}/v1/tasks"))
+        .bearer_auth(SECRET)
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.end,
+        TaskEndReport::Exited { code: 0 },
+        "{}",
+        resp.stderr_preview
+    );
+    let out = http
+        .get(format!("{url}/v1/blobs/i1out"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(out, "from-object-image\n");
+    assert!(
+        docker(&["image", "inspect", &tag]).status.success(),
+        "the image was loaded from the object"
+    );
+
+    // A blob that is not an image archive.
+    let r = http
+        .put(format!("{url}/v1/blobs/notanimage"))
+        .bearer_auth(SECRET)
+        .body("plain text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut bad = request("i2", "true", None, &format!("{job}b"));
+    bad.image_blob = Some("notanimage".into());
+    let r = http
+        .post(format!("{url}/v1/tasks"))
+        .bearer_auth(SECRET)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "ImageNotFoundError");
+
+    let _ = http
+        .delete(format!("{url}/v1/groups/acme/{job}/0"))
+        .bearer_auth(SECRET)
+        .send()
+        .await;
+    let _ = docker(&["rmi", &tag]);
 }
