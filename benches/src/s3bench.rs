@@ -47,22 +47,14 @@ async fn put_stream(c: &RawClient, path: &str, size: u64) -> Result<f64> {
     let chunks = size / MIB;
     let body =
         futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let host = c.host();
     let len = size.to_string();
-    let signed = c.signer.sign(
-        "PUT",
-        path,
-        &[],
-        &[("host", &host), ("content-length", &len)],
-        "UNSIGNED-PAYLOAD",
-        chrono::Utc::now(),
-    );
+    let signed_headers = c.unsigned_put_headers(path, size);
     let mut req = c
         .http
         .put(format!("{}{path}", c.endpoint))
         .header("content-length", &len)
         .body(reqwest::Body::wrap_stream(body));
-    for (k, v) in &signed.headers {
+    for (k, v) in &signed_headers {
         req = req.header(k, v);
     }
     let t = Instant::now();

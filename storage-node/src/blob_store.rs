@@ -261,12 +261,8 @@ impl BlobStore {
                 return Err(e);
             }
         };
-        if let Err(e) = self.publish(&tmp, &final_path, &crcs, in_xattr).await {
-            let _ = fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        self.used.fetch_add(info.size, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.commit_new(&tmp, &final_path, &crcs, in_xattr, info.size)
+            .await?;
         Ok(info)
     }
 
@@ -360,6 +356,25 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Publishes a finished temp file and counts it; the temp file is
+    /// removed if publishing fails.
+    async fn commit_new(
+        &self,
+        tmp: &Path,
+        final_path: &Path,
+        crcs: &[u32],
+        in_xattr: bool,
+        size: u64,
+    ) -> Result<(), BlobError> {
+        if let Err(e) = self.publish(tmp, final_path, crcs, in_xattr).await {
+            let _ = fs::remove_file(tmp).await;
+            return Err(e);
+        }
+        self.used.fetch_add(size, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     async fn read_sidecar(&self, id: &str) -> Result<Option<Vec<u32>>, BlobError> {
         let bytes = match xattr::get(self.path_of(id)?, CRC_XATTR) {
             Ok(Some(b)) => b,
@@ -450,12 +465,8 @@ impl BlobStore {
                 return Err(e);
             }
         };
-        if let Err(e) = self.publish(&tmp, &final_path, &crcs, false).await {
-            let _ = fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        self.used.fetch_add(size, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.commit_new(&tmp, &final_path, &crcs, false, size)
+            .await?;
         Ok(BlobInfo {
             id: id.to_string(),
             size,
@@ -474,7 +485,10 @@ impl BlobStore {
         let tmp2 = tmp.clone();
         let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>)> {
             use std::io::Read;
-            let mut f = std::fs::File::open(&tmp2)?;
+            let mut f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&tmp2)?;
             let mut blocks = BlockCrcs::default();
             let mut buf = vec![0u8; 256 * 1024];
             let mut size = 0u64;
@@ -486,10 +500,7 @@ impl BlobStore {
                 size += n as u64;
                 blocks.update(&buf[..n]);
             }
-            std::fs::File::options()
-                .write(true)
-                .open(&tmp2)?
-                .sync_all()?;
+            f.sync_all()?;
             Ok((size, blocks.finish()))
         })
         .await
@@ -501,12 +512,8 @@ impl BlobStore {
                 return Err(e.into());
             }
         };
-        if let Err(e) = self.publish(&tmp, &final_path, &crcs, false).await {
-            let _ = fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        self.used.fetch_add(size, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.commit_new(&tmp, &final_path, &crcs, false, size)
+            .await?;
         Ok(BlobInfo {
             id: id.to_string(),
             size,

@@ -524,6 +524,23 @@ impl RawClient {
         Ok(req.send().await?)
     }
 
+    /// Signed headers (host excluded) for an `UNSIGNED-PAYLOAD` PUT of
+    /// `content_length` bytes, signed now.
+    pub fn unsigned_put_headers(&self, path: &str, content_length: u64) -> Vec<(String, String)> {
+        let host = self.host();
+        let len = content_length.to_string();
+        self.signer
+            .sign(
+                "PUT",
+                path,
+                &[],
+                &[("host", &host), ("content-length", &len)],
+                "UNSIGNED-PAYLOAD",
+                chrono::Utc::now(),
+            )
+            .headers
+    }
+
     /// Opens a raw connection and sends the signed head of an
     /// `UNSIGNED-PAYLOAD` PUT declaring `content_length` bytes, so a test can
     /// send the body piecemeal, or not at all.
@@ -535,20 +552,13 @@ impl RawClient {
         use tokio::io::AsyncWriteExt;
         let host = self.host();
         let len = content_length.to_string();
-        let signed = self.signer.sign(
-            "PUT",
-            path,
-            &[],
-            &[("host", &host), ("content-length", &len)],
-            "UNSIGNED-PAYLOAD",
-            chrono::Utc::now(),
-        );
+        let signed_headers = self.unsigned_put_headers(path, content_length);
         let mut stream = tokio::net::TcpStream::connect(&host).await?;
         let mut head = format!(
             "PUT {} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n",
             encode_path(path)
         );
-        for (k, v) in &signed.headers {
+        for (k, v) in &signed_headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
