@@ -320,7 +320,21 @@ impl JobSpec {
                 "give inputs, an input_prefix, or input_open: true",
             ));
         }
-        split_location("output", &self.output, true)?;
+        let (_, out_prefix) = split_location("output", &self.output, true)?;
+        if out_prefix.starts_with("_insitu/") {
+            return Err(SpecError::new(
+                "output",
+                "_insitu/ is where jobs keep their own objects",
+            ));
+        }
+        if let Some(first) = self.phases.first() {
+            if first.kind == PhaseKind::Reduce && first.partition == Some(Partition::Key) {
+                return Err(SpecError::new(
+                    "phases[0].partition",
+                    "key partitioning splits an earlier phase's output; a first reduce phase gets whole inputs",
+                ));
+            }
+        }
         Ok(())
     }
 }

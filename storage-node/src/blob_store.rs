@@ -474,8 +474,9 @@ impl BlobStore {
     }
 
     /// Makes an existing file (a task's output, on the same filesystem)
-    /// a blob: checksums computed, synced, renamed into the store.
-    pub async fn adopt(&self, id: &str, file: &Path) -> Result<BlobInfo, BlobError> {
+    /// a blob: checksums computed, synced, renamed into the store. Returns
+    /// the blob and the MD5 of its bytes (an output object's ETag).
+    pub async fn adopt(&self, id: &str, file: &Path) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
         if fs::try_exists(&final_path).await? {
             return Err(BlobError::Exists(id.to_string()));
@@ -483,8 +484,10 @@ impl BlobStore {
         let tmp = self.temp_path(id);
         fs::rename(file, &tmp).await?;
         let tmp2 = tmp.clone();
-        let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>)> {
+        let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>, String)> {
+            use md5::Digest;
             use std::io::Read;
+            let mut md5 = md5::Md5::new();
             let mut f = std::fs::File::options()
                 .read(true)
                 .write(true)
@@ -499,13 +502,16 @@ impl BlobStore {
                 }
                 size += n as u64;
                 blocks.update(&buf[..n]);
+                md5.update(&buf[..n]);
             }
             f.sync_all()?;
-            Ok((size, blocks.finish()))
+            let digest: [u8; 16] = md5.finalize().into();
+            let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+            Ok((size, blocks.finish(), hex))
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))?;
-        let (size, crcs) = match result {
+        let (size, crcs, md5) = match result {
             Ok(r) => r,
             Err(e) => {
                 let _ = fs::remove_file(&tmp).await;
@@ -514,10 +520,13 @@ impl BlobStore {
         };
         self.commit_new(&tmp, &final_path, &crcs, false, size)
             .await?;
-        Ok(BlobInfo {
-            id: id.to_string(),
-            size,
-        })
+        Ok((
+            BlobInfo {
+                id: id.to_string(),
+                size,
+            },
+            md5,
+        ))
     }
 
     pub async fn size(&self, id: &str) -> Result<u64, BlobError> {

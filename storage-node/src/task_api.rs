@@ -38,6 +38,22 @@ pub struct TaskRequest {
     /// Blob ids (chosen by the gateway) for the task's stdout and stderr.
     pub stdout_blob: String,
     pub stderr_blob: String,
+    /// Split a successful task's stdout line by line over this many
+    /// reducers (by the hash of each line's first tab-separated field):
+    /// the pieces become blobs `<stdout_blob>-r<N>` and stdout itself is
+    /// not kept.
+    #[serde(default)]
+    pub split: Option<u32>,
+}
+
+/// A piece of a split stdout, bound for one reducer. Empty pieces are not
+/// stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceOut {
+    pub reducer: u32,
+    pub blob: String,
+    pub size: u64,
+    pub md5: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,8 +68,15 @@ pub enum TaskEndReport {
 pub struct TaskResponse {
     pub end: TaskEndReport,
     pub stdout_size: u64,
+    /// MD5 of stdout (when it was kept whole).
+    #[serde(default)]
+    pub stdout_md5: String,
+    #[serde(default)]
+    pub pieces: Vec<PieceOut>,
     /// Kept only when the task did not exit 0.
     pub stderr_kept: bool,
+    #[serde(default)]
+    pub stderr_size: u64,
     pub stderr_preview: String,
 }
 
@@ -160,10 +183,42 @@ impl TaskService {
             },
             TaskEnd::TimedOut => TaskEndReport::TimedOut,
         };
-        let stdout = store.adopt(&req.stdout_blob, &outcome.stdout).await?;
         let failed = end != TaskEndReport::Exited { code: 0 };
+        let (stdout_size, stdout_md5, pieces) = match req.split {
+            Some(count) if !failed && count > 1 => {
+                let files = split_lines(&outcome.stdout, count).await?;
+                let mut pieces = Vec::new();
+                let mut total = 0;
+                for (reducer, file) in files.into_iter().enumerate() {
+                    let Some(file) = file else { continue };
+                    let id = format!("{}-r{reducer}", req.stdout_blob);
+                    let (info, md5) = store.adopt(&id, &file).await?;
+                    total += info.size;
+                    pieces.push(PieceOut {
+                        reducer: reducer as u32,
+                        blob: id,
+                        size: info.size,
+                        md5,
+                    });
+                }
+                (total, String::new(), pieces)
+            }
+            _ => {
+                let (info, md5) = store.adopt(&req.stdout_blob, &outcome.stdout).await?;
+                (info.size, md5, Vec::new())
+            }
+        };
         let stderr_file = outcome.stdout.with_file_name("stderr");
-        let stderr_kept = failed && store.adopt(&req.stderr_blob, &stderr_file).await.is_ok();
+        let stderr_size = if failed {
+            store
+                .adopt(&req.stderr_blob, &stderr_file)
+                .await
+                .ok()
+                .map(|(info, _)| info.size)
+        } else {
+            None
+        };
+        let stderr_kept = stderr_size.is_some();
         let _ = tokio::fs::remove_dir_all(outcome.stdout.parent().unwrap_or(&outcome.stdout)).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
@@ -172,8 +227,11 @@ impl TaskService {
         }
         Ok(TaskResponse {
             end,
-            stdout_size: stdout.size,
+            stdout_size,
+            stdout_md5,
+            pieces,
             stderr_kept,
+            stderr_size: stderr_size.unwrap_or(0),
             stderr_preview: outcome.stderr_preview,
         })
     }
@@ -202,4 +260,51 @@ impl TaskService {
             .collect();
         self.runner.reap(|g| live.iter().any(|l| l == g)).await
     }
+}
+
+/// Splits a file line by line into `count` files next to it, by
+/// `insitu_jobs::plan::reducer_for_line`; `None` for a piece that got no
+/// line. The source file is removed.
+async fn split_lines(
+    file: &std::path::Path,
+    count: u32,
+) -> Result<Vec<Option<std::path::PathBuf>>, TaskApiError> {
+    let file = file.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        use std::io::{BufRead, Write};
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?);
+        let mut writers: Vec<Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>> =
+            (0..count).map(|_| None).collect();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let r = insitu_jobs::plan::reducer_for_line(&line, count) as usize;
+            if writers[r].is_none() {
+                let path = file.with_file_name(format!("stdout.r{r}"));
+                let f = std::fs::File::create(&path)?;
+                writers[r] = Some((path, std::io::BufWriter::with_capacity(64 * 1024, f)));
+            }
+            if let Some((_, w)) = writers[r].as_mut() {
+                w.write_all(&line)?;
+            }
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        for w in writers {
+            match w {
+                Some((path, mut w)) => {
+                    w.flush()?;
+                    out.push(Some(path));
+                }
+                None => out.push(None),
+            }
+        }
+        std::fs::remove_file(&file)?;
+        Ok(out)
+    })
+    .await
+    .map_err(|e| TaskApiError::Blob(BlobError::Io(std::io::Error::other(e))))?;
+    result.map_err(|e| TaskApiError::Blob(BlobError::Io(e)))
 }

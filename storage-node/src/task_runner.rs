@@ -177,10 +177,12 @@ impl TaskRunner {
             .await
             .map_err(|e| TaskError::EngineUnavailable(e.to_string()))?;
         tokio::fs::create_dir_all(root).await?;
+        // Bind mounts need absolute paths.
+        let root = tokio::fs::canonicalize(root).await?;
         Ok(Self {
             docker,
             node_id: node_id.to_string(),
-            root: root.to_path_buf(),
+            root,
         })
     }
 

@@ -45,6 +45,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         env: vec![("INSITU_INPUT_KEY".into(), "books/a.txt".into())],
         stdout_blob: format!("{task_id}out"),
         stderr_blob: format!("{task_id}err"),
+        split: None,
     }
 }
 
@@ -136,6 +137,49 @@ async fn a_node_runs_tasks_on_its_blobs_and_keeps_their_output() {
         .await
         .unwrap();
     assert_eq!(resp.end, TaskEndReport::Exited { code: 0 });
+
+    // Split output: each line goes to the piece of its key's reducer, and
+    // every piece is a blob with its MD5.
+    let mut split = request(
+        "t8",
+        "for w in apple pear fig kiwi plum lime apple fig; do printf '%s\\t1\\n' $w; done",
+        None,
+        &job,
+    );
+    split.split = Some(3);
+    let resp: TaskResponse = run(split).await.json().await.unwrap();
+    assert_eq!(resp.end, TaskEndReport::Exited { code: 0 });
+    assert!(!resp.pieces.is_empty());
+    let mut lines = Vec::new();
+    let mut total = 0;
+    for p in &resp.pieces {
+        let body = http
+            .get(format!("{url}/v1/blobs/{}", p.blob))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(p.blob, format!("t8out-r{}", p.reducer));
+        assert_eq!(body.len() as u64, p.size);
+        assert_eq!(p.md5.len(), 32);
+        total += p.size;
+        for line in body.split_inclusive(|b| *b == b'\n') {
+            assert_eq!(
+                insitu_jobs::plan::reducer_for_line(line, 3),
+                p.reducer,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+            lines.push(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+    assert_eq!(resp.stdout_size, total);
+    lines.sort();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines.iter().filter(|l| l.starts_with("apple\t")).count(), 2);
 
     // Errors are precise.
     let r = run(request("t5", "cat", Some("nosuchblob"), &job)).await;

@@ -27,7 +27,13 @@ pub const CF_PARTS: &str = "parts";
 pub const CF_GC: &str = "gc";
 pub const CF_NODES: &str = "nodes";
 pub const CF_BLOB_OWNERS: &str = "blob_owners";
-const ALL_CFS: [&str; 9] = [
+/// Jobs, keyed `tenant \0 job_id`; their records are the jobs crate's.
+pub const CF_JOBS: &str = "jobs";
+/// A job's inputs, tasks, outputs and errors, keyed `job_id \0 kind \0 ...`.
+pub const CF_JOB_ITEMS: &str = "job_items";
+const ALL_CFS: [&str; 11] = [
+    CF_JOBS,
+    CF_JOB_ITEMS,
     CF_BLOB_OWNERS,
     CF_TENANTS,
     CF_KEYS,
@@ -81,7 +87,7 @@ pub enum WriteCondition {
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
 /// A raw rocksdb entry.
-type KeyValue = (Box<[u8]>, Box<[u8]>);
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -885,6 +891,81 @@ impl Catalog {
         Ok(true)
     }
 
+    // ---- jobs -----------------------------------------------------------------
+    //
+    // The catalog stores job records as opaque bytes (the jobs crate owns
+    // their format) and gives the supervisor one thing it cannot do itself:
+    // committing a task's output objects together with the job's own state
+    // in one atomic batch, so an output is visible exactly when its task is
+    // recorded as done.
+
+    pub fn job_get(&self, cf: JobCf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf.name())?, key)?)
+    }
+
+    /// Entries of a job column family that start with `prefix`, strictly
+    /// after `after` (or from the start of the prefix), at most `max`.
+    pub fn job_scan(
+        &self,
+        cf: JobCf,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<KeyValue>> {
+        let mut start = prefix.to_vec();
+        if let Some(a) = after {
+            if a >= prefix {
+                start = a.to_vec();
+                start.push(0);
+            }
+        }
+        let iter = self.db.iterator_cf(
+            self.cf(cf.name())?,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= max {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Applies a job step atomically: its job-state writes, plus any output
+    /// objects it commits (each into the very bucket record it was checked
+    /// against) and object deletions.
+    pub fn job_commit(&self, step: JobStep) -> Result<()> {
+        let _g = self.lock()?;
+        let mut b = WriteBatch::default();
+        for (bucket, key, rec) in &step.objects {
+            self.put_object_into(
+                &mut b,
+                &bucket.name,
+                key,
+                rec,
+                Some(bucket),
+                &WriteCondition::None,
+            )?;
+        }
+        for (bucket, key) in &step.delete_objects {
+            let k = object_key(bucket, key);
+            if let Some(old) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? {
+                self.queue_gc(&mut b, &old.blob)?;
+                b.delete_cf(self.cf(CF_OBJECTS)?, &k);
+            }
+        }
+        for (cf, key, value) in &step.writes {
+            match value {
+                Some(v) => b.put_cf(self.cf(cf.name())?, key, v),
+                None => b.delete_cf(self.cf(cf.name())?, key),
+            }
+        }
+        self.commit(b)
+    }
+
     // ---- iteration helpers --------------------------------------------------
 
     fn scan_all<R: Record>(&self, cf: &str) -> Result<Vec<R>> {
@@ -910,6 +991,39 @@ impl Catalog {
                 Ok((k, _)) => k.starts_with(prefix),
                 Err(_) => true,
             }))
+    }
+}
+
+/// The column families that hold job state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCf {
+    Jobs,
+    Items,
+}
+
+impl JobCf {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Jobs => CF_JOBS,
+            Self::Items => CF_JOB_ITEMS,
+        }
+    }
+}
+
+/// One atomic job step: see `Catalog::job_commit`.
+#[derive(Debug, Default)]
+pub struct JobStep {
+    pub writes: Vec<(JobCf, Vec<u8>, Option<Vec<u8>>)>,
+    pub objects: Vec<(BucketRecord, String, ObjectRecord)>,
+    pub delete_objects: Vec<(String, String)>,
+}
+
+impl JobStep {
+    pub fn put(&mut self, cf: JobCf, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.push((cf, key, Some(value)));
+    }
+    pub fn delete(&mut self, cf: JobCf, key: Vec<u8>) {
+        self.writes.push((cf, key, None));
     }
 }
 

@@ -157,6 +157,13 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     if path == "/_insitu/v1/metrics" {
         return Ok(metrics(&gw));
     }
+    if path == "/_insitu/v1/openapi.json" {
+        return Ok((
+            [(http::header::CONTENT_TYPE, "application/json")],
+            crate::jobs::api::OPENAPI,
+        )
+            .into_response());
+    }
     if path == "/_insitu/v1/health" {
         return Ok(
             Json(serde_json::json!({ "status": "ok", "nodes": gw.nodes.node_ids() }))
@@ -207,6 +214,11 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
             serde_json::json!({ "tenant": principal.tenant(), "root": principal.is_root() }),
         )
         .into_response()),
+        (m, ["jobs", rest @ ..]) => {
+            let tenant = principal.tenant().unwrap_or_default().to_string();
+            let raw_query = parts.uri.query().unwrap_or("");
+            Ok(crate::jobs::api::handle(&gw, &tenant, m, rest, raw_query, &bytes).await)
+        }
         (m, ["admin", rest @ ..]) => {
             if !principal.is_root() {
                 return Err(ApiError::NotRoot);

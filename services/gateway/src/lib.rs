@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod nodes;
 pub mod s3;
@@ -54,6 +55,8 @@ pub struct GatewayConfig {
     /// How often each node's blob files are compared with the catalog to
     /// remove orphans.
     pub orphan_sweep_interval: Duration,
+    /// Tasks the job supervisor runs at once on each node.
+    pub task_slots: u32,
 }
 
 #[derive(Debug, Error)]
@@ -74,6 +77,7 @@ pub struct Gateway {
     pub nodes: Arc<NodeSet>,
     pub repair: cluster::RepairStats,
     pub inflight: Arc<cluster::InflightBlobs>,
+    pub jobs: jobs::Supervisor,
     pub config: GatewayConfig,
 }
 
@@ -95,6 +99,7 @@ impl Gateway {
             nodes,
             repair: Default::default(),
             inflight: Default::default(),
+            jobs: Default::default(),
             config,
         }))
     }
@@ -138,6 +143,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let background = cluster::spawn_background(self.clone());
+        jobs::resume_all(&self);
         let app = Router::new().fallback(handle).with_state(self.clone());
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -100,6 +100,9 @@ pub struct NodeSet {
     /// For calls that legitimately take long before answering (assembling
     /// a multi-gigabyte multipart object).
     slow_http: reqwest::Client,
+    /// For task calls, which answer when the task ends; their deadline is
+    /// set per call from the task's timeout.
+    task_http: reqwest::Client,
     secret: String,
     liveness: Liveness,
     /// Space kept free on every node; a node with less gets no new blobs.
@@ -142,9 +145,15 @@ impl NodeSet {
             .timeout(Duration::from_secs(3600))
             .build()
             .unwrap_or_default();
+        let task_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
         Self {
             http,
             slow_http,
+            task_http,
             secret,
             liveness,
             reserve_bytes,
@@ -565,6 +574,62 @@ impl NodeSet {
                 node: node.to_string(),
                 message: e.to_string(),
             })
+    }
+
+    /// Streams a blob (read from any of its replicas) to `node` under a
+    /// new id; returns what the node stored.
+    pub async fn copy_to(
+        self: &Arc<Self>,
+        blob: &BlobRef,
+        node: &str,
+        new_id: &str,
+    ) -> Result<StoredBlob, NodeError> {
+        let body = self.get(blob, None).await?;
+        self.put_one(node, new_id, body, Some(blob.size)).await
+    }
+
+    /// Runs a task on a node and waits for it, at most `deadline`.
+    pub async fn run_task(
+        &self,
+        node: &str,
+        req: &insitu_storage_node::task_api::TaskRequest,
+        deadline: Duration,
+    ) -> Result<insitu_storage_node::task_api::TaskResponse, NodeError> {
+        let url = self.url(node, "/v1/tasks")?;
+        let sent = self
+            .task_http
+            .post(url)
+            .bearer_auth(&self.secret)
+            .timeout(deadline)
+            .json(req)
+            .send()
+            .await;
+        if sent.as_ref().is_err_and(reqwest::Error::is_connect) {
+            self.mark_failed(node);
+        }
+        let resp = Self::check(node, sent).await?;
+        resp.json().await.map_err(|e| NodeError::Request {
+            node: node.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Destroys a (job, phase) group's container on a node.
+    pub async fn end_group(
+        &self,
+        node: &str,
+        tenant: &str,
+        job: &str,
+        phase: u32,
+    ) -> Result<(), NodeError> {
+        let url = self.url(node, &format!("/v1/groups/{tenant}/{job}/{phase}"))?;
+        let req = self
+            .http
+            .delete(url)
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(30));
+        Self::check(node, req.send().await).await?;
+        Ok(())
     }
 
     pub async fn delete(&self, node: &str, id: &str) -> Result<(), NodeError> {

@@ -70,6 +70,9 @@ pub struct ClusterTuning {
     /// How often every node is swept for orphan blobs, in seconds [default: 600].
     #[arg(long)]
     orphan_sweep_secs: Option<u64>,
+    /// Tasks the job supervisor runs at once on each node [default: 4].
+    #[arg(long)]
+    task_slots: Option<u32>,
 }
 
 impl ClusterTuning {
@@ -82,6 +85,7 @@ impl ClusterTuning {
             reserve_mib: self.reserve_mib.or(file.reserve_mib),
             health_interval_ms: self.health_interval_ms.or(file.health_interval_ms),
             orphan_sweep_secs: self.orphan_sweep_secs.or(file.orphan_sweep_secs),
+            task_slots: self.task_slots.or(file.task_slots),
         }
     }
 }
@@ -115,6 +119,7 @@ fn gateway_config(
         health_interval: Duration::from_millis(t.health_interval_ms.unwrap_or(1000)),
         repair_bytes_per_sec: t.repair_mib_per_sec.unwrap_or(64) * 1024 * 1024,
         orphan_sweep_interval: secs(t.orphan_sweep_secs, 600),
+        task_slots: t.task_slots.unwrap_or(4).max(1),
     }
 }
 

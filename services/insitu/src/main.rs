@@ -3,6 +3,7 @@
 
 mod admin;
 mod dev;
+mod job;
 mod signed_client;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ enum Command {
     Node(NodeArgs),
     /// Administer a running cluster (tenants, keys, nodes).
     Admin(admin::AdminArgs),
+    /// Run and follow map/reduce jobs (with a tenant's keys).
+    Job(job::JobArgs),
 }
 
 #[derive(clap::Args, Default)]
@@ -106,14 +109,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev(a) => dev::run_dev(a).await,
-            Command::Gateway(a) => dev::run_gateway(a).await,
-            Command::Node(a) => dev::run_node(a).await,
-            Command::Admin(a) => admin::run(a).await,
+            Command::Dev(a) => dev::run_dev(a).await.map(|()| 0),
+            Command::Gateway(a) => dev::run_gateway(a).await.map(|()| 0),
+            Command::Node(a) => dev::run_node(a).await.map(|()| 0),
+            Command::Admin(a) => admin::run(a).await.map(|()| 0),
+            Command::Job(a) => job::run(a).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("insitu: {e:#}");
             ExitCode::FAILURE

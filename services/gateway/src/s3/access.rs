@@ -12,7 +12,7 @@ pub fn is_owner(p: &Principal, bucket: &BucketRecord) -> bool {
     p.tenant() == Some(bucket.owner.as_str())
 }
 
-fn acl_allows_read(p: &Principal, acl: CannedAcl) -> bool {
+pub fn acl_allows_read(p: &Principal, acl: CannedAcl) -> bool {
     match acl {
         CannedAcl::PublicRead | CannedAcl::PublicReadWrite => true,
         CannedAcl::AuthenticatedRead => matches!(p, Principal::User { .. }),

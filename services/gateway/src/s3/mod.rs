@@ -1,7 +1,7 @@
 //! The S3 protocol: parse, authorize, call into the catalog and nodes.
 //! One file per family of operations; this file routes.
 
-mod access;
+pub(crate) mod access;
 mod acl;
 mod bucket;
 mod copy;
@@ -9,7 +9,7 @@ mod get;
 mod list;
 mod multipart;
 mod post_object;
-mod put;
+pub(crate) mod put;
 mod versioning;
 pub mod xml;
 

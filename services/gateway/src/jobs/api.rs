@@ -1,0 +1,249 @@
+//! The jobs API under `/_insitu/v1/jobs`, signed with the tenant's keys.
+//! Errors are JSON `{code, message}` with the job error codes. The routes
+//! are listed in docs/API.md and served as OpenAPI at
+//! `/_insitu/v1/openapi.json`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use insitu_jobs::records::{ErrorRecord, InputRecord, ItemKind, JobRecord, OutputRecord};
+use insitu_jobs::{JobSpec, PhaseKind};
+use serde_json::{json, Value};
+
+use super::JobError;
+use crate::Gateway;
+
+/// Default and largest page of a list.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+impl IntoResponse for JobError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            JobError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgumentError"),
+            JobError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundError"),
+            JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
+            JobError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDeniedError"),
+            JobError::Catalog(_) | JobError::Corrupt(_) => {
+                tracing::error!(error = %self, "jobs API failure");
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        };
+        let message = match status {
+            StatusCode::INTERNAL_SERVER_ERROR => "internal error".to_string(),
+            _ => self.to_string(),
+        };
+        (status, Json(json!({ "code": code, "message": message }))).into_response()
+    }
+}
+
+fn query_map(raw: &str) -> HashMap<String, String> {
+    crate::auth::query_map(raw).into_iter().collect()
+}
+
+fn limit_of(q: &HashMap<String, String>) -> Result<usize, JobError> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(JobError::Invalid(format!(
+                "limit must be 1..={MAX_LIMIT}, not {v:?}"
+            ))),
+        },
+    }
+}
+
+fn after_of(q: &HashMap<String, String>) -> Result<Option<u64>, JobError> {
+    match q.get("after") {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| JobError::Invalid(format!("after must be a marker from next, not {v:?}"))),
+    }
+}
+
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    tenant: &str,
+    method: Method,
+    path: &[&str],
+    raw_query: &str,
+    body: &[u8],
+) -> Response {
+    match route(gw, tenant, method, path, raw_query, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    gw: &Arc<Gateway>,
+    tenant: &str,
+    method: Method,
+    path: &[&str],
+    raw_query: &str,
+    body: &[u8],
+) -> Result<Response, JobError> {
+    let q = query_map(raw_query);
+    match (method, path) {
+        (Method::POST, []) => {
+            let spec = JobSpec::parse(body).map_err(|e| JobError::Invalid(e.to_string()))?;
+            let rec = super::create(gw, tenant, spec)?;
+            Ok((StatusCode::CREATED, Json(status_json(&rec, &[]))).into_response())
+        }
+        (Method::GET, []) => {
+            let limit = limit_of(&q)?;
+            let (jobs, more) =
+                super::list_jobs(gw, tenant, q.get("after").map(String::as_str), limit)?;
+            let next = more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
+            let jobs: Vec<Value> = jobs
+                .iter()
+                .map(|j| {
+                    json!({
+                        "id": j.id, "name": j.spec.name, "state": j.state,
+                        "created_ms": j.created_ms, "done_ms": j.done_ms,
+                        "errors": j.counters.errors, "outputs": j.counters.outputs,
+                    })
+                })
+                .collect();
+            Ok(Json(json!({ "jobs": jobs, "next": next })).into_response())
+        }
+        (Method::GET, [id]) => {
+            let rec = super::get(gw, tenant, id).await?;
+            let running = super::running(gw, id);
+            Ok(Json(status_json(&rec, &running)).into_response())
+        }
+        (Method::POST, [id, "inputs"]) => {
+            let inputs = parse_input_body(body)?;
+            let added = super::add(gw, tenant, id, &inputs).await?;
+            Ok(Json(json!({ "added": added })).into_response())
+        }
+        (Method::POST, [id, "inputs", "end"]) => {
+            let rec = super::end_input(gw, tenant, id).await?;
+            Ok(Json(status_json(&rec, &super::running(gw, id))).into_response())
+        }
+        (Method::POST, [id, "cancel"]) => {
+            let rec = super::cancel(gw, tenant, id).await?;
+            Ok(Json(status_json(&rec, &[])).into_response())
+        }
+        (Method::GET, [id, list @ ("outputs" | "errors" | "inputs" | "failures")]) => {
+            // The job must be the tenant's.
+            super::get(gw, tenant, id).await?;
+            let (limit, after) = (limit_of(&q)?, after_of(&q)?);
+            let (items, next) = match *list {
+                "outputs" => page::<OutputRecord>(gw, id, ItemKind::Output, after, limit)?,
+                "errors" => page::<ErrorRecord>(gw, id, ItemKind::Error, after, limit)?,
+                "inputs" => page::<InputRecord>(gw, id, ItemKind::Input, after, limit)?,
+                _ => page::<InputRecord>(gw, id, ItemKind::FailedInput, after, limit)?,
+            };
+            Ok(Json(json!({ *list: items, "next": next })).into_response())
+        }
+        (m, p) => Err(JobError::NotFound(format!(
+            "no jobs API at {m} /_insitu/v1/jobs/{}",
+            p.join("/")
+        ))),
+    }
+}
+
+fn page<T: serde::de::DeserializeOwned + serde::Serialize>(
+    gw: &Gateway,
+    job: &str,
+    kind: ItemKind,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), JobError> {
+    let (items, more) = super::list_items::<T>(gw, job, kind, after, limit)?;
+    let next = more
+        .then(|| items.last().map(|(seq, _)| seq.to_string()))
+        .flatten();
+    let items = items
+        .into_iter()
+        .map(|(_, v)| serde_json::to_value(v).unwrap_or_default())
+        .collect();
+    Ok((items, next))
+}
+
+/// `{"inputs": ["bucket/key", ...]}`, or one `bucket/key` per line.
+fn parse_input_body(body: &[u8]) -> Result<Vec<String>, JobError> {
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
+    if trimmed.is_some_and(|i| body[i] == b'{') {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Inputs {
+            inputs: Vec<String>,
+        }
+        let v: Inputs = serde_json::from_slice(body)
+            .map_err(|e| JobError::Invalid(format!("expected {{\"inputs\": [...]}}: {e}")))?;
+        return Ok(v.inputs);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| JobError::Invalid("inputs must be UTF-8, one bucket/key per line".into()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// A job's status: state, counters, and tasks by state per phase.
+pub fn status_json(rec: &JobRecord, running: &[u64]) -> Value {
+    let mut totals =
+        json!({"queued": 0u64, "running": 0u64, "done": 0u64, "failed": 0u64, "total": 0u64});
+    let (mut local, mut remote) = (0u64, 0u64);
+    let phases: Vec<Value> = rec
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let run = running.get(i).copied().unwrap_or(0);
+            let queued = p.tasks.saturating_sub(p.finished() + run);
+            for (k, v) in [
+                ("queued", queued),
+                ("running", run),
+                ("done", p.done),
+                ("failed", p.failed),
+                ("total", p.tasks),
+            ] {
+                totals[k] = json!(totals[k].as_u64().unwrap_or(0) + v);
+            }
+            local += p.bytes_local;
+            remote += p.bytes_remote;
+            let kind = rec.spec.phases[i].kind;
+            json!({
+                "phase": i,
+                "type": kind,
+                "reducers": (kind == PhaseKind::Reduce).then(|| rec.spec.phases[i].reducers()),
+                "tasks": {"queued": queued, "running": run, "done": p.done, "failed": p.failed, "total": p.tasks},
+                "bytes_local": p.bytes_local,
+                "bytes_remote": p.bytes_remote,
+            })
+        })
+        .collect();
+    json!({
+        "id": rec.id,
+        "name": rec.spec.name,
+        "state": rec.state,
+        "created_ms": rec.created_ms,
+        "done_ms": rec.done_ms,
+        "input_closed": rec.input_closed,
+        "inputs_complete": rec.inputs_complete(),
+        "output": rec.spec.output,
+        "counters": {
+            "inputs": rec.counters.inputs,
+            "outputs": rec.counters.outputs,
+            "errors": rec.counters.errors,
+            "retries": rec.counters.retries,
+            "tasks": totals,
+            "bytes_local": local,
+            "bytes_remote": remote,
+        },
+        "phases": phases,
+    })
+}

@@ -1,0 +1,431 @@
+//! The job supervisor: it drives every running job, placing each map task on
+//! a node that holds its input, feeding reducers, and committing outputs
+//! together with the job's durable state (see `insitu_jobs::records`).
+//!
+//! One driver task per running job owns the job's progress. The job's
+//! record lives in memory behind a mutex and is written to the catalog in
+//! the same atomic batch as every change it describes, so a restarted
+//! gateway resumes each job from exactly what was committed: finished
+//! tasks are never run again and tasks that were in flight run again, with
+//! only one attempt's output ever committed.
+
+pub mod api;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use insitu_catalog::{now_ms, BucketRecord, Catalog, CatalogError, JobCf, JobStep};
+use insitu_jobs::plan::{self, OutputPlace};
+use insitu_jobs::records::{
+    self, decode, encode, item_prefix, job_key, seq_key, InputRecord, ItemKind, JobCounters,
+    JobRecord, JobState, PhaseCounters, PieceRecord, Seqs, TaskRecord, TaskState,
+};
+use insitu_jobs::{JobSpec, PhaseKind};
+use tokio::sync::{Mutex, Notify};
+
+use crate::auth::Principal;
+use crate::cluster::InflightGuard;
+use crate::Gateway;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("job {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Corrupt(#[from] records::CorruptRecord),
+}
+
+/// A running job, shared by its driver and the API.
+pub struct ActiveJob {
+    pub record: Mutex<JobRecord>,
+    /// Wakes the driver: inputs added or ended, job cancelled.
+    pub wake: Notify,
+    /// Image copies made for this job, kept from the orphan sweep.
+    image_leases: std::sync::Mutex<Vec<InflightGuard>>,
+    /// Tasks in flight, per phase.
+    running: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Every running job, and tasks in flight per node across all jobs.
+#[derive(Default)]
+pub struct Supervisor {
+    active: std::sync::Mutex<HashMap<String, Arc<ActiveJob>>>,
+    node_tasks: std::sync::Mutex<HashMap<String, u32>>,
+    /// (node, image blob) pairs already copied to the node.
+    images_on_nodes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    image_copy: Mutex<()>,
+}
+
+impl Supervisor {
+    fn active(&self, id: &str) -> Option<Arc<ActiveJob>> {
+        self.active.lock().ok()?.get(id).cloned()
+    }
+
+    pub(crate) fn load(&self, node: &str) -> u32 {
+        self.node_tasks
+            .lock()
+            .map(|m| m.get(node).copied().unwrap_or(0))
+            .unwrap_or(u32::MAX)
+    }
+
+    pub(crate) fn take_slot(&self, node: &str) {
+        if let Ok(mut m) = self.node_tasks.lock() {
+            *m.entry(node.to_string()).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn release_slot(&self, node: &str) {
+        if let Ok(mut m) = self.node_tasks.lock() {
+            if let Some(n) = m.get_mut(node) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Writes the job record into a step.
+fn put_record(step: &mut JobStep, rec: &JobRecord) {
+    step.put(JobCf::Jobs, job_key(&rec.tenant, &rec.id), encode(rec));
+}
+
+/// Splits `bucket/key`.
+fn split(loc: &str) -> (String, String) {
+    match loc.split_once('/') {
+        Some((b, k)) => (b.to_string(), k.to_string()),
+        None => (loc.to_string(), String::new()),
+    }
+}
+
+/// The output bucket, which the tenant must own.
+fn output_bucket(
+    catalog: &Catalog,
+    tenant: &str,
+    spec: &JobSpec,
+) -> Result<BucketRecord, JobError> {
+    let out = OutputPlace::of(spec);
+    let bucket = catalog.get_bucket(&out.bucket)?.ok_or_else(|| {
+        JobError::Invalid(format!("output: bucket {} does not exist", out.bucket))
+    })?;
+    if bucket.owner != tenant {
+        return Err(JobError::AccessDenied(format!(
+            "output: bucket {} belongs to another tenant",
+            out.bucket
+        )));
+    }
+    Ok(bucket)
+}
+
+/// Adds inputs to a job record being built into `step`: a map task each
+/// when the first phase is a map, or a reducer piece each when it is a
+/// reduce (routed by the input's name).
+fn add_inputs(step: &mut JobStep, rec: &mut JobRecord, inputs: &[(String, String, u64)]) {
+    let first = &rec.spec.phases[0];
+    for (bucket, key, size) in inputs {
+        let loc = format!("{bucket}/{key}");
+        step.put(
+            JobCf::Items,
+            seq_key(&rec.id, ItemKind::Input, rec.seq.input),
+            encode(&InputRecord { input: loc.clone() }),
+        );
+        rec.seq.input += 1;
+        rec.counters.inputs += 1;
+        match first.kind {
+            PhaseKind::Map => {
+                let task = TaskRecord {
+                    id: plan::map_task_id(rec.seq.task),
+                    phase: 0,
+                    input: Some(loc),
+                    reducer: None,
+                    state: TaskState::Queued,
+                    node: None,
+                    attempts: 0,
+                };
+                step.put(
+                    JobCf::Items,
+                    seq_key(&rec.id, ItemKind::Task, rec.seq.task),
+                    encode(&task),
+                );
+                rec.seq.task += 1;
+                rec.phases[0].tasks += 1;
+            }
+            PhaseKind::Reduce => {
+                let r = plan::reducer_for_name(&loc, first.reducers());
+                step.put(
+                    JobCf::Items,
+                    records::piece_key(&rec.id, 0, r, rec.seq.piece),
+                    encode(&PieceRecord {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        size: *size,
+                    }),
+                );
+                rec.seq.piece += 1;
+            }
+        }
+    }
+}
+
+/// Parses `bucket/key` inputs given to the API.
+fn parse_inputs(inputs: &[String]) -> Result<Vec<(String, String, u64)>, JobError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            insitu_jobs::spec::split_location(&format!("inputs[{i}]"), s, false)
+                .map(|(b, k)| (b, k, 0))
+                .map_err(|e| JobError::Invalid(e.to_string()))
+        })
+        .collect()
+}
+
+/// Creates a job, durably, and starts driving it.
+pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecord, JobError> {
+    output_bucket(&gw.catalog, tenant, &spec)?;
+    let id = plan::new_job_id(now_ms(), rand::random());
+    let mut phases = vec![PhaseCounters::default(); spec.phases.len()];
+    for (i, p) in spec.phases.iter().enumerate() {
+        if p.kind == PhaseKind::Reduce {
+            phases[i].tasks = u64::from(p.reducers());
+        }
+    }
+    let inputs = parse_inputs(&spec.inputs)?;
+    let mut rec = JobRecord {
+        id: id.clone(),
+        tenant: tenant.to_string(),
+        input_closed: !spec.input_open,
+        prefix_cursor: spec.input_prefix.as_ref().map(|_| String::new()),
+        spec,
+        state: JobState::Queued,
+        created_ms: now_ms(),
+        done_ms: None,
+        seq: Seqs::default(),
+        phases,
+        counters: JobCounters::default(),
+    };
+    let mut step = JobStep::default();
+    add_inputs(&mut step, &mut rec, &inputs);
+    // They are in the job's input list now; the record stays small.
+    rec.spec.inputs.clear();
+    for (i, p) in rec.spec.phases.iter().enumerate() {
+        if p.kind == PhaseKind::Reduce {
+            for r in 0..p.reducers() {
+                let task = TaskRecord {
+                    id: plan::reducer_task_id(i as u32, r),
+                    phase: i as u32,
+                    input: None,
+                    reducer: Some(r),
+                    state: TaskState::Queued,
+                    node: None,
+                    attempts: 0,
+                };
+                step.put(
+                    JobCf::Items,
+                    records::reducer_key(&id, i as u32, r),
+                    encode(&task),
+                );
+            }
+        }
+    }
+    put_record(&mut step, &rec);
+    gw.catalog.job_commit(step)?;
+    tracing::info!(tenant = %tenant, job = %id, inputs = rec.counters.inputs, "job created");
+    start(gw, rec.clone());
+    Ok(rec)
+}
+
+fn start(gw: &Arc<Gateway>, rec: JobRecord) {
+    let id = rec.id.clone();
+    let job = Arc::new(ActiveJob {
+        running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
+        record: Mutex::new(rec),
+        wake: Notify::new(),
+        image_leases: Default::default(),
+    });
+    if let Ok(mut active) = gw.jobs.active.lock() {
+        active.insert(id.clone(), job.clone());
+    }
+    tokio::spawn(run::drive(gw.clone(), job));
+}
+
+/// Resumes every job that had not finished when the gateway stopped.
+pub fn resume_all(gw: &Arc<Gateway>) {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = match gw.catalog.job_scan(JobCf::Jobs, b"", after.as_deref(), 256) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list jobs to resume");
+                return;
+            }
+        };
+        let Some((last, _)) = page.last() else { return };
+        after = Some(last.to_vec());
+        for (_, v) in page {
+            match decode::<JobRecord>(&v) {
+                Ok(rec) if !rec.state.is_final() => {
+                    tracing::info!(tenant = %rec.tenant, job = %rec.id, "resuming job");
+                    start(gw, rec);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "unreadable job record"),
+            }
+        }
+    }
+}
+
+/// The job as stored (or, while it runs, as its driver has it).
+pub async fn get(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+    if let Some(job) = gw.jobs.active(id) {
+        let rec = job.record.lock().await.clone();
+        if rec.tenant == tenant {
+            return Ok(rec);
+        }
+    }
+    let bytes = gw
+        .catalog
+        .job_get(JobCf::Jobs, &job_key(tenant, id))?
+        .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+    Ok(decode(&bytes)?)
+}
+
+/// Tasks in flight per phase for a job (0 when it is not running here).
+pub fn running(gw: &Gateway, id: &str) -> Vec<u64> {
+    gw.jobs
+        .active(id)
+        .map(|j| run::running_counts(&j))
+        .unwrap_or_default()
+}
+
+async fn running_job(gw: &Gateway, tenant: &str, id: &str) -> Result<Arc<ActiveJob>, JobError> {
+    let rec = get(gw, tenant, id).await?;
+    if rec.state.is_final() {
+        return Err(JobError::Conflict(format!("job {id} has already ended")));
+    }
+    gw.jobs
+        .active(id)
+        .ok_or_else(|| JobError::Conflict(format!("job {id} is not running on this gateway")))
+}
+
+/// Adds inputs while the job's input is open.
+pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Result<u64, JobError> {
+    let parsed = parse_inputs(inputs)?;
+    let job = running_job(gw, tenant, id).await?;
+    let mut rec = job.record.lock().await;
+    if rec.input_closed {
+        return Err(JobError::Conflict(format!(
+            "the input of job {id} is closed"
+        )));
+    }
+    let mut new = rec.clone();
+    let mut step = JobStep::default();
+    add_inputs(&mut step, &mut new, &parsed);
+    put_record(&mut step, &new);
+    gw.catalog.job_commit(step)?;
+    *rec = new;
+    drop(rec);
+    job.wake.notify_one();
+    Ok(parsed.len() as u64)
+}
+
+/// Closes the job's input: its reducers can then see EOF.
+pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+    let job = running_job(gw, tenant, id).await?;
+    let mut rec = job.record.lock().await;
+    if !rec.input_closed {
+        let mut new = rec.clone();
+        new.input_closed = true;
+        let mut step = JobStep::default();
+        put_record(&mut step, &new);
+        gw.catalog.job_commit(step)?;
+        *rec = new;
+    }
+    let out = rec.clone();
+    drop(rec);
+    job.wake.notify_one();
+    Ok(out)
+}
+
+pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+    let job = running_job(gw, tenant, id).await?;
+    let mut rec = job.record.lock().await;
+    let mut new = rec.clone();
+    new.state = JobState::Cancelled;
+    new.done_ms = Some(now_ms());
+    let mut step = JobStep::default();
+    put_record(&mut step, &new);
+    gw.catalog.job_commit(step)?;
+    *rec = new;
+    let out = rec.clone();
+    drop(rec);
+    tracing::info!(tenant = %tenant, job = %id, "job cancelled");
+    job.wake.notify_one();
+    Ok(out)
+}
+
+/// Whether the tenant may read an input object: it owns the bucket, or
+/// the object's or bucket's ACL lets authenticated users read it.
+pub(crate) fn may_read(
+    tenant: &str,
+    bucket: &BucketRecord,
+    obj: &insitu_catalog::ObjectRecord,
+) -> bool {
+    let p = Principal::User {
+        tenant: tenant.to_string(),
+        access_key_id: String::new(),
+        is_root: false,
+    };
+    crate::s3::access::is_owner(&p, bucket)
+        || crate::s3::access::acl_allows_read(&p, obj.acl)
+        || crate::s3::access::acl_allows_read(&p, bucket.acl)
+}
+
+/// One page of one of a job's lists, after `after` (a sequence number).
+pub fn list_items<T: serde::de::DeserializeOwned>(
+    gw: &Gateway,
+    job: &str,
+    kind: ItemKind,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<(u64, T)>, bool), JobError> {
+    let prefix = item_prefix(job, kind);
+    let after_key = after.map(|s| seq_key(job, kind, s));
+    let page = gw
+        .catalog
+        .job_scan(JobCf::Items, &prefix, after_key.as_deref(), limit + 1)?;
+    let more = page.len() > limit;
+    let mut out = Vec::new();
+    for (k, v) in page.into_iter().take(limit) {
+        let seq = records::seq_of(&k).unwrap_or_default();
+        out.push((seq, decode::<T>(&v)?));
+    }
+    Ok((out, more))
+}
+
+/// One page of a tenant's jobs, oldest first, after job id `after`.
+pub fn list_jobs(
+    gw: &Gateway,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<JobRecord>, bool), JobError> {
+    let prefix = job_key(tenant, "");
+    let after_key = after.map(|a| job_key(tenant, a));
+    let page = gw
+        .catalog
+        .job_scan(JobCf::Jobs, &prefix, after_key.as_deref(), limit + 1)?;
+    let more = page.len() > limit;
+    let mut out = Vec::new();
+    for (_, v) in page.into_iter().take(limit) {
+        out.push(decode::<JobRecord>(&v)?);
+    }
+    Ok((out, more))
+}

@@ -1,0 +1,1214 @@
+//! A job's driver: expands its inputs, dispatches map tasks to nodes that
+//! hold their inputs, runs reducers once their input is complete, and
+//! commits every outcome atomically with the job's state.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use insitu_catalog::{
+    now_ms, BlobRef, CannedAcl, JobCf, JobStep, ListQuery, ObjectHeaders, ObjectRecord,
+};
+use insitu_jobs::plan::{self, Downstream, OutputPlace};
+use insitu_jobs::records::{
+    decode, encode, item_prefix, piece_key, piece_prefix, reducer_key, seq_key, ErrorRecord,
+    InputRecord, ItemKind, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
+};
+use insitu_jobs::{ImageRef, JobErrorCode, PhaseKind, PhaseSpec};
+use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
+use tracing::Instrument;
+
+use super::{add_inputs, may_read, output_bucket, put_record, split, ActiveJob};
+use crate::cluster::InflightGuard;
+use crate::nodes::{NodeError, NodeState};
+use crate::s3::put::new_blob_id;
+use crate::Gateway;
+
+/// Queued map tasks kept in memory per job; the rest wait in the catalog.
+const BACKLOG: usize = 256;
+/// How far into the backlog the dispatcher looks for a task whose holders
+/// have a free slot.
+const LOOKAHEAD: usize = 64;
+/// Attempts per task: the first and at most two retries.
+const MAX_ATTEMPTS: u32 = 3;
+/// Time allowed beyond a task's own timeout (image pull or load, copies).
+const DEADLINE_SLACK: Duration = Duration::from_secs(900);
+
+pub(crate) fn running_counts(job: &ActiveJob) -> Vec<u64> {
+    job.running.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+fn adjust_running(job: &ActiveJob, phase: u32, delta: i64) {
+    if let Ok(mut r) = job.running.lock() {
+        if let Some(n) = r.get_mut(phase as usize) {
+            *n = n.saturating_add_signed(delta);
+        }
+    }
+}
+
+/// A blob a task produced, and the nodes holding it.
+#[derive(Debug, Clone)]
+struct Blob {
+    id: String,
+    size: u64,
+    md5: String,
+    replicas: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Success {
+        stdout: Option<Blob>,
+        pieces: Vec<(u32, Blob)>,
+    },
+    Failed {
+        code: JobErrorCode,
+        message: String,
+        stderr: Option<Blob>,
+    },
+}
+
+fn failed(code: JobErrorCode, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        code,
+        message: message.into(),
+        stderr: None,
+    }
+}
+
+struct Finished {
+    task: TaskRecord,
+    outcome: Outcome,
+    retries: u64,
+    bytes_local: u64,
+    bytes_remote: u64,
+    /// Keep the task's blobs from the orphan sweep until committed.
+    _leases: Vec<InflightGuard>,
+}
+
+/// A task slot on a node, released when dropped.
+struct Slot {
+    gw: Arc<Gateway>,
+    node: String,
+}
+
+impl Slot {
+    fn take(gw: &Arc<Gateway>, node: &str) -> Self {
+        gw.jobs.take_slot(node);
+        Self {
+            gw: gw.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gw.jobs.release_slot(&self.node);
+    }
+}
+
+/// What one attempt of a task needs to know about its job.
+#[derive(Clone)]
+struct TaskCtx {
+    job: String,
+    tenant: String,
+    phase: u32,
+    spec: PhaseSpec,
+    split: Option<u32>,
+}
+
+enum AttemptError {
+    /// An internal failure: worth another attempt elsewhere.
+    Retry(String),
+    Fail(JobErrorCode, String),
+}
+
+pub(super) async fn drive(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
+    let (tenant, id) = {
+        let r = job.record.lock().await;
+        (r.tenant.clone(), r.id.clone())
+    };
+    let span = tracing::info_span!("job", tenant = %tenant, job = %id);
+    drive_job(gw, job).instrument(span).await;
+}
+
+async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
+    {
+        let mut rec = job.record.lock().await;
+        if rec.state == JobState::Queued {
+            let mut new = rec.clone();
+            new.state = JobState::Running;
+            let mut step = JobStep::default();
+            put_record(&mut step, &new);
+            if gw.catalog.job_commit(step).is_ok() {
+                *rec = new;
+            }
+        }
+    }
+    let (phases, job_id) = {
+        let r = job.record.lock().await;
+        (r.spec.phases.len(), r.id.clone())
+    };
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut backlog: VecDeque<TaskRecord> = VecDeque::new();
+    let mut inflight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+    let mut in_flight_tasks: HashMap<String, TaskRecord> = HashMap::new();
+    let mut reducers_started = vec![false; phases];
+    loop {
+        let rec = job.record.lock().await.clone();
+        if rec.state == JobState::Cancelled {
+            drop(inflight);
+            cancelled(&gw, &job, in_flight_tasks.into_values().collect()).await;
+            break;
+        }
+        if rec.prefix_cursor.is_some() && backlog.len() < BACKLOG {
+            if let Err(e) = expand_prefix_page(&gw, &job).await {
+                tracing::error!(error = %e, "listing the input prefix failed; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if backlog.len() < BACKLOG / 2 {
+            refill(&gw, &rec.id, &mut cursor, &mut backlog);
+        }
+        // Map tasks: each to the least-loaded holder of its input that has
+        // a free slot.
+        let mut i = 0;
+        while i < backlog.len().min(LOOKAHEAD) {
+            match place_map(&gw, &rec, &backlog[i]) {
+                Place::Wait => i += 1,
+                Place::Fail(code, message) => {
+                    let task = backlog.remove(i).unwrap_or_else(|| backlog[0].clone());
+                    let fin = Finished {
+                        task,
+                        outcome: failed(code, message),
+                        retries: 0,
+                        bytes_local: 0,
+                        bytes_remote: 0,
+                        _leases: Vec::new(),
+                    };
+                    commit(&gw, &job, fin).await;
+                }
+                Place::Run(run) => {
+                    let Some(task) = backlog.remove(i) else { break };
+                    adjust_running(&job, task.phase, 1);
+                    in_flight_tasks.insert(task.id.clone(), task.clone());
+                    let ctx = task_ctx(&rec, task.phase);
+                    inflight.push(run_map(gw.clone(), ctx, task, run).boxed());
+                }
+            }
+        }
+        // Reducers: once everything upstream has finished.
+        for (k, started) in reducers_started.iter_mut().enumerate() {
+            if *started || rec.spec.phases[k].kind != PhaseKind::Reduce || !rec.upstream_done(k) {
+                continue;
+            }
+            *started = true;
+            for r in 0..rec.spec.phases[k].reducers() {
+                let key = reducer_key(&rec.id, k as u32, r);
+                let task = match gw.catalog.job_get(JobCf::Items, &key) {
+                    Ok(Some(v)) => decode::<TaskRecord>(&v).ok(),
+                    _ => None,
+                };
+                let Some(task) = task.filter(|t| t.state == TaskState::Queued) else {
+                    continue;
+                };
+                adjust_running(&job, task.phase, 1);
+                in_flight_tasks.insert(task.id.clone(), task.clone());
+                let ctx = task_ctx(&rec, k as u32);
+                inflight.push(run_reducer(gw.clone(), ctx, task).boxed());
+            }
+        }
+        if inflight.is_empty() && backlog.is_empty() {
+            let rec = job.record.lock().await.clone();
+            if rec.state == JobState::Running && rec.upstream_done(phases) {
+                finish(&gw, &job).await;
+                break;
+            }
+        }
+        tokio::select! {
+            Some(fin) = inflight.next(), if !inflight.is_empty() => {
+                in_flight_tasks.remove(&fin.task.id);
+                adjust_running(&job, fin.task.phase, -1);
+                commit(&gw, &job, fin).await;
+            }
+            _ = job.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    if let Ok(mut active) = gw.jobs.active.lock() {
+        active.remove(&job_id);
+    }
+}
+
+fn task_ctx(rec: &JobRecord, phase: u32) -> TaskCtx {
+    let split = match plan::downstream(&rec.spec, phase as usize) {
+        Downstream::ReduceByKey { count } => Some(count),
+        _ => None,
+    };
+    TaskCtx {
+        job: rec.id.clone(),
+        tenant: rec.tenant.clone(),
+        phase,
+        spec: rec.spec.phases[phase as usize].clone(),
+        split,
+    }
+}
+
+/// Loads queued map tasks after `cursor` into the backlog.
+fn refill(
+    gw: &Gateway,
+    job: &str,
+    cursor: &mut Option<Vec<u8>>,
+    backlog: &mut VecDeque<TaskRecord>,
+) {
+    let prefix = item_prefix(job, ItemKind::Task);
+    let page = match gw
+        .catalog
+        .job_scan(JobCf::Items, &prefix, cursor.as_deref(), BACKLOG)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the job's tasks");
+            return;
+        }
+    };
+    for (k, v) in page {
+        *cursor = Some(k.to_vec());
+        match decode::<TaskRecord>(&v) {
+            Ok(t) if t.state == TaskState::Queued => backlog.push_back(t),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "unreadable task record"),
+        }
+    }
+}
+
+/// Lists one page of the job's input prefix into inputs.
+async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::JobError> {
+    let mut rec = job.record.lock().await;
+    let Some(cursor) = rec.prefix_cursor.clone() else {
+        return Ok(());
+    };
+    let location = rec.spec.input_prefix.clone().unwrap_or_default();
+    let (bucket, prefix) = split(location.strip_prefix("s3://").unwrap_or(&location));
+    let mut new = rec.clone();
+    let mut step = JobStep::default();
+    let denied = match gw.catalog.get_bucket(&bucket)? {
+        None => Some((
+            JobErrorCode::ResourceNotFoundError,
+            format!("bucket {bucket} does not exist"),
+        )),
+        Some(b) => {
+            let p = crate::auth::Principal::User {
+                tenant: rec.tenant.clone(),
+                access_key_id: String::new(),
+                is_root: false,
+            };
+            if crate::s3::access::is_owner(&p, &b) || crate::s3::access::acl_allows_read(&p, b.acl)
+            {
+                None
+            } else {
+                Some((
+                    JobErrorCode::AccessDeniedError,
+                    format!("bucket {bucket} may not be listed by tenant {}", rec.tenant),
+                ))
+            }
+        }
+    };
+    if let Some((code, message)) = denied {
+        add_error(
+            &mut step,
+            &mut new,
+            ErrorRecord {
+                phase: 0,
+                task: String::new(),
+                input: location.clone(),
+                code,
+                message,
+                stderr: None,
+                node: None,
+            },
+        );
+        new.prefix_cursor = None;
+    } else {
+        let page = gw.catalog.list_objects(
+            &bucket,
+            &ListQuery {
+                prefix: &prefix,
+                delimiter: None,
+                start_after: (!cursor.is_empty()).then_some(cursor.as_str()),
+                max: 1000,
+            },
+        )?;
+        let inputs: Vec<(String, String, u64)> = page
+            .objects
+            .iter()
+            .map(|(k, o)| (bucket.clone(), k.clone(), o.size))
+            .collect();
+        add_inputs(&mut step, &mut new, &inputs);
+        new.prefix_cursor = match (page.is_truncated, page.last) {
+            (true, Some(last)) => Some(last),
+            _ => None,
+        };
+    }
+    put_record(&mut step, &new);
+    gw.catalog.job_commit(step)?;
+    *rec = new;
+    Ok(())
+}
+
+fn add_error(step: &mut JobStep, rec: &mut JobRecord, err: ErrorRecord) {
+    if err.phase == 0 && !err.input.is_empty() {
+        step.put(
+            JobCf::Items,
+            seq_key(&rec.id, ItemKind::FailedInput, rec.seq.failed_input),
+            encode(&InputRecord {
+                input: err.input.clone(),
+            }),
+        );
+        rec.seq.failed_input += 1;
+    }
+    step.put(
+        JobCf::Items,
+        seq_key(&rec.id, ItemKind::Error, rec.seq.error),
+        encode(&err),
+    );
+    rec.seq.error += 1;
+    rec.counters.errors += 1;
+}
+
+enum Place {
+    Run(MapRun),
+    Wait,
+    Fail(JobErrorCode, String),
+}
+
+/// Where a map task runs and what it reads.
+struct MapRun {
+    node: Option<String>,
+    holders: Vec<String>,
+    input: BlobRef,
+}
+
+fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
+    let loc = task.input.clone().unwrap_or_default();
+    let (bucket, key) = split(&loc);
+    let b = match gw.catalog.get_bucket(&bucket) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Place::Fail(
+                JobErrorCode::ResourceNotFoundError,
+                format!("bucket {bucket} does not exist"),
+            )
+        }
+        Err(_) => return Place::Wait,
+    };
+    let obj = match gw.catalog.get_object(&bucket, &key) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return Place::Fail(
+                JobErrorCode::ResourceNotFoundError,
+                format!("object {loc} does not exist"),
+            )
+        }
+        Err(_) => return Place::Wait,
+    };
+    if !may_read(&rec.tenant, &b, &obj) {
+        return Place::Fail(
+            JobErrorCode::AccessDeniedError,
+            format!("tenant {} may not read {loc}", rec.tenant),
+        );
+    }
+    let slots = gw.config.task_slots;
+    let up = |n: &String| gw.nodes.state(n) == Some(NodeState::Up);
+    if obj.blob.size == 0 {
+        // Nothing to be local to: any node with a free slot.
+        let all: Vec<String> = gw.nodes.node_ids().into_iter().filter(up).collect();
+        return match plan::choose_node(&all, &[], |n| gw.jobs.load(n), slots) {
+            Some(n) => Place::Run(MapRun {
+                node: Some(n),
+                holders: all,
+                input: obj.blob,
+            }),
+            None => Place::Wait,
+        };
+    }
+    let holders: Vec<String> = obj
+        .blob
+        .replicas
+        .iter()
+        .filter(|n| up(n))
+        .cloned()
+        .collect();
+    match plan::choose_node(&holders, &[], |n| gw.jobs.load(n), slots) {
+        Some(n) => Place::Run(MapRun {
+            node: Some(n),
+            holders,
+            input: obj.blob,
+        }),
+        // Every holder busy, or none up yet: repair or a returning node
+        // will make a replica available.
+        None => Place::Wait,
+    }
+}
+
+async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapRun) -> Finished {
+    let span = tracing::info_span!("task", tenant = %ctx.tenant, job = %ctx.job, task = %task.id, phase = ctx.phase);
+    async move {
+        let mut leases = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        let mut node = run.node.clone();
+        let mut retries = 0;
+        let input_key = task.input.clone().unwrap_or_default();
+        loop {
+            let Some(n) = node.clone() else {
+                let outcome = failed(
+                    JobErrorCode::InternalError,
+                    "no live node holds the input any more",
+                );
+                return finished(task, outcome, retries, 0, 0, leases);
+            };
+            let _slot = Slot::take(&gw, &n);
+            task.attempts += 1;
+            task.node = Some(n.clone());
+            let input = (run.input.size > 0).then(|| run.input.id.clone());
+            match attempt(&gw, &ctx, &task, &n, input, &input_key, &mut leases).await {
+                Ok(outcome) => {
+                    return finished(task, outcome, retries, run.input.size, 0, leases)
+                }
+                Err(AttemptError::Fail(code, message)) => {
+                    return finished(task, failed(code, message), retries, 0, 0, leases)
+                }
+                Err(AttemptError::Retry(why)) => {
+                    tracing::warn!(node = %n, error = %why, "task attempt failed; trying another holder");
+                    tried.push(n);
+                    node = plan::choose_node(&run.holders, &tried, |x| gw.jobs.load(x), u32::MAX)
+                        .filter(|x| gw.nodes.state(x) == Some(NodeState::Up));
+                    if task.attempts >= MAX_ATTEMPTS || node.is_none() {
+                        let outcome = failed(
+                            JobErrorCode::InternalError,
+                            format!("task failed after {} attempts: {why}", task.attempts),
+                        );
+                        return finished(task, outcome, retries, 0, 0, leases);
+                    }
+                    retries += 1;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn finished(
+    task: TaskRecord,
+    outcome: Outcome,
+    retries: u64,
+    bytes_local: u64,
+    bytes_remote: u64,
+    leases: Vec<InflightGuard>,
+) -> Finished {
+    Finished {
+        task,
+        outcome,
+        retries,
+        bytes_local,
+        bytes_remote,
+        _leases: leases,
+    }
+}
+
+/// The image a task runs in: a name, or an image tarball object made
+/// available on the node (returned as the blob to load).
+async fn image_for(
+    gw: &Arc<Gateway>,
+    ctx: &TaskCtx,
+    node: &str,
+) -> Result<(String, Option<String>), AttemptError> {
+    let object = match &ctx.spec.image {
+        ImageRef::Name(n) => return Ok((n.clone(), None)),
+        ImageRef::Object { object } => object.clone(),
+    };
+    let (bucket, key) = split(object.strip_prefix("s3://").unwrap_or(&object));
+    let not_found = || {
+        AttemptError::Fail(
+            JobErrorCode::ImageNotFoundError,
+            format!("image object {object} does not exist"),
+        )
+    };
+    let b = gw
+        .catalog
+        .get_bucket(&bucket)
+        .map_err(|e| AttemptError::Retry(e.to_string()))?
+        .ok_or_else(not_found)?;
+    let obj = gw
+        .catalog
+        .get_object(&bucket, &key)
+        .map_err(|e| AttemptError::Retry(e.to_string()))?
+        .ok_or_else(not_found)?;
+    if !may_read(&ctx.tenant, &b, &obj) {
+        return Err(AttemptError::Fail(
+            JobErrorCode::AccessDeniedError,
+            format!("tenant {} may not read image {object}", ctx.tenant),
+        ));
+    }
+    let label = format!("image object {object}");
+    if obj.blob.replicas.iter().any(|n| n == node) {
+        return Ok((label, Some(obj.blob.id)));
+    }
+    let copy_id = format!("img-{}", obj.blob.id);
+    let pair = (node.to_string(), copy_id.clone());
+    let _one_at_a_time = gw.jobs.image_copy.lock().await;
+    let present = gw
+        .jobs
+        .images_on_nodes
+        .lock()
+        .map(|s| s.contains(&pair))
+        .unwrap_or(false);
+    if !present {
+        let lease = gw.inflight.hold(&copy_id);
+        match gw.nodes.copy_to(&obj.blob, node, &copy_id).await {
+            Ok(_) => {}
+            // Already there from an earlier job.
+            Err(NodeError::Status { status: 409, .. }) => {}
+            Err(e) => return Err(AttemptError::Retry(format!("copying the image: {e}"))),
+        }
+        if let Some(job) = gw.jobs.active(&ctx.job) {
+            if let Ok(mut l) = job.image_leases.lock() {
+                l.push(lease);
+            }
+        }
+        if let Ok(mut s) = gw.jobs.images_on_nodes.lock() {
+            s.insert(pair);
+        }
+    }
+    Ok((label, Some(copy_id)))
+}
+
+/// One attempt of a task on one node: run it, then replicate what it
+/// produced.
+async fn attempt(
+    gw: &Arc<Gateway>,
+    ctx: &TaskCtx,
+    task: &TaskRecord,
+    node: &str,
+    input_blob: Option<String>,
+    input_key: &str,
+    leases: &mut Vec<InflightGuard>,
+) -> Result<Outcome, AttemptError> {
+    let (image, image_blob) = image_for(gw, ctx, node).await?;
+    let stdout_blob = new_blob_id();
+    let stderr_blob = new_blob_id();
+    leases.push(gw.inflight.hold(&stdout_blob));
+    leases.push(gw.inflight.hold(&stderr_blob));
+    if let Some(n) = ctx.split {
+        for r in 0..n {
+            leases.push(gw.inflight.hold(&format!("{stdout_blob}-r{r}")));
+        }
+    }
+    let mut env: Vec<(String, String)> = ctx
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("INSITU_INPUT_KEY".into(), input_key.to_string()));
+    env.push(("INSITU_JOB_ID".into(), ctx.job.clone()));
+    env.push(("INSITU_PHASE".into(), ctx.phase.to_string()));
+    env.push(("INSITU_TASK_ID".into(), task.id.clone()));
+    let exec = match &ctx.spec.init {
+        // `init` runs before the task's command in the same shell; it is
+        // meant for per-container set-up and must be idempotent.
+        Some(init) => format!("{{ {init}\n}} >/dev/null && {{ {}\n}}", ctx.spec.exec),
+        None => ctx.spec.exec.clone(),
+    };
+    let req = TaskRequest {
+        tenant: ctx.tenant.clone(),
+        job: ctx.job.clone(),
+        phase: ctx.phase,
+        image,
+        image_blob,
+        runtime: ctx.spec.runtime.clone(),
+        memory_mb: ctx.spec.memory_mb(),
+        cpus: ctx.spec.cpus(),
+        disk_mb: ctx.spec.disk_mb(),
+        timeout_s: ctx.spec.timeout_s(),
+        task_id: format!("{}-a{}", task.id, task.attempts),
+        exec,
+        input_blob,
+        env,
+        stdout_blob: stdout_blob.clone(),
+        stderr_blob: stderr_blob.clone(),
+        split: ctx.split,
+    };
+    let deadline = Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK;
+    let resp: TaskResponse = match gw.nodes.run_task(node, &req, deadline).await {
+        Ok(r) => r,
+        Err(NodeError::Status { status, body, .. }) if status == 404 || status == 400 => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let message = v["message"].as_str().unwrap_or(&body).to_string();
+            return Err(match v["code"].as_str() {
+                Some("ImageNotFoundError") => {
+                    AttemptError::Fail(JobErrorCode::ImageNotFoundError, message)
+                }
+                Some("InvalidArgumentError") => {
+                    AttemptError::Fail(JobErrorCode::InvalidArgumentError, message)
+                }
+                // The input replica vanished from that node.
+                _ => AttemptError::Retry(message),
+            });
+        }
+        Err(e) => return Err(AttemptError::Retry(e.to_string())),
+    };
+    let on_node = |id: String, size: u64, md5: String| Blob {
+        id,
+        size,
+        md5,
+        replicas: vec![node.to_string()],
+    };
+    match resp.end {
+        TaskEndReport::Exited { code: 0 } => {
+            if ctx.split.is_some() {
+                let mut pieces = Vec::new();
+                for p in resp.pieces {
+                    let blob = replicate(gw, on_node(p.blob, p.size, p.md5)).await;
+                    pieces.push((p.reducer, blob));
+                }
+                Ok(Outcome::Success {
+                    stdout: None,
+                    pieces,
+                })
+            } else {
+                let blob = on_node(stdout_blob, resp.stdout_size, resp.stdout_md5);
+                Ok(Outcome::Success {
+                    stdout: Some(replicate(gw, blob).await),
+                    pieces: Vec::new(),
+                })
+            }
+        }
+        end => {
+            let _ = gw.nodes.delete(node, &stdout_blob).await;
+            let stderr = if resp.stderr_kept {
+                Some(replicate(gw, on_node(stderr_blob, resp.stderr_size, String::new())).await)
+            } else {
+                None
+            };
+            let last_line = resp
+                .stderr_preview
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .chars()
+                .take(512)
+                .collect::<String>();
+            let (code, message) = match end {
+                TaskEndReport::Exited { code } => (
+                    JobErrorCode::UserTaskError,
+                    format!("exec exited with status {code}: {last_line}"),
+                ),
+                TaskEndReport::Killed { resource } => (
+                    JobErrorCode::TaskKilledError,
+                    format!("the task exceeded its {resource} limit and was killed"),
+                ),
+                TaskEndReport::TimedOut => (
+                    JobErrorCode::TaskTimeoutError,
+                    format!(
+                        "the task ran longer than its {} s timeout",
+                        ctx.spec.timeout_s()
+                    ),
+                ),
+            };
+            Ok(Outcome::Failed {
+                code,
+                message,
+                stderr,
+            })
+        }
+    }
+}
+
+/// Copies a task's blob from its node to R-1 more. A copy that fails is
+/// left to repair, which restores every committed blob to R replicas.
+async fn replicate(gw: &Arc<Gateway>, mut blob: Blob) -> Blob {
+    let want = gw.config.replicas.saturating_sub(1);
+    if want == 0 {
+        return blob;
+    }
+    let targets = match gw
+        .nodes
+        .place_excluding(&blob.id, want, blob.size, &blob.replicas)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(blob = %blob.id, error = %e, "task output left under-replicated; repair will copy it");
+            return blob;
+        }
+    };
+    let source = BlobRef {
+        id: blob.id.clone(),
+        size: blob.size,
+        replicas: blob.replicas.clone(),
+    };
+    let copies = targets
+        .iter()
+        .map(|t| gw.nodes.copy_to(&source, t, &blob.id));
+    for (t, r) in targets.iter().zip(futures::future::join_all(copies).await) {
+        match r {
+            Ok(_) => blob.replicas.push(t.clone()),
+            Err(e) => {
+                tracing::warn!(blob = %blob.id, node = %t, error = %e, "copy of a task output failed; repair will retry")
+            }
+        }
+    }
+    blob
+}
+
+async fn run_reducer(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord) -> Finished {
+    let span = tracing::info_span!("task", tenant = %ctx.tenant, job = %ctx.job, task = %task.id, phase = ctx.phase);
+    async move {
+        let reducer = task.reducer.unwrap_or(0);
+        let mut leases = Vec::new();
+        // The reducer's inputs, and how many of their bytes each node holds.
+        let mut pieces: Vec<BlobRef> = Vec::new();
+        let mut held: HashMap<String, u64> = HashMap::new();
+        let prefix = piece_prefix(&ctx.job, ctx.phase, reducer);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = match gw.catalog.job_scan(JobCf::Items, &prefix, after.as_deref(), 1000) {
+                Ok(p) => p,
+                Err(e) => {
+                    let outcome = failed(JobErrorCode::InternalError, e.to_string());
+                    return finished(task, outcome, 0, 0, 0, leases);
+                }
+            };
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.to_vec());
+            for (_, v) in page {
+                let Ok(p) = decode::<PieceRecord>(&v) else { continue };
+                if let Ok(Some(o)) = gw.catalog.get_object(&p.bucket, &p.key) {
+                    for n in &o.blob.replicas {
+                        *held.entry(n.clone()).or_default() += o.blob.size;
+                    }
+                    leases.push(gw.inflight.hold(&o.blob.id));
+                    pieces.push(o.blob);
+                }
+            }
+        }
+        let mut tried: Vec<String> = Vec::new();
+        let mut retries = 0;
+        loop {
+            // The live node holding the most input bytes, the least busy
+            // on a tie.
+            let node = gw
+                .nodes
+                .node_ids()
+                .into_iter()
+                .filter(|n| gw.nodes.state(n) == Some(NodeState::Up) && !tried.contains(n))
+                .max_by_key(|n| (held.get(n).copied().unwrap_or(0), u32::MAX - gw.jobs.load(n)));
+            let Some(node) = node else {
+                let outcome = failed(JobErrorCode::InternalError, "no live node to run the reducer");
+                return finished(task, outcome, retries, 0, 0, leases);
+            };
+            let _slot = Slot::take(&gw, &node);
+            task.attempts += 1;
+            task.node = Some(node.clone());
+            let result = async {
+                let (input, local, remote) = assemble(&gw, &node, &pieces, &mut leases).await?;
+                let key = format!("reducer {reducer}");
+                let outcome = attempt(&gw, &ctx, &task, &node, input.clone(), &key, &mut leases).await;
+                if let Some(id) = input {
+                    let _ = gw.nodes.delete(&node, &id).await;
+                }
+                outcome.map(|o| (o, local, remote))
+            }
+            .await;
+            match result {
+                Ok((outcome, local, remote)) => {
+                    return finished(task, outcome, retries, local, remote, leases)
+                }
+                Err(AttemptError::Fail(code, message)) => {
+                    return finished(task, failed(code, message), retries, 0, 0, leases)
+                }
+                Err(AttemptError::Retry(why)) => {
+                    tracing::warn!(node = %node, error = %why, "reducer attempt failed; trying another node");
+                    tried.push(node);
+                    if task.attempts >= MAX_ATTEMPTS {
+                        let outcome = failed(
+                            JobErrorCode::InternalError,
+                            format!("reducer failed after {} attempts: {why}", task.attempts),
+                        );
+                        return finished(task, outcome, retries, 0, 0, leases);
+                    }
+                    retries += 1;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Puts a reducer's input together on its node: pieces the node holds are
+/// used in place, the others are copied there, and the node concatenates
+/// them into one blob. Returns it (none for no input) and the bytes that
+/// were local and remote.
+async fn assemble(
+    gw: &Arc<Gateway>,
+    node: &str,
+    pieces: &[BlobRef],
+    leases: &mut Vec<InflightGuard>,
+) -> Result<(Option<String>, u64, u64), AttemptError> {
+    if pieces.is_empty() {
+        return Ok((None, 0, 0));
+    }
+    let (mut local, mut remote) = (0, 0);
+    let mut parts = Vec::with_capacity(pieces.len());
+    let mut copies: Vec<String> = Vec::new();
+    for p in pieces {
+        if p.replicas.iter().any(|n| n == node) {
+            local += p.size;
+            parts.push(p.id.clone());
+        } else {
+            let id = new_blob_id();
+            leases.push(gw.inflight.hold(&id));
+            if let Err(e) = gw.nodes.copy_to(p, node, &id).await {
+                for c in &copies {
+                    let _ = gw.nodes.delete(node, c).await;
+                }
+                return Err(AttemptError::Retry(format!("fetching reducer input: {e}")));
+            }
+            remote += p.size;
+            parts.push(id.clone());
+            copies.push(id);
+        }
+    }
+    let input = new_blob_id();
+    leases.push(gw.inflight.hold(&input));
+    let composed = gw.nodes.compose(node, &input, &parts).await;
+    for c in &copies {
+        let _ = gw.nodes.delete(node, c).await;
+    }
+    composed.map_err(|e| AttemptError::Retry(format!("assembling reducer input: {e}")))?;
+    Ok((Some(input), local, remote))
+}
+
+fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
+    ObjectRecord {
+        size: blob.size,
+        etag: blob.md5.clone(),
+        last_modified_ms: now_ms(),
+        owner: tenant.to_string(),
+        headers: ObjectHeaders::default(),
+        acl: CannedAcl::Private,
+        blob: BlobRef {
+            id: blob.id.clone(),
+            size: blob.size,
+            replicas: blob.replicas.clone(),
+        },
+        parts_count: 0,
+        part_sizes: Vec::new(),
+    }
+}
+
+/// Records a task's outcome: its output objects, its successors, its
+/// counters and its own state, in one atomic batch.
+async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
+    let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return;
+    }
+    let first_try = build_commit(gw, &rec, &fin, true);
+    let result = match first_try {
+        Ok((step, new)) => gw.catalog.job_commit(step).map(|_| new),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(new) => *rec = new,
+        Err(e) => {
+            // The output bucket is gone (or the catalog refused): the task
+            // fails with an internal error rather than lose its record.
+            tracing::error!(task = %fin.task.id, error = %e, "committing task output failed");
+            let fail = Finished {
+                task: fin.task.clone(),
+                outcome: failed(
+                    JobErrorCode::InternalError,
+                    format!("committing the output failed: {e}"),
+                ),
+                retries: fin.retries,
+                bytes_local: fin.bytes_local,
+                bytes_remote: fin.bytes_remote,
+                _leases: Vec::new(),
+            };
+            if let Ok((step, new)) = build_commit(gw, &rec, &fail, false) {
+                if gw.catalog.job_commit(step).is_ok() {
+                    *rec = new;
+                }
+            }
+        }
+    }
+}
+
+fn build_commit(
+    gw: &Gateway,
+    rec: &JobRecord,
+    fin: &Finished,
+    with_objects: bool,
+) -> Result<(JobStep, JobRecord), insitu_catalog::CatalogError> {
+    let mut new = rec.clone();
+    let mut step = JobStep::default();
+    let phase = fin.task.phase as usize;
+    let last = phase + 1 == rec.spec.phases.len();
+    let out = OutputPlace::of(&rec.spec);
+    let mut task = fin.task.clone();
+    new.counters.retries += fin.retries;
+    new.phases[phase].bytes_local += fin.bytes_local;
+    new.phases[phase].bytes_remote += fin.bytes_remote;
+    let bucket = if with_objects {
+        Some(
+            output_bucket(&gw.catalog, &rec.tenant, &rec.spec)
+                .map_err(|e| insitu_catalog::CatalogError::Corrupt(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    match (&fin.outcome, bucket) {
+        (Outcome::Success { stdout, pieces }, Some(bucket)) => {
+            task.state = TaskState::Done;
+            new.phases[phase].done += 1;
+            if let Some(blob) = stdout {
+                let key = out.output_key(
+                    &rec.id,
+                    fin.task.phase,
+                    last,
+                    &task.id,
+                    task.input.as_deref(),
+                    task.reducer,
+                );
+                step.objects.push((
+                    bucket.clone(),
+                    key.clone(),
+                    object_record(&rec.tenant, blob),
+                ));
+                let loc = format!("{}/{key}", bucket.name);
+                match plan::downstream(&rec.spec, phase) {
+                    Downstream::None => {
+                        step.put(
+                            JobCf::Items,
+                            seq_key(&rec.id, ItemKind::Output, new.seq.output),
+                            encode(&OutputRecord {
+                                phase: fin.task.phase,
+                                task: task.id.clone(),
+                                object: loc,
+                                size: blob.size,
+                            }),
+                        );
+                        new.seq.output += 1;
+                        new.counters.outputs += 1;
+                    }
+                    Downstream::Map => {
+                        let next = TaskRecord {
+                            id: plan::map_task_id(new.seq.task),
+                            phase: fin.task.phase + 1,
+                            input: Some(loc),
+                            reducer: None,
+                            state: TaskState::Queued,
+                            node: None,
+                            attempts: 0,
+                        };
+                        step.put(
+                            JobCf::Items,
+                            seq_key(&rec.id, ItemKind::Task, new.seq.task),
+                            encode(&next),
+                        );
+                        new.seq.task += 1;
+                        new.phases[phase + 1].tasks += 1;
+                    }
+                    Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
+                        let r = plan::reducer_for_name(&loc, count);
+                        step.put(
+                            JobCf::Items,
+                            piece_key(&rec.id, fin.task.phase + 1, r, new.seq.piece),
+                            encode(&PieceRecord {
+                                bucket: bucket.name.clone(),
+                                key,
+                                size: blob.size,
+                            }),
+                        );
+                        new.seq.piece += 1;
+                    }
+                }
+            }
+            for (r, blob) in pieces {
+                let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);
+                step.objects.push((
+                    bucket.clone(),
+                    key.clone(),
+                    object_record(&rec.tenant, blob),
+                ));
+                step.put(
+                    JobCf::Items,
+                    piece_key(&rec.id, fin.task.phase + 1, *r, new.seq.piece),
+                    encode(&PieceRecord {
+                        bucket: bucket.name.clone(),
+                        key,
+                        size: blob.size,
+                    }),
+                );
+                new.seq.piece += 1;
+            }
+        }
+        (outcome, bucket) => {
+            let (code, message, stderr) = match outcome {
+                Outcome::Failed {
+                    code,
+                    message,
+                    stderr,
+                } => (*code, message.clone(), stderr.as_ref()),
+                Outcome::Success { .. } => (
+                    JobErrorCode::InternalError,
+                    "the output bucket is gone".to_string(),
+                    None,
+                ),
+            };
+            task.state = TaskState::Failed;
+            new.phases[phase].failed += 1;
+            let mut stderr_loc = None;
+            if let (Some(blob), Some(bucket)) = (stderr, bucket) {
+                let key = OutputPlace::stderr_key(&rec.id, &task.id, task.attempts);
+                stderr_loc = Some(format!("{}/{key}", bucket.name));
+                step.objects
+                    .push((bucket.clone(), key, object_record(&rec.tenant, blob)));
+            }
+            let input = match (&task.input, task.reducer) {
+                (Some(i), _) => i.clone(),
+                (None, Some(r)) => format!("reducer {r}"),
+                _ => String::new(),
+            };
+            add_error(
+                &mut step,
+                &mut new,
+                ErrorRecord {
+                    phase: fin.task.phase,
+                    task: task.id.clone(),
+                    input,
+                    code,
+                    message,
+                    stderr: stderr_loc,
+                    node: task.node.clone(),
+                },
+            );
+        }
+    }
+    let task_key = match task.reducer {
+        Some(r) => reducer_key(&rec.id, task.phase, r),
+        None => seq_key(
+            &rec.id,
+            ItemKind::Task,
+            task.id
+                .trim_start_matches('m')
+                .parse::<u64>()
+                .unwrap_or_default(),
+        ),
+    };
+    step.put(JobCf::Items, task_key, encode(&task));
+    put_record(&mut step, &new);
+    Ok((step, new))
+}
+
+/// The job is complete: record it, remove intermediate objects, and end
+/// the job's containers on every node.
+async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
+    let mut rec = job.record.lock().await;
+    let mut new = rec.clone();
+    new.state = JobState::Done;
+    new.done_ms = Some(now_ms());
+    let mut step = JobStep::default();
+    put_record(&mut step, &new);
+    if let Err(e) = gw.catalog.job_commit(step) {
+        tracing::error!(error = %e, "cannot record the job as done");
+        return;
+    }
+    *rec = new.clone();
+    drop(rec);
+    tracing::info!(
+        outputs = new.counters.outputs,
+        errors = new.counters.errors,
+        retries = new.counters.retries,
+        "job done"
+    );
+    cleanup(gw, job, &new).await;
+}
+
+async fn cancelled(gw: &Arc<Gateway>, job: &ActiveJob, aborted: Vec<TaskRecord>) {
+    let rec = {
+        let mut rec = job.record.lock().await;
+        let mut new = rec.clone();
+        let mut step = JobStep::default();
+        for task in aborted {
+            add_error(
+                &mut step,
+                &mut new,
+                ErrorRecord {
+                    phase: task.phase,
+                    task: task.id.clone(),
+                    input: task
+                        .input
+                        .clone()
+                        .unwrap_or_else(|| format!("reducer {}", task.reducer.unwrap_or(0))),
+                    code: JobErrorCode::JobCancelledError,
+                    message: "the job was cancelled while the task ran".into(),
+                    stderr: None,
+                    node: task.node.clone(),
+                },
+            );
+        }
+        put_record(&mut step, &new);
+        if gw.catalog.job_commit(step).is_ok() {
+            *rec = new;
+        }
+        rec.clone()
+    };
+    cleanup(gw, job, &rec).await;
+}
+
+async fn cleanup(gw: &Arc<Gateway>, job: &ActiveJob, rec: &JobRecord) {
+    for node in gw.nodes.node_ids() {
+        for phase in 0..rec.spec.phases.len() as u32 {
+            if let Err(e) = gw.nodes.end_group(&node, &rec.tenant, &rec.id, phase).await {
+                tracing::debug!(node = %node, error = %e, "ending task group");
+            }
+        }
+    }
+    // Intermediate outputs served their purpose; saved stderr stays.
+    let out = OutputPlace::of(&rec.spec);
+    let prefix = format!("{}p", OutputPlace::job_prefix(&rec.id));
+    let query = ListQuery {
+        prefix: &prefix,
+        delimiter: None,
+        start_after: None,
+        max: 1000,
+    };
+    while let Ok(page) = gw.catalog.list_objects(&out.bucket, &query) {
+        if page.objects.is_empty() {
+            break;
+        }
+        let step = JobStep {
+            delete_objects: page
+                .objects
+                .into_iter()
+                .map(|(k, _)| (out.bucket.clone(), k))
+                .collect(),
+            ..Default::default()
+        };
+        if gw.catalog.job_commit(step).is_err() {
+            break;
+        }
+    }
+    if let Ok(mut l) = job.image_leases.lock() {
+        l.clear();
+    }
+}
