@@ -289,8 +289,26 @@ async fn run_task(
         ));
     };
     let span = tracing::info_span!("task", node = %state.node_id, tenant = %req.tenant, job = %req.job, phase = req.phase, task = %req.task_id);
-    match tracing::Instrument::instrument(tasks.run(&state.store, req), span).await {
+    // The task runs to its end even if the gateway hangs up (it may have
+    // been cancelled): its container is then tracked and ended properly.
+    let (tasks, store) = (tasks.clone(), state.store.clone());
+    let run = tokio::spawn(tracing::Instrument::instrument(
+        async move { tasks.run(&store, req).await },
+        span,
+    ));
+    let result = match run.await {
+        Ok(r) => r,
+        Err(e) => Err(TaskApiError::Task(TaskError::Runtime(format!(
+            "task runner stopped: {e}"
+        )))),
+    };
+    match result {
         Ok(r) => Ok(Json(r)),
+        Err(TaskApiError::Task(TaskError::GroupEnded(g))) => Err(task_error(
+            StatusCode::CONFLICT,
+            "JobCancelledError",
+            &format!("group {g} has ended"),
+        )),
         Err(TaskApiError::Task(TaskError::ImageNotFound(i))) => Err(task_error(
             StatusCode::NOT_FOUND,
             "ImageNotFoundError",

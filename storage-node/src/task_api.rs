@@ -2,7 +2,7 @@
 //! to a node that holds the task's input blob, and gets back the task's
 //! outcome with its stdout (and, on failure, stderr) stored as blobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,10 +80,17 @@ pub struct TaskResponse {
     pub stderr_preview: String,
 }
 
+/// Ended groups remembered, to refuse their late tasks.
+const MAX_ENDED_GROUPS: usize = 4096;
+
 /// Runs tasks on this node, one container per (tenant, job, phase).
 pub struct TaskService {
     runner: TaskRunner,
     groups: Mutex<HashMap<String, Group>>,
+    /// Groups ended by the gateway (their job is over): a task for one that
+    /// arrives late is refused instead of starting a container nobody
+    /// would end. Bounded; the oldest are forgotten first.
+    ended: std::sync::Mutex<(HashSet<String>, VecDeque<String>)>,
     /// Image tarball blob id → the image it loaded.
     loaded_images: Mutex<HashMap<String, String>>,
 }
@@ -101,6 +108,7 @@ impl TaskService {
         Self {
             runner,
             groups: Mutex::new(HashMap::new()),
+            ended: Default::default(),
             loaded_images: Mutex::new(HashMap::new()),
         }
     }
@@ -159,6 +167,9 @@ impl TaskService {
         let key = format!("{}/{}/{}", req.tenant, req.job, req.phase);
         let group = {
             let mut groups = self.groups.lock().await;
+            if self.has_ended(&key) {
+                return Err(TaskError::GroupEnded(key).into());
+            }
             match groups.get(&key) {
                 Some(g) => g.clone(),
                 None => {
@@ -239,7 +250,20 @@ impl TaskService {
     /// Ends a group: its container and directories go.
     pub async fn end_group(&self, tenant: &str, job: &str, phase: u32) -> bool {
         let key = format!("{tenant}/{job}/{phase}");
-        let group = self.groups.lock().await.remove(&key);
+        let group = {
+            let mut groups = self.groups.lock().await;
+            if let Ok(mut ended) = self.ended.lock() {
+                if ended.0.insert(key.clone()) {
+                    ended.1.push_back(key.clone());
+                }
+                while ended.1.len() > MAX_ENDED_GROUPS {
+                    if let Some(old) = ended.1.pop_front() {
+                        ended.0.remove(&old);
+                    }
+                }
+            }
+            groups.remove(&key)
+        };
         match group {
             Some(g) => {
                 self.runner.end_group(&g).await;
@@ -247,6 +271,13 @@ impl TaskService {
             }
             None => false,
         }
+    }
+
+    fn has_ended(&self, key: &str) -> bool {
+        self.ended
+            .lock()
+            .map(|e| e.0.contains(key))
+            .unwrap_or(false)
     }
 
     /// Removes containers of this node that no live group claims.

@@ -32,6 +32,9 @@ pub const LABEL_TENANT: &str = "insitu.tenant";
 pub const LABEL_JOB: &str = "insitu.job";
 pub const LABEL_PHASE: &str = "insitu.phase";
 pub const LABEL_GROUP: &str = "insitu.group";
+/// The node's task directory: unique per node on a host, even across
+/// clusters that reuse node ids, so a node reaps only its own containers.
+pub const LABEL_ROOT: &str = "insitu.root";
 
 /// The unprivileged user tasks run as (`nobody`).
 const TASK_USER: &str = "65534:65534";
@@ -52,6 +55,8 @@ pub enum TaskError {
     Runtime(String),
     #[error("invalid task: {0}")]
     Invalid(String),
+    #[error("the task's group {0} has ended")]
+    GroupEnded(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -306,6 +311,10 @@ impl TaskRunner {
         };
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), self.node_id.clone()),
+            (
+                LABEL_ROOT.to_string(),
+                self.root.to_string_lossy().into_owned(),
+            ),
             (LABEL_TENANT.to_string(), spec.tenant.clone()),
             (LABEL_JOB.to_string(), spec.job.clone()),
             (LABEL_PHASE.to_string(), spec.phase.to_string()),
@@ -458,7 +467,7 @@ impl TaskRunner {
     pub async fn reap(&self, keep: impl Fn(&str) -> bool) -> Result<usize, TaskError> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_NODE}={}", self.node_id)],
+            vec![format!("{LABEL_ROOT}={}", self.root.to_string_lossy())],
         )]);
         let list = self
             .docker

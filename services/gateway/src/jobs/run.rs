@@ -69,6 +69,8 @@ enum Outcome {
         message: String,
         stderr: Option<Blob>,
     },
+    /// Not run: no holder of the input is reachable now.
+    Requeue,
 }
 
 fn failed(code: JobErrorCode, message: impl Into<String>) -> Outcome {
@@ -233,7 +235,11 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             Some(fin) = inflight.next(), if !inflight.is_empty() => {
                 in_flight_tasks.remove(&fin.task.id);
                 adjust_running(&job, fin.task.phase, -1);
-                commit(&gw, &job, fin).await;
+                if matches!(fin.outcome, Outcome::Requeue) {
+                    backlog.push_back(fin.task);
+                } else {
+                    commit(&gw, &job, fin).await;
+                }
             }
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -465,11 +471,9 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
         let input_key = task.input.clone().unwrap_or_default();
         loop {
             let Some(n) = node.clone() else {
-                let outcome = failed(
-                    JobErrorCode::InternalError,
-                    "no live node holds the input any more",
-                );
-                return finished(task, outcome, retries, 0, 0, leases);
+                // No reachable holder now: back to the queue until one is
+                // (a returning node, or repair's new replica).
+                return finished(task, Outcome::Requeue, retries, 0, 0, leases);
             };
             let _slot = Slot::take(&gw, &n);
             task.attempts += 1;
@@ -484,10 +488,13 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
                 }
                 Err(AttemptError::Retry(why)) => {
                     tracing::warn!(node = %n, error = %why, "task attempt failed; trying another holder");
+                    if never_started(&gw, &n) {
+                        task.attempts -= 1;
+                    }
                     tried.push(n);
                     node = plan::choose_node(&run.holders, &tried, |x| gw.jobs.load(x), u32::MAX)
                         .filter(|x| gw.nodes.state(x) == Some(NodeState::Up));
-                    if task.attempts >= MAX_ATTEMPTS || node.is_none() {
+                    if task.attempts >= MAX_ATTEMPTS {
                         let outcome = failed(
                             JobErrorCode::InternalError,
                             format!("task failed after {} attempts: {why}", task.attempts),
@@ -501,6 +508,13 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
     }
     .instrument(span)
     .await
+}
+
+/// A failed call to a node now marked unreachable never started the task
+/// (a stale address after a restart, a node that just died): it does not
+/// count against the task's attempts.
+fn never_started(gw: &Gateway, node: &str) -> bool {
+    gw.nodes.state(node) != Some(NodeState::Up)
 }
 
 fn finished(
@@ -615,10 +629,15 @@ async fn attempt(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    env.push(("INSITU_INPUT_KEY".into(), input_key.to_string()));
+    let (in_bucket, in_key) = input_key.split_once('/').unwrap_or(("", input_key));
+    env.push(("INSITU_INPUT_BUCKET".into(), in_bucket.to_string()));
+    env.push(("INSITU_INPUT_KEY".into(), in_key.to_string()));
     env.push(("INSITU_JOB_ID".into(), ctx.job.clone()));
     env.push(("INSITU_PHASE".into(), ctx.phase.to_string()));
     env.push(("INSITU_TASK_ID".into(), task.id.clone()));
+    if let Some(r) = task.reducer {
+        env.push(("INSITU_REDUCER".into(), r.to_string()));
+    }
     let exec = match &ctx.spec.init {
         // `init` runs before the task's command in the same shell; it is
         // meant for per-container set-up and must be idempotent.
@@ -810,15 +829,17 @@ async fn run_reducer(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord) -> Fi
                 .filter(|n| gw.nodes.state(n) == Some(NodeState::Up) && !tried.contains(n))
                 .max_by_key(|n| (held.get(n).copied().unwrap_or(0), u32::MAX - gw.jobs.load(n)));
             let Some(node) = node else {
-                let outcome = failed(JobErrorCode::InternalError, "no live node to run the reducer");
-                return finished(task, outcome, retries, 0, 0, leases);
+                // Every node was tried or is down: wait for one.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tried.clear();
+                continue;
             };
             let _slot = Slot::take(&gw, &node);
             task.attempts += 1;
             task.node = Some(node.clone());
             let result = async {
                 let (input, local, remote) = assemble(&gw, &node, &pieces, &mut leases).await?;
-                let key = format!("reducer {reducer}");
+                let key = String::new();
                 let outcome = attempt(&gw, &ctx, &task, &node, input.clone(), &key, &mut leases).await;
                 if let Some(id) = input {
                     let _ = gw.nodes.delete(&node, &id).await;
@@ -835,6 +856,9 @@ async fn run_reducer(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord) -> Fi
                 }
                 Err(AttemptError::Retry(why)) => {
                     tracing::warn!(node = %node, error = %why, "reducer attempt failed; trying another node");
+                    if never_started(&gw, &node) {
+                        task.attempts -= 1;
+                    }
                     tried.push(node);
                     if task.attempts >= MAX_ATTEMPTS {
                         let outcome = failed(
@@ -1068,7 +1092,7 @@ fn build_commit(
                     message,
                     stderr,
                 } => (*code, message.clone(), stderr.as_ref()),
-                Outcome::Success { .. } => (
+                Outcome::Success { .. } | Outcome::Requeue => (
                     JobErrorCode::InternalError,
                     "the output bucket is gone".to_string(),
                     None,
@@ -1122,6 +1146,11 @@ fn build_commit(
 /// The job is complete: record it, remove intermediate objects, and end
 /// the job's containers on every node.
 async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
+    // Containers and intermediate outputs go first, so that a job seen as
+    // done has nothing left running and nothing left over (a crash in
+    // between repeats this, which is harmless).
+    let snapshot = job.record.lock().await.clone();
+    cleanup(gw, job, &snapshot).await;
     let mut rec = job.record.lock().await;
     let mut new = rec.clone();
     new.state = JobState::Done;
@@ -1133,14 +1162,12 @@ async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
         return;
     }
     *rec = new.clone();
-    drop(rec);
     tracing::info!(
         outputs = new.counters.outputs,
         errors = new.counters.errors,
         retries = new.counters.retries,
         "job done"
     );
-    cleanup(gw, job, &new).await;
 }
 
 async fn cancelled(gw: &Arc<Gateway>, job: &ActiveJob, aborted: Vec<TaskRecord>) {

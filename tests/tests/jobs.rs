@@ -1,0 +1,703 @@
+//! Map/reduce jobs end to end: the real `insitu` binary, real storage-node
+//! processes, tasks in real Docker containers, data uploaded with the aws
+//! CLI and jobs driven with `insitu job` and curl.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use insitu_e2e::{aws_env, insitu_bin, unique, wait_until, Cluster, RawClient, Tenant};
+
+const MAP_WC: &str =
+    "tr -cs 'A-Za-z' '\\n' | grep -v '^$' | sort | uniq -c | awk '{print $2 \"\\t\" $1}'";
+const REDUCE_WC: &str = "awk -F'\\t' '{c[$1]+=$2} END {for (w in c) print w \"\\t\" c[w]}' | sort";
+
+/// Runs `insitu job ARGS` as `tenant`, with `stdin` on standard input.
+fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(insitu_bin());
+    cmd.arg("job")
+        .args(args)
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("insitu job");
+    if let Some(mut pipe) = child.stdin.take() {
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).expect("stdin");
+        }
+    }
+    child.wait_with_output().expect("insitu job output")
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn lines_of(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A deterministic corpus: `n` texts over a vocabulary of made-up words.
+fn corpus(n: usize) -> Vec<(String, String)> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let vocab: Vec<String> = (0..400)
+        .map(|_| {
+            let len = 3 + (next() % 6) as usize;
+            (0..len)
+                .map(|_| (b'a' + (next() % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let words = 200 + (next() % 600) as usize;
+            let mut text = String::new();
+            for w in 0..words {
+                let word = &vocab[(next() % 400) as usize];
+                if next() % 7 == 0 {
+                    text.push_str(&word.to_uppercase()[..1]);
+                    text.push_str(&word[1..]);
+                } else {
+                    text.push_str(word);
+                }
+                text.push_str(match w % 13 {
+                    12 => ".\n",
+                    5 => ", ",
+                    _ => " ",
+                });
+            }
+            (format!("book-{i:04}.txt"), text)
+        })
+        .collect()
+}
+
+/// The word count the job must produce, computed here.
+fn word_count<'a>(texts: impl Iterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for t in texts {
+        for w in t.split(|c: char| !c.is_ascii_alphabetic()) {
+            if !w.is_empty() {
+                *counts.entry(w.to_string()).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn parse_counts(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .map(|l| {
+            let (w, c) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (w.to_string(), c.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Uploads files with the aws CLI, as a user would.
+fn aws_upload(cluster: &Cluster, tenant: &Tenant, dir: &Path, dest: &str) {
+    let mut cmd = Command::new("aws");
+    aws_env(&mut cmd, &cluster.endpoint, tenant, cluster.dir.path()).unwrap();
+    let out = cmd
+        .args(["s3", "cp", "--recursive", "--only-show-errors"])
+        .arg(dir)
+        .arg(dest)
+        .output()
+        .expect("aws CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn get_text(c: &RawClient, loc: &str) -> String {
+    let r = c
+        .send("GET", &format!("/{loc}"), &[], &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {loc}");
+    r.text().await.unwrap()
+}
+
+fn write_corpus(dir: &Path, texts: &[(String, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in texts {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wordcount_runs_next_to_the_data_and_matches_a_local_count() {
+    let cluster = Cluster::start_with(3, Some(2)).expect("cluster");
+    let t = cluster.create_tenant("words").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("corpus");
+    c.create_bucket(&bucket).await.unwrap();
+    let texts = corpus(220);
+    let dir = cluster.dir.path().join("corpus");
+    write_corpus(&dir, &texts);
+    aws_upload(&cluster, &t, &dir, &format!("s3://{bucket}/books/"));
+    let total_bytes: u64 = texts.iter().map(|(_, t)| t.len() as u64).sum();
+    let expected = word_count(texts.iter().map(|(_, t)| t.as_str()));
+
+    // The corpus is spread over all three nodes.
+    let copies = cluster.blob_copies();
+    let nodes: BTreeSet<&String> = copies.values().flatten().collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+
+    // One reducer.
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--input",
+            &format!("s3://{bucket}/books/"),
+            "--output",
+            &format!("s3://{bucket}/wc1/"),
+            "--map",
+            MAP_WC,
+            "--reduce",
+            REDUCE_WC,
+            "--watch",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json_of(&out);
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["counters"]["inputs"], 220);
+    assert_eq!(status["counters"]["errors"], 0);
+    assert_eq!(status["phases"][0]["tasks"]["done"], 220);
+    // Locality: every map task read its input from its own node's disk.
+    // (A node runs a task only on a blob it holds: it answers "not here"
+    // otherwise, so a task that ran at all ran next to its input.)
+    assert_eq!(status["phases"][0]["bytes_local"], total_bytes);
+    assert_eq!(status["phases"][0]["bytes_remote"], 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("221/221 done"),
+        "a progress bar was shown: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = status["id"].as_str().unwrap().to_string();
+    let outputs = lines_of(&job_cli(&cluster, &t, &["outputs", &id], None));
+    assert_eq!(outputs, [format!("{bucket}/wc1/reduce.0")]);
+    let single = parse_counts(&get_text(&c, &outputs[0]).await);
+    assert_eq!(single, expected);
+
+    // Three reducers, partitioned by key: the same counts, each word in
+    // exactly one output.
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--input",
+            &format!("s3://{bucket}/books/"),
+            "--output",
+            &format!("s3://{bucket}/wc3/"),
+            "--map",
+            MAP_WC,
+            "--reduce",
+            REDUCE_WC,
+            "--reducers",
+            "3",
+            "--partition",
+            "key",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let id = lines_of(&out)[0].clone();
+    let wait = job_cli(&cluster, &t, &["wait", &id], None);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let outputs = lines_of(&job_cli(&cluster, &t, &["outputs", &id], None));
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    let mut union = BTreeMap::new();
+    for o in &outputs {
+        let part = parse_counts(&get_text(&c, o).await);
+        assert!(!part.is_empty(), "{o} got words");
+        for (w, n) in part {
+            assert!(
+                union.insert(w.clone(), n).is_none(),
+                "{w} is in two outputs"
+            );
+        }
+    }
+    assert_eq!(union, single);
+
+    // Intermediate outputs are gone once the job is done; the results stay.
+    let listing = c
+        .send(
+            "GET",
+            &format!("/{bucket}"),
+            &[("list-type", "2"), ("prefix", "_insitu/")],
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains("<Key>"), "{listing}");
+    let jobs = lines_of(&job_cli(&cluster, &t, &["list"], None));
+    assert_eq!(jobs.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_recorded_as_errors_and_the_rest_completes() {
+    let cluster = Cluster::start_with(3, Some(2)).expect("cluster");
+    let t = cluster.create_tenant("errs").expect("tenant");
+    let other = cluster.create_tenant("other").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let oc = RawClient::new(&cluster.endpoint, &other);
+    let bucket = unique("data");
+    c.create_bucket(&bucket).await.unwrap();
+    let private = unique("private");
+    oc.create_bucket(&private).await.unwrap();
+    let r = oc
+        .send(
+            "PUT",
+            &format!("/{private}/secret.txt"),
+            &[],
+            &[],
+            b"secret\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut inputs = Vec::new();
+    for i in 0..12 {
+        let body = if i % 4 == 0 {
+            "bad line\n"
+        } else {
+            "good\nline\n"
+        };
+        let key = format!("in/{i:02}.txt");
+        let r = c
+            .send(
+                "PUT",
+                &format!("/{bucket}/{key}"),
+                &[],
+                &[],
+                body.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        inputs.push(format!("{bucket}/{key}"));
+    }
+    inputs.push(format!("{bucket}/in/missing.txt"));
+    inputs.push(format!("{private}/secret.txt"));
+    let map = "if grep -q bad; then echo \"cannot use $INSITU_INPUT_KEY\" >&2; exit 3; fi; wc -l < \"$INSITU_INPUT_FILE\"";
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/out/"),
+            "--map",
+            map,
+            "--watch",
+        ],
+        Some(&inputs.join("\n")),
+    );
+    assert_eq!(out.status.code(), Some(1), "errors make the job fail");
+    let status = json_of(&out);
+    let id = status["id"].as_str().unwrap().to_string();
+    assert_eq!(status["counters"]["inputs"], 14);
+    assert_eq!(status["counters"]["outputs"], 9);
+    assert_eq!(status["counters"]["errors"], 5);
+    assert_eq!(
+        status["counters"]["retries"], 0,
+        "user failures are not retried"
+    );
+
+    let errors: Vec<serde_json::Value> = lines_of(&job_cli(&cluster, &t, &["errors", &id], None))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_code = |code: &str| -> Vec<&serde_json::Value> {
+        errors.iter().filter(|e| e["code"] == code).collect()
+    };
+    let user = by_code("UserTaskError");
+    assert_eq!(user.len(), 3, "{errors:?}");
+    for e in &user {
+        let input = e["input"].as_str().unwrap();
+        assert!(e["message"].as_str().unwrap().contains("status 3"), "{e}");
+        let stderr = get_text(&c, e["stderr"].as_str().unwrap()).await;
+        let key = input.split_once('/').unwrap().1;
+        assert_eq!(stderr, format!("cannot use {key}\n"));
+    }
+    assert_eq!(by_code("ResourceNotFoundError").len(), 1, "{errors:?}");
+    assert_eq!(
+        by_code("ResourceNotFoundError")[0]["input"],
+        format!("{bucket}/in/missing.txt")
+    );
+    assert_eq!(by_code("AccessDeniedError").len(), 1, "{errors:?}");
+    let failures = lines_of(&job_cli(&cluster, &t, &["failures", &id], None));
+    assert_eq!(failures.len(), 5);
+    // The good inputs' outputs are there, named after their inputs.
+    let outputs = lines_of(&job_cli(&cluster, &t, &["outputs", &id], None));
+    assert_eq!(outputs.len(), 9);
+    for o in &outputs {
+        assert!(o.starts_with(&format!("{bucket}/out/{bucket}/in/")), "{o}");
+        assert_eq!(get_text(&c, o).await, "2\n");
+    }
+
+    // An image that cannot be found.
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/img/"),
+            "--image",
+            "127.0.0.1:9/no/such-image:1",
+            "--map",
+            "cat",
+            "--watch",
+        ],
+        Some(&inputs[1]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let errors = lines_of(&job_cli(&cluster, &t, &["errors", &id], None));
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("ImageNotFoundError"), "{errors:?}");
+
+    // The API itself, with curl --aws-sigv4: a bad spec gets a precise
+    // JSON error, another tenant's output bucket is refused.
+    let curl = |method: &str, path: &str, body: &str| -> (u16, serde_json::Value) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+            ])
+            .arg(format!("{}:{}", t.access_key_id, t.secret_access_key))
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("{}{path}", cluster.endpoint))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (json, code) = text.rsplit_once('\n').unwrap();
+        (
+            code.parse().unwrap(),
+            serde_json::from_str(json).unwrap_or_default(),
+        )
+    };
+    let (code, body) = curl(
+        "POST",
+        "/_insitu/v1/jobs",
+        r#"{"phases":[{"type":"map","image":"x","exec":"cat","memory_mb":1}],"inputs":["abc/k"],"output":"abc/o/"}"#,
+    );
+    assert_eq!(code, 400);
+    assert_eq!(body["code"], "InvalidArgumentError");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("phases[0].memory_mb"),
+        "{body}"
+    );
+    let spec = format!(
+        r#"{{"phases":[{{"type":"map","image":"insitu-test/busybox:latest","exec":"cat"}}],"inputs":["{bucket}/in/01.txt"],"output":"{private}/o/"}}"#
+    );
+    let (code, body) = curl("POST", "/_insitu/v1/jobs", &spec);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["code"], "AccessDeniedError");
+    let (code, body) = curl("GET", "/_insitu/v1/jobs/nosuchjob", "");
+    assert_eq!(code, 404);
+    assert_eq!(body["code"], "ResourceNotFoundError");
+    let (code, body) = curl("GET", "/_insitu/v1/jobs?limit=1", "");
+    assert_eq!(code, 200);
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 1);
+    assert!(body["next"].is_string(), "{body}");
+    let (code, _) = curl("GET", "/_insitu/v1/openapi.json", "");
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_job_stops_and_its_containers_go() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("cancel").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("slow");
+    c.create_bucket(&bucket).await.unwrap();
+    let mut inputs = String::new();
+    for i in 0..6 {
+        let key = format!("k{i}");
+        c.send(
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            &[],
+            &[],
+            b"x\n".to_vec(),
+        )
+        .await
+        .unwrap();
+        inputs.push_str(&format!("{bucket}/{key}\n"));
+    }
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/o/"),
+            "--map",
+            "sleep 60",
+        ],
+        Some(&inputs),
+    );
+    assert!(out.status.success());
+    let id = lines_of(&out)[0].clone();
+    let containers = || {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=insitu.job={id}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = json_of(&job_cli(&cluster, &t, &["status", &id], None));
+            s["counters"]["tasks"]["running"].as_u64().unwrap_or(0) > 0
+        }),
+        "tasks started"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || containers() > 0),
+        "the job's container is up"
+    );
+    let out = job_cli(&cluster, &t, &["cancel", &id], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_of(&out)["state"], "cancelled");
+    let wait = job_cli(&cluster, &t, &["wait", &id], None);
+    assert_eq!(wait.status.code(), Some(1), "wait reports a cancelled job");
+    assert!(
+        wait_until(Duration::from_secs(30), || containers() == 0),
+        "the job's containers were destroyed"
+    );
+    let errors = lines_of(&job_cli(&cluster, &t, &["errors", &id], None));
+    assert!(!errors.is_empty());
+    assert!(
+        errors.iter().all(|e| e.contains("JobCancelledError")),
+        "{errors:?}"
+    );
+    let status = json_of(&job_cli(&cluster, &t, &["status", &id], None));
+    assert_eq!(status["counters"]["outputs"], 0);
+    // A cancelled job takes no more input.
+    let out = job_cli(&cluster, &t, &["cancel", &id], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidJobStateError"));
+}
+
+/// Inputs whose map output is `wc -c`, with a pause so the job is still
+/// running when something is killed.
+async fn slow_job_inputs(c: &RawClient, bucket: &str, n: usize) -> Vec<(String, usize)> {
+    let mut inputs = Vec::new();
+    for i in 0..n {
+        let key = format!("in/{i:03}");
+        let body = vec![b'z'; 1000 + i * 37];
+        let r = c
+            .send("PUT", &format!("/{bucket}/{key}"), &[], &[], body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        inputs.push((format!("{bucket}/{key}"), body.len()));
+    }
+    inputs
+}
+
+async fn check_exact_outputs(
+    cluster: &Cluster,
+    t: &Tenant,
+    c: &RawClient,
+    bucket: &str,
+    id: &str,
+    inputs: &[(String, usize)],
+) {
+    let outputs = lines_of(&job_cli(cluster, t, &["outputs", id], None));
+    let unique_outputs: BTreeSet<&String> = outputs.iter().collect();
+    assert_eq!(
+        outputs.len(),
+        inputs.len(),
+        "each output listed exactly once"
+    );
+    assert_eq!(unique_outputs.len(), inputs.len());
+    for (input, size) in inputs {
+        let loc = format!("{bucket}/o/{input}");
+        assert!(unique_outputs.contains(&loc), "{loc} missing");
+        assert_eq!(get_text(c, &loc).await.trim(), size.to_string());
+    }
+    // Nothing else was written under the output prefix.
+    let listing = c
+        .send(
+            "GET",
+            &format!("/{bucket}"),
+            &[("list-type", "2"), ("prefix", "o/")],
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(listing.matches("<Key>").count(), inputs.len(), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_survives_a_gateway_kill9_with_each_output_committed_once() {
+    let mut cluster =
+        Cluster::start_with_args(3, Some(2), &["--task-slots", "1"]).expect("cluster");
+    let t = cluster.create_tenant("crash").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("crash");
+    c.create_bucket(&bucket).await.unwrap();
+    let inputs = slow_job_inputs(&c, &bucket, 40).await;
+    let keys: Vec<&str> = inputs.iter().map(|(k, _)| k.as_str()).collect();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/o/"),
+            "--map",
+            "sleep 0.2; wc -c",
+        ],
+        Some(&keys.join("\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = lines_of(&out)[0].clone();
+    assert!(wait_until(Duration::from_secs(60), || {
+        let s = json_of(&job_cli(&cluster, &t, &["status", &id], None));
+        s["counters"]["tasks"]["done"].as_u64().unwrap_or(0) >= 8
+    }));
+    cluster.kill9();
+    cluster.restart().expect("restart");
+    let wait = job_cli(&cluster, &t, &["wait", &id], None);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let status = json_of(&wait);
+    assert_eq!(status["counters"]["outputs"], 40);
+    assert_eq!(status["counters"]["errors"], 0);
+    check_exact_outputs(&cluster, &t, &c, &bucket, &id, &inputs).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_on_a_killed_node_rerun_on_another_replica_holder() {
+    let cluster = Cluster::start_with_args(
+        4,
+        Some(2),
+        &[
+            "--task-slots",
+            "2",
+            "--suspect-after-secs",
+            "1",
+            "--down-after-secs",
+            "30",
+        ],
+    )
+    .expect("cluster");
+    let t = cluster.create_tenant("nodeloss").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("loss");
+    c.create_bucket(&bucket).await.unwrap();
+    let inputs = slow_job_inputs(&c, &bucket, 40).await;
+    let keys: Vec<&str> = inputs.iter().map(|(k, _)| k.as_str()).collect();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/o/"),
+            "--map",
+            "sleep 1; wc -c",
+        ],
+        Some(&keys.join("\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = lines_of(&out)[0].clone();
+    // Every node is busy (2 slots each) once 8 tasks run.
+    assert!(wait_until(Duration::from_secs(60), || {
+        let s = json_of(&job_cli(&cluster, &t, &["status", &id], None));
+        s["counters"]["tasks"]["running"].as_u64().unwrap_or(0) >= 8
+    }));
+    cluster.kill9_node("node-1");
+    let wait = job_cli(&cluster, &t, &["wait", &id], None);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let status = json_of(&wait);
+    assert_eq!(status["counters"]["errors"], 0);
+    assert!(
+        status["counters"]["retries"].as_u64().unwrap() >= 1,
+        "the killed node's tasks were retried: {status}"
+    );
+    check_exact_outputs(&cluster, &t, &c, &bucket, &id, &inputs).await;
+}
