@@ -1,0 +1,207 @@
+//! Job benchmark, run by `benches/run-jobs.sh`. Every figure is measured in
+//! one run on this machine, against a baseline from the same run:
+//! - a map `wc -l` job over 500 objects of 256 KiB on 3 nodes, against
+//!   native `xargs -P2 wc -l` over the very blob files the job read;
+//! - the warm per-task overhead: a job of many trivial tasks on one node
+//!   with one task slot, minus a job of one task, per extra task;
+//! - submit to first task: the wall time of a one-task job, from the
+//!   create request until it is done (an upper bound).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use insitu_e2e::{Cluster, RawClient};
+use serde_json::{json, Value};
+
+const OBJECTS: usize = 500;
+const OBJECT_BYTES: usize = 256 * 1024;
+const TRIVIAL_TASKS: usize = 200;
+
+fn text_object(i: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OBJECT_BYTES);
+    let mut n = 0;
+    while out.len() < OBJECT_BYTES {
+        let line = format!("object {i} line {n} some words to count\n");
+        out.extend_from_slice(line.as_bytes());
+        n += 1;
+    }
+    out.truncate(OBJECT_BYTES);
+    out
+}
+
+async fn upload(
+    c: &RawClient,
+    bucket: &str,
+    prefix: &str,
+    n: usize,
+    body: fn(usize) -> Vec<u8>,
+) -> Result<()> {
+    let results: Vec<Result<()>> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let r = c
+                .send(
+                    "PUT",
+                    &format!("/{bucket}/{prefix}{i:04}"),
+                    &[],
+                    &[],
+                    body(i),
+                )
+                .await?;
+            if r.status() != 200 {
+                bail!("PUT {i}: {}", r.status());
+            }
+            Ok(())
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Submits a job and waits for it; returns its status and the wall time
+/// from the create request to the job being done.
+async fn run_job(c: &RawClient, spec: Value) -> Result<(Value, Duration)> {
+    let t = Instant::now();
+    let r = c
+        .send(
+            "POST",
+            "/_insitu/v1/jobs",
+            &[],
+            &[],
+            spec.to_string().into_bytes(),
+        )
+        .await?;
+    if r.status() != 201 {
+        bail!("create job: {} {}", r.status(), r.text().await?);
+    }
+    let created: Value = r.json().await?;
+    let id = created["id"].as_str().context("job id")?.to_string();
+    loop {
+        let s: Value = c
+            .send("GET", &format!("/_insitu/v1/jobs/{id}"), &[], &[], vec![])
+            .await?
+            .json()
+            .await?;
+        if s["state"] == "done" {
+            let wall = t.elapsed();
+            if s["counters"]["errors"] != 0 {
+                bail!("job had errors: {s}");
+            }
+            return Ok((s, wall));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn map_spec(bucket: &str, prefix: &str, out: &str, exec: &str) -> Value {
+    json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
+        "input_prefix": format!("{bucket}/{prefix}"),
+        "output": format!("{bucket}/{out}"),
+    })
+}
+
+/// Seconds for a shell pipeline, best of three (warm page cache).
+fn native(script: &str) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let st = Command::new("sh").arg("-c").arg(script).status()?;
+        if !st.success() {
+            bail!("{script} failed");
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut report = serde_json::Map::new();
+
+    // 1. wc -l over 500 x 256 KiB on 3 nodes (R=1: each object's one blob
+    // file is what both sides read).
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("jobbench").await?;
+    upload(&c, "jobbench", "data/", OBJECTS, text_object).await?;
+    let files: Vec<String> = cluster
+        .blob_files()
+        .into_iter()
+        .filter(|(_, size)| *size == OBJECT_BYTES as u64)
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    if files.len() != OBJECTS {
+        bail!("expected {OBJECTS} blob files, found {}", files.len());
+    }
+    let list = cluster.dir.path().join("files.txt");
+    std::fs::write(&list, files.join("\n"))?;
+    let xargs = native(&format!("xargs -P2 wc -l < {} > /dev/null", list.display()))?;
+    let xargs_n1 = native(&format!(
+        "xargs -n1 -P2 wc -l < {} > /dev/null",
+        list.display()
+    ))?;
+    // Warm the image and the engine once, then measure.
+    run_job(&c, map_spec("jobbench", "data/000", "warm/", "wc -l")).await?;
+    let (status, wall) = run_job(&c, map_spec("jobbench", "data/", "wc/", "wc -l")).await?;
+    let job_secs = wall.as_secs_f64();
+    report.insert(
+        "wc_l_500x256KiB".into(),
+        json!({
+            "job_seconds": job_secs,
+            "native_xargs_P2_seconds": xargs,
+            "native_xargs_n1_P2_seconds": xargs_n1,
+            "ratio_vs_xargs_P2": job_secs / xargs,
+            "ratio_vs_xargs_n1_P2": job_secs / xargs_n1,
+            "target_ratio": 3.0,
+            "map_bytes_local": status["phases"][0]["bytes_local"],
+            "map_bytes_remote": status["phases"][0]["bytes_remote"],
+        }),
+    );
+    drop(cluster);
+
+    // 2. Warm per-task overhead and submit-to-first-task, on one node with
+    // one task slot so tasks run one after another.
+    let cluster = Cluster::start_with_args(1, Some(1), &["--task-slots", "1"])?;
+    let t = cluster.create_tenant("bench")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("tiny").await?;
+    upload(&c, "tiny", "t/", TRIVIAL_TASKS, |i| {
+        format!("{i}\n").into_bytes()
+    })
+    .await?;
+    run_job(&c, map_spec("tiny", "t/0000", "warm/", "true")).await?;
+    let mut singles = Vec::new();
+    for i in 0..5 {
+        let (_, wall) =
+            run_job(&c, map_spec("tiny", "t/0001", &format!("one{i}/"), "true")).await?;
+        singles.push(wall.as_secs_f64());
+    }
+    singles.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let single = singles[singles.len() / 2];
+    let (_, many) = run_job(&c, map_spec("tiny", "t/", "many/", "true")).await?;
+    let per_task_ms = (many.as_secs_f64() - single) * 1000.0 / (TRIVIAL_TASKS - 1) as f64;
+    let exec_ms = native(&format!(
+        "for i in $(seq {TRIVIAL_TASKS}); do /bin/sh -c true; done"
+    ))? * 1000.0
+        / TRIVIAL_TASKS as f64;
+    report.insert(
+        "per_task".into(),
+        json!({
+            "tasks": TRIVIAL_TASKS,
+            "job_seconds": many.as_secs_f64(),
+            "overhead_ms_per_task": per_task_ms,
+            "native_sh_c_true_ms": exec_ms,
+            "target_overhead_ms": 15.0,
+        }),
+    );
+    report.insert(
+        "submit_to_done_one_task".into(),
+        json!({ "median_seconds": single, "runs": singles, "target_first_task_seconds": 1.0 }),
+    );
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+    Ok(())
+}
