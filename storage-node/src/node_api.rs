@@ -304,6 +304,11 @@ async fn run_task(
     };
     match result {
         Ok(r) => Ok(Json(r)),
+        Err(TaskApiError::Task(TaskError::InitFailed(m))) => Err(task_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "UserTaskError",
+            &m,
+        )),
         Err(TaskApiError::Task(TaskError::GroupEnded(g))) => Err(task_error(
             StatusCode::CONFLICT,
             "JobCancelledError",

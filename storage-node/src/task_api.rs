@@ -30,6 +30,9 @@ pub struct TaskRequest {
     pub timeout_s: u64,
     pub task_id: String,
     pub exec: String,
+    /// Run once in a new container before its first task.
+    #[serde(default)]
+    pub init: Option<String>,
     /// A blob on this node, fed to the task on stdin.
     #[serde(default)]
     pub input_blob: Option<String>,
@@ -174,6 +177,9 @@ impl TaskService {
                 Some(g) => g.clone(),
                 None => {
                     let g = self.runner.start_group(&spec).await?;
+                    if let Some(init) = &req.init {
+                        self.run_init(&g, init, &req).await?;
+                    }
                     groups.insert(key.clone(), g.clone());
                     g
                 }
@@ -270,6 +276,40 @@ impl TaskService {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Runs a phase's `init` once in a new container; a failure ends the
+    /// container and fails the task that needed it.
+    async fn run_init(
+        &self,
+        group: &Group,
+        init: &str,
+        req: &TaskRequest,
+    ) -> Result<(), TaskApiError> {
+        let spec = TaskSpec {
+            task_id: "init".into(),
+            exec: init.to_string(),
+            input: None,
+            env: req.env.clone(),
+            timeout: Duration::from_secs(req.timeout_s.max(1)),
+        };
+        let outcome = self.runner.run_task(group, &spec).await;
+        let failure = match &outcome {
+            Ok(o) if o.end == TaskEnd::Exited(0) => None,
+            Ok(o) => Some(format!(
+                "init ended with {:?}: {}",
+                o.end,
+                o.stderr_preview.lines().last().unwrap_or("")
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        match failure {
+            None => Ok(()),
+            Some(message) => {
+                self.runner.end_group(group).await;
+                Err(TaskError::InitFailed(message).into())
+            }
         }
     }
 

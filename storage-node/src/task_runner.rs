@@ -23,7 +23,11 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
 use bollard::Docker;
 use futures::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
 use thiserror::Error;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Mutex};
 
 /// Labels on every task container, so a restarted node can find and reap
 /// the containers it no longer owns.
@@ -55,6 +59,8 @@ pub enum TaskError {
     Runtime(String),
     #[error("invalid task: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    InitFailed(String),
     #[error("the task's group {0} has ended")]
     GroupEnded(String),
     #[error("i/o: {0}")]
@@ -112,11 +118,50 @@ impl GroupSpec {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Group {
     pub container_id: String,
     pub group_id: String,
     dir: PathBuf,
+    launcher: Arc<Launcher>,
+    /// The container's cgroup file that counts OOM kills (cgroup v1
+    /// `memory.oom_control` or v2 `memory.events`), when found.
+    oom_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("container_id", &self.container_id)
+            .field("group_id", &self.group_id)
+            .finish()
+    }
+}
+
+/// The resident launcher of a group: one `exec` started with the
+/// container, reading task ids on stdin and starting each task as a child
+/// process, then answering `<task> <exit status>` on stdout. A task then
+/// costs a process start inside the container instead of a Docker exec
+/// (measured here: ~60 ms each).
+struct Launcher {
+    input: Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    waiters: Waiters,
+}
+
+type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<i64>>>>>;
+
+/// The launcher, run by `/bin/sh -c` as the task user. Each task's
+/// environment (with `INSITU_EXEC` and `INSITU_INPUT_FILE`) is in its
+/// directory's `env` file, written by the node.
+const LAUNCHER: &str = r#"while read -r t; do
+  d=/insitu/out/$t
+  ( cd /tmp && . "$d/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$d/stdout" 2>"$d/stderr"; echo "$t $?" ) &
+done"#;
+
+/// Quotes a value for a POSIX shell: inside single quotes, with each
+/// single quote closed, escaped and reopened.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
 }
 
 #[derive(Debug, Clone)]
@@ -354,11 +399,95 @@ impl TaskRunner {
             self.remove(&created.id).await;
             return Err(e.into());
         }
+        let launcher = match self.start_launcher(&created.id).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.remove(&created.id).await;
+                return Err(e);
+            }
+        };
+        let oom_file = self
+            .docker
+            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.pid)
+            .and_then(oom_counter_file);
+        if oom_file.is_none() {
+            tracing::warn!(container = %created.id, "cannot find the container's OOM counter; relying on the engine's OOMKilled flag");
+        }
         tracing::info!(node = %self.node_id, group = %group_id, container = %created.id, "task container started");
         Ok(Group {
             container_id: created.id,
             group_id,
             dir,
+            launcher: Arc::new(launcher),
+            oom_file,
+        })
+    }
+
+    /// Starts the group's launcher and the task that reads its answers.
+    async fn start_launcher(&self, container: &str) -> Result<Launcher, TaskError> {
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(vec![
+                        "/bin/sh".to_string(),
+                        "-c".to_string(),
+                        LAUNCHER.to_string(),
+                    ]),
+                    user: Some(TASK_USER.to_string()),
+                    working_dir: Some("/tmp".to_string()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let StartExecResults::Attached { mut output, input } =
+            self.docker.start_exec(&exec.id, None).await?
+        else {
+            return Err(TaskError::Runtime("the launcher did not attach".into()));
+        };
+        let waiters: Waiters = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
+        let answers = waiters.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = output.next().await {
+                let bollard::container::LogOutput::StdOut { message } = chunk else {
+                    continue;
+                };
+                buf.extend_from_slice(&message);
+                while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let mut parts = line.split_whitespace();
+                    let (Some(task), Some(code)) = (parts.next(), parts.next()) else {
+                        continue;
+                    };
+                    let code = code.parse::<i64>().unwrap_or(-1);
+                    let waiter = answers
+                        .lock()
+                        .ok()
+                        .and_then(|mut w| w.as_mut().and_then(|w| w.remove(task)));
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(code);
+                    }
+                }
+            }
+            // The launcher is gone (the container stopped): nobody waits
+            // for an answer that cannot come.
+            if let Ok(mut w) = answers.lock() {
+                w.take();
+            }
+        });
+        Ok(Launcher {
+            input: Mutex::new(input),
+            waiters,
         })
     }
 
@@ -377,63 +506,77 @@ impl TaskRunner {
             }
             None => "/dev/null".to_string(),
         };
-        let out_inside = format!("{OUT_DIR}/{}", task.task_id);
-        let mut env: Vec<String> = task.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("INSITU_INPUT_FILE={input_inside}"));
-        env.push(format!("INSITU_EXEC={}", task.exec));
-        // The user's command reads the input on stdin and writes to files
-        // on the output mount; the exec itself attaches nothing.
-        let wrapper = format!("exec /bin/sh -c \"$INSITU_EXEC\" <{input_inside} >{out_inside}/stdout 2>{out_inside}/stderr");
-        let exec = self
-            .docker
-            .create_exec(
-                &group.container_id,
-                CreateExecOptions {
-                    cmd: Some(vec!["/bin/sh".to_string(), "-c".to_string(), wrapper]),
-                    env: Some(env),
-                    user: Some(TASK_USER.to_string()),
-                    working_dir: Some("/tmp".to_string()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let run = async {
-            if let StartExecResults::Attached { mut output, .. } =
-                self.docker.start_exec(&exec.id, None).await?
-            {
-                while output.next().await.is_some() {}
-            }
-            Ok::<_, TaskError>(())
-        };
+        let mut env: Vec<(String, String)> = task.env.clone();
+        env.push(("INSITU_INPUT_FILE".into(), input_inside));
+        env.push(("INSITU_EXEC".into(), task.exec.clone()));
+        let mut script = String::new();
+        for (k, v) in &env {
+            script.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        tokio::fs::write(task_out.join("env"), script).await?;
         let stdout = task_out.join("stdout");
-        let end = match tokio::time::timeout(task.timeout, run).await {
+        let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
+        let (tx, rx) = oneshot::channel();
+        let registered = group
+            .launcher
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.as_mut().map(|w| w.insert(task.task_id.clone(), tx)))
+            .is_some();
+        if !registered {
+            return Err(TaskError::Runtime("the task container has stopped".into()));
+        }
+        {
+            let mut input = group.launcher.input.lock().await;
+            let line = format!("{}\n", task.task_id);
+            if let Err(e) = async {
+                input.write_all(line.as_bytes()).await?;
+                input.flush().await
+            }
+            .await
+            {
+                return Err(TaskError::Runtime(format!(
+                    "the task container has stopped: {e}"
+                )));
+            }
+        }
+        let end = match tokio::time::timeout(task.timeout, rx).await {
             Err(_) => {
-                // Docker cannot kill one exec: the container goes.
+                // Docker cannot kill one process of a container cleanly
+                // from outside: the container goes.
                 self.remove(&group.container_id).await;
                 TaskEnd::TimedOut
             }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) => {
-                let code = self
-                    .docker
-                    .inspect_exec(&exec.id)
-                    .await?
-                    .exit_code
-                    .unwrap_or(-1);
-                let state = self
-                    .docker
-                    .inspect_container(&group.container_id, None::<InspectContainerOptions>)
-                    .await
-                    .ok()
-                    .and_then(|c| c.state);
-                // Under runc an OOM-killed child can leave the task exiting 0.
-                if state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
+            Ok(answer) => {
+                // The engine sets OOMKilled only when the container stops,
+                // and under runc an OOM-killed child can leave the task
+                // exiting 0: the cgroup's own OOM-kill counter tells.
+                let ooms_after = group.oom_file.as_deref().and_then(oom_kills);
+                let oom = match (ooms_before, ooms_after) {
+                    (Some(b), Some(a)) => a > b,
+                    _ => self
+                        .docker
+                        .inspect_container(&group.container_id, None::<InspectContainerOptions>)
+                        .await
+                        .ok()
+                        .and_then(|c| c.state)
+                        .and_then(|s| s.oom_killed)
+                        .unwrap_or(false),
+                };
+                if oom {
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("memory".into())
                 } else {
-                    TaskEnd::Exited(code)
+                    match answer {
+                        Ok(code) => TaskEnd::Exited(code),
+                        Err(_) => {
+                            self.remove(&group.container_id).await;
+                            return Err(TaskError::Runtime(
+                                "the task container stopped during the task".into(),
+                            ));
+                        }
+                    }
                 }
             }
         };
@@ -506,6 +649,37 @@ impl TaskRunner {
             .await
             .is_ok()
     }
+}
+
+/// The OOM-kill counter file of the memory cgroup of process `pid`.
+fn oom_counter_file(pid: i64) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        let candidate = if controllers.split(',').any(|c| c == "memory") {
+            Path::new("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control")
+        } else if id == "0" && controllers.is_empty() {
+            Path::new("/sys/fs/cgroup").join(rel).join("memory.events")
+        } else {
+            continue;
+        };
+        if oom_kills(&candidate).is_some() {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+/// The `oom_kill` count in a cgroup memory file.
+fn oom_kills(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 async fn read_preview(path: &Path) -> String {

@@ -46,6 +46,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         stdout_blob: format!("{task_id}out"),
         stderr_blob: format!("{task_id}err"),
         split: None,
+        init: None,
     }
 }
 

@@ -127,6 +127,30 @@ async fn tasks_run_next_to_their_input_in_one_hardened_container() {
     assert_eq!(out.end, TaskEnd::Exited(3));
     assert_eq!(out.stderr_preview, "oops\n");
 
+    // Environment values reach the task exactly, whatever they contain;
+    // tasks of one group run at the same time.
+    let tricky = "it's \"quoted\" $HOME `x` \\ and\na second line";
+    let mut t6 = task("t6", "printf '%s' \"$TRICKY\"", None);
+    t6.env.push(("TRICKY".into(), tricky.into()));
+    let slow_a = task("t7", "sleep 1; echo a", None);
+    let slow_b = task("t8", "sleep 1; echo b", None);
+    let started = std::time::Instant::now();
+    let (o6, oa, ob) = tokio::join!(
+        r.run_task(&g, &t6),
+        r.run_task(&g, &slow_a),
+        r.run_task(&g, &slow_b)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&o6.unwrap().stdout).unwrap(),
+        tricky
+    );
+    assert_eq!(std::fs::read_to_string(&oa.unwrap().stdout).unwrap(), "a\n");
+    assert_eq!(std::fs::read_to_string(&ob.unwrap().stdout).unwrap(), "b\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "the two sleeps overlapped"
+    );
+
     // A task past its timeout: the container is destroyed.
     let mut slow = task("t5", "sleep 30", None);
     slow.timeout = Duration::from_secs(1);
@@ -136,6 +160,27 @@ async fn tasks_run_next_to_their_input_in_one_hardened_container() {
         !r.container_exists(&g.container_id).await,
         "timed-out container destroyed"
     );
+    r.end_group(&g).await;
+}
+
+#[tokio::test]
+async fn a_task_over_its_memory_limit_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path(), &unique("node")).await;
+    let mut spec = group(&unique("job"), None);
+    spec.limits.memory_mb = 32;
+    spec.limits.scratch_mb = 8;
+    let g = r.start_group(&spec).await.unwrap();
+    // dd holds one 200 MB block in memory.
+    let out = r
+        .run_task(
+            &g,
+            &task("hog", "dd if=/dev/zero of=/dev/null bs=200M count=1", None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Killed("memory".into()));
+    assert!(!r.container_exists(&g.container_id).await);
     r.end_group(&g).await;
 }
 

@@ -638,12 +638,6 @@ async fn attempt(
     if let Some(r) = task.reducer {
         env.push(("INSITU_REDUCER".into(), r.to_string()));
     }
-    let exec = match &ctx.spec.init {
-        // `init` runs before the task's command in the same shell; it is
-        // meant for per-container set-up and must be idempotent.
-        Some(init) => format!("{{ {init}\n}} >/dev/null && {{ {}\n}}", ctx.spec.exec),
-        None => ctx.spec.exec.clone(),
-    };
     let req = TaskRequest {
         tenant: ctx.tenant.clone(),
         job: ctx.job.clone(),
@@ -656,7 +650,8 @@ async fn attempt(
         disk_mb: ctx.spec.disk_mb(),
         timeout_s: ctx.spec.timeout_s(),
         task_id: format!("{}-a{}", task.id, task.attempts),
-        exec,
+        exec: ctx.spec.exec.clone(),
+        init: ctx.spec.init.clone(),
         input_blob,
         env,
         stdout_blob: stdout_blob.clone(),
@@ -666,13 +661,18 @@ async fn attempt(
     let deadline = Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK;
     let resp: TaskResponse = match gw.nodes.run_task(node, &req, deadline).await {
         Ok(r) => r,
-        Err(NodeError::Status { status, body, .. }) if status == 404 || status == 400 => {
+        Err(NodeError::Status {
+            status: 400 | 404 | 422,
+            body,
+            ..
+        }) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let message = v["message"].as_str().unwrap_or(&body).to_string();
             return Err(match v["code"].as_str() {
                 Some("ImageNotFoundError") => {
                     AttemptError::Fail(JobErrorCode::ImageNotFoundError, message)
                 }
+                Some("UserTaskError") => AttemptError::Fail(JobErrorCode::UserTaskError, message),
                 Some("InvalidArgumentError") => {
                     AttemptError::Fail(JobErrorCode::InvalidArgumentError, message)
                 }
