@@ -233,13 +233,22 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         }
         tokio::select! {
             Some(fin) = inflight.next(), if !inflight.is_empty() => {
-                in_flight_tasks.remove(&fin.task.id);
-                adjust_running(&job, fin.task.phase, -1);
-                if matches!(fin.outcome, Outcome::Requeue) {
-                    backlog.push_back(fin.task);
-                } else {
-                    commit(&gw, &job, fin).await;
+                // Commit every task that has finished by now in one batch.
+                let mut done = vec![fin];
+                while let Some(Some(more)) = inflight.next().now_or_never() {
+                    done.push(more);
                 }
+                let mut to_commit = Vec::with_capacity(done.len());
+                for fin in done {
+                    in_flight_tasks.remove(&fin.task.id);
+                    adjust_running(&job, fin.task.phase, -1);
+                    if matches!(fin.outcome, Outcome::Requeue) {
+                        backlog.push_back(fin.task);
+                    } else {
+                        to_commit.push(fin);
+                    }
+                }
+                commit_all(&gw, &job, to_commit).await;
             }
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -940,6 +949,41 @@ fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
 
 /// Records a task's outcome: its output objects, its successors, its
 /// counters and its own state, in one atomic batch.
+/// Commits finished tasks in one atomic batch; if that fails (an output
+/// bucket is gone), one by one, so each failure is recorded on its own.
+async fn commit_all(gw: &Arc<Gateway>, job: &ActiveJob, fins: Vec<Finished>) {
+    if fins.len() > 1 {
+        let mut rec = job.record.lock().await;
+        if rec.state.is_final() {
+            return;
+        }
+        let mut current = rec.clone();
+        let mut merged = JobStep::default();
+        let mut built = true;
+        for fin in &fins {
+            match build_commit(gw, &current, fin, true) {
+                Ok((step, new)) => {
+                    merged.writes.extend(step.writes);
+                    merged.objects.extend(step.objects);
+                    merged.delete_objects.extend(step.delete_objects);
+                    current = new;
+                }
+                Err(_) => {
+                    built = false;
+                    break;
+                }
+            }
+        }
+        if built && gw.catalog.job_commit(merged).is_ok() {
+            *rec = current;
+            return;
+        }
+    }
+    for fin in fins {
+        commit(gw, job, fin).await;
+    }
+}
+
 async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
     let mut rec = job.record.lock().await;
     if rec.state.is_final() {
