@@ -83,6 +83,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
                 .delete(delete_blob),
         )
         .route("/v1/blobs/{id}/compose", post(compose_blob))
+        .route(
+            "/v1/streams/{tenant}/{job}/{task}/append",
+            post(stream_append),
+        )
+        .route("/v1/streams/{tenant}/{job}/{task}/end", post(stream_end))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_load,
@@ -338,6 +343,92 @@ async fn run_task(
             ))
         }
     }
+}
+
+#[derive(Deserialize)]
+struct AppendQuery {
+    /// A blob on this node to append; without it, the request body is.
+    blob: Option<String>,
+}
+
+fn stream_error(e: crate::task_api::StreamError) -> Response {
+    use crate::task_api::StreamError;
+    let status = match e {
+        StreamError::NoSuchStream(_) => StatusCode::NOT_FOUND,
+        StreamError::Ended | StreamError::ReaderGone => StatusCode::CONFLICT,
+        StreamError::Source(_) => StatusCode::BAD_GATEWAY,
+    };
+    ApiError(status, e.to_string()).into_response()
+}
+
+/// Appends a local blob (verified block by block) or the request body to a
+/// running task's streamed input.
+async fn stream_append(
+    State(state): State<Arc<NodeState>>,
+    Path((tenant, job, task)): Path<(String, String, String)>,
+    Query(q): Query<AppendQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, Response> {
+    authorize(&state, &headers).map_err(IntoResponse::into_response)?;
+    let Some(tasks) = &state.tasks else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no container engine".into(),
+        )
+        .into_response());
+    };
+    let key = format!("{tenant}/{job}/{task}");
+    let written = match q.blob {
+        Some(id) => {
+            let size = state
+                .store
+                .size(&id)
+                .await
+                .map_err(|e| ApiError::from(e).into_response())?;
+            if size == 0 {
+                0
+            } else {
+                let data = state
+                    .store
+                    .read_verified(&id, 0, size - 1)
+                    .await
+                    .map_err(|e| ApiError::from(e).into_response())?;
+                tasks
+                    .append(&key, Box::pin(data))
+                    .await
+                    .map_err(stream_error)?
+            }
+        }
+        None => {
+            let data = body.into_data_stream().map_err(std::io::Error::other);
+            tasks
+                .append(&key, Box::pin(data))
+                .await
+                .map_err(stream_error)?
+        }
+    };
+    Ok(Json(serde_json::json!({ "appended": written })))
+}
+
+async fn stream_end(
+    State(state): State<Arc<NodeState>>,
+    Path((tenant, job, task)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Response> {
+    authorize(&state, &headers).map_err(IntoResponse::into_response)?;
+    let Some(tasks) = &state.tasks else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no container engine".into(),
+        )
+        .into_response());
+    };
+    tasks
+        .end_stream(&format!("{tenant}/{job}/{task}"))
+        .await
+        .map_err(stream_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn task_error(status: StatusCode, code: &str, message: &str) -> Response {

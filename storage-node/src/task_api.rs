@@ -33,6 +33,12 @@ pub struct TaskRequest {
     /// Run once in a new container before its first task.
     #[serde(default)]
     pub init: Option<String>,
+    /// The input arrives while the task runs, through
+    /// `/v1/streams/{tenant}/{job}/{task_id}/append` and `.../end` (a
+    /// reducer fed as earlier phases produce). The timeout counts from the
+    /// end of the input.
+    #[serde(default)]
+    pub input_stream: bool,
     /// A blob on this node, fed to the task on stdin.
     #[serde(default)]
     pub input_blob: Option<String>,
@@ -83,6 +89,28 @@ pub struct TaskResponse {
     pub stderr_preview: String,
 }
 
+/// The writing end of a streamed task input.
+struct StreamSlot {
+    writer: Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    end: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long an append waits for its task to open its input (the caller
+/// retries while its task call is pending: an image pull can take longer).
+const STREAM_OPEN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("no running task {0} takes a streamed input")]
+    NoSuchStream(String),
+    #[error("the task's input has already ended")]
+    Ended,
+    #[error("the task stopped reading its input")]
+    ReaderGone,
+    #[error("{0}")]
+    Source(String),
+}
+
 /// Ended groups remembered, to refuse their late tasks.
 const MAX_ENDED_GROUPS: usize = 4096;
 
@@ -94,6 +122,9 @@ pub struct TaskService {
     /// arrives late is refused instead of starting a container nobody
     /// would end. Bounded; the oldest are forgotten first.
     ended: std::sync::Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// Streamed inputs of running tasks, by `tenant/job/task`.
+    streams: std::sync::Mutex<HashMap<String, Arc<StreamSlot>>>,
+    stream_opened: tokio::sync::Notify,
     /// Image tarball blob id → the image it loaded.
     loaded_images: Mutex<HashMap<String, String>>,
 }
@@ -112,6 +143,8 @@ impl TaskService {
             runner,
             groups: Mutex::new(HashMap::new()),
             ended: Default::default(),
+            streams: Default::default(),
+            stream_opened: tokio::sync::Notify::new(),
             loaded_images: Mutex::new(HashMap::new()),
         }
     }
@@ -185,14 +218,43 @@ impl TaskService {
                 }
             }
         };
+        let stream_key = format!("{}/{}/{}", req.tenant, req.job, req.task_id);
+        let (input, input_end) = if req.input_stream {
+            let fifo = self.runner.make_fifo(&group, &req.task_id)?;
+            // Opened for reading and writing, so opening never waits for
+            // the task; the task sees end of input when this is dropped.
+            let writer = tokio::net::unix::pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(&fifo)
+                .map_err(TaskError::Io)?;
+            let (end_tx, end_rx) = tokio::sync::watch::channel(false);
+            let slot = Arc::new(StreamSlot {
+                writer: Mutex::new(Some(writer)),
+                end: end_tx,
+            });
+            if let Ok(mut s) = self.streams.lock() {
+                s.insert(stream_key.clone(), slot);
+            }
+            self.stream_opened.notify_waiters();
+            (Some(fifo), Some(end_rx))
+        } else {
+            (input, None)
+        };
         let task = TaskSpec {
             task_id: req.task_id.clone(),
             exec: req.exec.clone(),
             input,
             env: req.env.clone(),
             timeout: Duration::from_secs(req.timeout_s.max(1)),
+            input_end,
         };
-        let outcome = self.runner.run_task(&group, &task).await?;
+        let outcome = self.runner.run_task(&group, &task).await;
+        if req.input_stream {
+            if let Ok(mut s) = self.streams.lock() {
+                s.remove(&stream_key);
+            }
+        }
+        let outcome = outcome?;
         let end = match &outcome.end {
             TaskEnd::Exited(code) => TaskEndReport::Exited { code: *code },
             TaskEnd::Killed(r) => TaskEndReport::Killed {
@@ -293,6 +355,7 @@ impl TaskService {
             input: None,
             env: req.env.clone(),
             timeout: Duration::from_secs(req.timeout_s.max(1)),
+            input_end: None,
         };
         let outcome = self.runner.run_task(group, &spec).await;
         let failure = match &outcome {
@@ -311,6 +374,56 @@ impl TaskService {
                 Err(TaskError::InitFailed(message).into())
             }
         }
+    }
+
+    async fn stream_slot(&self, key: &str) -> Result<Arc<StreamSlot>, StreamError> {
+        let deadline = tokio::time::Instant::now() + STREAM_OPEN_WAIT;
+        loop {
+            let opened = self.stream_opened.notified();
+            if let Some(slot) = self.streams.lock().ok().and_then(|s| s.get(key).cloned()) {
+                return Ok(slot);
+            }
+            if tokio::time::timeout_at(deadline, opened).await.is_err() {
+                return Err(StreamError::NoSuchStream(key.to_string()));
+            }
+        }
+    }
+
+    /// Appends bytes to a running task's streamed input, in order; waits
+    /// (bounded) for the task to open it. Memory stays flat: the pipe
+    /// pushes back when the task reads slowly.
+    pub async fn append<S>(&self, key: &str, mut data: S) -> Result<u64, StreamError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Unpin,
+    {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let slot = self.stream_slot(key).await?;
+        let mut writer = slot.writer.lock().await;
+        let Some(w) = writer.as_mut() else {
+            return Err(StreamError::Ended);
+        };
+        let mut written = 0;
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map_err(|e| StreamError::Source(e.to_string()))?;
+            w.write_all(&chunk).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    StreamError::ReaderGone
+                } else {
+                    StreamError::Source(e.to_string())
+                }
+            })?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+
+    /// Ends a task's streamed input: the task sees end of file.
+    pub async fn end_stream(&self, key: &str) -> Result<(), StreamError> {
+        let slot = self.stream_slot(key).await?;
+        slot.writer.lock().await.take();
+        let _ = slot.end.send(true);
+        Ok(())
     }
 
     fn has_ended(&self, key: &str) -> bool {

@@ -174,6 +174,9 @@ pub struct TaskSpec {
     pub input: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
+    /// For a task whose input is a pipe fed while it runs: becomes true
+    /// when the input is complete, and the timeout counts from then.
+    pub input_end: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -500,8 +503,11 @@ impl TaskRunner {
         let input_inside = match &task.input {
             Some(blob) => {
                 let link = group.dir.join("in").join(&task.task_id);
-                let _ = tokio::fs::remove_file(&link).await;
-                tokio::fs::hard_link(blob, &link).await?;
+                // A pipe made by `make_fifo` is already in place.
+                if *blob != link {
+                    let _ = tokio::fs::remove_file(&link).await;
+                    tokio::fs::hard_link(blob, &link).await?;
+                }
                 format!("{IN_DIR}/{}", task.task_id)
             }
             None => "/dev/null".to_string(),
@@ -541,7 +547,18 @@ impl TaskRunner {
                 )));
             }
         }
-        let end = match tokio::time::timeout(task.timeout, rx).await {
+        let mut rx = rx;
+        let answer = async {
+            if let Some(mut ended) = task.input_end.clone() {
+                // The clock starts when the input is complete.
+                tokio::select! {
+                    a = &mut rx => return Ok(a),
+                    _ = ended.wait_for(|e| *e) => {}
+                }
+            }
+            tokio::time::timeout(task.timeout, &mut rx).await
+        };
+        let end = match answer.await {
             Err(_) => {
                 // Docker cannot kill one process of a container cleanly
                 // from outside: the container goes.
@@ -586,6 +603,19 @@ impl TaskRunner {
             stdout,
             stderr_preview,
         })
+    }
+
+    /// Makes a named pipe in a group's input directory for a task whose
+    /// input is streamed to it; returns its path (pass it as the task's
+    /// input).
+    pub fn make_fifo(&self, group: &Group, task_id: &str) -> Result<PathBuf, TaskError> {
+        check_token("task", task_id)?;
+        let path = group.dir.join("in").join(task_id);
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| TaskError::Io(std::io::Error::from(e)))?;
+        std::os::unix::fs::chown(&path, Some(TASK_UID), Some(TASK_UID))?;
+        Ok(path)
     }
 
     /// Destroys a group's container and its directories.

@@ -47,6 +47,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         stderr_blob: format!("{task_id}err"),
         split: None,
         init: None,
+        input_stream: false,
     }
 }
 
@@ -311,4 +312,82 @@ async fn images_stored_as_objects_are_loaded_and_used() {
         .send()
         .await;
     let _ = docker(&["rmi", &tag]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_input_is_fed_while_the_task_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_id = format!("streamnode{}", std::process::id());
+    let url = start_node(dir.path(), &node_id).await;
+    let http = reqwest::Client::new();
+    let job = format!("sjob{}", std::process::id());
+    let r = http
+        .put(format!("{url}/v1/blobs/piece1"))
+        .bearer_auth(SECRET)
+        .body("a\nb\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let mut req = request("s1", "cat; echo done", None, &job);
+    req.input_stream = true;
+    let task = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            http.post(format!("{url}/v1/tasks"))
+                .bearer_auth(SECRET)
+                .json(&req)
+                .send()
+                .await
+                .unwrap()
+                .json::<TaskResponse>()
+                .await
+                .unwrap()
+        })
+    };
+    let stream = format!("{url}/v1/streams/acme/{job}/s1");
+    // A local blob, then bytes sent in the request, in order.
+    let r = http
+        .post(format!("{stream}/append?blob=piece1"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{stream}/append"))
+        .bearer_auth(SECRET)
+        .body("c\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The task has not seen the end of its input yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished());
+    let r = http
+        .post(format!("{stream}/end"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let resp = task.await.unwrap();
+    assert_eq!(resp.end, TaskEndReport::Exited { code: 0 });
+    let out = http
+        .get(format!("{url}/v1/blobs/s1out"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(out, "a\nb\nc\ndone\n");
+    let _ = http
+        .delete(format!("{url}/v1/groups/acme/{job}/0"))
+        .bearer_auth(SECRET)
+        .send()
+        .await;
 }

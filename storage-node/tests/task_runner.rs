@@ -37,6 +37,7 @@ fn task(id: &str, exec: &str, input: Option<std::path::PathBuf>) -> TaskSpec {
             ("INSITU_TASK_ID".into(), id.into()),
         ],
         timeout: Duration::from_secs(20),
+        input_end: None,
     }
 }
 

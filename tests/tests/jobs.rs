@@ -701,3 +701,68 @@ async fn tasks_on_a_killed_node_rerun_on_another_replica_holder() {
     );
     check_exact_outputs(&cluster, &t, &c, &bucket, &id, &inputs).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reducers_get_input_while_maps_still_run() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("pipe").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("pipe");
+    c.create_bucket(&bucket).await.unwrap();
+    let mut inputs = String::new();
+    for i in 0..6 {
+        let key = format!("in/{i}");
+        c.send(
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            &[],
+            &[],
+            format!("line {i}\n").into_bytes(),
+        )
+        .await
+        .unwrap();
+        inputs.push_str(&format!("{bucket}/{key}\n"));
+    }
+    // One straggling map task; the reducer notes when its first line
+    // arrived and when its input ended (host uptime, seen through /proc).
+    let map = "if [ \"$INSITU_INPUT_KEY\" = in/5 ]; then sleep 4; fi; cat";
+    let reduce = "read first; a=$(cut -d' ' -f1 /proc/uptime); n=$(wc -l); b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b $((n + 1))\"";
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/o/"),
+            "--map",
+            map,
+            "--reduce",
+            reduce,
+            "--watch",
+        ],
+        Some(&inputs),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json_of(&out);
+    let outputs = lines_of(&job_cli(
+        &cluster,
+        &t,
+        &["outputs", status["id"].as_str().unwrap()],
+        None,
+    ));
+    assert_eq!(outputs, [format!("{bucket}/o/reduce.0")]);
+    let text = get_text(&c, &outputs[0]).await;
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(f[2], 6.0, "the reducer got every line: {text}");
+    assert!(
+        f[1] - f[0] >= 2.5,
+        "the first line reached the reducer while a map still ran: {text}"
+    );
+}

@@ -614,6 +614,49 @@ impl NodeSet {
         })
     }
 
+    /// Appends a blob the node holds to a running task's streamed input
+    /// (`stream` is `tenant/job/task`).
+    pub async fn stream_append_blob(
+        &self,
+        node: &str,
+        stream: &str,
+        blob: &str,
+    ) -> Result<(), NodeError> {
+        let url = self.url(node, &format!("/v1/streams/{stream}/append"))?;
+        let req = self
+            .task_http
+            .post(url)
+            .bearer_auth(&self.secret)
+            .query(&[("blob", blob)]);
+        Self::check(node, req.send().await).await?;
+        Ok(())
+    }
+
+    /// Streams bytes to a running task's streamed input.
+    pub async fn stream_append_body(
+        &self,
+        node: &str,
+        stream: &str,
+        body: ByteStream,
+    ) -> Result<(), NodeError> {
+        let url = self.url(node, &format!("/v1/streams/{stream}/append"))?;
+        let req = self
+            .task_http
+            .post(url)
+            .bearer_auth(&self.secret)
+            .body(reqwest::Body::wrap_stream(body));
+        Self::check(node, req.send().await).await?;
+        Ok(())
+    }
+
+    /// Ends a running task's streamed input.
+    pub async fn stream_end(&self, node: &str, stream: &str) -> Result<(), NodeError> {
+        let url = self.url(node, &format!("/v1/streams/{stream}/end"))?;
+        let req = self.task_http.post(url).bearer_auth(&self.secret);
+        Self::check(node, req.send().await).await?;
+        Ok(())
+    }
+
     /// Destroys a (job, phase) group's container on a node.
     pub async fn end_group(
         &self,

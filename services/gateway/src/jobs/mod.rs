@@ -60,6 +60,7 @@ pub struct ActiveJob {
 pub struct Supervisor {
     active: std::sync::Mutex<HashMap<String, Arc<ActiveJob>>>,
     node_tasks: std::sync::Mutex<HashMap<String, u32>>,
+    node_reducers: std::sync::Mutex<HashMap<String, i64>>,
     /// (node, image blob) pairs already copied to the node.
     images_on_nodes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     image_copy: Mutex<()>,
@@ -80,6 +81,19 @@ impl Supervisor {
     pub(crate) fn take_slot(&self, node: &str) {
         if let Ok(mut m) = self.node_tasks.lock() {
             *m.entry(node.to_string()).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn reducers_on(&self, node: &str) -> i64 {
+        self.node_reducers
+            .lock()
+            .map(|m| m.get(node).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn add_reducer(&self, node: &str, delta: i64) {
+        if let Ok(mut m) = self.node_reducers.lock() {
+            *m.entry(node.to_string()).or_default() += delta;
         }
     }
 

@@ -205,7 +205,10 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         }
         // Reducers: once everything upstream has finished.
         for (k, started) in reducers_started.iter_mut().enumerate() {
-            if *started || rec.spec.phases[k].kind != PhaseKind::Reduce || !rec.upstream_done(k) {
+            // Pipelined: a reduce phase starts as soon as the phase before
+            // it has finished a task (or at once when it is the first).
+            let can_start = k == 0 || rec.phases[k - 1].finished() > 0 || rec.upstream_done(k);
+            if *started || rec.spec.phases[k].kind != PhaseKind::Reduce || !can_start {
                 continue;
             }
             *started = true;
@@ -221,7 +224,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                 adjust_running(&job, task.phase, 1);
                 in_flight_tasks.insert(task.id.clone(), task.clone());
                 let ctx = task_ctx(&rec, k as u32);
-                inflight.push(run_reducer(gw.clone(), ctx, task).boxed());
+                inflight.push(run_reducer(gw.clone(), job.clone(), ctx, task).boxed());
             }
         }
         if inflight.is_empty() && backlog.is_empty() {
@@ -488,7 +491,8 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
             task.attempts += 1;
             task.node = Some(n.clone());
             let input = (run.input.size > 0).then(|| run.input.id.clone());
-            match attempt(&gw, &ctx, &task, &n, input, &input_key, &mut leases).await {
+            let id = attempt_id(&task);
+            match attempt(&gw, &ctx, &task, &id, &n, input, &input_key, &mut leases).await {
                 Ok(outcome) => {
                     return finished(task, outcome, retries, run.input.size, 0, leases)
                 }
@@ -613,10 +617,23 @@ async fn image_for(
 
 /// One attempt of a task on one node: run it, then replicate what it
 /// produced.
+/// A task id for one attempt on a node, unique even across gateway
+/// restarts (an earlier gateway's attempt may still be running there).
+fn attempt_id(task: &TaskRecord) -> String {
+    format!(
+        "{}-a{}-{:06x}",
+        task.id,
+        task.attempts,
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     gw: &Arc<Gateway>,
     ctx: &TaskCtx,
     task: &TaskRecord,
+    attempt_id: &str,
     node: &str,
     input_blob: Option<String>,
     input_key: &str,
@@ -658,7 +675,7 @@ async fn attempt(
         cpus: ctx.spec.cpus(),
         disk_mb: ctx.spec.disk_mb(),
         timeout_s: ctx.spec.timeout_s(),
-        task_id: format!("{}-a{}", task.id, task.attempts),
+        task_id: attempt_id.to_string(),
         exec: ctx.spec.exec.clone(),
         init: ctx.spec.init.clone(),
         input_blob,
@@ -666,6 +683,7 @@ async fn attempt(
         stdout_blob: stdout_blob.clone(),
         stderr_blob: stderr_blob.clone(),
         split: ctx.split,
+        input_stream: task.reducer.is_some(),
     };
     let deadline = Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK;
     let resp: TaskResponse = match gw.nodes.run_task(node, &req, deadline).await {
@@ -795,69 +813,60 @@ async fn replicate(gw: &Arc<Gateway>, mut blob: Blob) -> Blob {
     blob
 }
 
-async fn run_reducer(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord) -> Finished {
+/// A reducer runs from the moment its phase can get input: the node starts
+/// it with a pipe for stdin, and `feed_reducer` appends each input piece as
+/// earlier phases commit it, so reducers work while maps still run. The
+/// reducer sees end of input once every earlier phase is done and the
+/// job's input is complete.
+async fn run_reducer(
+    gw: Arc<Gateway>,
+    job: Arc<ActiveJob>,
+    ctx: TaskCtx,
+    mut task: TaskRecord,
+) -> Finished {
     let span = tracing::info_span!("task", tenant = %ctx.tenant, job = %ctx.job, task = %task.id, phase = ctx.phase);
     async move {
         let reducer = task.reducer.unwrap_or(0);
         let mut leases = Vec::new();
-        // The reducer's inputs, and how many of their bytes each node holds.
-        let mut pieces: Vec<BlobRef> = Vec::new();
-        let mut held: HashMap<String, u64> = HashMap::new();
-        let prefix = piece_prefix(&ctx.job, ctx.phase, reducer);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = match gw.catalog.job_scan(JobCf::Items, &prefix, after.as_deref(), 1000) {
-                Ok(p) => p,
-                Err(e) => {
-                    let outcome = failed(JobErrorCode::InternalError, e.to_string());
-                    return finished(task, outcome, 0, 0, 0, leases);
-                }
-            };
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.to_vec());
-            for (_, v) in page {
-                let Ok(p) = decode::<PieceRecord>(&v) else { continue };
-                if let Ok(Some(o)) = gw.catalog.get_object(&p.bucket, &p.key) {
-                    for n in &o.blob.replicas {
-                        *held.entry(n.clone()).or_default() += o.blob.size;
-                    }
-                    leases.push(gw.inflight.hold(&o.blob.id));
-                    pieces.push(o.blob);
-                }
-            }
-        }
         let mut tried: Vec<String> = Vec::new();
         let mut retries = 0;
         loop {
-            // The live node holding the most input bytes, the least busy
-            // on a tie.
+            // The live node with the fewest reducers, then the least busy.
             let node = gw
                 .nodes
                 .node_ids()
                 .into_iter()
                 .filter(|n| gw.nodes.state(n) == Some(NodeState::Up) && !tried.contains(n))
-                .max_by_key(|n| (held.get(n).copied().unwrap_or(0), u32::MAX - gw.jobs.load(n)));
+                .min_by_key(|n| (gw.jobs.reducers_on(n), gw.jobs.load(n)));
             let Some(node) = node else {
                 // Every node was tried or is down: wait for one.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 tried.clear();
                 continue;
             };
-            let _slot = Slot::take(&gw, &node);
+            let _placed = ReducerPlace::take(&gw, &node);
             task.attempts += 1;
             task.node = Some(node.clone());
-            let result = async {
-                let (input, local, remote) = assemble(&gw, &node, &pieces, &mut leases).await?;
-                let key = String::new();
-                let outcome = attempt(&gw, &ctx, &task, &node, input.clone(), &key, &mut leases).await;
-                if let Some(id) = input {
-                    let _ = gw.nodes.delete(&node, &id).await;
-                }
-                outcome.map(|o| (o, local, remote))
-            }
-            .await;
+            let attempt_id = attempt_id(&task);
+            let (result, fed) = {
+                let call = attempt(&gw, &ctx, &task, &attempt_id, &node, None, "", &mut leases);
+                let feed = feed_reducer(&gw, &job, &ctx, reducer, &node, &attempt_id);
+                tokio::pin!(call, feed);
+                let mut fed: Option<(u64, u64)> = None;
+                let result = loop {
+                    tokio::select! {
+                        r = &mut call => break r,
+                        f = &mut feed, if fed.is_none() => match f {
+                            Ok(counts) => fed = Some(counts),
+                            Err(e) => break Err(AttemptError::Retry(format!("feeding the reducer: {e}"))),
+                        },
+                    }
+                };
+                (result, fed)
+            };
+            let (local, remote) = fed.unwrap_or((0, 0));
             match result {
-                Ok((outcome, local, remote)) => {
+                Ok(outcome) => {
                     return finished(task, outcome, retries, local, remote, leases)
                 }
                 Err(AttemptError::Fail(code, message)) => {
@@ -885,48 +894,118 @@ async fn run_reducer(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord) -> Fi
     .await
 }
 
-/// Puts a reducer's input together on its node: pieces the node holds are
-/// used in place, the others are copied there, and the node concatenates
-/// them into one blob. Returns it (none for no input) and the bytes that
-/// were local and remote.
-async fn assemble(
+/// How long the feeder keeps offering input to a task that has not opened
+/// it yet (its image may be being pulled).
+const FEED_OPEN_PATIENCE: Duration = Duration::from_secs(900);
+
+/// Appends a reducer's input pieces to its running task, in commit order,
+/// as they appear; ends its input when nothing more can come. Pieces the
+/// node holds are read from its disk; others are streamed to it. Returns
+/// the bytes that were local and remote.
+async fn feed_reducer(
     gw: &Arc<Gateway>,
+    job: &ActiveJob,
+    ctx: &TaskCtx,
+    reducer: u32,
     node: &str,
-    pieces: &[BlobRef],
-    leases: &mut Vec<InflightGuard>,
-) -> Result<(Option<String>, u64, u64), AttemptError> {
-    if pieces.is_empty() {
-        return Ok((None, 0, 0));
-    }
+    attempt_id: &str,
+) -> Result<(u64, u64), String> {
+    let stream = format!("{}/{}/{attempt_id}", ctx.tenant, ctx.job);
+    let prefix = piece_prefix(&ctx.job, ctx.phase, reducer);
+    let mut after: Option<Vec<u8>> = None;
     let (mut local, mut remote) = (0, 0);
-    let mut parts = Vec::with_capacity(pieces.len());
-    let mut copies: Vec<String> = Vec::new();
-    for p in pieces {
-        if p.replicas.iter().any(|n| n == node) {
-            local += p.size;
-            parts.push(p.id.clone());
-        } else {
-            let id = new_blob_id();
-            leases.push(gw.inflight.hold(&id));
-            if let Err(e) = gw.nodes.copy_to(p, node, &id).await {
-                for c in &copies {
-                    let _ = gw.nodes.delete(node, c).await;
-                }
-                return Err(AttemptError::Retry(format!("fetching reducer input: {e}")));
+    loop {
+        // Looked at before the scan: once every earlier task has committed
+        // (pieces are committed with their task), an empty scan is final.
+        let complete = job.record.lock().await.upstream_done(ctx.phase as usize);
+        let page = gw
+            .catalog
+            .job_scan(JobCf::Items, &prefix, after.as_deref(), 100)
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            if complete {
+                with_patience(|| gw.nodes.stream_end(node, &stream)).await?;
+                return Ok((local, remote));
             }
-            remote += p.size;
-            parts.push(id.clone());
-            copies.push(id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        for (k, v) in page {
+            after = Some(k.to_vec());
+            let Ok(p) = decode::<PieceRecord>(&v) else {
+                continue;
+            };
+            let Ok(Some(o)) = gw.catalog.get_object(&p.bucket, &p.key) else {
+                continue;
+            };
+            if o.blob.size == 0 {
+                continue;
+            }
+            let _lease = gw.inflight.hold(&o.blob.id);
+            let sent = if o.blob.replicas.iter().any(|n| n == node) {
+                local += o.blob.size;
+                with_patience(|| gw.nodes.stream_append_blob(node, &stream, &o.blob.id)).await
+            } else {
+                remote += o.blob.size;
+                with_patience(|| async {
+                    let body = gw.nodes.get(&o.blob, None).await?;
+                    gw.nodes.stream_append_body(node, &stream, body).await
+                })
+                .await
+            };
+            match sent {
+                Ok(()) => {}
+                // The task stopped reading (it may need no more input):
+                // its own answer tells how it ended.
+                Err(e) if e.contains("409") => return Ok((local, remote)),
+                Err(e) => return Err(e),
+            }
         }
     }
-    let input = new_blob_id();
-    leases.push(gw.inflight.hold(&input));
-    let composed = gw.nodes.compose(node, &input, &parts).await;
-    for c in &copies {
-        let _ = gw.nodes.delete(node, c).await;
+}
+
+/// Retries a call to a task's input while the task has not opened it yet
+/// (404), up to `FEED_OPEN_PATIENCE`.
+async fn with_patience<F, Fut>(mut call: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), NodeError>>,
+{
+    let deadline = tokio::time::Instant::now() + FEED_OPEN_PATIENCE;
+    loop {
+        match call().await {
+            Ok(()) => return Ok(()),
+            Err(NodeError::Status { status: 404, .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    composed.map_err(|e| AttemptError::Retry(format!("assembling reducer input: {e}")))?;
-    Ok((Some(input), local, remote))
+}
+
+/// A reducer placed on a node, counted until dropped (reducers wait for
+/// input, so they do not take task slots, or maps could never run).
+struct ReducerPlace {
+    gw: Arc<Gateway>,
+    node: String,
+}
+
+impl ReducerPlace {
+    fn take(gw: &Arc<Gateway>, node: &str) -> Self {
+        gw.jobs.add_reducer(node, 1);
+        Self {
+            gw: gw.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for ReducerPlace {
+    fn drop(&mut self) {
+        self.gw.jobs.add_reducer(&self.node, -1);
+    }
 }
 
 fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
