@@ -624,12 +624,42 @@ async fn a_job_survives_a_gateway_kill9_with_each_output_committed_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let id = lines_of(&out)[0].clone();
+    // A second job over the same inputs with a reducer that counts what it
+    // was fed: a map output fed twice would show.
+    let out = job_cli(
+        &cluster,
+        &t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/r/"),
+            "--map",
+            "sleep 0.2; wc -c",
+            "--reduce",
+            "awk '{s += $1; n++} END {print n, s}'",
+        ],
+        Some(&keys.join("\n")),
+    );
+    assert!(out.status.success());
+    let reduce_id = lines_of(&out)[0].clone();
     assert!(wait_until(Duration::from_secs(60), || {
         let s = json_of(&job_cli(&cluster, &t, &["status", &id], None));
         s["counters"]["tasks"]["done"].as_u64().unwrap_or(0) >= 8
     }));
     cluster.kill9();
     cluster.restart().expect("restart");
+    let wait = job_cli(&cluster, &t, &["wait", &reduce_id], None);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let total: usize = inputs.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        get_text(&c, &format!("{bucket}/r/reduce.0")).await,
+        format!("40 {total}\n"),
+        "every map output reached the reducer once"
+    );
     let wait = job_cli(&cluster, &t, &["wait", &id], None);
     assert!(
         wait.status.success(),
@@ -765,4 +795,86 @@ async fn reducers_get_input_while_maps_still_run() {
         f[1] - f[0] >= 2.5,
         "the first line reached the reducer while a map still ran: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_stored_as_an_object_runs_on_every_node() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("airgap").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("airgap");
+    c.create_bucket(&bucket).await.unwrap();
+    // An image that exists only as an object: tagged, saved, untagged.
+    let tag = format!("insitu-test/objimg:{}", unique("t"));
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().expect("docker");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["tag", "insitu-test/busybox:latest", &tag]);
+    let tar = cluster.dir.path().join("image.tar");
+    docker(&["save", "-o", tar.to_str().unwrap(), &tag]);
+    docker(&["rmi", &tag]);
+    let r = c
+        .send(
+            "PUT",
+            &format!("/{bucket}/images/tool.tar"),
+            &[],
+            &[],
+            std::fs::read(&tar).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut inputs = Vec::new();
+    for i in 0..8 {
+        let key = format!("in/{i}");
+        c.send(
+            "PUT",
+            &format!("/{bucket}/{key}"),
+            &[],
+            &[],
+            b"x\n".to_vec(),
+        )
+        .await
+        .unwrap();
+        inputs.push(format!("{bucket}/{key}"));
+    }
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": { "object": format!("{bucket}/images/tool.tar") }, "exec": "wc -l" }],
+        "inputs": inputs,
+        "output": format!("{bucket}/o/"),
+    });
+    let spec_file = cluster.dir.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json_of(&out);
+    assert_eq!(status["counters"]["outputs"], 8);
+    // Inputs live on both nodes, so the image was copied to the node that
+    // did not hold it, and loaded there.
+    let copies = cluster.blob_copies();
+    let nodes: BTreeSet<&String> = copies.values().flatten().collect();
+    assert_eq!(nodes.len(), 2);
+    for o in lines_of(&job_cli(
+        &cluster,
+        &t,
+        &["outputs", status["id"].as_str().unwrap()],
+        None,
+    )) {
+        assert_eq!(get_text(&c, &o).await, "1\n");
+    }
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
 }
