@@ -71,6 +71,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/blobs", get(list_blobs))
         .route("/v1/tasks", post(run_task))
+        .route("/v1/images", post(prepare_image))
         .route(
             "/v1/groups/{tenant}/{job}/{phase}",
             axum::routing::delete(end_group),
@@ -429,6 +430,53 @@ async fn stream_end(
         .await
         .map_err(stream_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pulls or loads a task's image ahead of its task (the gateway reports the
+/// task as waiting for its image meanwhile; this time is not the task's).
+async fn prepare_image(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    Json(req): Json<crate::task_api::TaskRequest>,
+) -> Result<Json<serde_json::Value>, Response> {
+    use crate::task_api::TaskApiError;
+    use crate::task_runner::TaskError;
+    authorize(&state, &headers).map_err(IntoResponse::into_response)?;
+    let Some(tasks) = &state.tasks else {
+        return Err(task_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "InternalError",
+            "this node has no container engine",
+        ));
+    };
+    let (tasks, store) = (tasks.clone(), state.store.clone());
+    let prepared = tokio::spawn(async move { tasks.prepare_image(&store, &req).await })
+        .await
+        .map_err(|e| {
+            task_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalError",
+                &e.to_string(),
+            )
+        })?;
+    match prepared {
+        Ok(image) => Ok(Json(serde_json::json!({ "image": image }))),
+        Err(TaskApiError::Task(TaskError::ImageNotFound(i))) => Err(task_error(
+            StatusCode::NOT_FOUND,
+            "ImageNotFoundError",
+            &format!("image {i} is not available"),
+        )),
+        Err(TaskApiError::Blob(BlobError::NotFound(b))) => Err(task_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundError",
+            &format!("image blob {b} is not on this node"),
+        )),
+        Err(e) => Err(task_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "InternalError",
+            &e.to_string(),
+        )),
+    }
 }
 
 fn task_error(status: StatusCode, code: &str, message: &str) -> Response {

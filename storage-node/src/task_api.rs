@@ -174,6 +174,18 @@ impl TaskService {
         Ok(name)
     }
 
+    /// Makes a task's image available on this node (pulled, or loaded from
+    /// its tarball blob), before any task of it runs; returns its name.
+    pub async fn prepare_image(
+        &self,
+        store: &BlobStore,
+        req: &TaskRequest,
+    ) -> Result<String, TaskApiError> {
+        let image = self.image_for(store, req).await?;
+        self.runner.ensure_image(&image).await?;
+        Ok(image)
+    }
+
     pub async fn run(
         &self,
         store: &BlobStore,

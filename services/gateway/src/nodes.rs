@@ -657,6 +657,29 @@ impl NodeSet {
         Ok(())
     }
 
+    /// Pulls or loads a task's image on a node ahead of the task.
+    pub async fn prepare_image(
+        &self,
+        node: &str,
+        req: &insitu_storage_node::task_api::TaskRequest,
+        deadline: Duration,
+    ) -> Result<(), NodeError> {
+        let url = self.url(node, "/v1/images")?;
+        let sent = self
+            .task_http
+            .post(url)
+            .bearer_auth(&self.secret)
+            .timeout(deadline)
+            .json(req)
+            .send()
+            .await;
+        if sent.as_ref().is_err_and(reqwest::Error::is_connect) {
+            self.mark_failed(node);
+        }
+        Self::check(node, sent).await?;
+        Ok(())
+    }
+
     /// Destroys a (job, phase) group's container on a node.
     pub async fn end_group(
         &self,

@@ -324,7 +324,7 @@ fn progress_line(status: &Value) -> String {
     let filled = |x: u64| (x * WIDTH).checked_div(total).unwrap_or(0);
     let (d, f, r) = (filled(done), filled(failed), filled(running));
     let rest = WIDTH.saturating_sub(d + f + r);
-    format!(
+    let mut line = format!(
         "[{}{}{}{}] {} {}/{} done, {} failed, {} running, {} queued",
         "#".repeat(d as usize),
         "x".repeat(f as usize),
@@ -336,7 +336,12 @@ fn progress_line(status: &Value) -> String {
         failed,
         running,
         queued
-    )
+    );
+    let preparing = n("preparing_image");
+    if preparing > 0 {
+        line.push_str(&format!(", {preparing} waiting for their image"));
+    }
+    line
 }
 
 async fn wait(client: &SignedClient, id: &str, watch: bool) -> Result<i32> {

@@ -95,7 +95,7 @@ async fn route(
         (Method::POST, []) => {
             let spec = JobSpec::parse(body).map_err(|e| JobError::Invalid(e.to_string()))?;
             let rec = super::create(gw, tenant, spec)?;
-            Ok((StatusCode::CREATED, Json(status_json(&rec, &[]))).into_response())
+            Ok((StatusCode::CREATED, Json(status_json(&rec, &[], &[]))).into_response())
         }
         (Method::GET, []) => {
             let limit = limit_of(&q)?;
@@ -116,8 +116,8 @@ async fn route(
         }
         (Method::GET, [id]) => {
             let rec = super::get(gw, tenant, id).await?;
-            let running = super::running(gw, id);
-            Ok(Json(status_json(&rec, &running)).into_response())
+            let (running, preparing) = super::running(gw, id);
+            Ok(Json(status_json(&rec, &running, &preparing)).into_response())
         }
         (Method::POST, [id, "inputs"]) => {
             let inputs = parse_input_body(body)?;
@@ -126,11 +126,12 @@ async fn route(
         }
         (Method::POST, [id, "inputs", "end"]) => {
             let rec = super::end_input(gw, tenant, id).await?;
-            Ok(Json(status_json(&rec, &super::running(gw, id))).into_response())
+            let (running, preparing) = super::running(gw, id);
+            Ok(Json(status_json(&rec, &running, &preparing)).into_response())
         }
         (Method::POST, [id, "cancel"]) => {
             let rec = super::cancel(gw, tenant, id).await?;
-            Ok(Json(status_json(&rec, &[])).into_response())
+            Ok(Json(status_json(&rec, &[], &[])).into_response())
         }
         (Method::GET, [id, list @ ("outputs" | "errors" | "inputs" | "failures")]) => {
             // The job must be the tenant's.
@@ -193,19 +194,21 @@ fn parse_input_body(body: &[u8]) -> Result<Vec<String>, JobError> {
 }
 
 /// A job's status: state, counters, and tasks by state per phase.
-pub fn status_json(rec: &JobRecord, running: &[u64]) -> Value {
-    let mut totals =
-        json!({"queued": 0u64, "running": 0u64, "done": 0u64, "failed": 0u64, "total": 0u64});
+pub fn status_json(rec: &JobRecord, running: &[u64], preparing: &[u64]) -> Value {
+    let mut totals = json!({"queued": 0u64, "preparing_image": 0u64, "running": 0u64, "done": 0u64, "failed": 0u64, "total": 0u64});
     let (mut local, mut remote) = (0u64, 0u64);
     let phases: Vec<Value> = rec
         .phases
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let run = running.get(i).copied().unwrap_or(0);
-            let queued = p.tasks.saturating_sub(p.finished() + run);
+            let in_flight = running.get(i).copied().unwrap_or(0);
+            let prep = preparing.get(i).copied().unwrap_or(0).min(in_flight);
+            let run = in_flight - prep;
+            let queued = p.tasks.saturating_sub(p.finished() + in_flight);
             for (k, v) in [
                 ("queued", queued),
+                ("preparing_image", prep),
                 ("running", run),
                 ("done", p.done),
                 ("failed", p.failed),
@@ -220,7 +223,7 @@ pub fn status_json(rec: &JobRecord, running: &[u64]) -> Value {
                 "phase": i,
                 "type": kind,
                 "reducers": (kind == PhaseKind::Reduce).then(|| rec.spec.phases[i].reducers()),
-                "tasks": {"queued": queued, "running": run, "done": p.done, "failed": p.failed, "total": p.tasks},
+                "tasks": {"queued": queued, "preparing_image": prep, "running": run, "done": p.done, "failed": p.failed, "total": p.tasks},
                 "bytes_local": p.bytes_local,
                 "bytes_remote": p.bytes_remote,
             })

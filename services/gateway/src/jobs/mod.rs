@@ -53,6 +53,10 @@ pub struct ActiveJob {
     image_leases: std::sync::Mutex<Vec<InflightGuard>>,
     /// Tasks in flight, per phase.
     running: std::sync::Mutex<Vec<u64>>,
+    /// Of those, tasks waiting for their image to be pulled or loaded.
+    preparing: std::sync::Mutex<Vec<u64>>,
+    /// (phase, node) pairs whose image is ready.
+    prepared: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
 }
 
 /// Every running job, and tasks in flight per node across all jobs.
@@ -260,6 +264,8 @@ fn start(gw: &Arc<Gateway>, rec: JobRecord) {
     let id = rec.id.clone();
     let job = Arc::new(ActiveJob {
         running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
+        preparing: std::sync::Mutex::new(vec![0; rec.phases.len()]),
+        prepared: Default::default(),
         record: Mutex::new(rec),
         wake: Notify::new(),
         image_leases: Default::default(),
@@ -311,8 +317,9 @@ pub async fn get(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobE
     Ok(decode(&bytes)?)
 }
 
-/// Tasks in flight per phase for a job (0 when it is not running here).
-pub fn running(gw: &Gateway, id: &str) -> Vec<u64> {
+/// Tasks in flight per phase for a job, and of those, tasks waiting for
+/// their image (empty when the job is not running here).
+pub fn running(gw: &Gateway, id: &str) -> (Vec<u64>, Vec<u64>) {
     gw.jobs
         .active(id)
         .map(|j| run::running_counts(&j))

@@ -37,16 +37,23 @@ const MAX_ATTEMPTS: u32 = 3;
 /// Time allowed beyond a task's own timeout (image pull or load, copies).
 const DEADLINE_SLACK: Duration = Duration::from_secs(900);
 
-pub(crate) fn running_counts(job: &ActiveJob) -> Vec<u64> {
-    job.running.lock().map(|r| r.clone()).unwrap_or_default()
+pub(crate) fn running_counts(job: &ActiveJob) -> (Vec<u64>, Vec<u64>) {
+    (
+        job.running.lock().map(|r| r.clone()).unwrap_or_default(),
+        job.preparing.lock().map(|r| r.clone()).unwrap_or_default(),
+    )
 }
 
-fn adjust_running(job: &ActiveJob, phase: u32, delta: i64) {
-    if let Ok(mut r) = job.running.lock() {
+fn adjust(counts: &std::sync::Mutex<Vec<u64>>, phase: u32, delta: i64) {
+    if let Ok(mut r) = counts.lock() {
         if let Some(n) = r.get_mut(phase as usize) {
             *n = n.saturating_add_signed(delta);
         }
     }
+}
+
+fn adjust_running(job: &ActiveJob, phase: u32, delta: i64) {
+    adjust(&job.running, phase, delta);
 }
 
 /// A blob a task produced, and the nodes holding it.
@@ -116,6 +123,7 @@ impl Drop for Slot {
 /// What one attempt of a task needs to know about its job.
 #[derive(Clone)]
 struct TaskCtx {
+    active: Arc<ActiveJob>,
     job: String,
     tenant: String,
     phase: u32,
@@ -198,7 +206,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                     let Some(task) = backlog.remove(i) else { break };
                     adjust_running(&job, task.phase, 1);
                     in_flight_tasks.insert(task.id.clone(), task.clone());
-                    let ctx = task_ctx(&rec, task.phase);
+                    let ctx = task_ctx(&job, &rec, task.phase);
                     inflight.push(run_map(gw.clone(), ctx, task, run).boxed());
                 }
             }
@@ -223,7 +231,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                 };
                 adjust_running(&job, task.phase, 1);
                 in_flight_tasks.insert(task.id.clone(), task.clone());
-                let ctx = task_ctx(&rec, k as u32);
+                let ctx = task_ctx(&job, &rec, k as u32);
                 inflight.push(run_reducer(gw.clone(), job.clone(), ctx, task).boxed());
             }
         }
@@ -262,12 +270,13 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
     }
 }
 
-fn task_ctx(rec: &JobRecord, phase: u32) -> TaskCtx {
+fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> TaskCtx {
     let split = match plan::downstream(&rec.spec, phase as usize) {
         Downstream::ReduceByKey { count } => Some(count),
         _ => None,
     };
     TaskCtx {
+        active: active.clone(),
         job: rec.id.clone(),
         tenant: rec.tenant.clone(),
         phase,
@@ -685,29 +694,32 @@ async fn attempt(
         split: ctx.split,
         input_stream: task.reducer.is_some(),
     };
+    // The image first, once per (phase, node): a pull or load is its own
+    // state, not part of the task's time.
+    let key = (ctx.phase, node.to_string());
+    let ready = ctx
+        .active
+        .prepared
+        .lock()
+        .map(|p| p.contains(&key))
+        .unwrap_or(false);
+    if !ready {
+        adjust(&ctx.active.preparing, ctx.phase, 1);
+        let prepared = gw.nodes.prepare_image(node, &req, DEADLINE_SLACK).await;
+        adjust(&ctx.active.preparing, ctx.phase, -1);
+        match prepared {
+            Ok(()) => {
+                if let Ok(mut p) = ctx.active.prepared.lock() {
+                    p.insert(key);
+                }
+            }
+            Err(e) => return Err(node_failure(e)),
+        }
+    }
     let deadline = Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK;
     let resp: TaskResponse = match gw.nodes.run_task(node, &req, deadline).await {
         Ok(r) => r,
-        Err(NodeError::Status {
-            status: 400 | 404 | 422,
-            body,
-            ..
-        }) => {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let message = v["message"].as_str().unwrap_or(&body).to_string();
-            return Err(match v["code"].as_str() {
-                Some("ImageNotFoundError") => {
-                    AttemptError::Fail(JobErrorCode::ImageNotFoundError, message)
-                }
-                Some("UserTaskError") => AttemptError::Fail(JobErrorCode::UserTaskError, message),
-                Some("InvalidArgumentError") => {
-                    AttemptError::Fail(JobErrorCode::InvalidArgumentError, message)
-                }
-                // The input replica vanished from that node.
-                _ => AttemptError::Retry(message),
-            });
-        }
-        Err(e) => return Err(AttemptError::Retry(e.to_string())),
+        Err(e) => return Err(node_failure(e)),
     };
     let on_node = |id: String, size: u64, md5: String| Blob {
         id,
@@ -774,6 +786,33 @@ async fn attempt(
                 stderr,
             })
         }
+    }
+}
+
+/// What a node's refusal means for a task: its own failure (bad image,
+/// bad spec, failed `init`), or an internal one worth another attempt.
+fn node_failure(e: NodeError) -> AttemptError {
+    match e {
+        NodeError::Status {
+            status: 400 | 404 | 422,
+            body,
+            ..
+        } => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let message = v["message"].as_str().unwrap_or(&body).to_string();
+            match v["code"].as_str() {
+                Some("ImageNotFoundError") => {
+                    AttemptError::Fail(JobErrorCode::ImageNotFoundError, message)
+                }
+                Some("UserTaskError") => AttemptError::Fail(JobErrorCode::UserTaskError, message),
+                Some("InvalidArgumentError") => {
+                    AttemptError::Fail(JobErrorCode::InvalidArgumentError, message)
+                }
+                // The input replica vanished from that node.
+                _ => AttemptError::Retry(message),
+            }
+        }
+        e => AttemptError::Retry(e.to_string()),
     }
 }
 
