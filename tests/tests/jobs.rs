@@ -211,6 +211,39 @@ async fn wordcount_runs_next_to_the_data_and_matches_a_local_count() {
     let single = parse_counts(&get_text(&c, &outputs[0]).await);
     assert_eq!(single, expected);
 
+    // Lists are complete and paginated.
+    let mut seen = BTreeSet::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut q = vec![("limit", "100")];
+        if let Some(a) = &after {
+            q.push(("after", a.as_str()));
+        }
+        let page: serde_json::Value = c
+            .send(
+                "GET",
+                &format!("/_insitu/v1/jobs/{id}/inputs"),
+                &q,
+                &[],
+                vec![],
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        for i in page["inputs"].as_array().unwrap() {
+            assert!(seen.insert(i["input"].as_str().unwrap().to_string()));
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (220, 3));
+
     // Three reducers, partitioned by key: the same counts, each word in
     // exactly one output.
     let out = job_cli(
