@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use insitu_e2e::{aws_env, insitu_bin, unique, wait_until, Cluster, RawClient, Tenant};
 
 const MAP_WC: &str =
@@ -910,4 +912,87 @@ async fn an_image_stored_as_an_object_runs_on_every_node() {
         assert_eq!(get_text(&c, &o).await, "1\n");
     }
     let _ = Command::new("docker").args(["rmi", &tag]).output();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_job_is_not_starved_by_another_tenants_big_one() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let a = cluster.create_tenant("big").expect("tenant");
+    let b = cluster.create_tenant("small").expect("tenant");
+    let ca = RawClient::new(&cluster.endpoint, &a);
+    let cb = RawClient::new(&cluster.endpoint, &b);
+    let (ba, bb) = (unique("big"), unique("small"));
+    ca.create_bucket(&ba).await.unwrap();
+    cb.create_bucket(&bb).await.unwrap();
+    let puts = futures::stream::iter(0..2000)
+        .map(|i| {
+            let (ca, ba) = (&ca, &ba);
+            async move {
+                let r = ca
+                    .send(
+                        "PUT",
+                        &format!("/{ba}/in/{i:04}"),
+                        &[],
+                        &[],
+                        b"x\n".to_vec(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    puts.await;
+    for i in 0..10 {
+        cb.send("PUT", &format!("/{bb}/in/{i}"), &[], &[], b"y\n".to_vec())
+            .await
+            .unwrap();
+    }
+    let run = |t: &Tenant, bucket: &str| {
+        let out = job_cli(
+            &cluster,
+            t,
+            &[
+                "run",
+                "--input",
+                &format!("s3://{bucket}/in/"),
+                "--output",
+                &format!("s3://{bucket}/o/"),
+                "--map",
+                "sleep 0.05; cat",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines_of(&out)[0].clone()
+    };
+    let big = run(&a, &ba);
+    // Tenant A's job fills every slot before B arrives.
+    assert!(wait_until(Duration::from_secs(60), || {
+        let s = json_of(&job_cli(&cluster, &a, &["status", &big], None));
+        s["counters"]["tasks"]["done"].as_u64().unwrap_or(0) >= 50
+    }));
+    let small = run(&b, &bb);
+    let wait = job_cli(&cluster, &b, &["wait", &small], None);
+    assert!(
+        wait.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wait.stderr)
+    );
+    let big_status = json_of(&job_cli(&cluster, &a, &["status", &big], None));
+    let big_done = big_status["counters"]["tasks"]["done"].as_u64().unwrap();
+    assert!(
+        big_done < 1000,
+        "B's 10 tasks finished while A had done {big_done} of 2000"
+    );
+    assert_eq!(big_status["state"], "running");
+    // A's queued tasks say why they wait.
+    let waiting = &big_status["waiting"];
+    assert!(waiting.is_object(), "{big_status}");
+    job_cli(&cluster, &a, &["cancel", &big], None);
 }

@@ -57,6 +57,11 @@ pub struct GatewayConfig {
     pub orphan_sweep_interval: Duration,
     /// Tasks the job supervisor runs at once on each node.
     pub task_slots: u32,
+    /// Most tasks one tenant runs at once across the cluster (0: no cap
+    /// beyond its fair share when others wait).
+    pub tenant_max_tasks: u32,
+    /// Most jobs of one tenant that have not ended (0: no cap).
+    pub tenant_max_jobs: u32,
 }
 
 #[derive(Debug, Error)]

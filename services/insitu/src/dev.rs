@@ -73,6 +73,12 @@ pub struct ClusterTuning {
     /// Tasks the job supervisor runs at once on each node [default: 4].
     #[arg(long)]
     task_slots: Option<u32>,
+    /// Most tasks one tenant runs at once across the cluster [default: 0, no cap].
+    #[arg(long)]
+    tenant_max_tasks: Option<u32>,
+    /// Most jobs of one tenant that have not ended [default: 0, no cap].
+    #[arg(long)]
+    tenant_max_jobs: Option<u32>,
 }
 
 impl ClusterTuning {
@@ -86,6 +92,8 @@ impl ClusterTuning {
             health_interval_ms: self.health_interval_ms.or(file.health_interval_ms),
             orphan_sweep_secs: self.orphan_sweep_secs.or(file.orphan_sweep_secs),
             task_slots: self.task_slots.or(file.task_slots),
+            tenant_max_tasks: self.tenant_max_tasks.or(file.tenant_max_tasks),
+            tenant_max_jobs: self.tenant_max_jobs.or(file.tenant_max_jobs),
         }
     }
 }
@@ -120,6 +128,8 @@ fn gateway_config(
         repair_bytes_per_sec: t.repair_mib_per_sec.unwrap_or(64) * 1024 * 1024,
         orphan_sweep_interval: secs(t.orphan_sweep_secs, 600),
         task_slots: t.task_slots.unwrap_or(4).max(1),
+        tenant_max_tasks: t.tenant_max_tasks.unwrap_or(0),
+        tenant_max_jobs: t.tenant_max_jobs.unwrap_or(0),
     }
 }
 

@@ -29,6 +29,7 @@ impl IntoResponse for JobError {
             JobError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundError"),
             JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
             JobError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDeniedError"),
+            JobError::TooManyJobs(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyJobsError"),
             JobError::Catalog(_) | JobError::Corrupt(_) => {
                 tracing::error!(error = %self, "jobs API failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
@@ -117,7 +118,9 @@ async fn route(
         (Method::GET, [id]) => {
             let rec = super::get(gw, tenant, id).await?;
             let (running, preparing) = super::running(gw, id);
-            Ok(Json(status_json(&rec, &running, &preparing)).into_response())
+            let mut status = status_json(&rec, &running, &preparing);
+            status["waiting"] = json!(super::waiting(gw, id));
+            Ok(Json(status).into_response())
         }
         (Method::POST, [id, "inputs"]) => {
             let inputs = parse_input_body(body)?;

@@ -14,6 +14,7 @@ mod run;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use insitu_catalog::{now_ms, BucketRecord, Catalog, CatalogError, JobCf, JobStep};
 use insitu_jobs::plan::{self, OutputPlace};
@@ -38,6 +39,8 @@ pub enum JobError {
     Conflict(String),
     #[error("{0}")]
     AccessDenied(String),
+    #[error("the tenant already has {0} jobs that have not ended (the limit)")]
+    TooManyJobs(u32),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("{0}")]
@@ -46,6 +49,7 @@ pub enum JobError {
 
 /// A running job, shared by its driver and the API.
 pub struct ActiveJob {
+    pub tenant: String,
     pub record: Mutex<JobRecord>,
     /// Wakes the driver: inputs added or ended, job cancelled.
     pub wake: Notify,
@@ -57,7 +61,19 @@ pub struct ActiveJob {
     preparing: std::sync::Mutex<Vec<u64>>,
     /// (phase, node) pairs whose image is ready.
     prepared: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
+    /// Why the queued tasks the dispatcher last looked at are waiting.
+    waiting: std::sync::Mutex<HashMap<run::Waiting, u64>>,
 }
+
+/// A tenant's running tasks, and when it last had a task wait for a slot.
+#[derive(Default)]
+struct TenantLoad {
+    running: u32,
+    waiting_at: Option<Instant>,
+}
+
+/// How long a tenant whose task could not get a slot counts as waiting.
+const WAITING_FOR: Duration = Duration::from_secs(2);
 
 /// Every running job, and tasks in flight per node across all jobs.
 #[derive(Default)]
@@ -65,6 +81,7 @@ pub struct Supervisor {
     active: std::sync::Mutex<HashMap<String, Arc<ActiveJob>>>,
     node_tasks: std::sync::Mutex<HashMap<String, u32>>,
     node_reducers: std::sync::Mutex<HashMap<String, i64>>,
+    tenants: std::sync::Mutex<HashMap<String, TenantLoad>>,
     /// (node, image blob) pairs already copied to the node.
     images_on_nodes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     image_copy: Mutex<()>,
@@ -82,10 +99,44 @@ impl Supervisor {
             .unwrap_or(u32::MAX)
     }
 
-    pub(crate) fn take_slot(&self, node: &str) {
+    pub(crate) fn take_slot(&self, node: &str, tenant: &str) {
         if let Ok(mut m) = self.node_tasks.lock() {
             *m.entry(node.to_string()).or_default() += 1;
         }
+        if let Ok(mut t) = self.tenants.lock() {
+            t.entry(tenant.to_string()).or_default().running += 1;
+        }
+    }
+
+    /// A tenant has tasks that could not start for want of a slot.
+    pub(crate) fn note_waiting(&self, tenant: &str) {
+        if let Ok(mut t) = self.tenants.lock() {
+            t.entry(tenant.to_string()).or_default().waiting_at = Some(Instant::now());
+        }
+    }
+
+    /// Whether `tenant` may start one more task: under its cap (0: none),
+    /// and, while another tenant waits for a slot, under its fair share of
+    /// the `total` slots, split evenly between the tenants that run or wait.
+    pub(crate) fn may_start(&self, tenant: &str, total: u32, cap: u32) -> bool {
+        let Ok(t) = self.tenants.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        let waiting = |l: &TenantLoad| l.waiting_at.is_some_and(|w| now - w < WAITING_FOR);
+        let mine = t.get(tenant).map(|l| l.running).unwrap_or(0);
+        if cap > 0 && mine >= cap {
+            return false;
+        }
+        if !t.iter().any(|(name, l)| name != tenant && waiting(l)) {
+            return true;
+        }
+        let sharing = t
+            .iter()
+            .filter(|(name, l)| *name == tenant || l.running > 0 || waiting(l))
+            .count()
+            .max(1) as u32;
+        mine < total.div_ceil(sharing).max(1)
     }
 
     pub(crate) fn reducers_on(&self, node: &str) -> i64 {
@@ -101,12 +152,25 @@ impl Supervisor {
         }
     }
 
-    pub(crate) fn release_slot(&self, node: &str) {
+    pub(crate) fn release_slot(&self, node: &str, tenant: &str) {
         if let Ok(mut m) = self.node_tasks.lock() {
             if let Some(n) = m.get_mut(node) {
                 *n = n.saturating_sub(1);
             }
         }
+        if let Ok(mut t) = self.tenants.lock() {
+            if let Some(l) = t.get_mut(tenant) {
+                l.running = l.running.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Jobs of a tenant that have not ended, on this gateway.
+    fn running_jobs(&self, tenant: &str) -> usize {
+        let Ok(active) = self.active.lock() else {
+            return 0;
+        };
+        active.values().filter(|j| j.tenant == tenant).count()
     }
 }
 
@@ -208,6 +272,10 @@ fn parse_inputs(inputs: &[String]) -> Result<Vec<(String, String, u64)>, JobErro
 /// Creates a job, durably, and starts driving it.
 pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecord, JobError> {
     output_bucket(&gw.catalog, tenant, &spec)?;
+    let cap = gw.config.tenant_max_jobs;
+    if cap > 0 && gw.jobs.running_jobs(tenant) >= cap as usize {
+        return Err(JobError::TooManyJobs(cap));
+    }
     let id = plan::new_job_id(now_ms(), rand::random());
     let mut phases = vec![PhaseCounters::default(); spec.phases.len()];
     for (i, p) in spec.phases.iter().enumerate() {
@@ -263,9 +331,11 @@ pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecor
 fn start(gw: &Arc<Gateway>, rec: JobRecord) {
     let id = rec.id.clone();
     let job = Arc::new(ActiveJob {
+        tenant: rec.tenant.clone(),
         running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         preparing: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         prepared: Default::default(),
+        waiting: Default::default(),
         record: Mutex::new(rec),
         wake: Notify::new(),
         image_leases: Default::default(),
@@ -315,6 +385,20 @@ pub async fn get(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobE
         .job_get(JobCf::Jobs, &job_key(tenant, id))?
         .ok_or_else(|| JobError::NotFound(id.to_string()))?;
     Ok(decode(&bytes)?)
+}
+
+/// Why the job's queued tasks wait, by reason, among those the dispatcher
+/// last looked at.
+pub fn waiting(gw: &Gateway, id: &str) -> HashMap<&'static str, u64> {
+    gw.jobs
+        .active(id)
+        .and_then(|j| {
+            j.waiting
+                .lock()
+                .ok()
+                .map(|w| w.iter().map(|(k, v)| (k.name(), *v)).collect())
+        })
+        .unwrap_or_default()
 }
 
 /// Tasks in flight per phase for a job, and of those, tasks waiting for

@@ -102,21 +102,23 @@ struct Finished {
 struct Slot {
     gw: Arc<Gateway>,
     node: String,
+    tenant: String,
 }
 
 impl Slot {
-    fn take(gw: &Arc<Gateway>, node: &str) -> Self {
-        gw.jobs.take_slot(node);
+    fn take(gw: &Arc<Gateway>, node: &str, tenant: &str) -> Self {
+        gw.jobs.take_slot(node, tenant);
         Self {
             gw: gw.clone(),
             node: node.to_string(),
+            tenant: tenant.to_string(),
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gw.jobs.release_slot(&self.node);
+        self.gw.jobs.release_slot(&self.node, &self.tenant);
     }
 }
 
@@ -187,9 +189,13 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         // Map tasks: each to the least-loaded holder of its input that has
         // a free slot.
         let mut i = 0;
+        let mut waiting: HashMap<Waiting, u64> = HashMap::new();
         while i < backlog.len().min(LOOKAHEAD) {
             match place_map(&gw, &rec, &backlog[i]) {
-                Place::Wait => i += 1,
+                Place::Wait(why) => {
+                    *waiting.entry(why).or_default() += 1;
+                    i += 1;
+                }
                 Place::Fail(code, message) => {
                     let task = backlog.remove(i).unwrap_or_else(|| backlog[0].clone());
                     let fin = Finished {
@@ -210,6 +216,9 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                     inflight.push(run_map(gw.clone(), ctx, task, run).boxed());
                 }
             }
+        }
+        if let Ok(mut w) = job.waiting.lock() {
+            *w = waiting;
         }
         // Reducers: once everything upstream has finished.
         for (k, started) in reducers_started.iter_mut().enumerate() {
@@ -409,15 +418,42 @@ fn add_error(step: &mut JobStep, rec: &mut JobRecord, err: ErrorRecord) {
 
 enum Place {
     Run(MapRun),
-    Wait,
+    Wait(Waiting),
     Fail(JobErrorCode, String),
 }
 
 /// Where a map task runs and what it reads.
 struct MapRun {
-    node: Option<String>,
+    /// The slot taken on the chosen node, at placement, so that one
+    /// dispatch pass cannot overfill a node.
+    slot: Slot,
     holders: Vec<String>,
     input: BlobRef,
+}
+
+impl Waiting {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::NodeBusy => "node_busy",
+            Self::TenantShare => "tenant_share",
+            Self::NoLiveReplica => "no_live_replica",
+            Self::Catalog => "catalog",
+        }
+    }
+}
+
+/// Why a queued task is not running yet (reported in the job's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Waiting {
+    /// Its nodes' slots are taken.
+    NodeBusy,
+    /// Other tenants wait too, and this tenant has its share of the slots
+    /// (or its cap).
+    TenantShare,
+    /// No node holding a replica of its input is up.
+    NoLiveReplica,
+    /// The catalog could not be read; tried again shortly.
+    Catalog,
 }
 
 fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
@@ -431,7 +467,7 @@ fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
                 format!("bucket {bucket} does not exist"),
             )
         }
-        Err(_) => return Place::Wait,
+        Err(_) => return Place::Wait(Waiting::Catalog),
     };
     let obj = match gw.catalog.get_object(&bucket, &key) {
         Ok(Some(o)) => o,
@@ -441,7 +477,7 @@ fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
                 format!("object {loc} does not exist"),
             )
         }
-        Err(_) => return Place::Wait,
+        Err(_) => return Place::Wait(Waiting::Catalog),
     };
     if !may_read(&rec.tenant, &b, &obj) {
         return Place::Fail(
@@ -451,35 +487,38 @@ fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
     }
     let slots = gw.config.task_slots;
     let up = |n: &String| gw.nodes.state(n) == Some(NodeState::Up);
-    if obj.blob.size == 0 {
-        // Nothing to be local to: any node with a free slot.
-        let all: Vec<String> = gw.nodes.node_ids().into_iter().filter(up).collect();
-        return match plan::choose_node(&all, &[], |n| gw.jobs.load(n), slots) {
-            Some(n) => Place::Run(MapRun {
-                node: Some(n),
-                holders: all,
-                input: obj.blob,
-            }),
-            None => Place::Wait,
-        };
+    // With no bytes there is nothing to be local to: any up node will do.
+    let holders: Vec<String> = if obj.blob.size == 0 {
+        gw.nodes.node_ids().into_iter().filter(up).collect()
+    } else {
+        obj.blob
+            .replicas
+            .iter()
+            .filter(|n| up(n))
+            .cloned()
+            .collect()
+    };
+    if holders.is_empty() {
+        // Repair or a returning node will make a replica available.
+        return Place::Wait(Waiting::NoLiveReplica);
     }
-    let holders: Vec<String> = obj
-        .blob
-        .replicas
-        .iter()
-        .filter(|n| up(n))
-        .cloned()
-        .collect();
-    match plan::choose_node(&holders, &[], |n| gw.jobs.load(n), slots) {
-        Some(n) => Place::Run(MapRun {
-            node: Some(n),
-            holders,
-            input: obj.blob,
-        }),
-        // Every holder busy, or none up yet: repair or a returning node
-        // will make a replica available.
-        None => Place::Wait,
+    let Some(node) = plan::choose_node(&holders, &[], |n| gw.jobs.load(n), slots) else {
+        gw.jobs.note_waiting(&rec.tenant);
+        return Place::Wait(Waiting::NodeBusy);
+    };
+    let total = (gw.nodes.node_ids().into_iter().filter(up).count() as u32) * slots;
+    if !gw
+        .jobs
+        .may_start(&rec.tenant, total, gw.config.tenant_max_tasks)
+    {
+        gw.jobs.note_waiting(&rec.tenant);
+        return Place::Wait(Waiting::TenantShare);
     }
+    Place::Run(MapRun {
+        slot: Slot::take(gw, &node, &rec.tenant),
+        holders,
+        input: obj.blob,
+    })
 }
 
 async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapRun) -> Finished {
@@ -487,7 +526,13 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
     async move {
         let mut leases = Vec::new();
         let mut tried: Vec<String> = Vec::new();
-        let mut node = run.node.clone();
+        let MapRun {
+            slot: first_slot,
+            holders,
+            input,
+        } = run;
+        let mut node = Some(first_slot.node.clone());
+        let mut placed = Some(first_slot);
         let mut retries = 0;
         let input_key = task.input.clone().unwrap_or_default();
         loop {
@@ -496,15 +541,16 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
                 // (a returning node, or repair's new replica).
                 return finished(task, Outcome::Requeue, retries, 0, 0, leases);
             };
-            let _slot = Slot::take(&gw, &n);
+            let _slot = match placed.take() {
+                Some(s) => s,
+                None => Slot::take(&gw, &n, &ctx.tenant),
+            };
             task.attempts += 1;
             task.node = Some(n.clone());
-            let input = (run.input.size > 0).then(|| run.input.id.clone());
+            let input_blob = (input.size > 0).then(|| input.id.clone());
             let id = attempt_id(&task);
-            match attempt(&gw, &ctx, &task, &id, &n, input, &input_key, &mut leases).await {
-                Ok(outcome) => {
-                    return finished(task, outcome, retries, run.input.size, 0, leases)
-                }
+            match attempt(&gw, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await {
+                Ok(outcome) => return finished(task, outcome, retries, input.size, 0, leases),
                 Err(AttemptError::Fail(code, message)) => {
                     return finished(task, failed(code, message), retries, 0, 0, leases)
                 }
@@ -514,7 +560,7 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
                         task.attempts -= 1;
                     }
                     tried.push(n);
-                    node = plan::choose_node(&run.holders, &tried, |x| gw.jobs.load(x), u32::MAX)
+                    node = plan::choose_node(&holders, &tried, |x| gw.jobs.load(x), u32::MAX)
                         .filter(|x| gw.nodes.state(x) == Some(NodeState::Up));
                     if task.attempts >= MAX_ATTEMPTS {
                         let outcome = failed(
