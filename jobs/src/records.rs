@@ -13,6 +13,7 @@
 //! | `o`  | seq                             | [`OutputRecord`]  |
 //! | `e`  | seq                             | [`ErrorRecord`]   |
 //! | `f`  | seq                             | [`InputRecord`] (inputs whose task failed) |
+//! | `x`  | `bucket/key`                    | empty: the input is in the job |
 //!
 //! Every value is one version byte followed by JSON, like the catalog's own
 //! records; an unknown version is refused rather than misread.
@@ -221,6 +222,8 @@ pub enum ItemKind {
     Output,
     Error,
     FailedInput,
+    /// Inputs by name, to add each once.
+    Seen,
 }
 
 impl ItemKind {
@@ -233,6 +236,7 @@ impl ItemKind {
             Self::Output => b'o',
             Self::Error => b'e',
             Self::FailedInput => b'f',
+            Self::Seen => b'x',
         }
     }
 }
@@ -250,6 +254,13 @@ pub fn item_prefix(job: &str, kind: ItemKind) -> Vec<u8> {
 pub fn seq_key(job: &str, kind: ItemKind, seq: u64) -> Vec<u8> {
     let mut k = item_prefix(job, kind);
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Marks an input (`bucket/key`) as part of the job.
+pub fn seen_key(job: &str, input: &str) -> Vec<u8> {
+    let mut k = item_prefix(job, ItemKind::Seen);
+    k.extend_from_slice(input.as_bytes());
     k
 }
 

@@ -132,6 +132,30 @@ fn check_id(id: &str) -> Result<(), BlobError> {
     }
 }
 
+/// Opens a file a task wrote, for the node to take over, refusing anything
+/// but a plain file with one name (a symlink, a FIFO, a device, a hard link
+/// to something else): tasks control their output directories and the node
+/// reads as root. The file becomes root's and read-only, so the task side
+/// cannot open it again to change it.
+pub fn open_task_output(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || m.nlink() != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a plain file", path.display()),
+        ));
+    }
+    std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 async fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).await?.sync_all().await
 }
@@ -473,25 +497,45 @@ impl BlobStore {
         })
     }
 
-    /// Makes an existing file (a task's output, on the same filesystem)
-    /// a blob: checksums computed, synced, renamed into the store. Returns
-    /// the blob and the MD5 of its bytes (an output object's ETag).
-    pub async fn adopt(&self, id: &str, file: &Path) -> Result<(BlobInfo, String), BlobError> {
+    /// A scratch path in the store's temp directory (same filesystem as
+    /// the blobs; wiped at start), for files the node writes itself.
+    pub fn scratch_path(&self, name: &str) -> PathBuf {
+        self.temp_path(name)
+    }
+
+    /// Makes an open file (a task's output, on the same filesystem; see
+    /// `open_task_output`) a blob without copying it: the inode is linked
+    /// into the store through the open handle, so whatever the path now
+    /// names does not matter; checksums computed, synced, renamed into
+    /// place. Returns the blob and the MD5 of its bytes (an output
+    /// object's ETag).
+    pub async fn adopt(
+        &self,
+        id: &str,
+        file: std::fs::File,
+    ) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
         if fs::try_exists(&final_path).await? {
             return Err(BlobError::Exists(id.to_string()));
         }
         let tmp = self.temp_path(id);
-        fs::rename(file, &tmp).await?;
         let tmp2 = tmp.clone();
         let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>, String)> {
             use md5::Digest;
-            use std::io::Read;
+            use std::io::{Read, Seek};
+            use std::os::fd::AsRawFd;
+            let mut f = file;
+            let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            nix::unistd::linkat(
+                None,
+                source.as_path(),
+                None,
+                tmp2.as_path(),
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            )
+            .map_err(io::Error::from)?;
+            f.seek(io::SeekFrom::Start(0))?;
             let mut md5 = md5::Md5::new();
-            let mut f = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .open(&tmp2)?;
             let mut blocks = BlockCrcs::default();
             let mut buf = vec![0u8; 256 * 1024];
             let mut size = 0u64;

@@ -310,6 +310,11 @@ async fn run_task(
     };
     match result {
         Ok(r) => Ok(Json(r)),
+        Err(TaskApiError::Task(TaskError::BadOutput(m))) => Err(task_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "UserTaskError",
+            &m,
+        )),
         Err(TaskApiError::Task(TaskError::InitFailed(m))) => Err(task_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "UserTaskError",

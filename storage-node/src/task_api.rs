@@ -91,8 +91,49 @@ pub struct TaskResponse {
 
 /// The writing end of a streamed task input.
 struct StreamSlot {
-    writer: Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    writer: Mutex<Writer>,
     end: tokio::sync::watch::Sender<bool>,
+    /// The task has ended: nobody will open the pipe any more.
+    finished: std::sync::atomic::AtomicBool,
+}
+
+/// The pipe is opened for writing only once the task has opened it for
+/// reading: closing a pipe nobody has opened yet would lose the end of
+/// input, and a writer that is also a reader would never see the task go.
+enum Writer {
+    Unopened(std::path::PathBuf),
+    Open(tokio::net::unix::pipe::Sender),
+    Ended,
+}
+
+impl StreamSlot {
+    /// The open writer, waiting for the task to open its end.
+    async fn open<'a>(
+        &self,
+        w: &'a mut Writer,
+    ) -> Result<&'a mut tokio::net::unix::pipe::Sender, StreamError> {
+        if let Writer::Unopened(path) = w {
+            let path = path.clone();
+            let sender = loop {
+                match tokio::net::unix::pipe::OpenOptions::new().open_sender(&path) {
+                    Ok(s) => break s,
+                    // No reader yet (ENXIO).
+                    Err(e) if e.raw_os_error() == Some(6) => {
+                        if self.finished.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(StreamError::ReaderGone);
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => return Err(StreamError::Source(e.to_string())),
+                }
+            };
+            *w = Writer::Open(sender);
+        }
+        match w {
+            Writer::Open(s) => Ok(s),
+            _ => Err(StreamError::Ended),
+        }
+    }
 }
 
 /// How long an append waits for its task to open its input (the caller
@@ -231,19 +272,16 @@ impl TaskService {
             }
         };
         let stream_key = format!("{}/{}/{}", req.tenant, req.job, req.task_id);
+        let mut stream_slot: Option<Arc<StreamSlot>> = None;
         let (input, input_end) = if req.input_stream {
             let fifo = self.runner.make_fifo(&group, &req.task_id)?;
-            // Opened for reading and writing, so opening never waits for
-            // the task; the task sees end of input when this is dropped.
-            let writer = tokio::net::unix::pipe::OpenOptions::new()
-                .read_write(true)
-                .open_sender(&fifo)
-                .map_err(TaskError::Io)?;
             let (end_tx, end_rx) = tokio::sync::watch::channel(false);
             let slot = Arc::new(StreamSlot {
-                writer: Mutex::new(Some(writer)),
+                writer: Mutex::new(Writer::Unopened(fifo.clone())),
                 end: end_tx,
+                finished: std::sync::atomic::AtomicBool::new(false),
             });
+            stream_slot = Some(slot.clone());
             if let Ok(mut s) = self.streams.lock() {
                 s.insert(stream_key.clone(), slot);
             }
@@ -261,7 +299,9 @@ impl TaskService {
             input_end,
         };
         let outcome = self.runner.run_task(&group, &task).await;
-        if req.input_stream {
+        if let Some(slot) = stream_slot {
+            slot.finished
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut s) = self.streams.lock() {
                 s.remove(&stream_key);
             }
@@ -275,15 +315,37 @@ impl TaskService {
             TaskEnd::TimedOut => TaskEndReport::TimedOut,
         };
         let failed = end != TaskEndReport::Exited { code: 0 };
+        let task_dir = outcome
+            .stdout
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| outcome.stdout.clone());
+        let stdout_file = match open_output(&outcome.stdout).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&task_dir).await;
+                return Err(e);
+            }
+        };
         let (stdout_size, stdout_md5, pieces) = match req.split {
             Some(count) if !failed && count > 1 => {
-                let files = split_lines(&outcome.stdout, count).await?;
+                let names: Vec<String> = (0..count)
+                    .map(|r| format!("{}-r{r}", req.stdout_blob))
+                    .collect();
+                let paths: Vec<std::path::PathBuf> =
+                    names.iter().map(|n| store.scratch_path(n)).collect();
+                let files = split_lines(stdout_file, paths).await?;
                 let mut pieces = Vec::new();
                 let mut total = 0;
                 for (reducer, file) in files.into_iter().enumerate() {
-                    let Some(file) = file else { continue };
-                    let id = format!("{}-r{reducer}", req.stdout_blob);
-                    let (info, md5) = store.adopt(&id, &file).await?;
+                    let Some((file, scratch)) = file else {
+                        continue;
+                    };
+                    let id = names[reducer].clone();
+                    let adopted = store.adopt(&id, file).await;
+                    // Linked into the store by now (or failed): this name goes.
+                    let _ = tokio::fs::remove_file(&scratch).await;
+                    let (info, md5) = adopted?;
                     total += info.size;
                     pieces.push(PieceOut {
                         reducer: reducer as u32,
@@ -295,22 +357,25 @@ impl TaskService {
                 (total, String::new(), pieces)
             }
             _ => {
-                let (info, md5) = store.adopt(&req.stdout_blob, &outcome.stdout).await?;
+                let (info, md5) = store.adopt(&req.stdout_blob, stdout_file).await?;
                 (info.size, md5, Vec::new())
             }
         };
         let stderr_file = outcome.stdout.with_file_name("stderr");
         let stderr_size = if failed {
-            store
-                .adopt(&req.stderr_blob, &stderr_file)
-                .await
-                .ok()
-                .map(|(info, _)| info.size)
+            match open_output(&stderr_file).await {
+                Ok(f) => store
+                    .adopt(&req.stderr_blob, f)
+                    .await
+                    .ok()
+                    .map(|(info, _)| info.size),
+                Err(_) => None,
+            }
         } else {
             None
         };
         let stderr_kept = stderr_size.is_some();
-        let _ = tokio::fs::remove_dir_all(outcome.stdout.parent().unwrap_or(&outcome.stdout)).await;
+        let _ = tokio::fs::remove_dir_all(&task_dir).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
             self.groups.lock().await.remove(&key);
@@ -412,9 +477,7 @@ impl TaskService {
         use tokio::io::AsyncWriteExt;
         let slot = self.stream_slot(key).await?;
         let mut writer = slot.writer.lock().await;
-        let Some(w) = writer.as_mut() else {
-            return Err(StreamError::Ended);
-        };
+        let w = slot.open(&mut writer).await?;
         let mut written = 0;
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| StreamError::Source(e.to_string()))?;
@@ -433,9 +496,15 @@ impl TaskService {
     /// Ends a task's streamed input: the task sees end of file.
     pub async fn end_stream(&self, key: &str) -> Result<(), StreamError> {
         let slot = self.stream_slot(key).await?;
-        slot.writer.lock().await.take();
+        let mut writer = slot.writer.lock().await;
+        // Opened (if it was not yet) and closed: the task sees end of file.
+        let opened = slot.open(&mut writer).await.map(|_| ());
+        *writer = Writer::Ended;
         let _ = slot.end.send(true);
-        Ok(())
+        match opened {
+            Ok(()) | Err(StreamError::Ended) | Err(StreamError::ReaderGone) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn has_ended(&self, key: &str) -> bool {
@@ -458,18 +527,33 @@ impl TaskService {
     }
 }
 
-/// Splits a file line by line into `count` files next to it, by
+/// Opens a task's output file for the node (see
+/// `blob_store::open_task_output`); anything but a plain file is the
+/// task's own failure.
+async fn open_output(path: &std::path::Path) -> Result<std::fs::File, TaskApiError> {
+    let p = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || crate::blob_store::open_task_output(&p))
+        .await
+        .map_err(|e| TaskApiError::Blob(BlobError::Io(std::io::Error::other(e))))?;
+    opened.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => TaskError::BadOutput(e.to_string()).into(),
+        _ => TaskApiError::Blob(BlobError::Io(e)),
+    })
+}
+
+/// Splits a task's stdout line by line into the files `paths` (one per
+/// reducer, in the store's scratch directory), by
 /// `insitu_jobs::plan::reducer_for_line`; `None` for a piece that got no
-/// line. The source file is removed.
+/// line.
 async fn split_lines(
-    file: &std::path::Path,
-    count: u32,
-) -> Result<Vec<Option<std::path::PathBuf>>, TaskApiError> {
-    let file = file.to_path_buf();
+    stdout: std::fs::File,
+    paths: Vec<std::path::PathBuf>,
+) -> Result<Vec<Option<(std::fs::File, std::path::PathBuf)>>, TaskApiError> {
+    let count = paths.len() as u32;
     let result = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        use std::io::{BufRead, Write};
-        let mut reader = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(&file)?);
-        let mut writers: Vec<Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>> =
+        use std::io::{BufRead, Seek, Write};
+        let mut reader = std::io::BufReader::with_capacity(256 * 1024, stdout);
+        let mut writers: Vec<Option<std::io::BufWriter<std::fs::File>>> =
             (0..count).map(|_| None).collect();
         let mut line = Vec::new();
         loop {
@@ -479,25 +563,28 @@ async fn split_lines(
             }
             let r = insitu_jobs::plan::reducer_for_line(&line, count) as usize;
             if writers[r].is_none() {
-                let path = file.with_file_name(format!("stdout.r{r}"));
-                let f = std::fs::File::create(&path)?;
-                writers[r] = Some((path, std::io::BufWriter::with_capacity(64 * 1024, f)));
+                let f = std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&paths[r])?;
+                writers[r] = Some(std::io::BufWriter::with_capacity(64 * 1024, f));
             }
-            if let Some((_, w)) = writers[r].as_mut() {
+            if let Some(w) = writers[r].as_mut() {
                 w.write_all(&line)?;
             }
         }
         let mut out = Vec::with_capacity(count as usize);
-        for w in writers {
+        for (w, path) in writers.into_iter().zip(&paths) {
             match w {
-                Some((path, mut w)) => {
-                    w.flush()?;
-                    out.push(Some(path));
+                Some(w) => {
+                    let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                    f.seek(std::io::SeekFrom::Start(0))?;
+                    out.push(Some((f, path.clone())));
                 }
                 None => out.push(None),
             }
         }
-        std::fs::remove_file(&file)?;
         Ok(out)
     })
     .await

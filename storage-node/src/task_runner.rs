@@ -61,6 +61,8 @@ pub enum TaskError {
     Invalid(String),
     #[error("{0}")]
     InitFailed(String),
+    #[error("the task's output is unusable: {0}")]
+    BadOutput(String),
     #[error("the task's group {0} has ended")]
     GroupEnded(String),
     #[error("i/o: {0}")]
@@ -127,6 +129,13 @@ pub struct Group {
     /// The container's cgroup file that counts OOM kills (cgroup v1
     /// `memory.oom_control` or v2 `memory.events`), when found.
     oom_file: Option<PathBuf>,
+    /// Under runc, the container's process list (`cgroup.procs`) and the
+    /// processes that belong there between tasks (its init and the
+    /// launcher): anything else left when no task runs is a stray a task
+    /// left behind (`setsid sleep 1000 &`), and is killed.
+    strays: Option<(PathBuf, Vec<i32>)>,
+    /// Held shared by running tasks; the stray sweep takes it alone.
+    activity: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -153,9 +162,10 @@ type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<i64>>
 /// The launcher, run by `/bin/sh -c` as the task user. Each task's
 /// environment (with `INSITU_EXEC` and `INSITU_INPUT_FILE`) is in its
 /// directory's `env` file, written by the node.
-const LAUNCHER: &str = r#"while read -r t; do
-  d=/insitu/out/$t
-  ( cd /tmp && . "$d/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$d/stdout" 2>"$d/stderr"; echo "$t $?" ) &
+/// Its own variables are `INSITU_`-named, which a spec's `env` cannot set.
+const LAUNCHER: &str = r#"while read -r INSITU_T; do
+  INSITU_D=/insitu/out/$INSITU_T
+  ( cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"; echo "$INSITU_T $?" ) &
 done"#;
 
 /// Quotes a value for a POSIX shell: inside single quotes, with each
@@ -374,7 +384,7 @@ impl TaskRunner {
             entrypoint: Some(vec![
                 "/bin/sh".to_string(),
                 "-c".to_string(),
-                "while :; do sleep 3600; done".to_string(),
+                "exec sleep 2147483647".to_string(),
             ]),
             user: Some(TASK_USER.into()),
             working_dir: Some("/tmp".into()),
@@ -402,21 +412,29 @@ impl TaskRunner {
             self.remove(&created.id).await;
             return Err(e.into());
         }
-        let launcher = match self.start_launcher(&created.id).await {
+        let (launcher, launcher_pid) = match self.start_launcher(&created.id).await {
             Ok(l) => l,
             Err(e) => {
                 self.remove(&created.id).await;
                 return Err(e);
             }
         };
-        let oom_file = self
+        let init_pid = self
             .docker
             .inspect_container(&created.id, None::<InspectContainerOptions>)
             .await
             .ok()
             .and_then(|c| c.state)
-            .and_then(|s| s.pid)
-            .and_then(oom_counter_file);
+            .and_then(|s| s.pid);
+        let oom_file = init_pid.and_then(oom_counter_file);
+        // Under gVisor the host sees the sandbox, not the task processes.
+        let strays = match (&oom_file, init_pid, launcher_pid, spec.runtime.as_deref()) {
+            (Some(f), Some(init), Some(l), None | Some("runc")) => {
+                let procs = f.with_file_name("cgroup.procs");
+                procs.exists().then(|| (procs, vec![init as i32, l as i32]))
+            }
+            _ => None,
+        };
         if oom_file.is_none() {
             tracing::warn!(container = %created.id, "cannot find the container's OOM counter; relying on the engine's OOMKilled flag");
         }
@@ -427,11 +445,13 @@ impl TaskRunner {
             dir,
             launcher: Arc::new(launcher),
             oom_file,
+            strays,
+            activity: Default::default(),
         })
     }
 
     /// Starts the group's launcher and the task that reads its answers.
-    async fn start_launcher(&self, container: &str) -> Result<Launcher, TaskError> {
+    async fn start_launcher(&self, container: &str) -> Result<(Launcher, Option<i64>), TaskError> {
         let exec = self
             .docker
             .create_exec(
@@ -488,18 +508,72 @@ impl TaskRunner {
                 w.take();
             }
         });
-        Ok(Launcher {
-            input: Mutex::new(input),
-            waiters,
-        })
+        // The launcher's host pid, once the engine reports it running.
+        let mut pid = None;
+        for _ in 0..100 {
+            let info = self.docker.inspect_exec(&exec.id).await.ok();
+            if let Some(p) = info.as_ref().and_then(|e| e.pid).filter(|p| *p > 0) {
+                pid = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok((
+            Launcher {
+                input: Mutex::new(input),
+                waiters,
+            },
+            pid,
+        ))
+    }
+
+    /// Kills what tasks left running in a group's container once none
+    /// runs (processes started with `setsid ... &` outlive their task).
+    fn sweep_strays(&self, group: &Group) {
+        let Some((procs, keep)) = &group.strays else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(procs) else {
+            return;
+        };
+        let mut killed = 0;
+        for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if keep.contains(&pid) {
+                continue;
+            }
+            let target = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            tracing::info!(group = %group.group_id, killed, "killed processes a task left behind");
+        }
     }
 
     /// Runs one task in its group's container and waits for it.
     pub async fn run_task(&self, group: &Group, task: &TaskSpec) -> Result<TaskOutcome, TaskError> {
         check_token("task", &task.task_id)?;
+        let outcome = {
+            let _running = group.activity.read().await;
+            self.run_task_inner(group, task).await
+        };
+        // The last task out sweeps; a task starting meanwhile waits for it.
+        if let Ok(_alone) = group.activity.try_write() {
+            self.sweep_strays(group);
+        }
+        outcome
+    }
+
+    async fn run_task_inner(
+        &self,
+        group: &Group,
+        task: &TaskSpec,
+    ) -> Result<TaskOutcome, TaskError> {
         let task_out = group.dir.join("out").join(&task.task_id);
-        tokio::fs::create_dir_all(&task_out).await?;
-        std::os::unix::fs::chown(&task_out, Some(TASK_UID), Some(TASK_UID))?;
+        // Made by the node, with the node's `env` file in it, before the
+        // task user may write there (a sibling task cannot plant a link).
+        tokio::fs::create_dir(&task_out).await?;
         let input_inside = match &task.input {
             Some(blob) => {
                 let link = group.dir.join("in").join(&task.task_id);
@@ -519,7 +593,19 @@ impl TaskRunner {
         for (k, v) in &env {
             script.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
-        tokio::fs::write(task_out.join("env"), script).await?;
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(task_out.join("env"))
+                .await?;
+            f.write_all(script.as_bytes()).await?;
+            // tokio completes file writes in the background: the launcher
+            // must not read the file before this one is done.
+            f.flush().await?;
+        }
+        std::os::unix::fs::chown(&task_out, Some(TASK_UID), Some(TASK_UID))?;
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
         let (tx, rx) = oneshot::channel();
@@ -713,11 +799,16 @@ fn oom_kills(file: &Path) -> Option<u64> {
 }
 
 async fn read_preview(path: &Path) -> String {
-    use tokio::io::AsyncReadExt;
-    let Ok(f) = tokio::fs::File::open(path).await else {
-        return String::new();
-    };
-    let mut buf = Vec::new();
-    let _ = f.take(STDERR_PREVIEW_BYTES).read_to_end(&mut buf).await;
-    String::from_utf8_lossy(&buf).into_owned()
+    use std::io::Read;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let Ok(f) = crate::blob_store::open_task_output(&path) else {
+            return String::new();
+        };
+        let mut buf = Vec::new();
+        let _ = f.take(STDERR_PREVIEW_BYTES).read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .unwrap_or_default()
 }

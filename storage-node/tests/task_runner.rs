@@ -125,7 +125,7 @@ async fn tasks_run_next_to_their_input_in_one_hardened_container() {
         .run_task(&g, &task("t4", "echo oops >&2; exit 3", None))
         .await
         .unwrap();
-    assert_eq!(out.end, TaskEnd::Exited(3));
+    assert_eq!(out.end, TaskEnd::Exited(3), "{}", out.stderr_preview);
     assert_eq!(out.stderr_preview, "oops\n");
 
     // Environment values reach the task exactly, whatever they contain;
@@ -150,6 +150,22 @@ async fn tasks_run_next_to_their_input_in_one_hardened_container() {
     assert!(
         started.elapsed() < Duration::from_millis(1900),
         "the two sleeps overlapped"
+    );
+
+    // A process a task leaves behind is gone once no task runs.
+    let out = r
+        .run_task(&g, &task("t9", "setsid sleep 1000 & echo started", None))
+        .await
+        .unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0));
+    let top = std::process::Command::new("docker")
+        .args(["top", &g.container_id])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        !top.contains("sleep 1000"),
+        "a stray survived its task: {top}"
     );
 
     // A task past its timeout: the container is destroyed.

@@ -208,11 +208,30 @@ fn output_bucket(
 
 /// Adds inputs to a job record being built into `step`: a map task each
 /// when the first phase is a map, or a reducer piece each when it is a
-/// reduce (routed by the input's name).
-fn add_inputs(step: &mut JobStep, rec: &mut JobRecord, inputs: &[(String, String, u64)]) {
-    let first = &rec.spec.phases[0];
+/// reduce (routed by the input's name; checked here, since no map task
+/// checks it). An input already in the job is not added again: its output
+/// would have the same name.
+fn add_inputs(
+    catalog: &Catalog,
+    step: &mut JobStep,
+    rec: &mut JobRecord,
+    inputs: &[(String, String, u64)],
+) {
+    let first = rec.spec.phases[0].clone();
+    let mut batch = std::collections::HashSet::new();
     for (bucket, key, size) in inputs {
         let loc = format!("{bucket}/{key}");
+        let seen = records::seen_key(&rec.id, &loc);
+        let known = !batch.insert(loc.clone())
+            || catalog
+                .job_get(JobCf::Items, &seen)
+                .ok()
+                .flatten()
+                .is_some();
+        if known {
+            continue;
+        }
+        step.put(JobCf::Items, seen, Vec::new());
         step.put(
             JobCf::Items,
             seq_key(&rec.id, ItemKind::Input, rec.seq.input),
@@ -240,20 +259,100 @@ fn add_inputs(step: &mut JobStep, rec: &mut JobRecord, inputs: &[(String, String
                 rec.phases[0].tasks += 1;
             }
             PhaseKind::Reduce => {
-                let r = plan::reducer_for_name(&loc, first.reducers());
-                step.put(
-                    JobCf::Items,
-                    records::piece_key(&rec.id, 0, r, rec.seq.piece),
-                    encode(&PieceRecord {
-                        bucket: bucket.clone(),
-                        key: key.clone(),
-                        size: *size,
-                    }),
-                );
-                rec.seq.piece += 1;
+                let refused = match check_input(catalog, &rec.tenant, bucket, key) {
+                    Ok(size) => {
+                        let r = plan::reducer_for_name(&loc, first.reducers());
+                        step.put(
+                            JobCf::Items,
+                            records::piece_key(&rec.id, 0, r, rec.seq.piece),
+                            encode(&PieceRecord {
+                                bucket: bucket.clone(),
+                                key: key.clone(),
+                                size,
+                            }),
+                        );
+                        rec.seq.piece += 1;
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                };
+                if let Some((code, message)) = refused {
+                    add_error(
+                        step,
+                        rec,
+                        records::ErrorRecord {
+                            phase: 0,
+                            task: String::new(),
+                            input: loc,
+                            code,
+                            message,
+                            stderr: None,
+                            node: None,
+                        },
+                    );
+                }
+                let _ = size;
             }
         }
     }
+}
+
+/// Whether the tenant may read `bucket/key` as a job input: its size, or
+/// the error the input gets (answered as S3 would: a missing key is only
+/// reported as missing to someone who may list the bucket).
+pub(crate) fn check_input(
+    catalog: &Catalog,
+    tenant: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<u64, (insitu_jobs::JobErrorCode, String)> {
+    use insitu_jobs::JobErrorCode;
+    let loc = format!("{bucket}/{key}");
+    let internal = |e: CatalogError| (JobErrorCode::InternalError, e.to_string());
+    let Some(b) = catalog.get_bucket(bucket).map_err(internal)? else {
+        return Err((
+            JobErrorCode::ResourceNotFoundError,
+            format!("bucket {bucket} does not exist"),
+        ));
+    };
+    let p = Principal::User {
+        tenant: tenant.to_string(),
+        access_key_id: String::new(),
+        is_root: false,
+    };
+    let owner = crate::s3::access::is_owner(&p, &b);
+    match catalog.get_object(bucket, key).map_err(internal)? {
+        Some(o) if owner || crate::s3::access::acl_allows_read(&p, o.acl) => Ok(o.size),
+        None if owner || crate::s3::access::acl_allows_read(&p, b.acl) => Err((
+            JobErrorCode::ResourceNotFoundError,
+            format!("object {loc} does not exist"),
+        )),
+        _ => Err((
+            JobErrorCode::AccessDeniedError,
+            format!("tenant {tenant} may not read {loc}"),
+        )),
+    }
+}
+
+/// Records an error (and, for a job input, a failed input) in a step.
+pub(crate) fn add_error(step: &mut JobStep, rec: &mut JobRecord, err: records::ErrorRecord) {
+    if err.phase == 0 && !err.input.is_empty() {
+        step.put(
+            JobCf::Items,
+            seq_key(&rec.id, ItemKind::FailedInput, rec.seq.failed_input),
+            encode(&InputRecord {
+                input: err.input.clone(),
+            }),
+        );
+        rec.seq.failed_input += 1;
+    }
+    step.put(
+        JobCf::Items,
+        seq_key(&rec.id, ItemKind::Error, rec.seq.error),
+        encode(&err),
+    );
+    rec.seq.error += 1;
+    rec.counters.errors += 1;
 }
 
 /// Parses `bucket/key` inputs given to the API.
@@ -298,7 +397,7 @@ pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecor
         counters: JobCounters::default(),
     };
     let mut step = JobStep::default();
-    add_inputs(&mut step, &mut rec, &inputs);
+    add_inputs(&gw.catalog, &mut step, &mut rec, &inputs);
     // They are in the job's input list now; the record stays small.
     rec.spec.inputs.clear();
     for (i, p) in rec.spec.phases.iter().enumerate() {
@@ -425,6 +524,9 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
     let parsed = parse_inputs(inputs)?;
     let job = running_job(gw, tenant, id).await?;
     let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return Err(JobError::Conflict(format!("job {id} has already ended")));
+    }
     if rec.input_closed {
         return Err(JobError::Conflict(format!(
             "the input of job {id} is closed"
@@ -432,7 +534,7 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
     }
     let mut new = rec.clone();
     let mut step = JobStep::default();
-    add_inputs(&mut step, &mut new, &parsed);
+    add_inputs(&gw.catalog, &mut step, &mut new, &parsed);
     put_record(&mut step, &new);
     gw.catalog.job_commit(step)?;
     *rec = new;
@@ -462,6 +564,9 @@ pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord
 pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
     let job = running_job(gw, tenant, id).await?;
     let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return Err(JobError::Conflict(format!("job {id} has already ended")));
+    }
     let mut new = rec.clone();
     new.state = JobState::Cancelled;
     new.done_ms = Some(now_ms());
@@ -488,9 +593,8 @@ pub(crate) fn may_read(
         access_key_id: String::new(),
         is_root: false,
     };
-    crate::s3::access::is_owner(&p, bucket)
-        || crate::s3::access::acl_allows_read(&p, obj.acl)
-        || crate::s3::access::acl_allows_read(&p, bucket.acl)
+    // As S3's GET: the bucket's owner, or the object's own ACL.
+    crate::s3::access::is_owner(&p, bucket) || crate::s3::access::acl_allows_read(&p, obj.acl)
 }
 
 /// One page of one of a job's lists, after `after` (a sequence number).

@@ -15,13 +15,15 @@ use insitu_catalog::{
 use insitu_jobs::plan::{self, Downstream, OutputPlace};
 use insitu_jobs::records::{
     decode, encode, item_prefix, piece_key, piece_prefix, reducer_key, seq_key, ErrorRecord,
-    InputRecord, ItemKind, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
+    ItemKind, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
 };
 use insitu_jobs::{ImageRef, JobErrorCode, PhaseKind, PhaseSpec};
 use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
 use tracing::Instrument;
 
-use super::{add_inputs, may_read, output_bucket, put_record, split, ActiveJob};
+use super::{
+    add_error, add_inputs, check_input, may_read, output_bucket, put_record, split, ActiveJob,
+};
 use crate::cluster::InflightGuard;
 use crate::nodes::{NodeError, NodeState};
 use crate::s3::put::new_blob_id;
@@ -170,6 +172,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
     let mut inflight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     let mut in_flight_tasks: HashMap<String, TaskRecord> = HashMap::new();
     let mut reducers_started = vec![false; phases];
+    let mut reducers_running: std::collections::HashSet<(usize, u32)> = Default::default();
     loop {
         let rec = job.record.lock().await.clone();
         if rec.state == JobState::Cancelled {
@@ -230,14 +233,23 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             }
             *started = true;
             for r in 0..rec.spec.phases[k].reducers() {
+                if reducers_running.contains(&(k, r)) {
+                    continue;
+                }
                 let key = reducer_key(&rec.id, k as u32, r);
                 let task = match gw.catalog.job_get(JobCf::Items, &key) {
-                    Ok(Some(v)) => decode::<TaskRecord>(&v).ok(),
-                    _ => None,
+                    Ok(v) => v.and_then(|v| decode::<TaskRecord>(&v).ok()),
+                    Err(e) => {
+                        // Tried again on the next turn.
+                        tracing::error!(error = %e, "cannot read a reducer's record");
+                        *started = false;
+                        continue;
+                    }
                 };
                 let Some(task) = task.filter(|t| t.state == TaskState::Queued) else {
                     continue;
                 };
+                reducers_running.insert((k, r));
                 adjust_running(&job, task.phase, 1);
                 in_flight_tasks.insert(task.id.clone(), task.clone());
                 let ctx = task_ctx(&job, &rec, k as u32);
@@ -384,7 +396,7 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
             .iter()
             .map(|(k, o)| (bucket.clone(), k.clone(), o.size))
             .collect();
-        add_inputs(&mut step, &mut new, &inputs);
+        add_inputs(&gw.catalog, &mut step, &mut new, &inputs);
         new.prefix_cursor = match (page.is_truncated, page.last) {
             (true, Some(last)) => Some(last),
             _ => None,
@@ -394,26 +406,6 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
     gw.catalog.job_commit(step)?;
     *rec = new;
     Ok(())
-}
-
-fn add_error(step: &mut JobStep, rec: &mut JobRecord, err: ErrorRecord) {
-    if err.phase == 0 && !err.input.is_empty() {
-        step.put(
-            JobCf::Items,
-            seq_key(&rec.id, ItemKind::FailedInput, rec.seq.failed_input),
-            encode(&InputRecord {
-                input: err.input.clone(),
-            }),
-        );
-        rec.seq.failed_input += 1;
-    }
-    step.put(
-        JobCf::Items,
-        seq_key(&rec.id, ItemKind::Error, rec.seq.error),
-        encode(&err),
-    );
-    rec.seq.error += 1;
-    rec.counters.errors += 1;
 }
 
 enum Place {
@@ -459,18 +451,14 @@ pub(crate) enum Waiting {
 fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
-    let b = match gw.catalog.get_bucket(&bucket) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            return Place::Fail(
-                JobErrorCode::ResourceNotFoundError,
-                format!("bucket {bucket} does not exist"),
-            )
-        }
-        Err(_) => return Place::Wait(Waiting::Catalog),
-    };
+    match check_input(&gw.catalog, &rec.tenant, &bucket, &key) {
+        Ok(_) => {}
+        Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
+        Err((code, message)) => return Place::Fail(code, message),
+    }
     let obj = match gw.catalog.get_object(&bucket, &key) {
         Ok(Some(o)) => o,
+        // Deleted just now.
         Ok(None) => {
             return Place::Fail(
                 JobErrorCode::ResourceNotFoundError,
@@ -479,12 +467,6 @@ fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
         }
         Err(_) => return Place::Wait(Waiting::Catalog),
     };
-    if !may_read(&rec.tenant, &b, &obj) {
-        return Place::Fail(
-            JobErrorCode::AccessDeniedError,
-            format!("tenant {} may not read {loc}", rec.tenant),
-        );
-    }
     let slots = gw.config.task_slots;
     let up = |n: &String| gw.nodes.state(n) == Some(NodeState::Up);
     // With no bytes there is nothing to be local to: any up node will do.
@@ -762,7 +744,13 @@ async fn attempt(
             Err(e) => return Err(node_failure(e)),
         }
     }
-    let deadline = Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK;
+    // A reducer's clock starts when its input ends, which may be long after
+    // the call; the node enforces its timeout, and the node's liveness is
+    // watched anyway.
+    let deadline = match req.input_stream {
+        true => Duration::from_secs(366 * 24 * 3600),
+        false => Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK,
+    };
     let resp: TaskResponse = match gw.nodes.run_task(node, &req, deadline).await {
         Ok(r) => r,
         Err(e) => return Err(node_failure(e)),
@@ -1360,6 +1348,9 @@ async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
     let snapshot = job.record.lock().await.clone();
     cleanup(gw, job, &snapshot).await;
     let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return;
+    }
     let mut new = rec.clone();
     new.state = JobState::Done;
     new.done_ms = Some(now_ms());
