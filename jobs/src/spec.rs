@@ -162,6 +162,16 @@ fn check_image(field: &str, image: &ImageRef) -> Result<(), SpecError> {
                     format!("{n:?} is not a valid image reference"),
                 ));
             }
+            // A bare image id names whatever a node holds, including an
+            // image another tenant loaded from an object.
+            let bare_id = n.starts_with("sha256:")
+                || (n.len() >= 12 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if bare_id {
+                return Err(SpecError::new(
+                    field,
+                    "name an image by repository and tag or digest, not by its id",
+                ));
+            }
         }
         ImageRef::Object { object } => {
             split_location(&format!("{field}.object"), object, false)?;
@@ -376,6 +386,16 @@ mod tests {
         assert_eq!(
             field(with(|v| v["phases"][0]["exec"] = "  ".into())),
             "phases[0].exec"
+        );
+        for id in ["sha256:0123456789abcdef", "0123456789abcdef0123"] {
+            assert_eq!(
+                field(with(|v| v["phases"][0]["image"] = id.into())),
+                "phases[0].image"
+            );
+        }
+        assert_eq!(
+            field(with(|v| v["output"] = "bucket/_insitu/x/".into())),
+            "output"
         );
         assert_eq!(
             field(with(|v| v["phases"][0]["count"] = 2.into())),

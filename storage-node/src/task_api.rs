@@ -158,7 +158,10 @@ const MAX_ENDED_GROUPS: usize = 4096;
 /// Runs tasks on this node, one container per (tenant, job, phase).
 pub struct TaskService {
     runner: TaskRunner,
-    groups: Mutex<HashMap<String, Group>>,
+    /// Each (tenant, job, phase) group's container, behind a lock of its
+    /// own: starting one group's container (an image pull, `init`) does
+    /// not hold up another's tasks.
+    groups: Mutex<HashMap<String, Arc<Mutex<Option<Group>>>>>,
     /// Groups ended by the gateway (their job is over): a task for one that
     /// arrives late is refused instead of starting a container nobody
     /// would end. Bounded; the oldest are forgotten first.
@@ -254,23 +257,34 @@ impl TaskService {
             None => None,
         };
         let key = format!("{}/{}/{}", req.tenant, req.job, req.phase);
-        let group = {
+        let cell = {
             let mut groups = self.groups.lock().await;
             if self.has_ended(&key) {
                 return Err(TaskError::GroupEnded(key).into());
             }
-            match groups.get(&key) {
+            groups.entry(key.clone()).or_default().clone()
+        };
+        let group = {
+            let mut slot = cell.lock().await;
+            match &*slot {
                 Some(g) => g.clone(),
                 None => {
                     let g = self.runner.start_group(&spec).await?;
                     if let Some(init) = &req.init {
                         self.run_init(&g, init, &req).await?;
                     }
-                    groups.insert(key.clone(), g.clone());
+                    *slot = Some(g.clone());
                     g
                 }
             }
         };
+        if self.has_ended(&key) {
+            // Ended while it started: nobody else will end it.
+            if let Some(g) = cell.lock().await.take() {
+                self.runner.end_group(&g).await;
+            }
+            return Err(TaskError::GroupEnded(key).into());
+        }
         let stream_key = format!("{}/{}/{}", req.tenant, req.job, req.task_id);
         let mut stream_slot: Option<Arc<StreamSlot>> = None;
         let (input, input_end) = if req.input_stream {
@@ -378,7 +392,15 @@ impl TaskService {
         let _ = tokio::fs::remove_dir_all(&task_dir).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
-            self.groups.lock().await.remove(&key);
+            {
+                let mut slot = cell.lock().await;
+                if slot
+                    .as_ref()
+                    .is_some_and(|g| g.container_id == group.container_id)
+                {
+                    *slot = None;
+                }
+            }
             self.runner.end_group(&group).await;
         }
         Ok(TaskResponse {
@@ -395,7 +417,7 @@ impl TaskService {
     /// Ends a group: its container and directories go.
     pub async fn end_group(&self, tenant: &str, job: &str, phase: u32) -> bool {
         let key = format!("{tenant}/{job}/{phase}");
-        let group = {
+        let cell = {
             let mut groups = self.groups.lock().await;
             if let Ok(mut ended) = self.ended.lock() {
                 if ended.0.insert(key.clone()) {
@@ -408,6 +430,10 @@ impl TaskService {
                 }
             }
             groups.remove(&key)
+        };
+        let group = match cell {
+            Some(cell) => cell.lock().await.take(),
+            None => None,
         };
         match group {
             Some(g) => {
@@ -516,14 +542,14 @@ impl TaskService {
 
     /// Removes containers of this node that no live group claims.
     pub async fn reap_unknown(self: &Arc<Self>) -> Result<usize, TaskError> {
-        let live: Vec<String> = self
-            .groups
-            .lock()
-            .await
-            .values()
-            .map(|g| g.group_id.clone())
-            .collect();
-        self.runner.reap(|g| live.iter().any(|l| l == g)).await
+        let cells: Vec<_> = self.groups.lock().await.values().cloned().collect();
+        let mut live = Vec::new();
+        for cell in cells {
+            if let Some(g) = cell.lock().await.as_ref() {
+                live.push(g.container_id.clone());
+            }
+        }
+        self.runner.reap(|id| live.iter().any(|l| l == id)).await
     }
 }
 

@@ -39,6 +39,8 @@ pub const LABEL_GROUP: &str = "insitu.group";
 /// The node's task directory: unique per node on a host, even across
 /// clusters that reuse node ids, so a node reaps only its own containers.
 pub const LABEL_ROOT: &str = "insitu.root";
+/// The container's own directory under the node's task directory.
+pub const LABEL_DIR: &str = "insitu.dir";
 
 /// The unprivileged user tasks run as (`nobody`).
 const TASK_USER: &str = "65534:65534";
@@ -136,6 +138,8 @@ pub struct Group {
     strays: Option<(PathBuf, Vec<i32>)>,
     /// Held shared by running tasks; the stray sweep takes it alone.
     activity: Arc<tokio::sync::RwLock<()>>,
+    /// Tasks running in the container now.
+    running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Group {
@@ -313,7 +317,13 @@ impl TaskRunner {
         check_token("job", &spec.job)?;
         self.ensure_image(&spec.image).await?;
         let group_id = spec.group_id();
-        let dir = self.root.join(&group_id);
+        // Each container gets its own directory (and name): a group whose
+        // container was destroyed can start again while the old one goes.
+        let dir_name = format!(
+            "{group_id}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let dir = self.root.join(&dir_name);
         let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
         tokio::fs::create_dir_all(&in_dir).await?;
         tokio::fs::create_dir_all(&out_dir).await?;
@@ -377,6 +387,7 @@ impl TaskRunner {
             (LABEL_JOB.to_string(), spec.job.clone()),
             (LABEL_PHASE.to_string(), spec.phase.to_string()),
             (LABEL_GROUP.to_string(), group_id.clone()),
+            (LABEL_DIR.to_string(), dir_name.clone()),
         ]);
         let config = Config {
             image: Some(spec.image.clone()),
@@ -393,7 +404,7 @@ impl TaskRunner {
             host_config: Some(host),
             ..Default::default()
         };
-        let name = format!("insitu-{}-{}", self.node_id, group_id);
+        let name = format!("insitu-{}-{}", self.node_id, dir_name);
         let created = self
             .docker
             .create_container(
@@ -447,6 +458,7 @@ impl TaskRunner {
             oom_file,
             strays,
             activity: Default::default(),
+            running: Default::default(),
         })
     }
 
@@ -556,7 +568,14 @@ impl TaskRunner {
         check_token("task", &task.task_id)?;
         let outcome = {
             let _running = group.activity.read().await;
-            self.run_task_inner(group, task).await
+            use std::sync::atomic::Ordering;
+            group.running.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.run_task_inner(group, task).await;
+            group.running.fetch_sub(1, Ordering::SeqCst);
+            if task.input.is_some() {
+                let _ = tokio::fs::remove_file(group.dir.join("in").join(&task.task_id)).await;
+            }
+            outcome
         };
         // The last task out sweeps; a task starting meanwhile waits for it.
         if let Ok(_alone) = group.activity.try_write() {
@@ -656,8 +675,12 @@ impl TaskRunner {
                 // and under runc an OOM-killed child can leave the task
                 // exiting 0: the cgroup's own OOM-kill counter tells.
                 let ooms_after = group.oom_file.as_deref().and_then(oom_kills);
+                // The counter is the container's: with other tasks running,
+                // a kill is this task's only if it was killed (SIGKILL).
+                let alone = group.running.load(std::sync::atomic::Ordering::SeqCst) <= 1;
+                let killed = matches!(answer, Ok(137) | Err(_));
                 let oom = match (ooms_before, ooms_after) {
-                    (Some(b), Some(a)) => a > b,
+                    (Some(b), Some(a)) => a > b && (alone || killed),
                     _ => self
                         .docker
                         .inspect_container(&group.container_id, None::<InspectContainerOptions>)
@@ -721,7 +744,7 @@ impl TaskRunner {
         }
     }
 
-    /// Containers of this node whose group `keep` does not claim: left by a
+    /// Containers of this node whose id `keep` does not claim: left by a
     /// crash or by a finished job. They are removed, with their directories.
     pub async fn reap(&self, keep: impl Fn(&str) -> bool) -> Result<usize, TaskError> {
         let filters = HashMap::from([(
@@ -738,21 +761,20 @@ impl TaskRunner {
             .await?;
         let mut reaped = 0;
         for c in list {
-            let group = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_GROUP))
-                .cloned()
-                .unwrap_or_default();
-            if keep(&group) {
+            let Some(id) = &c.id else { continue };
+            if keep(id) {
                 continue;
             }
-            if let Some(id) = &c.id {
-                self.remove(id).await;
-                reaped += 1;
-            }
-            if check_token("group", &group).is_ok() {
-                let _ = tokio::fs::remove_dir_all(self.root.join(&group)).await;
+            self.remove(id).await;
+            reaped += 1;
+            let dir = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_DIR))
+                .cloned()
+                .unwrap_or_default();
+            if check_token("dir", &dir).is_ok() {
+                let _ = tokio::fs::remove_dir_all(self.root.join(&dir)).await;
             }
         }
         Ok(reaped)

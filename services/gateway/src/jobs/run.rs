@@ -193,8 +193,18 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         // a free slot.
         let mut i = 0;
         let mut waiting: HashMap<Waiting, u64> = HashMap::new();
-        while i < backlog.len().min(LOOKAHEAD) {
+        let mut looked = 0;
+        while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
+            looked += 1;
             match place_map(&gw, &rec, &backlog[i]) {
+                Place::Wait(Waiting::NoLiveReplica) => {
+                    // To the back: tasks whose inputs are on live nodes go
+                    // first, rather than waiting behind it.
+                    *waiting.entry(Waiting::NoLiveReplica).or_default() += 1;
+                    if let Some(task) = backlog.remove(i) {
+                        backlog.push_back(task);
+                    }
+                }
                 Place::Wait(why) => {
                     *waiting.entry(why).or_default() += 1;
                     i += 1;
