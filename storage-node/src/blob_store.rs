@@ -143,7 +143,14 @@ pub fn open_task_output(path: &Path) -> io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits())
-        .open(path)?;
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a plain file (a symbolic link)", path.display()),
+            ),
+            _ => e,
+        })?;
     let m = f.metadata()?;
     if !m.is_file() || m.nlink() != 1 {
         return Err(io::Error::new(

@@ -1,0 +1,164 @@
+//! Hostile tasks, as real jobs in real containers: each attack must fail,
+//! and the node must stay healthy (the job goes on and completes).
+
+use std::process::Command;
+
+use insitu_e2e::{insitu_bin, unique, Cluster, RawClient, Tenant};
+
+fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str]) -> std::process::Output {
+    Command::new(insitu_bin())
+        .arg("job")
+        .args(args)
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
+        .output()
+        .expect("insitu job")
+}
+
+/// One attack per input key, run one after another in one node's
+/// container (one task slot), so a container destroyed by one attack is
+/// replaced for the next.
+const ATTACKS: &str = r#"
+case "$INSITU_INPUT_KEY" in
+  symlink)
+    # Make the node read a host file as root through our stdout.
+    out=$(readlink /proc/$$/fd/1); rm -f "$out"; ln -s /etc/shadow "$out"; echo "planted at $out" >&2 ;;
+  network)
+    n=$(ls /sys/class/net | tr '\n' ' ')
+    # The gateway listens on the host's loopback, at this port.
+    if wget -q -T 2 -O - "http://127.0.0.1:$GATEWAY_PORT/_insitu/v1/health" 2>/dev/null; then echo reached; else echo "isolated: $n"; fi ;;
+  rootfs)
+    (touch /bin/planted || chmod 777 /bin) 2>/dev/null && echo writable || echo read-only ;;
+  input)
+    (echo x >> "$INSITU_INPUT_FILE") 2>/dev/null && echo writable || echo read-only ;;
+  escalate)
+    id -u; grep CapEff /proc/self/status; (cat /etc/shadow /proc/1/root/etc/shadow) 2>/dev/null | wc -c ;;
+  stray)
+    setsid sleep 1000 & echo started ;;
+  afterstray)
+    ps | grep -v grep | grep -c "sleep 1000" || true ;;
+  hog)
+    dd if=/dev/zero of=/dev/null bs=200M count=1 ;;
+esac"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tasks_fail_and_the_node_stays_healthy() {
+    let cluster = Cluster::start_with_args(1, Some(1), &["--task-slots", "1"]).expect("cluster");
+    let t = cluster.create_tenant("mallory").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("hostile");
+    c.create_bucket(&bucket).await.unwrap();
+    let cases = [
+        "symlink",
+        "network",
+        "rootfs",
+        "input",
+        "escalate",
+        "stray",
+        "afterstray",
+        "hog",
+    ];
+    for k in cases {
+        let r = c
+            .send(
+                "PUT",
+                &format!("/{bucket}/{k}"),
+                &[],
+                &[],
+                b"data\n".to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": ATTACKS, "memory_mb": 64, "timeout_s": 60,
+                     "env": { "GATEWAY_PORT": cluster.port().to_string() } }],
+        "inputs": cases.iter().map(|k| format!("{bucket}/{k}")).collect::<Vec<_>>(),
+        "output": format!("{bucket}/o/"),
+    });
+    let spec_file = cluster.dir.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        status["state"],
+        "done",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = status["id"].as_str().unwrap().to_string();
+
+    let get = |k: &str| {
+        let c = &c;
+        let loc = format!("/{bucket}/o/{bucket}/{k}");
+        async move {
+            let r = c.send("GET", &loc, &[], &[], vec![]).await.unwrap();
+            assert_eq!(r.status(), 200, "{loc}");
+            r.text().await.unwrap()
+        }
+    };
+    let network = get("network").await;
+    assert!(network.starts_with("isolated: lo"), "{network}");
+    assert_eq!(network.trim(), "isolated: lo", "no interface but loopback");
+    assert_eq!(get("rootfs").await, "read-only\n");
+    assert_eq!(get("input").await, "read-only\n");
+    let escalate = get("escalate").await;
+    let lines: Vec<&str> = escalate.lines().collect();
+    assert_eq!(lines[0], "65534", "{escalate}");
+    assert!(lines[1].ends_with("0000000000000000"), "{escalate}");
+    assert_eq!(lines[2].trim(), "0", "no shadow file readable: {escalate}");
+    assert_eq!(get("stray").await, "started\n");
+    assert_eq!(get("afterstray").await.trim(), "0", "the stray is gone");
+
+    let errors = job_cli(&cluster, &t, &["errors", &id]);
+    let errors: Vec<serde_json::Value> = String::from_utf8_lossy(&errors.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let error_for = |k: &str| {
+        errors
+            .iter()
+            .find(|e| e["input"] == format!("{bucket}/{k}"))
+            .unwrap_or_else(|| panic!("no error for {k}: {errors:?}"))
+            .clone()
+    };
+    let symlink = error_for("symlink");
+    assert_eq!(symlink["code"], "UserTaskError", "{symlink}");
+    assert!(
+        symlink["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a plain file"),
+        "{symlink}"
+    );
+    assert_eq!(error_for("hog")["code"], "TaskKilledError");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    // Nothing of the host's came back as an output.
+    let listing = c
+        .send(
+            "GET",
+            &format!("/{bucket}"),
+            &[("list-type", "2")],
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains("o/symlink"), "{listing}");
+    // The node is healthy: it still takes and serves objects.
+    let r = c
+        .send("PUT", &format!("/{bucket}/after"), &[], &[], b"ok".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
