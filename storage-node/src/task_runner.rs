@@ -131,6 +131,9 @@ pub struct Group {
     /// The container's cgroup file that counts OOM kills (cgroup v1
     /// `memory.oom_control` or v2 `memory.events`), when found.
     oom_file: Option<PathBuf>,
+    /// The container's `pids.events` (its `max` count grows each time a
+    /// fork is refused for the pids limit), when found.
+    pids_file: Option<PathBuf>,
     /// Under runc, the container's process list (`cgroup.procs`) and the
     /// processes that belong there between tasks (its init and the
     /// launcher): anything else left when no task runs is a stray a task
@@ -438,6 +441,7 @@ impl TaskRunner {
             .and_then(|c| c.state)
             .and_then(|s| s.pid);
         let oom_file = init_pid.and_then(oom_counter_file);
+        let pids_file = init_pid.and_then(pids_counter_file);
         // Under gVisor the host sees the sandbox, not the task processes.
         let strays = match (&oom_file, init_pid, launcher_pid, spec.runtime.as_deref()) {
             (Some(f), Some(init), Some(l), None | Some("runc")) => {
@@ -456,6 +460,7 @@ impl TaskRunner {
             dir,
             launcher: Arc::new(launcher),
             oom_file,
+            pids_file,
             strays,
             activity: Default::default(),
             running: Default::default(),
@@ -627,6 +632,7 @@ impl TaskRunner {
         std::os::unix::fs::chown(&task_out, Some(TASK_UID), Some(TASK_UID))?;
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
+        let forks_refused_before = group.pids_file.as_deref().and_then(pids_max_hits);
         let (tx, rx) = oneshot::channel();
         let registered = group
             .launcher
@@ -690,9 +696,19 @@ impl TaskRunner {
                         .and_then(|s| s.oom_killed)
                         .unwrap_or(false),
                 };
+                let forks_refused_after = group.pids_file.as_deref().and_then(pids_max_hits);
+                let failed = !matches!(answer, Ok(0));
+                let pids = match (forks_refused_before, forks_refused_after) {
+                    (Some(b), Some(a)) => a > b && (alone || failed),
+                    _ => false,
+                };
                 if oom {
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("memory".into())
+                } else if pids {
+                    // A fork bomb's children may still run: the container goes.
+                    self.remove(&group.container_id).await;
+                    TaskEnd::Killed("pids".into())
                 } else {
                     match answer {
                         Ok(code) => TaskEnd::Exited(code),
@@ -810,6 +826,35 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The `pids.events` file of the pids cgroup of process `pid`.
+fn pids_counter_file(pid: i64) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        let candidate = if controllers.split(',').any(|c| c == "pids") {
+            Path::new("/sys/fs/cgroup/pids").join(rel).join("pids.events")
+        } else if id == "0" && controllers.is_empty() {
+            Path::new("/sys/fs/cgroup").join(rel).join("pids.events")
+        } else {
+            continue;
+        };
+        if pids_max_hits(&candidate).is_some() {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+/// How often a fork was refused for the pids limit.
+fn pids_max_hits(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// The `oom_kill` count in a cgroup memory file.

@@ -40,6 +40,10 @@ case "$INSITU_INPUT_KEY" in
     ps | grep -v grep | grep -c "sleep 1000" || true ;;
   hog)
     dd if=/dev/zero of=/dev/null bs=200M count=1 ;;
+  forkbomb)
+    i=0; while [ $i -lt 700 ]; do sleep 5 & i=$((i + 1)); done; wait ;;
+  after)
+    echo still-serving ;;
 esac"#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,6 +62,8 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
         "stray",
         "afterstray",
         "hog",
+        "forkbomb",
+        "after",
     ];
     for k in cases {
         let r = c
@@ -139,7 +145,12 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
         "{symlink}"
     );
     assert_eq!(error_for("hog")["code"], "TaskKilledError");
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    let bomb = error_for("forkbomb");
+    assert_eq!(bomb["code"], "TaskKilledError", "{bomb}");
+    assert!(bomb["message"].as_str().unwrap().contains("pids"), "{bomb}");
+    // The next task got a fresh container and ran.
+    assert_eq!(get("after").await, "still-serving\n");
+    assert_eq!(errors.len(), 3, "{errors:?}");
     // Nothing of the host's came back as an output.
     let listing = c
         .send(

@@ -751,7 +751,16 @@ async fn attempt(
                     p.insert(key);
                 }
             }
-            Err(e) => return Err(node_failure(e)),
+            Err(e) => {
+                // A copied image object may have been swept from the node
+                // since: copy it again next time.
+                if let (Some(blob), Ok(mut copies)) =
+                    (&req.image_blob, gw.jobs.images_on_nodes.lock())
+                {
+                    copies.remove(&(node.to_string(), blob.clone()));
+                }
+                return Err(node_failure(e));
+            }
         }
     }
     // A reducer's clock starts when its input ends, which may be long after
