@@ -22,6 +22,10 @@ pub const DEFAULT_CPUS: f64 = 1.0;
 /// Scratch space per task, MiB.
 pub const MAX_DISK_MB: u64 = 1024 * 1024;
 pub const DEFAULT_DISK_MB: u64 = 256;
+/// Output per task (stdout, and any file it writes), MiB: past it the task
+/// is killed (`TaskKilledError`, output).
+pub const MAX_OUTPUT_MB: u64 = 1024 * 1024;
+pub const DEFAULT_OUTPUT_MB: u64 = 1024;
 /// Wall-clock time per task, seconds.
 pub const MAX_TIMEOUT_S: u64 = 24 * 3600;
 pub const DEFAULT_TIMEOUT_S: u64 = 600;

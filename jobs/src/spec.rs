@@ -52,6 +52,9 @@ pub struct PhaseSpec {
     pub cpus: Option<f64>,
     #[serde(default)]
     pub disk_mb: Option<u64>,
+    /// Largest output (stdout, or any file) a task may write, MiB.
+    #[serde(default)]
+    pub output_mb: Option<u64>,
     #[serde(default)]
     pub timeout_s: Option<u64>,
     /// Reducers (reduce phases only).
@@ -75,6 +78,9 @@ impl PhaseSpec {
     }
     pub fn disk_mb(&self) -> u64 {
         self.disk_mb.unwrap_or(DEFAULT_DISK_MB)
+    }
+    pub fn output_mb(&self) -> u64 {
+        self.output_mb.unwrap_or(DEFAULT_OUTPUT_MB)
     }
     pub fn timeout_s(&self) -> u64 {
         self.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)
@@ -235,6 +241,14 @@ impl JobSpec {
                     return Err(SpecError::new(
                         f("disk_mb"),
                         format!("must be 1..={MAX_DISK_MB}"),
+                    ));
+                }
+            }
+            if let Some(o) = p.output_mb {
+                if o == 0 || o > MAX_OUTPUT_MB {
+                    return Err(SpecError::new(
+                        f("output_mb"),
+                        format!("must be 1..={MAX_OUTPUT_MB}"),
                     ));
                 }
             }

@@ -27,6 +27,10 @@ pub struct TaskRequest {
     pub memory_mb: u64,
     pub cpus: f64,
     pub disk_mb: u64,
+    /// Largest file (stdout included) a task may write, MiB; 0: the
+    /// node's default.
+    #[serde(default)]
+    pub output_mb: u64,
     pub timeout_s: u64,
     pub task_id: String,
     pub exec: String,
@@ -245,6 +249,10 @@ impl TaskService {
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,
                 scratch_mb: req.disk_mb.min(req.memory_mb / 2).max(16),
+                max_file_bytes: match req.output_mb {
+                    0 => Limits::default().max_file_bytes,
+                    mb => (mb.min(i64::MAX as u64 >> 20) << 20) as i64,
+                },
                 ..Limits::default()
             },
             runtime: req.runtime.clone(),

@@ -128,6 +128,8 @@ pub struct Group {
     pub group_id: String,
     dir: PathBuf,
     launcher: Arc<Launcher>,
+    /// The `fsize` limit: a task whose stdout reaches it was stopped.
+    max_file_bytes: u64,
     /// The container's cgroup file that counts OOM kills (cgroup v1
     /// `memory.oom_control` or v2 `memory.events`), when found.
     oom_file: Option<PathBuf>,
@@ -459,6 +461,7 @@ impl TaskRunner {
             group_id,
             dir,
             launcher: Arc::new(launcher),
+            max_file_bytes: spec.limits.max_file_bytes.max(0) as u64,
             oom_file,
             pids_file,
             strays,
@@ -709,6 +712,9 @@ impl TaskRunner {
                     // A fork bomb's children may still run: the container goes.
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("pids".into())
+                } else if output_capped(&stdout, group.max_file_bytes, &answer) {
+                    self.remove(&group.container_id).await;
+                    TaskEnd::Killed("output".into())
                 } else {
                     match answer {
                         Ok(code) => TaskEnd::Exited(code),
@@ -828,6 +834,17 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
     None
 }
 
+/// Whether a task was stopped by its output cap: SIGXFSZ (exit 153), or
+/// a stdout that reached the cap.
+fn output_capped(stdout: &Path, cap: u64, answer: &Result<i64, oneshot::error::RecvError>) -> bool {
+    if matches!(answer, Ok(153)) {
+        return true;
+    }
+    std::fs::symlink_metadata(stdout)
+        .map(|m| m.is_file() && cap > 0 && m.len() >= cap)
+        .unwrap_or(false)
+}
+
 /// The `pids.events` file of the pids cgroup of process `pid`.
 fn pids_counter_file(pid: i64) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -836,7 +853,9 @@ fn pids_counter_file(pid: i64) -> Option<PathBuf> {
         let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let rel = path.trim_start_matches('/');
         let candidate = if controllers.split(',').any(|c| c == "pids") {
-            Path::new("/sys/fs/cgroup/pids").join(rel).join("pids.events")
+            Path::new("/sys/fs/cgroup/pids")
+                .join(rel)
+                .join("pids.events")
         } else if id == "0" && controllers.is_empty() {
             Path::new("/sys/fs/cgroup").join(rel).join("pids.events")
         } else {

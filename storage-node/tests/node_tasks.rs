@@ -38,6 +38,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         memory_mb: 128,
         cpus: 1.0,
         disk_mb: 32,
+        output_mb: 0,
         timeout_s: 20,
         task_id: task_id.into(),
         exec: exec.into(),

@@ -39,7 +39,7 @@ case "$INSITU_INPUT_KEY" in
   afterstray)
     ps | grep -v grep | grep -c "sleep 1000" || true ;;
   hog)
-    dd if=/dev/zero of=/dev/null bs=200M count=1 ;;
+    dd if=/dev/zero of=/dev/null bs=600M count=1 ;;
   forkbomb)
     i=0; while [ $i -lt 700 ]; do sleep 5 & i=$((i + 1)); done; wait ;;
   after)
@@ -80,7 +80,7 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
     }
     let spec = serde_json::json!({
         "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
-                     "exec": ATTACKS, "memory_mb": 64, "timeout_s": 60,
+                     "exec": ATTACKS, "memory_mb": 256, "timeout_s": 60,
                      "env": { "GATEWAY_PORT": cluster.port().to_string() } }],
         "inputs": cases.iter().map(|k| format!("{bucket}/{k}")).collect::<Vec<_>>(),
         "output": format!("{bucket}/o/"),
@@ -166,6 +166,27 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
         .await
         .unwrap();
     assert!(!listing.contains("o/symlink"), "{listing}");
+    // Unbounded output stops at the phase's cap.
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": "yes insitu", "output_mb": 1, "timeout_s": 60 }],
+        "inputs": [format!("{bucket}/network")],
+        "output": format!("{bucket}/big/"),
+    });
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let errors = job_cli(&cluster, &t, &["errors", status["id"].as_str().unwrap()]);
+    let errors = String::from_utf8_lossy(&errors.stdout);
+    assert!(
+        errors.contains("TaskKilledError") && errors.contains("output"),
+        "{errors}"
+    );
+
     // The node is healthy: it still takes and serves objects.
     let r = c
         .send("PUT", &format!("/{bucket}/after"), &[], &[], b"ok".to_vec())

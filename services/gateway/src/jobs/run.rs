@@ -721,6 +721,7 @@ async fn attempt(
         memory_mb: ctx.spec.memory_mb(),
         cpus: ctx.spec.cpus(),
         disk_mb: ctx.spec.disk_mb(),
+        output_mb: ctx.spec.output_mb(),
         timeout_s: ctx.spec.timeout_s(),
         task_id: attempt_id.to_string(),
         exec: ctx.spec.exec.clone(),
