@@ -194,3 +194,95 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_never_share_a_container_or_its_leftovers() {
+    let cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let a = cluster.create_tenant("alice").expect("tenant");
+    let b = cluster.create_tenant("bob").expect("tenant");
+    let mut buckets = Vec::new();
+    for t in [&a, &b] {
+        let c = RawClient::new(&cluster.endpoint, t);
+        let bucket = unique("share");
+        c.create_bucket(&bucket).await.unwrap();
+        let r = c
+            .send("PUT", &format!("/{bucket}/in"), &[], &[], b"x\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        buckets.push((c, bucket));
+    }
+    let spec = |bucket: &str, out: &str, exec: &str| {
+        let spec = serde_json::json!({
+            "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
+            "inputs": [format!("{bucket}/in")],
+            "output": format!("{bucket}/{out}/"),
+        });
+        let path = cluster.dir.path().join(format!("{out}-{bucket}.json"));
+        std::fs::write(&path, spec.to_string()).unwrap();
+        path
+    };
+    // Each job's task names its container (the hostname) and leaves files.
+    let leave =
+        "sleep 1; echo left > /tmp/left-behind; echo left > /insitu/out/left-behind; hostname";
+    let (ca, bucket_a) = &buckets[0];
+    let (cb, bucket_b) = &buckets[1];
+    let (spec_a, spec_b) = (
+        spec(bucket_a, "first", leave),
+        spec(bucket_b, "first", leave),
+    );
+    let (out_a, out_b) = tokio::join!(
+        tokio::task::spawn_blocking({
+            let (cluster_ep, a) = (cluster.endpoint.clone(), a.clone());
+            move || run_spec(&cluster_ep, &a, &spec_a)
+        }),
+        tokio::task::spawn_blocking({
+            let (cluster_ep, b) = (cluster.endpoint.clone(), b.clone());
+            move || run_spec(&cluster_ep, &b, &spec_b)
+        })
+    );
+    assert_eq!(out_a.unwrap()["state"], "done");
+    assert_eq!(out_b.unwrap()["state"], "done");
+    let host_a = host(ca, &format!("/{bucket_a}/first/{bucket_a}/in")).await;
+    let host_b = host(cb, &format!("/{bucket_b}/first/{bucket_b}/in")).await;
+    assert!(!host_a.trim().is_empty());
+    assert_ne!(host_a, host_b, "two tenants' jobs ran in one container");
+
+    // A second job of the same tenant finds nothing of the first.
+    let look = "hostname; ls -a /tmp /insitu/out /insitu/in; cat /tmp/left-behind /insitu/out/left-behind 2>/dev/null; true";
+    let second = run_spec(&cluster.endpoint, &a, &spec(bucket_a, "second", look));
+    assert_eq!(second["state"], "done");
+    let seen = host(ca, &format!("/{bucket_a}/second/{bucket_a}/in")).await;
+    assert!(
+        !seen.starts_with(&host_a),
+        "the container was reused: {seen}"
+    );
+    assert!(
+        !seen.contains("left"),
+        "files of the first job were visible: {seen}"
+    );
+}
+
+async fn host(c: &RawClient, loc: &str) -> String {
+    c.send("GET", loc, &[], &[], vec![])
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Runs a job spec to its end with `insitu job run --watch`; its status.
+fn run_spec(endpoint: &str, tenant: &Tenant, spec: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(insitu_bin())
+        .args(["job", "run", "--watch", "--spec"])
+        .arg(spec)
+        .env("INSITU_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
+        .output()
+        .expect("insitu job");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    })
+}
