@@ -286,3 +286,72 @@ fn run_spec(endpoint: &str, tenant: &Tenant, spec: &std::path::Path) -> serde_js
         panic!("{}", String::from_utf8_lossy(&out.stderr));
     })
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_policy_bounds_a_tenants_jobs() {
+    let cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("bounded").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("bounded");
+    c.create_bucket(&bucket).await.unwrap();
+    c.send("PUT", &format!("/{bucket}/in"), &[], &[], b"x\n".to_vec())
+        .await
+        .unwrap();
+    // gVisor where it is installed (scripts/setup registers it with Docker).
+    let gvisor = Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
+        .unwrap_or(false);
+    let mut args = vec![
+        "tenant",
+        "policy",
+        "bounded",
+        "--set",
+        "--max-memory-mb",
+        "128",
+    ];
+    if gvisor {
+        args.extend(["--runtime", "runsc"]);
+    }
+    let policy = cluster.admin(&args).expect("policy");
+    assert_eq!(policy["policy"]["max_memory_mb"], 128, "{policy}");
+    let spec = |extra: serde_json::Value, out: &str| {
+        let mut phase = serde_json::json!({ "type": "map", "image": "insitu-test/busybox:latest",
+                                            "exec": "uname -r" });
+        if let (Some(p), Some(e)) = (phase.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        let spec = serde_json::json!({ "phases": [phase], "inputs": [format!("{bucket}/in")],
+                                       "output": format!("{bucket}/{out}/") });
+        let path = cluster.dir.path().join(format!("{out}.json"));
+        std::fs::write(&path, spec.to_string()).unwrap();
+        path
+    };
+    // Beyond the tenant's maximum: refused, naming the field.
+    let out = Command::new(insitu_bin())
+        .args(["job", "run", "--spec"])
+        .arg(spec(serde_json::json!({ "memory_mb": 256 }), "big"))
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &t.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &t.secret_access_key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgumentError") && err.contains("phases[0].memory_mb"),
+        "{err}"
+    );
+    // Within it (the default held to the maximum), under the tenant's runtime.
+    let status = run_spec(&cluster.endpoint, &t, &spec(serde_json::json!({}), "ok"));
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["counters"]["outputs"], 1, "{status}");
+    let kernel = host(&c, &format!("/{bucket}/ok/{bucket}/in")).await;
+    if gvisor {
+        // gVisor reports its own kernel version.
+        assert_eq!(kernel.trim(), "4.4.0", "ran under runsc");
+    } else {
+        assert!(!kernel.trim().is_empty());
+    }
+}

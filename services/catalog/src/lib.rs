@@ -224,6 +224,7 @@ impl Catalog {
         let rec = TenantRecord {
             name: name.to_string(),
             created_ms: now_ms(),
+            policy: TenantPolicy::default(),
         };
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_TENANTS)?, name.as_bytes(), rec.encode());
@@ -240,6 +241,19 @@ impl Catalog {
 
     pub fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>> {
         self.get(CF_TENANTS, name.as_bytes())
+    }
+
+    /// Replaces a tenant's policy; false if there is no such tenant.
+    pub fn set_tenant_policy(&self, name: &str, policy: &TenantPolicy) -> Result<bool> {
+        let _g = self.lock()?;
+        let Some(mut rec) = self.get::<TenantRecord>(CF_TENANTS, name.as_bytes())? else {
+            return Ok(false);
+        };
+        rec.policy = policy.clone();
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(CF_TENANTS)?, name.as_bytes(), rec.encode());
+        self.commit(b)?;
+        Ok(true)
     }
 
     pub fn list_tenants(&self) -> Result<Vec<TenantRecord>> {

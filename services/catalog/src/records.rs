@@ -81,6 +81,30 @@ impl CannedAcl {
 pub struct TenantRecord {
     pub name: String,
     pub created_ms: i64,
+    /// Set by an operator; absent in records written before policies.
+    #[serde(default)]
+    pub policy: TenantPolicy,
+}
+
+/// What an operator allows a tenant's jobs: the container runtime, and
+/// maximums below the global limits. A spec beyond them is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// `runsc`: every task of the tenant runs under gVisor, whatever its
+    /// spec says. `runc` (or none): a phase may still ask for `runsc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_timeout_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_mb: Option<u64>,
 }
 impl Record for TenantRecord {
     const KIND: &'static str = "tenant";
@@ -246,6 +270,7 @@ mod tests {
         let t = TenantRecord {
             name: "acme".into(),
             created_ms: 5,
+            policy: TenantPolicy::default(),
         };
         let bytes = t.encode();
         assert_eq!(bytes[0], 1);

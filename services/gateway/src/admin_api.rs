@@ -250,12 +250,33 @@ async fn admin(
             tracing::info!(tenant = %req.name, "tenant created");
             Ok(created_credentials(key))
         }
+        (m @ (Method::PUT | Method::GET), ["tenants", tenant, "policy"]) => {
+            if m == Method::PUT {
+                let policy: insitu_catalog::TenantPolicy = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::InvalidArgument(format!("bad policy: {e}")))?;
+                crate::jobs::check_policy(&policy).map_err(ApiError::InvalidArgument)?;
+                if !gw.catalog.set_tenant_policy(tenant, &policy)? {
+                    return Err(ApiError::NotFound(format!(
+                        "tenant {tenant} does not exist"
+                    )));
+                }
+                tracing::info!(tenant = %tenant, "tenant policy set");
+            }
+            let rec = gw
+                .catalog
+                .get_tenant(tenant)?
+                .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant} does not exist")))?;
+            Ok(
+                Json(serde_json::json!({ "tenant": rec.name, "policy": rec.policy }))
+                    .into_response(),
+            )
+        }
         (Method::GET, ["tenants"]) => {
             let tenants: Vec<_> = gw
                 .catalog
                 .list_tenants()?
                 .into_iter()
-                .map(|t| serde_json::json!({ "tenant": t.name, "created_ms": t.created_ms }))
+                .map(|t| serde_json::json!({ "tenant": t.name, "created_ms": t.created_ms, "policy": t.policy }))
                 .collect();
             Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
         }

@@ -59,6 +59,26 @@ enum TenantCommand {
     Create { name: String },
     /// List tenants.
     List,
+    /// Show a tenant's policy, or set it (the flags given replace it).
+    Policy {
+        name: String,
+        /// `runsc`: all the tenant's tasks run under gVisor.
+        #[arg(long)]
+        runtime: Option<String>,
+        #[arg(long)]
+        max_memory_mb: Option<u64>,
+        #[arg(long)]
+        max_cpus: Option<f64>,
+        #[arg(long)]
+        max_disk_mb: Option<u64>,
+        #[arg(long)]
+        max_timeout_s: Option<u64>,
+        #[arg(long)]
+        max_output_mb: Option<u64>,
+        /// Set the policy (without it, the current one is shown).
+        #[arg(long)]
+        set: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +103,40 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                     Some(serde_json::json!({ "name": name })),
                 )
                 .await?
+        }
+        AdminCommand::Tenant {
+            command:
+                TenantCommand::Policy {
+                    name,
+                    runtime,
+                    max_memory_mb,
+                    max_cpus,
+                    max_disk_mb,
+                    max_timeout_s,
+                    max_output_mb,
+                    set,
+                },
+        } => {
+            let path = format!("/_insitu/v1/admin/tenants/{name}/policy");
+            if set {
+                let mut policy = serde_json::Map::new();
+                let mut put = |k: &str, v: serde_json::Value| {
+                    if !v.is_null() {
+                        policy.insert(k.to_string(), v);
+                    }
+                };
+                put("runtime", serde_json::json!(runtime));
+                put("max_memory_mb", serde_json::json!(max_memory_mb));
+                put("max_cpus", serde_json::json!(max_cpus));
+                put("max_disk_mb", serde_json::json!(max_disk_mb));
+                put("max_timeout_s", serde_json::json!(max_timeout_s));
+                put("max_output_mb", serde_json::json!(max_output_mb));
+                client
+                    .call("PUT", &path, Some(serde_json::Value::Object(policy)))
+                    .await?
+            } else {
+                client.call("GET", &path, None).await?
+            }
         }
         AdminCommand::Tenant {
             command: TenantCommand::List,

@@ -369,7 +369,99 @@ fn parse_inputs(inputs: &[String]) -> Result<Vec<(String, String, u64)>, JobErro
 }
 
 /// Creates a job, durably, and starts driving it.
+/// Checks a tenant policy an operator sets.
+pub fn check_policy(p: &insitu_catalog::TenantPolicy) -> Result<(), String> {
+    if let Some(r) = &p.runtime {
+        if r != "runc" && r != "runsc" {
+            return Err("runtime must be runc or runsc".into());
+        }
+    }
+    let positive = [
+        ("max_memory_mb", p.max_memory_mb),
+        ("max_disk_mb", p.max_disk_mb),
+        ("max_timeout_s", p.max_timeout_s),
+        ("max_output_mb", p.max_output_mb),
+    ];
+    for (name, v) in positive {
+        if v == Some(0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+    }
+    if p.max_cpus.is_some_and(|c| c.is_nan() || c <= 0.0) {
+        return Err("max_cpus must be positive".into());
+    }
+    Ok(())
+}
+
+/// Applies the tenant's policy to a spec: a value beyond a maximum is
+/// refused, an omitted one is held to it, and a `runsc` policy puts every
+/// phase under gVisor.
+fn apply_policy(spec: &mut JobSpec, p: &insitu_catalog::TenantPolicy) -> Result<(), JobError> {
+    fn cap<T: PartialOrd + Copy + std::fmt::Display>(
+        field: String,
+        given: &mut Option<T>,
+        default: T,
+        max: Option<T>,
+    ) -> Result<(), JobError> {
+        let Some(max) = max else { return Ok(()) };
+        match *given {
+            Some(v) if v > max => Err(JobError::Invalid(format!(
+                "{field}: at most {max} for this tenant"
+            ))),
+            Some(_) => Ok(()),
+            None if default > max => {
+                *given = Some(max);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+    use insitu_jobs::limits::*;
+    for (i, phase) in spec.phases.iter_mut().enumerate() {
+        let f = |n: &str| format!("phases[{i}].{n}");
+        cap(
+            f("memory_mb"),
+            &mut phase.memory_mb,
+            DEFAULT_MEMORY_MB,
+            p.max_memory_mb,
+        )?;
+        cap(f("cpus"), &mut phase.cpus, DEFAULT_CPUS, p.max_cpus)?;
+        cap(
+            f("disk_mb"),
+            &mut phase.disk_mb,
+            DEFAULT_DISK_MB,
+            p.max_disk_mb,
+        )?;
+        cap(
+            f("timeout_s"),
+            &mut phase.timeout_s,
+            DEFAULT_TIMEOUT_S,
+            p.max_timeout_s,
+        )?;
+        cap(
+            f("output_mb"),
+            &mut phase.output_mb,
+            DEFAULT_OUTPUT_MB,
+            p.max_output_mb,
+        )?;
+        if p.runtime.as_deref() == Some("runsc") {
+            if phase.runtime.as_deref() == Some("runc") {
+                return Err(JobError::Invalid(format!(
+                    "{}: this tenant's tasks run under runsc",
+                    f("runtime")
+                )));
+            }
+            phase.runtime = Some("runsc".into());
+        }
+    }
+    Ok(())
+}
+
 pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecord, JobError> {
+    let mut spec = spec;
+    if let Some(t) = gw.catalog.get_tenant(tenant)? {
+        apply_policy(&mut spec, &t.policy)?;
+    }
     output_bucket(&gw.catalog, tenant, &spec)?;
     let cap = gw.config.tenant_max_jobs;
     if cap > 0 && gw.jobs.running_jobs(tenant) >= cap as usize {
