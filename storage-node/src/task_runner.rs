@@ -172,7 +172,18 @@ type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<i64>>
 /// environment (with `INSITU_EXEC` and `INSITU_INPUT_FILE`) is in its
 /// directory's `env` file, written by the node.
 /// Its own variables are `INSITU_`-named, which a spec's `env` cannot set.
+/// `__sweep` kills every process but the container's init and the
+/// launcher, with shell builtins only (no process is started for it): how
+/// strays are removed where the host cannot see the task processes (gVisor).
 const LAUNCHER: &str = r#"while read -r INSITU_T; do
+  if [ "$INSITU_T" = __sweep ]; then
+    for INSITU_P in /proc/[0-9]*; do
+      INSITU_P=${INSITU_P#/proc/}
+      [ "$INSITU_P" = 1 ] || [ "$INSITU_P" = $$ ] || kill -9 "$INSITU_P" 2>/dev/null
+    done
+    echo "__sweep 0"
+    continue
+  fi
   INSITU_D=/insitu/out/$INSITU_T
   ( cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"; echo "$INSITU_T $?" ) &
 done"#;
@@ -549,8 +560,26 @@ impl TaskRunner {
 
     /// Kills what tasks left running in a group's container once none
     /// runs (processes started with `setsid ... &` outlive their task).
-    fn sweep_strays(&self, group: &Group) {
+    async fn sweep_strays(&self, group: &Group) {
         let Some((procs, keep)) = &group.strays else {
+            // The host cannot see the processes: the launcher sweeps.
+            let (tx, rx) = oneshot::channel();
+            let registered = group
+                .launcher
+                .waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.as_mut().map(|w| w.insert("__sweep".into(), tx)))
+                .is_some();
+            if registered {
+                let sent = {
+                    let mut input = group.launcher.input.lock().await;
+                    input.write_all(b"__sweep\n").await.is_ok() && input.flush().await.is_ok()
+                };
+                if sent {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+                }
+            }
             return;
         };
         let Ok(text) = std::fs::read_to_string(procs) else {
@@ -587,7 +616,7 @@ impl TaskRunner {
         };
         // The last task out sweeps; a task starting meanwhile waits for it.
         if let Ok(_alone) = group.activity.try_write() {
-            self.sweep_strays(group);
+            self.sweep_strays(group).await;
         }
         outcome
     }
