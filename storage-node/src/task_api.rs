@@ -248,7 +248,7 @@ impl TaskService {
             limits: Limits {
                 memory_mb: req.memory_mb,
                 cpus: req.cpus,
-                scratch_mb: req.disk_mb.min(req.memory_mb / 2).max(16),
+                scratch_mb: req.disk_mb.max(8),
                 max_file_bytes: match req.output_mb {
                     0 => Limits::default().max_file_bytes,
                     mb => (mb.min(i64::MAX as u64 >> 20) << 20) as i64,

@@ -84,7 +84,9 @@ pub struct Limits {
     pub cpus: f64,
     /// At least 512 under gVisor, which counts its own threads.
     pub pids: i64,
-    /// Size of the `/tmp` scratch tmpfs (it counts against memory).
+    /// Size of the `/tmp` scratch space: a loop-mounted filesystem of its
+    /// own (a hard byte quota) where the host can make one, else a tmpfs
+    /// (which counts against memory, so at most half of it).
     pub scratch_mb: u64,
     pub open_files: i64,
     /// Largest file a task may write (`fsize` ulimit), bytes.
@@ -348,6 +350,13 @@ impl TaskRunner {
 
         let l = &spec.limits;
         let mem = (l.memory_mb * 1024 * 1024) as i64;
+        let scratch = {
+            let (dir, mb) = (dir.clone(), l.scratch_mb);
+            tokio::task::spawn_blocking(move || make_scratch(&dir, mb))
+                .await
+                .ok()
+                .flatten()
+        };
         let bind = |source: &Path, target: &str, read_only: bool| Mount {
             source: Some(source.to_string_lossy().into_owned()),
             target: Some(target.to_string()),
@@ -360,10 +369,15 @@ impl TaskRunner {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                format!("rw,nosuid,nodev,noexec,size={}m", l.scratch_mb),
-            )])),
+            tmpfs: scratch.is_none().then(|| {
+                HashMap::from([(
+                    "/tmp".to_string(),
+                    format!(
+                        "rw,nosuid,nodev,noexec,size={}m",
+                        l.scratch_mb.min(l.memory_mb / 2).max(1)
+                    ),
+                )])
+            }),
             memory: Some(mem),
             // Equal to the memory limit: no swap to hide behind.
             memory_swap: Some(mem),
@@ -385,10 +399,13 @@ impl TaskRunner {
                 typ: Some("none".into()),
                 config: None,
             }),
-            mounts: Some(vec![
-                bind(&in_dir, IN_DIR, true),
-                bind(&out_dir, OUT_DIR, false),
-            ]),
+            mounts: Some({
+                let mut m = vec![bind(&in_dir, IN_DIR, true), bind(&out_dir, OUT_DIR, false)];
+                if let Some(scratch) = &scratch {
+                    m.push(bind(scratch, "/tmp", false));
+                }
+                m
+            }),
             runtime: spec.runtime.clone(),
             auto_remove: Some(false),
             ..Default::default()
@@ -437,6 +454,7 @@ impl TaskRunner {
             .await
         {
             self.remove(&created.id).await;
+            drop_dir(&dir).await;
             return Err(e.into());
         }
         let (launcher, launcher_pid) = match self.start_launcher(&created.id).await {
@@ -744,6 +762,9 @@ impl TaskRunner {
                 } else if output_capped(&stdout, group.max_file_bytes, &answer) {
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("output".into())
+                } else if failed && scratch_full(&group.dir) {
+                    self.remove(&group.container_id).await;
+                    TaskEnd::Killed("disk".into())
                 } else {
                     match answer {
                         Ok(code) => TaskEnd::Exited(code),
@@ -781,7 +802,7 @@ impl TaskRunner {
     /// Destroys a group's container and its directories.
     pub async fn end_group(&self, group: &Group) {
         self.remove(&group.container_id).await;
-        let _ = tokio::fs::remove_dir_all(&group.dir).await;
+        drop_dir(&group.dir).await;
     }
 
     async fn remove(&self, container: &str) {
@@ -825,7 +846,29 @@ impl TaskRunner {
                 .cloned()
                 .unwrap_or_default();
             if check_token("dir", &dir).is_ok() {
-                let _ = tokio::fs::remove_dir_all(self.root.join(&dir)).await;
+                drop_dir(&self.root.join(&dir)).await;
+            }
+        }
+        // Directories no container claims (a crash between the two).
+        let live: Vec<String> = self
+            .docker
+            .list_containers(Some(ListContainersOptions::<String> {
+                all: true,
+                filters: HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{LABEL_ROOT}={}", self.root.to_string_lossy())],
+                )]),
+                ..Default::default()
+            }))
+            .await?
+            .into_iter()
+            .filter_map(|c| c.labels.and_then(|mut l| l.remove(LABEL_DIR)))
+            .collect();
+        let mut entries = tokio::fs::read_dir(&self.root).await?;
+        while let Some(e) = entries.next_entry().await? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) && check_token("dir", &name).is_ok() {
+                drop_dir(&e.path()).await;
             }
         }
         Ok(reaped)
@@ -861,6 +904,71 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// A hard byte quota for a container's scratch space: an ext4 filesystem
+/// in a sparse file in its directory, loop-mounted at `scratch/` (created
+/// and mounted in tens of milliseconds). `None` where the host cannot
+/// (no loop devices, not root): the caller falls back to a tmpfs.
+fn make_scratch(dir: &Path, mb: u64) -> Option<PathBuf> {
+    use std::process::{Command, Stdio};
+    let img = dir.join("scratch.img");
+    let mnt = dir.join("scratch");
+    let run = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let made = std::fs::create_dir(&mnt).is_ok()
+        && std::fs::File::create(&img)
+            .and_then(|f| f.set_len(mb.max(8) << 20))
+            .is_ok()
+        && run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-O", "^has_journal"])
+            .arg(&img))
+        && run(Command::new("mount")
+            .args(["-o", "loop,nosuid,nodev,noexec"])
+            .arg(&img)
+            .arg(&mnt));
+    if !made {
+        tracing::warn!(dir = %dir.display(), "no loop-mounted scratch space here; using a tmpfs");
+        let _ = std::fs::remove_file(&img);
+        let _ = std::fs::remove_dir(&mnt);
+        return None;
+    }
+    let _ = std::fs::remove_dir(mnt.join("lost+found"));
+    std::os::unix::fs::chown(&mnt, Some(TASK_UID), Some(TASK_UID)).ok()?;
+    Some(mnt)
+}
+
+/// Removes a container's directory, unmounting its scratch filesystem
+/// first (its loop device is released with it).
+async fn drop_dir(dir: &Path) {
+    let mnt = dir.join("scratch");
+    if tokio::fs::try_exists(mnt.join(".")).await.unwrap_or(false) {
+        let _ = tokio::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mnt)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    }
+    let _ = tokio::fs::remove_dir_all(dir).await;
+}
+
+/// Whether a container's scratch filesystem is (all but) full: a write
+/// that failed for space leaves less than a block of the writer's size.
+#[allow(clippy::unnecessary_cast)] // the statvfs field types vary by platform
+fn scratch_full(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(&dir.join("scratch"))
+        .map(|v| {
+            let free = v.blocks_available() as u64 * v.fragment_size() as u64;
+            v.blocks() > 0
+                && (free < 4 << 20 || (v.blocks_available() as u64) < v.blocks() as u64 / 100)
+        })
+        .unwrap_or(false)
 }
 
 /// Whether a task was stopped by its output cap: SIGXFSZ (exit 153), or

@@ -380,6 +380,41 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         self.kill9();
+        // A node killed for a test is not restarted to reap its task
+        // containers; a job cut short at the end of a test leaves its own.
+        // Nothing may outlive the test: containers, then scratch mounts.
+        let nodes = self.data_dir().join("nodes");
+        if let Ok(entries) = std::fs::read_dir(&nodes) {
+            for e in entries.flatten() {
+                let tasks = e.path().join("tasks");
+                let root = std::fs::canonicalize(&tasks).unwrap_or(tasks);
+                let ids = Command::new("docker")
+                    .args(["ps", "-aq", "--filter"])
+                    .arg(format!("label=insitu.root={}", root.display()))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let data = self.data_dir();
+        let data = std::fs::canonicalize(&data).unwrap_or(data);
+        for line in mounts.lines() {
+            if let Some(point) = line.split_whitespace().nth(1) {
+                if point.starts_with(&*data.to_string_lossy()) {
+                    let _ = Command::new("umount").args(["-l", point]).status();
+                }
+            }
+        }
     }
 }
 

@@ -38,6 +38,8 @@ case "$INSITU_INPUT_KEY" in
     setsid sleep 1000 & echo started ;;
   afterstray)
     ps | grep -v grep | grep -c "sleep 1000" || true ;;
+  fill)
+    dd if=/dev/zero of=/tmp/fill bs=1M count=400 ;;
   hog)
     dd if=/dev/zero of=/dev/null bs=600M count=1 ;;
   forkbomb)
@@ -79,6 +81,7 @@ async fn hostile_suite(runtime: Option<&str>) {
         "escalate",
         "stray",
         "afterstray",
+        "fill",
         "hog",
         "forkbomb",
         "after",
@@ -170,13 +173,15 @@ async fn hostile_suite(runtime: Option<&str>) {
         None => e["code"] == "TaskKilledError" && e["message"].as_str().unwrap().contains(resource),
         Some(_) => e["code"] == "TaskKilledError" || e["code"] == "TaskTimeoutError",
     };
+    let fill = error_for("fill");
+    assert!(stopped(&fill, "disk"), "{fill}");
     let hog = error_for("hog");
     assert!(stopped(&hog, "memory"), "{hog}");
     let bomb = error_for("forkbomb");
     assert!(stopped(&bomb, "pids"), "{bomb}");
     // The next task got a fresh container and ran.
     assert_eq!(get("after").await, "still-serving\n");
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
     // Nothing of the host's came back as an output.
     let listing = c
         .send(
