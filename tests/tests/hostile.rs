@@ -32,6 +32,11 @@ case "$INSITU_INPUT_KEY" in
     (touch /bin/planted || chmod 777 /bin) 2>/dev/null && echo writable || echo read-only ;;
   input)
     (echo x >> "$INSITU_INPUT_FILE") 2>/dev/null && echo writable || echo read-only ;;
+  guess)
+    # Another tenant's blob, by its path on the node, and the node's data.
+    cat "$SECRET_BLOB" 2>/dev/null || echo unreachable
+    ls "$DATA_DIR" >/dev/null 2>&1 && echo listed || echo no-data-dir
+    grep -rl "TOP""SECRET" /insitu /tmp 2>/dev/null | head -1 ;;
   escalate)
     id -u; grep CapEff /proc/self/status; (cat /etc/shadow /proc/1/root/etc/shadow) 2>/dev/null | wc -c ;;
   stray)
@@ -73,8 +78,30 @@ async fn hostile_suite(runtime: Option<&str>) {
     let c = RawClient::new(&cluster.endpoint, &t);
     let bucket = unique("hostile");
     c.create_bucket(&bucket).await.unwrap();
+    // Another tenant's secret, on the same node.
+    let victim = cluster.create_tenant("victim").expect("tenant");
+    let vc = RawClient::new(&cluster.endpoint, &victim);
+    let vbucket = unique("victim");
+    vc.create_bucket(&vbucket).await.unwrap();
+    let secret = format!("TOPSECRET-{}", unique("s"));
+    vc.send(
+        "PUT",
+        &format!("/{vbucket}/secret"),
+        &[],
+        &[],
+        secret.clone().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let secret_blob = cluster
+        .blob_files()
+        .into_iter()
+        .find(|(p, _)| std::fs::read(p).is_ok_and(|b| b == secret.as_bytes()))
+        .map(|(p, _)| p)
+        .expect("the secret's blob file");
     let cases = [
         "symlink",
+        "guess",
         "network",
         "rootfs",
         "input",
@@ -103,7 +130,9 @@ async fn hostile_suite(runtime: Option<&str>) {
         "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
                      "exec": ATTACKS, "memory_mb": 256, "runtime": runtime,
                      "timeout_s": if runtime.is_some() { 15 } else { 60 },
-                     "env": { "GATEWAY_PORT": cluster.port().to_string() } }],
+                     "env": { "GATEWAY_PORT": cluster.port().to_string(),
+                              "SECRET_BLOB": secret_blob.display().to_string(),
+                              "DATA_DIR": cluster.data_dir().display().to_string() } }],
         "inputs": cases.iter().map(|k| format!("{bucket}/{k}")).collect::<Vec<_>>(),
         "output": format!("{bucket}/o/"),
     });
@@ -132,6 +161,7 @@ async fn hostile_suite(runtime: Option<&str>) {
             r.text().await.unwrap()
         }
     };
+    assert_eq!(get("guess").await, "unreachable\nno-data-dir\n");
     let network = get("network").await;
     assert!(network.starts_with("isolated: lo"), "{network}");
     assert_eq!(network.trim(), "isolated: lo", "no interface but loopback");
