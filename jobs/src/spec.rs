@@ -170,6 +170,12 @@ fn check_image(field: &str, image: &ImageRef) -> Result<(), SpecError> {
             }
             // A bare image id names whatever a node holds, including an
             // image another tenant loaded from an object.
+            if n.starts_with("insitu-loaded/") {
+                return Err(SpecError::new(
+                    field,
+                    "insitu-loaded/ names images loaded from objects; give the object",
+                ));
+            }
             let bare_id = n.starts_with("sha256:")
                 || (n.len() >= 12 && n.bytes().all(|b| b.is_ascii_hexdigit()));
             if bare_id {

@@ -212,11 +212,10 @@ impl TaskService {
             return Ok(name.clone());
         }
         store.size(blob).await?;
-        let names = self
+        let name = self
             .runner
-            .load_image_tarball(&store.path_of(blob)?)
+            .load_image_private(&store.path_of(blob)?, blob)
             .await?;
-        let name = names[0].clone();
         tracing::info!(blob = %blob, image = %name, "image loaded from an object");
         loaded.insert(blob.clone(), name.clone());
         Ok(name)

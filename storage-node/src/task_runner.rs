@@ -329,6 +329,72 @@ impl TaskRunner {
         Ok(names)
     }
 
+    /// Loads an image tarball under a node-private name only
+    /// (`insitu-loaded/<key>:latest`, which specs cannot name): the tags
+    /// written in the tarball are put back as they were, so one tenant's
+    /// tarball cannot replace an image name another tenant's jobs use.
+    pub async fn load_image_private(&self, tarball: &Path, key: &str) -> Result<String, TaskError> {
+        check_token("image key", key)?;
+        // The image's id and tags, from the archive's manifest: known
+        // before the load, so no other load can confuse them.
+        let path = tarball.to_path_buf();
+        let (id, tags) = tokio::task::spawn_blocking(move || read_manifest(&path))
+            .await
+            .map_err(|e| TaskError::Runtime(e.to_string()))?
+            .ok_or_else(|| TaskError::ImageNotFound("the tarball has no image manifest".into()))?;
+        let mut before: HashMap<String, Option<String>> = HashMap::new();
+        for t in &tags {
+            let current = self.docker.inspect_image(t).await.ok().and_then(|i| i.id);
+            before.insert(t.clone(), current);
+        }
+        let names = self.load_image_tarball(tarball).await?;
+        tracing::debug!(?names, image = %id, "image tarball loaded");
+        let repo = format!("insitu-loaded/{}", key.to_ascii_lowercase());
+        self.docker
+            .tag_image(
+                &id,
+                Some(bollard::image::TagImageOptions {
+                    repo: repo.clone(),
+                    tag: "latest".to_string(),
+                }),
+            )
+            .await?;
+        for name in &tags {
+            match before.get(name).cloned().flatten() {
+                Some(old) if old == id => {}
+                Some(old) => {
+                    // Put the name back on the image it named.
+                    let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+                    let _ = self
+                        .docker
+                        .tag_image(
+                            &old,
+                            Some(bollard::image::TagImageOptions {
+                                repo: repo.to_string(),
+                                tag: tag.to_string(),
+                            }),
+                        )
+                        .await;
+                }
+                None => {
+                    // Untag only: the private name keeps the image.
+                    let _ = self
+                        .docker
+                        .remove_image(
+                            name,
+                            Some(bollard::image::RemoveImageOptions {
+                                force: false,
+                                noprune: true,
+                            }),
+                            None,
+                        )
+                        .await;
+                }
+            }
+        }
+        Ok(format!("{repo}:latest"))
+    }
+
     /// Creates and starts the hardened container of a group.
     pub async fn start_group(&self, spec: &GroupSpec) -> Result<Group, TaskError> {
         check_token("tenant", &spec.tenant)?;
@@ -904,6 +970,47 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The image id and tags in a `docker save` archive's `manifest.json`
+/// (its first image), read by walking the tar headers.
+fn read_manifest(tarball: &Path) -> Option<(String, Vec<String>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(tarball).ok()?;
+    let mut header = [0u8; 512];
+    loop {
+        f.read_exact(&mut header).ok()?;
+        if header.iter().all(|b| *b == 0) {
+            return None;
+        }
+        let name_end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
+        let name = String::from_utf8_lossy(&header[..name_end]).into_owned();
+        let size_field = String::from_utf8_lossy(&header[124..136]);
+        let size = u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+            .ok()?;
+        if name == "manifest.json" || name == "./manifest.json" {
+            if size > 16 << 20 {
+                return None;
+            }
+            let mut body = vec![0u8; size as usize];
+            f.read_exact(&mut body).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            let first = v.as_array()?.first()?;
+            let config = first["Config"].as_str()?;
+            let hex = config.rsplit('/').next()?.trim_end_matches(".json");
+            let tags = first["RepoTags"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Some((format!("sha256:{hex}"), tags));
+        }
+        f.seek(SeekFrom::Current(size.div_ceil(512) as i64 * 512))
+            .ok()?;
+    }
 }
 
 /// A hard byte quota for a container's scratch space: an ext4 filesystem

@@ -281,9 +281,16 @@ async fn images_stored_as_objects_are_loaded_and_used() {
         .unwrap();
     assert_eq!(out, "from-object-image\n");
     assert!(
-        docker(&["image", "inspect", &tag]).status.success(),
-        "the image was loaded from the object"
+        docker(&["image", "inspect", "insitu-loaded/imagetarball:latest"])
+            .status
+            .success(),
+        "the image was loaded from the object, under a node-private name"
     );
+    assert!(
+        !docker(&["image", "inspect", &tag]).status.success(),
+        "the tarball's own tag was not left for others to use"
+    );
+    let _ = docker(&["rmi", "insitu-loaded/imagetarball:latest"]);
 
     // A blob that is not an image archive.
     let r = http

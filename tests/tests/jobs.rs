@@ -911,7 +911,12 @@ async fn an_image_stored_as_an_object_runs_on_every_node() {
     )) {
         assert_eq!(get_text(&c, &o).await, "1\n");
     }
-    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    // The tarball's own tag was not left on the nodes for others to use.
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "{tag} was left tagged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
