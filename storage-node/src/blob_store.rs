@@ -861,6 +861,28 @@ mod tests {
         assert!(matches!(s.size("aa1").await, Err(BlobError::NotFound(_))));
     }
 
+    #[test]
+    fn task_outputs_must_be_plain_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "host file").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let hard = dir.path().join("hard");
+        std::fs::hard_link(&secret, &hard).unwrap();
+        for bad in [&link, &fifo, &hard, &std::path::PathBuf::from("/dev/zero")] {
+            let e = open_task_output(bad).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{}", bad.display());
+        }
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "output").unwrap();
+        let f = open_task_output(&plain).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(f.metadata().unwrap().mode() & 0o777, 0o600);
+    }
+
     #[tokio::test]
     async fn failed_writes_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();

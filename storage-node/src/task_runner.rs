@@ -411,8 +411,9 @@ impl TaskRunner {
         let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
         tokio::fs::create_dir_all(&in_dir).await?;
         tokio::fs::create_dir_all(&out_dir).await?;
-        // Tasks run as nobody and must be able to create their output files.
-        std::os::unix::fs::chown(&out_dir, Some(TASK_UID), Some(TASK_UID))?;
+        // The node's: a task writes only the two files the node makes for
+        // it (each capped by `fsize`), so output space is bounded and no
+        // task can swap a file for a link.
 
         let l = &spec.limits;
         let mem = (l.memory_mb * 1024 * 1024) as i64;
@@ -745,7 +746,13 @@ impl TaskRunner {
             // must not read the file before this one is done.
             f.flush().await?;
         }
-        std::os::unix::fs::chown(&task_out, Some(TASK_UID), Some(TASK_UID))?;
+        for name in ["stdout", "stderr"] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(task_out.join(name))?;
+            std::os::unix::fs::fchown(&f, Some(TASK_UID), Some(TASK_UID))?;
+        }
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
         let forks_refused_before = group.pids_file.as_deref().and_then(pids_max_hits);

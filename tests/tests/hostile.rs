@@ -32,6 +32,10 @@ case "$INSITU_INPUT_KEY" in
     (touch /bin/planted || chmod 777 /bin) 2>/dev/null && echo writable || echo read-only ;;
   input)
     (echo x >> "$INSITU_INPUT_FILE") 2>/dev/null && echo writable || echo read-only ;;
+  outdir)
+    # More files than stdout and stderr: output space past its cap.
+    d=$(dirname "$(readlink /proc/$$/fd/1)")
+    (touch /insitu/out/extra || touch "$d/extra") 2>/dev/null && echo writable || echo read-only ;;
   guess)
     # Another tenant's blob, by its path on the node, and the node's data.
     cat "$SECRET_BLOB" 2>/dev/null || echo unreachable
@@ -101,6 +105,7 @@ async fn hostile_suite(runtime: Option<&str>) {
         .expect("the secret's blob file");
     let cases = [
         "symlink",
+        "outdir",
         "guess",
         "network",
         "rootfs",
@@ -187,15 +192,19 @@ async fn hostile_suite(runtime: Option<&str>) {
             .unwrap_or_else(|| panic!("no error for {k}: {errors:?}"))
             .clone()
     };
-    let symlink = error_for("symlink");
-    assert_eq!(symlink["code"], "UserTaskError", "{symlink}");
-    assert!(
-        symlink["message"]
-            .as_str()
-            .unwrap()
-            .contains("not a plain file"),
-        "{symlink}"
-    );
+    // The symlink could not even be planted (the task's directory is the
+    // node's); had it been, the node would refuse it. Either way nothing
+    // of the host's comes back.
+    if let Some(e) = errors
+        .iter()
+        .find(|e| e["input"] == format!("{bucket}/symlink"))
+    {
+        assert_eq!(e["code"], "UserTaskError", "{e}");
+    } else {
+        let out = get("symlink").await;
+        assert!(!out.contains("root:"), "{out}");
+    }
+    assert_eq!(get("outdir").await, "read-only\n");
     // Under runc the limit is named. gVisor enforces memory and pids inside
     // its own kernel, where the task stalls instead of dying: it is stopped
     // by its timeout (docs/SECURITY.md).
@@ -211,7 +220,11 @@ async fn hostile_suite(runtime: Option<&str>) {
     assert!(stopped(&bomb, "pids"), "{bomb}");
     // The next task got a fresh container and ran.
     assert_eq!(get("after").await, "still-serving\n");
-    assert_eq!(errors.len(), 4, "{errors:?}");
+    let others = errors
+        .iter()
+        .filter(|e| e["input"] != format!("{bucket}/symlink"))
+        .count();
+    assert_eq!(others, 3, "{errors:?}");
     // Nothing of the host's came back as an output.
     let listing = c
         .send(
