@@ -267,4 +267,50 @@ async fn gvisor_runs_tasks_when_installed() {
         "ran under gVisor: {text}"
     );
     r.end_group(&g).await;
+
+    // A sandbox that fails to start leaves nothing behind: no container
+    // (removing it ends its runsc gofer and sandbox processes), no
+    // directory, no scratch mount.
+    let empty = dir.path().join("empty.tar");
+    let tar = std::process::Command::new("tar")
+        .args(["-cf"])
+        .arg(&empty)
+        .args(["--files-from", "/dev/null"])
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let image = format!("insitu-test/empty:{}", unique("e"));
+    let imported = std::process::Command::new("docker")
+        .args(["import"])
+        .arg(&empty)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(imported.status.success());
+    let mut spec = group(&unique("job"), Some("runsc"));
+    spec.image = image.clone();
+    assert!(
+        r.start_group(&spec).await.is_err(),
+        "an image without /bin/sh cannot start"
+    );
+    let root = std::fs::canonicalize(dir.path().join("tasks")).unwrap();
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=insitu.root={}", root.display()))
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "a container was left");
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "a directory was left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&*root.to_string_lossy()),
+        "a mount was left"
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &image])
+        .output();
 }
