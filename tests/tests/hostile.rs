@@ -41,6 +41,11 @@ case "$INSITU_INPUT_KEY" in
     cat "$SECRET_BLOB" 2>/dev/null || echo unreachable
     ls "$DATA_DIR" >/dev/null 2>&1 && echo listed || echo no-data-dir
     grep -rl "TOP""SECRET" /insitu /tmp 2>/dev/null | head -1 ;;
+  setuid)
+    # A setuid copy of the shell: /tmp is nosuid and noexec, and the copy
+    # is the task user's own anyway.
+    cp /bin/busybox /tmp/sh 2>/dev/null; chmod 4755 /tmp/sh 2>/dev/null
+    /tmp/sh id -u 2>/dev/null || id -u ;;
   escalate)
     id -u; grep CapEff /proc/self/status; (cat /etc/shadow /proc/1/root/etc/shadow) 2>/dev/null | wc -c ;;
   stray)
@@ -111,6 +116,7 @@ async fn hostile_suite(runtime: Option<&str>) {
         "rootfs",
         "input",
         "escalate",
+        "setuid",
         "stray",
         "afterstray",
         "fill",
@@ -172,6 +178,7 @@ async fn hostile_suite(runtime: Option<&str>) {
     assert_eq!(network.trim(), "isolated: lo", "no interface but loopback");
     assert_eq!(get("rootfs").await, "read-only\n");
     assert_eq!(get("input").await, "read-only\n");
+    assert_eq!(get("setuid").await, "65534\n");
     let escalate = get("escalate").await;
     let lines: Vec<&str> = escalate.lines().collect();
     assert_eq!(lines[0], "65534", "{escalate}");
@@ -384,12 +391,28 @@ async fn an_operator_policy_bounds_a_tenants_jobs() {
         "--set",
         "--max-memory-mb",
         "128",
+        "--default-timeout-s",
+        "30",
     ];
     if gvisor {
         args.extend(["--runtime", "runsc"]);
     }
     let policy = cluster.admin(&args).expect("policy");
     assert_eq!(policy["policy"]["max_memory_mb"], 128, "{policy}");
+    assert_eq!(policy["policy"]["default_timeout_s"], 30, "{policy}");
+    // A default beyond a maximum is refused.
+    assert!(cluster
+        .admin(&[
+            "tenant",
+            "policy",
+            "bounded",
+            "--set",
+            "--max-memory-mb",
+            "64",
+            "--default-memory-mb",
+            "128"
+        ])
+        .is_err());
     let spec = |extra: serde_json::Value, out: &str| {
         let mut phase = serde_json::json!({ "type": "map", "image": "insitu-test/busybox:latest",
                                             "exec": "uname -r" });

@@ -105,6 +105,17 @@ pub struct TenantPolicy {
     pub max_timeout_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_mb: Option<u64>,
+    /// Values for phases that give none (within the maximums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_disk_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_timeout_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_output_mb: Option<u64>,
 }
 impl Record for TenantRecord {
     const KIND: &'static str = "tenant";

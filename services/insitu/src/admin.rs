@@ -75,6 +75,17 @@ enum TenantCommand {
         max_timeout_s: Option<u64>,
         #[arg(long)]
         max_output_mb: Option<u64>,
+        /// Values for phases that give none.
+        #[arg(long)]
+        default_memory_mb: Option<u64>,
+        #[arg(long)]
+        default_cpus: Option<f64>,
+        #[arg(long)]
+        default_disk_mb: Option<u64>,
+        #[arg(long)]
+        default_timeout_s: Option<u64>,
+        #[arg(long)]
+        default_output_mb: Option<u64>,
         /// Set the policy (without it, the current one is shown).
         #[arg(long)]
         set: bool,
@@ -114,6 +125,11 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                     max_disk_mb,
                     max_timeout_s,
                     max_output_mb,
+                    default_memory_mb,
+                    default_cpus,
+                    default_disk_mb,
+                    default_timeout_s,
+                    default_output_mb,
                     set,
                 },
         } => {
@@ -131,6 +147,11 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 put("max_disk_mb", serde_json::json!(max_disk_mb));
                 put("max_timeout_s", serde_json::json!(max_timeout_s));
                 put("max_output_mb", serde_json::json!(max_output_mb));
+                put("default_memory_mb", serde_json::json!(default_memory_mb));
+                put("default_cpus", serde_json::json!(default_cpus));
+                put("default_disk_mb", serde_json::json!(default_disk_mb));
+                put("default_timeout_s", serde_json::json!(default_timeout_s));
+                put("default_output_mb", serde_json::json!(default_output_mb));
                 client
                     .call("PUT", &path, Some(serde_json::Value::Object(policy)))
                     .await?

@@ -381,15 +381,49 @@ pub fn check_policy(p: &insitu_catalog::TenantPolicy) -> Result<(), String> {
         ("max_disk_mb", p.max_disk_mb),
         ("max_timeout_s", p.max_timeout_s),
         ("max_output_mb", p.max_output_mb),
+        ("default_memory_mb", p.default_memory_mb),
+        ("default_disk_mb", p.default_disk_mb),
+        ("default_timeout_s", p.default_timeout_s),
+        ("default_output_mb", p.default_output_mb),
     ];
     for (name, v) in positive {
         if v == Some(0) {
             return Err(format!("{name} must be at least 1"));
         }
     }
-    if p.max_cpus.is_some_and(|c| c.is_nan() || c <= 0.0) {
-        return Err("max_cpus must be positive".into());
+    for (name, v) in [("max_cpus", p.max_cpus), ("default_cpus", p.default_cpus)] {
+        if v.is_some_and(|c| c.is_nan() || c <= 0.0) {
+            return Err(format!("{name} must be positive"));
+        }
     }
+    // A default must itself be valid as a phase's value, and within the
+    // tenant's maximum.
+    let probe = insitu_jobs::PhaseSpec {
+        kind: insitu_jobs::PhaseKind::Map,
+        image: insitu_jobs::ImageRef::Name("probe".into()),
+        exec: "true".into(),
+        init: None,
+        memory_mb: p.default_memory_mb,
+        cpus: p.default_cpus,
+        disk_mb: p.default_disk_mb,
+        output_mb: p.default_output_mb,
+        timeout_s: p.default_timeout_s,
+        count: None,
+        partition: None,
+        env: Default::default(),
+        runtime: None,
+    };
+    let mut spec = JobSpec {
+        name: None,
+        phases: vec![probe],
+        inputs: vec!["probe/probe".into()],
+        input_prefix: None,
+        input_open: false,
+        output: "probe/out/".into(),
+    };
+    spec.validate()
+        .map_err(|e| format!("defaults: {}", e.message))?;
+    apply_policy(&mut spec, p).map_err(|e| format!("defaults: {e}"))?;
     Ok(())
 }
 
@@ -419,6 +453,11 @@ fn apply_policy(spec: &mut JobSpec, p: &insitu_catalog::TenantPolicy) -> Result<
     use insitu_jobs::limits::*;
     for (i, phase) in spec.phases.iter_mut().enumerate() {
         let f = |n: &str| format!("phases[{i}].{n}");
+        phase.memory_mb = phase.memory_mb.or(p.default_memory_mb);
+        phase.cpus = phase.cpus.or(p.default_cpus);
+        phase.disk_mb = phase.disk_mb.or(p.default_disk_mb);
+        phase.timeout_s = phase.timeout_s.or(p.default_timeout_s);
+        phase.output_mb = phase.output_mb.or(p.default_output_mb);
         cap(
             f("memory_mb"),
             &mut phase.memory_mb,
