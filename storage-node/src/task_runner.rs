@@ -756,6 +756,7 @@ impl TaskRunner {
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
         let forks_refused_before = group.pids_file.as_deref().and_then(pids_max_hits);
+        let memory_hits_before = group.oom_file.as_deref().and_then(memory_limit_hits);
         let (tx, rx) = oneshot::channel();
         let registered = group
             .launcher
@@ -794,10 +795,26 @@ impl TaskRunner {
         };
         let end = match answer.await {
             Err(_) => {
+                // A task that stalled against a limit the container's
+                // cgroup shows it hit is reported as killed for it (gVisor
+                // can stall a task at a limit instead of failing it).
+                let stalled_on = if group.pids_file.as_deref().and_then(pids_max_hits)
+                    > forks_refused_before
+                {
+                    Some("pids")
+                } else if group.oom_file.as_deref().and_then(memory_limit_hits) > memory_hits_before
+                {
+                    Some("memory")
+                } else {
+                    None
+                };
                 // Docker cannot kill one process of a container cleanly
                 // from outside: the container goes.
                 self.remove(&group.container_id).await;
-                TaskEnd::TimedOut
+                match stalled_on {
+                    Some(resource) => TaskEnd::Killed(resource.into()),
+                    None => TaskEnd::TimedOut,
+                }
             }
             Ok(answer) => {
                 // The engine sets OOMKilled only when the container stops,
@@ -1122,6 +1139,19 @@ fn pids_counter_file(pid: i64) -> Option<PathBuf> {
 /// How often a fork was refused for the pids limit.
 fn pids_max_hits(file: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// How often the memory cgroup (next to its OOM counter file) hit its
+/// limit: v1 `memory.failcnt`, v2 `max` in `memory.events`.
+fn memory_limit_hits(oom_file: &Path) -> Option<u64> {
+    let v1 = oom_file.with_file_name("memory.failcnt");
+    if let Ok(text) = std::fs::read_to_string(&v1) {
+        return text.trim().parse().ok();
+    }
+    let text = std::fs::read_to_string(oom_file).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("max "))
         .and_then(|n| n.trim().parse().ok())

@@ -213,8 +213,8 @@ async fn hostile_suite(runtime: Option<&str>) {
     }
     assert_eq!(get("outdir").await, "read-only\n");
     // Under runc the limit is named. gVisor enforces memory and pids inside
-    // its own kernel, where the task stalls instead of dying: it is stopped
-    // by its timeout (docs/SECURITY.md).
+    // its own kernel, where the task can stall instead of dying: it is then
+    // stopped by its timeout (docs/SECURITY.md).
     let stopped = |e: &serde_json::Value, resource: &str| match runtime {
         None => e["code"] == "TaskKilledError" && e["message"].as_str().unwrap().contains(resource),
         Some(_) => e["code"] == "TaskKilledError" || e["code"] == "TaskTimeoutError",
