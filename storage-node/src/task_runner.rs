@@ -975,21 +975,45 @@ impl TaskRunner {
 
 /// The OOM-kill counter file of the memory cgroup of process `pid`.
 fn oom_counter_file(pid: i64) -> Option<PathBuf> {
+    cgroup_file(
+        pid,
+        "memory",
+        "memory.oom_control",
+        "memory.events",
+        oom_kills,
+    )
+}
+
+/// The `pids.events` file of the pids cgroup of process `pid`.
+fn pids_counter_file(pid: i64) -> Option<PathBuf> {
+    cgroup_file(pid, "pids", "pids.events", "pids.events", pids_max_hits)
+}
+
+/// A file of process `pid`'s cgroup for `controller` (cgroup v1), or of its
+/// unified cgroup (v2), that `read` can read.
+fn cgroup_file(
+    pid: i64,
+    controller: &str,
+    v1_file: &str,
+    v2_file: &str,
+    read: fn(&Path) -> Option<u64>,
+) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         let rel = path.trim_start_matches('/');
-        let candidate = if controllers.split(',').any(|c| c == "memory") {
-            Path::new("/sys/fs/cgroup/memory")
+        let candidate = if controllers.split(',').any(|c| c == controller) {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
                 .join(rel)
-                .join("memory.oom_control")
+                .join(v1_file)
         } else if id == "0" && controllers.is_empty() {
-            Path::new("/sys/fs/cgroup").join(rel).join("memory.events")
+            Path::new("/sys/fs/cgroup").join(rel).join(v2_file)
         } else {
             continue;
         };
-        if oom_kills(&candidate).is_some() {
+        if read(&candidate).is_some() {
             return Some(candidate);
         }
     }
@@ -1111,29 +1135,6 @@ fn output_capped(stdout: &Path, cap: u64, answer: &Result<i64, oneshot::error::R
     std::fs::symlink_metadata(stdout)
         .map(|m| m.is_file() && cap > 0 && m.len() >= cap)
         .unwrap_or(false)
-}
-
-/// The `pids.events` file of the pids cgroup of process `pid`.
-fn pids_counter_file(pid: i64) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = path.trim_start_matches('/');
-        let candidate = if controllers.split(',').any(|c| c == "pids") {
-            Path::new("/sys/fs/cgroup/pids")
-                .join(rel)
-                .join("pids.events")
-        } else if id == "0" && controllers.is_empty() {
-            Path::new("/sys/fs/cgroup").join(rel).join("pids.events")
-        } else {
-            continue;
-        };
-        if pids_max_hits(&candidate).is_some() {
-            return Some(candidate);
-        }
-    }
-    None
 }
 
 /// How often a fork was refused for the pids limit.

@@ -240,24 +240,7 @@ fn add_inputs(
         rec.seq.input += 1;
         rec.counters.inputs += 1;
         match first.kind {
-            PhaseKind::Map => {
-                let task = TaskRecord {
-                    id: plan::map_task_id(rec.seq.task),
-                    phase: 0,
-                    input: Some(loc),
-                    reducer: None,
-                    state: TaskState::Queued,
-                    node: None,
-                    attempts: 0,
-                };
-                step.put(
-                    JobCf::Items,
-                    seq_key(&rec.id, ItemKind::Task, rec.seq.task),
-                    encode(&task),
-                );
-                rec.seq.task += 1;
-                rec.phases[0].tasks += 1;
-            }
+            PhaseKind::Map => add_map_task(step, rec, 0, loc),
             PhaseKind::Reduce => {
                 let refused = match check_input(catalog, &rec.tenant, bucket, key) {
                     Ok(size) => {
@@ -295,6 +278,26 @@ fn add_inputs(
             }
         }
     }
+}
+
+/// Queues a map task of `phase` over `input` (`bucket/key`) in a step.
+pub(crate) fn add_map_task(step: &mut JobStep, rec: &mut JobRecord, phase: u32, input: String) {
+    let task = TaskRecord {
+        id: plan::map_task_id(rec.seq.task),
+        phase,
+        input: Some(input),
+        reducer: None,
+        state: TaskState::Queued,
+        node: None,
+        attempts: 0,
+    };
+    step.put(
+        JobCf::Items,
+        seq_key(&rec.id, ItemKind::Task, rec.seq.task),
+        encode(&task),
+    );
+    rec.seq.task += 1;
+    rec.phases[phase as usize].tasks += 1;
 }
 
 /// Whether the tenant may read `bucket/key` as a job input: its size, or

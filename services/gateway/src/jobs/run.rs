@@ -22,7 +22,8 @@ use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
 use tracing::Instrument;
 
 use super::{
-    add_error, add_inputs, check_input, may_read, output_bucket, put_record, split, ActiveJob,
+    add_error, add_inputs, add_map_task, check_input, may_read, output_bucket, put_record, split,
+    ActiveJob,
 };
 use crate::cluster::InflightGuard;
 use crate::nodes::{NodeError, NodeState};
@@ -1249,24 +1250,7 @@ fn build_commit(
                         new.seq.output += 1;
                         new.counters.outputs += 1;
                     }
-                    Downstream::Map => {
-                        let next = TaskRecord {
-                            id: plan::map_task_id(new.seq.task),
-                            phase: fin.task.phase + 1,
-                            input: Some(loc),
-                            reducer: None,
-                            state: TaskState::Queued,
-                            node: None,
-                            attempts: 0,
-                        };
-                        step.put(
-                            JobCf::Items,
-                            seq_key(&rec.id, ItemKind::Task, new.seq.task),
-                            encode(&next),
-                        );
-                        new.seq.task += 1;
-                        new.phases[phase + 1].tasks += 1;
-                    }
+                    Downstream::Map => add_map_task(&mut step, &mut new, fin.task.phase + 1, loc),
                     Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
                         let r = plan::reducer_for_name(&loc, count);
                         step.put(
