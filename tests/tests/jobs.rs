@@ -593,6 +593,29 @@ async fn slow_job_inputs(c: &RawClient, bucket: &str, n: usize) -> Vec<(String, 
     inputs
 }
 
+/// Submits a map job over `keys` (given on stdin) with outputs under
+/// `bucket/o/`; its id.
+fn submit_map(cluster: &Cluster, t: &Tenant, bucket: &str, exec: &str, keys: &[&str]) -> String {
+    let out = job_cli(
+        cluster,
+        t,
+        &[
+            "run",
+            "--output",
+            &format!("s3://{bucket}/o/"),
+            "--map",
+            exec,
+        ],
+        Some(&keys.join("\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines_of(&out)[0].clone()
+}
+
 async fn check_exact_outputs(
     cluster: &Cluster,
     t: &Tenant,
@@ -641,24 +664,7 @@ async fn a_job_survives_a_gateway_kill9_with_each_output_committed_once() {
     c.create_bucket(&bucket).await.unwrap();
     let inputs = slow_job_inputs(&c, &bucket, 40).await;
     let keys: Vec<&str> = inputs.iter().map(|(k, _)| k.as_str()).collect();
-    let out = job_cli(
-        &cluster,
-        &t,
-        &[
-            "run",
-            "--output",
-            &format!("s3://{bucket}/o/"),
-            "--map",
-            "sleep 0.2; wc -c",
-        ],
-        Some(&keys.join("\n")),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = lines_of(&out)[0].clone();
+    let id = submit_map(&cluster, &t, &bucket, "sleep 0.2; wc -c", &keys);
     // A second job over the same inputs with a reducer that counts what it
     // was fed: a map output fed twice would show.
     let out = job_cli(
@@ -728,24 +734,7 @@ async fn tasks_on_a_killed_node_rerun_on_another_replica_holder() {
     c.create_bucket(&bucket).await.unwrap();
     let inputs = slow_job_inputs(&c, &bucket, 40).await;
     let keys: Vec<&str> = inputs.iter().map(|(k, _)| k.as_str()).collect();
-    let out = job_cli(
-        &cluster,
-        &t,
-        &[
-            "run",
-            "--output",
-            &format!("s3://{bucket}/o/"),
-            "--map",
-            "sleep 1; wc -c",
-        ],
-        Some(&keys.join("\n")),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = lines_of(&out)[0].clone();
+    let id = submit_map(&cluster, &t, &bucket, "sleep 1; wc -c", &keys);
     // Every node is busy (2 slots each) once 8 tasks run.
     assert!(wait_until(Duration::from_secs(60), || {
         let s = json_of(&job_cli(&cluster, &t, &["status", &id], None));
