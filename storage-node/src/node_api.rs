@@ -308,47 +308,7 @@ async fn run_task(
             "task runner stopped: {e}"
         )))),
     };
-    match result {
-        Ok(r) => Ok(Json(r)),
-        Err(TaskApiError::Task(TaskError::BadOutput(m))) => Err(task_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UserTaskError",
-            &m,
-        )),
-        Err(TaskApiError::Task(TaskError::InitFailed(m))) => Err(task_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "UserTaskError",
-            &m,
-        )),
-        Err(TaskApiError::Task(TaskError::GroupEnded(g))) => Err(task_error(
-            StatusCode::CONFLICT,
-            "JobCancelledError",
-            &format!("group {g} has ended"),
-        )),
-        Err(TaskApiError::Task(TaskError::ImageNotFound(i))) => Err(task_error(
-            StatusCode::NOT_FOUND,
-            "ImageNotFoundError",
-            &format!("image {i} is not available"),
-        )),
-        Err(TaskApiError::Task(TaskError::Invalid(m))) => Err(task_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgumentError",
-            &m,
-        )),
-        Err(TaskApiError::Blob(BlobError::NotFound(b))) => Err(task_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundError",
-            &format!("input blob {b} is not on this node"),
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, "task failed to run");
-            Err(task_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "InternalError",
-                &e.to_string(),
-            ))
-        }
-    }
+    result.map(Json).map_err(task_api_error)
 }
 
 #[derive(Deserialize)]
@@ -444,8 +404,6 @@ async fn prepare_image(
     headers: HeaderMap,
     Json(req): Json<crate::task_api::TaskRequest>,
 ) -> Result<Json<serde_json::Value>, Response> {
-    use crate::task_api::TaskApiError;
-    use crate::task_runner::TaskError;
     authorize(&state, &headers).map_err(IntoResponse::into_response)?;
     let Some(tasks) = &state.tasks else {
         return Err(task_error(
@@ -464,23 +422,47 @@ async fn prepare_image(
                 &e.to_string(),
             )
         })?;
-    match prepared {
-        Ok(image) => Ok(Json(serde_json::json!({ "image": image }))),
-        Err(TaskApiError::Task(TaskError::ImageNotFound(i))) => Err(task_error(
+    prepared
+        .map(|image| Json(serde_json::json!({ "image": image })))
+        .map_err(task_api_error)
+}
+
+/// A task or image failure as the gateway reads it: the job error code
+/// that fits, and a status that tells it whether another node could do
+/// better (503) or not.
+fn task_api_error(e: crate::task_api::TaskApiError) -> Response {
+    use crate::task_api::TaskApiError;
+    use crate::task_runner::TaskError;
+    match e {
+        TaskApiError::Task(TaskError::BadOutput(m) | TaskError::InitFailed(m)) => {
+            task_error(StatusCode::UNPROCESSABLE_ENTITY, "UserTaskError", &m)
+        }
+        TaskApiError::Task(TaskError::GroupEnded(g)) => task_error(
+            StatusCode::CONFLICT,
+            "JobCancelledError",
+            &format!("group {g} has ended"),
+        ),
+        TaskApiError::Task(TaskError::ImageNotFound(i)) => task_error(
             StatusCode::NOT_FOUND,
             "ImageNotFoundError",
             &format!("image {i} is not available"),
-        )),
-        Err(TaskApiError::Blob(BlobError::NotFound(b))) => Err(task_error(
+        ),
+        TaskApiError::Task(TaskError::Invalid(m)) => {
+            task_error(StatusCode::BAD_REQUEST, "InvalidArgumentError", &m)
+        }
+        TaskApiError::Blob(BlobError::NotFound(b)) => task_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundError",
-            &format!("image blob {b} is not on this node"),
-        )),
-        Err(e) => Err(task_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "InternalError",
-            &e.to_string(),
-        )),
+            &format!("blob {b} is not on this node"),
+        ),
+        e => {
+            tracing::error!(error = %e, "task failed to run");
+            task_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalError",
+                &e.to_string(),
+            )
+        }
     }
 }
 

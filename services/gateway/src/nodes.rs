@@ -595,7 +595,23 @@ impl NodeSet {
         req: &insitu_storage_node::task_api::TaskRequest,
         deadline: Duration,
     ) -> Result<insitu_storage_node::task_api::TaskResponse, NodeError> {
-        let url = self.url(node, "/v1/tasks")?;
+        let resp = self.post_task(node, "/v1/tasks", req, deadline).await?;
+        resp.json().await.map_err(|e| NodeError::Request {
+            node: node.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Posts a task request to a node's task API, marking the node
+    /// unreachable if it cannot be connected to.
+    async fn post_task(
+        &self,
+        node: &str,
+        path: &str,
+        req: &insitu_storage_node::task_api::TaskRequest,
+        deadline: Duration,
+    ) -> Result<reqwest::Response, NodeError> {
+        let url = self.url(node, path)?;
         let sent = self
             .task_http
             .post(url)
@@ -607,11 +623,7 @@ impl NodeSet {
         if sent.as_ref().is_err_and(reqwest::Error::is_connect) {
             self.mark_failed(node);
         }
-        let resp = Self::check(node, sent).await?;
-        resp.json().await.map_err(|e| NodeError::Request {
-            node: node.to_string(),
-            message: e.to_string(),
-        })
+        Self::check(node, sent).await
     }
 
     /// Appends a blob the node holds to a running task's streamed input
@@ -664,19 +676,7 @@ impl NodeSet {
         req: &insitu_storage_node::task_api::TaskRequest,
         deadline: Duration,
     ) -> Result<(), NodeError> {
-        let url = self.url(node, "/v1/images")?;
-        let sent = self
-            .task_http
-            .post(url)
-            .bearer_auth(&self.secret)
-            .timeout(deadline)
-            .json(req)
-            .send()
-            .await;
-        if sent.as_ref().is_err_and(reqwest::Error::is_connect) {
-            self.mark_failed(node);
-        }
-        Self::check(node, sent).await?;
+        self.post_task(node, "/v1/images", req, deadline).await?;
         Ok(())
     }
 
