@@ -4,6 +4,7 @@
 //! joins it when the jobs issue lands.
 
 pub mod blob_store;
+pub mod image_archive;
 pub mod node_api;
 pub mod task_api;
 pub mod task_runner;

@@ -26,6 +26,8 @@ use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use thiserror::Error;
+
+use crate::image_archive::{self, ArchiveError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Mutex};
 
@@ -294,16 +296,12 @@ impl TaskRunner {
             .map_err(|_| TaskError::ImageNotFound(image.to_string()))
     }
 
-    /// Loads a `docker save` tarball (an image stored as an object, for
-    /// clusters without a registry), streaming it from disk. Returns the
-    /// image names it contained.
-    pub async fn load_image_tarball(&self, tarball: &Path) -> Result<Vec<String>, TaskError> {
-        let file = tokio::fs::File::open(tarball).await?;
-        // A read error ends the stream early; the engine then rejects the
-        // truncated archive, which is reported below.
-        let body = tokio_util::io::ReaderStream::new(file)
-            .take_while(|r| std::future::ready(r.is_ok()))
-            .filter_map(|r| std::future::ready(r.ok()));
+    /// Feeds an image archive to the engine; returns what it reports
+    /// loading (names and ids).
+    async fn load_image_stream(
+        &self,
+        body: impl futures::Stream<Item = bytes::Bytes> + Send + 'static,
+    ) -> Result<Vec<String>, TaskError> {
         let opts = bollard::image::ImportImageOptions { quiet: true };
         let mut progress = self.docker.import_image_stream(opts, body, None);
         let mut names = Vec::new();
@@ -323,32 +321,52 @@ impl TaskRunner {
                 }
             }
         }
-        if names.is_empty() {
-            return Err(TaskError::ImageNotFound("the tarball held no image".into()));
-        }
         Ok(names)
     }
 
     /// Loads an image tarball under a node-private name only
-    /// (`insitu-loaded/<key>:latest`, which specs cannot name): the tags
-    /// written in the tarball are put back as they were, so one tenant's
-    /// tarball cannot replace an image name another tenant's jobs use.
+    /// (`insitu-loaded/<key>:latest`, which specs cannot name). The
+    /// archive reaches the engine with its tags removed
+    /// ([`crate::image_archive`]), so a tenant's tarball never names, even
+    /// for a moment, an image other tenants' jobs use.
     pub async fn load_image_private(&self, tarball: &Path, key: &str) -> Result<String, TaskError> {
         check_token("image key", key)?;
-        // The image's id and tags, from the archive's manifest: known
-        // before the load, so no other load can confuse them.
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
         let path = tarball.to_path_buf();
-        let (id, tags) = tokio::task::spawn_blocking(move || read_manifest(&path))
-            .await
-            .map_err(|e| TaskError::Runtime(e.to_string()))?
-            .ok_or_else(|| TaskError::ImageNotFound("the tarball has no image manifest".into()))?;
-        let mut before: HashMap<String, Option<String>> = HashMap::new();
-        for t in &tags {
-            let current = self.docker.inspect_image(t).await.ok().and_then(|i| i.id);
-            before.insert(t.clone(), current);
+        let rewrite = tokio::task::spawn_blocking(move || image_archive::send_untagged(&path, &tx));
+        let body =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let loaded = self.load_image_stream(body).await;
+        let ids = match rewrite.await {
+            Err(e) => return Err(TaskError::Runtime(e.to_string())),
+            Ok(Err(ArchiveError::Closed)) => {
+                loaded?;
+                return Err(TaskError::ImageNotFound(
+                    "the engine stopped reading the image tarball".into(),
+                ));
+            }
+            Ok(Err(ArchiveError::Io(e))) => return Err(TaskError::Io(e)),
+            Ok(Err(e @ ArchiveError::Refused(_))) => {
+                return Err(TaskError::ImageNotFound(e.to_string()))
+            }
+            Ok(Ok(ids)) => ids,
+        };
+        let names = loaded?;
+        tracing::debug!(?names, "image tarball loaded");
+        let id = match ids.as_slice() {
+            [id] => id.clone(),
+            _ => {
+                return Err(TaskError::ImageNotFound(format!(
+                    "the tarball holds {} images; a job image tarball holds one",
+                    ids.len()
+                )))
+            }
+        };
+        if !names.contains(&id) {
+            return Err(TaskError::ImageNotFound(format!(
+                "the engine did not report loading {id}"
+            )));
         }
-        let names = self.load_image_tarball(tarball).await?;
-        tracing::debug!(?names, image = %id, "image tarball loaded");
         let repo = format!("insitu-loaded/{}", key.to_ascii_lowercase());
         self.docker
             .tag_image(
@@ -359,39 +377,6 @@ impl TaskRunner {
                 }),
             )
             .await?;
-        for name in &tags {
-            match before.get(name).cloned().flatten() {
-                Some(old) if old == id => {}
-                Some(old) => {
-                    // Put the name back on the image it named.
-                    let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
-                    let _ = self
-                        .docker
-                        .tag_image(
-                            &old,
-                            Some(bollard::image::TagImageOptions {
-                                repo: repo.to_string(),
-                                tag: tag.to_string(),
-                            }),
-                        )
-                        .await;
-                }
-                None => {
-                    // Untag only: the private name keeps the image.
-                    let _ = self
-                        .docker
-                        .remove_image(
-                            name,
-                            Some(bollard::image::RemoveImageOptions {
-                                force: false,
-                                noprune: true,
-                            }),
-                            None,
-                        )
-                        .await;
-                }
-            }
-        }
         Ok(format!("{repo}:latest"))
     }
 
@@ -1018,47 +1003,6 @@ fn cgroup_file(
         }
     }
     None
-}
-
-/// The image id and tags in a `docker save` archive's `manifest.json`
-/// (its first image), read by walking the tar headers.
-fn read_manifest(tarball: &Path) -> Option<(String, Vec<String>)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(tarball).ok()?;
-    let mut header = [0u8; 512];
-    loop {
-        f.read_exact(&mut header).ok()?;
-        if header.iter().all(|b| *b == 0) {
-            return None;
-        }
-        let name_end = header[..100].iter().position(|b| *b == 0).unwrap_or(100);
-        let name = String::from_utf8_lossy(&header[..name_end]).into_owned();
-        let size_field = String::from_utf8_lossy(&header[124..136]);
-        let size = u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-            .ok()?;
-        if name == "manifest.json" || name == "./manifest.json" {
-            if size > 16 << 20 {
-                return None;
-            }
-            let mut body = vec![0u8; size as usize];
-            f.read_exact(&mut body).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            let first = v.as_array()?.first()?;
-            let config = first["Config"].as_str()?;
-            let hex = config.rsplit('/').next()?.trim_end_matches(".json");
-            let tags = first["RepoTags"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Some((format!("sha256:{hex}"), tags));
-        }
-        f.seek(SeekFrom::Current(size.div_ceil(512) as i64 * 512))
-            .ok()?;
-    }
 }
 
 /// A hard byte quota for a container's scratch space: an ext4 filesystem
