@@ -84,7 +84,9 @@ impl From<bollard::errors::Error> for TaskError {
 pub struct Limits {
     pub memory_mb: u64,
     pub cpus: f64,
-    /// At least 512 under gVisor, which counts its own threads.
+    /// Processes (and threads) the tasks may run at once. Under gVisor
+    /// the host sees the sandbox's threads, not the task's processes, so
+    /// this becomes the sandbox's own `RLIMIT_NPROC` ([`Limits::gvisor`]).
     pub pids: i64,
     /// Size of the `/tmp` scratch space: a loop-mounted filesystem of its
     /// own (a hard byte quota) where the host can make one, else a tmpfs
@@ -120,7 +122,27 @@ pub struct GroupSpec {
     pub runtime: Option<String>,
 }
 
+impl Limits {
+    /// Under gVisor: the limit on the task's processes, enforced by the
+    /// sandbox's kernel (a refused fork, as under runc), and the host pids
+    /// limit of the sandbox. Measured with runsc 20221219 (ptrace
+    /// platform): each guest process costs the sandbox about 9 host
+    /// threads and 0.9 MiB of host memory, and a sandbox at its host pids
+    /// limit dies. So the host limit leaves room for 12 threads a process
+    /// plus the sandbox's own, and the guest limit is also held to one
+    /// process per 2 MiB of memory, so a fork bomb meets the refused fork
+    /// before the memory limit.
+    pub fn gvisor(&self) -> (u64, i64) {
+        let guest = (self.pids.max(1) as u64).min((self.memory_mb / 2).max(8));
+        (guest, guest as i64 * 12 + 256)
+    }
+}
+
 impl GroupSpec {
+    fn under_gvisor(&self) -> bool {
+        self.runtime.as_deref() == Some("runsc")
+    }
+
     fn group_id(&self) -> String {
         format!("{}-{}-p{}", self.tenant, self.job, self.phase)
     }
@@ -149,6 +171,8 @@ pub struct Group {
     activity: Arc<tokio::sync::RwLock<()>>,
     /// Tasks running in the container now.
     running: Arc<std::sync::atomic::AtomicUsize>,
+    /// Under gVisor, the task processes' limit inside the sandbox.
+    guest_nproc: Option<u64>,
 }
 
 impl std::fmt::Debug for Group {
@@ -162,7 +186,8 @@ impl std::fmt::Debug for Group {
 
 /// The resident launcher of a group: one `exec` started with the
 /// container, reading task ids on stdin and starting each task as a child
-/// process, then answering `<task> <exit status>` on stdout. A task then
+/// process, then answering `<task> <exit status> <processes>` on stdout
+/// (the processes in the container as the task ended). A task then
 /// costs a process start inside the container instead of a Docker exec
 /// (measured here: ~60 ms each).
 struct Launcher {
@@ -170,7 +195,17 @@ struct Launcher {
     waiters: Waiters,
 }
 
-type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<i64>>>>>;
+/// The launcher's answer for one task.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    code: i64,
+    /// Processes in the container when the task ended.
+    procs: Option<u64>,
+}
+
+/// Who waits for which answer; `None` once the launcher or the container
+/// is gone (every waiter then gets an error).
+type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<Answer>>>>>;
 
 /// The launcher, run by `/bin/sh -c` as the task user. Each task's
 /// environment (with `INSITU_EXEC` and `INSITU_INPUT_FILE`) is in its
@@ -179,7 +214,13 @@ type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<i64>>
 /// `__sweep` kills every process but the container's init and the
 /// launcher, with shell builtins only (no process is started for it): how
 /// strays are removed where the host cannot see the task processes (gVisor).
-const LAUNCHER: &str = r#"while read -r INSITU_T; do
+/// `__count-<n>` answers how many processes the container runs, also with
+/// builtins only, so it answers even when a fork bomb holds every slot.
+const LAUNCHER: &str = r#"insitu_count() {
+  INSITU_N=0
+  for INSITU_P in /proc/[0-9]*; do INSITU_N=$((INSITU_N + 1)); done
+}
+while read -r INSITU_T; do
   if [ "$INSITU_T" = __sweep ]; then
     for INSITU_P in /proc/[0-9]*; do
       INSITU_P=${INSITU_P#/proc/}
@@ -188,8 +229,12 @@ const LAUNCHER: &str = r#"while read -r INSITU_T; do
     echo "__sweep 0"
     continue
   fi
+  case "$INSITU_T" in __count-*)
+    insitu_count; echo "$INSITU_T 0 $INSITU_N"
+    continue
+  esac
   INSITU_D=/insitu/out/$INSITU_T
-  ( cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"; echo "$INSITU_T $?" ) &
+  ( cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"; INSITU_S=$?; insitu_count; echo "$INSITU_T $INSITU_S $INSITU_N" ) &
 done"#;
 
 /// Quotes a value for a POSIX shell: inside single quotes, with each
@@ -433,7 +478,11 @@ impl TaskRunner {
             memory: Some(mem),
             // Equal to the memory limit: no swap to hide behind.
             memory_swap: Some(mem),
-            pids_limit: Some(l.pids),
+            pids_limit: Some(if spec.under_gvisor() {
+                l.gvisor().1
+            } else {
+                l.pids
+            }),
             nano_cpus: Some((l.cpus * 1e9) as i64),
             ulimits: Some(vec![
                 ResourcesUlimits {
@@ -509,7 +558,8 @@ impl TaskRunner {
             drop_dir(&dir).await;
             return Err(e.into());
         }
-        let (launcher, launcher_pid) = match self.start_launcher(&created.id).await {
+        let guest_nproc = spec.under_gvisor().then(|| spec.limits.gvisor().0);
+        let (launcher, launcher_pid) = match self.start_launcher(&created.id, guest_nproc).await {
             Ok(l) => l,
             Err(e) => {
                 self.remove(&created.id).await;
@@ -548,21 +598,28 @@ impl TaskRunner {
             strays,
             activity: Default::default(),
             running: Default::default(),
+            guest_nproc,
         })
     }
 
-    /// Starts the group's launcher and the task that reads its answers.
-    async fn start_launcher(&self, container: &str) -> Result<(Launcher, Option<i64>), TaskError> {
+    /// Starts the group's launcher, the task that reads its answers, and
+    /// the one that fails every waiting task if the container stops (the
+    /// engine may never end an exec whose gVisor sandbox died).
+    async fn start_launcher(
+        &self,
+        container: &str,
+        guest_nproc: Option<u64>,
+    ) -> Result<(Launcher, Option<i64>), TaskError> {
+        let script = match guest_nproc {
+            Some(n) => format!("ulimit -u {n} || exit 1\n{LAUNCHER}"),
+            None => LAUNCHER.to_string(),
+        };
         let exec = self
             .docker
             .create_exec(
                 container,
                 CreateExecOptions {
-                    cmd: Some(vec![
-                        "/bin/sh".to_string(),
-                        "-c".to_string(),
-                        LAUNCHER.to_string(),
-                    ]),
+                    cmd: Some(vec!["/bin/sh".to_string(), "-c".to_string(), script]),
                     user: Some(TASK_USER.to_string()),
                     working_dir: Some("/tmp".to_string()),
                     attach_stdin: Some(true),
@@ -593,13 +650,16 @@ impl TaskRunner {
                     let (Some(task), Some(code)) = (parts.next(), parts.next()) else {
                         continue;
                     };
-                    let code = code.parse::<i64>().unwrap_or(-1);
+                    let answer = Answer {
+                        code: code.parse::<i64>().unwrap_or(-1),
+                        procs: parts.next().and_then(|n| n.parse().ok()),
+                    };
                     let waiter = answers
                         .lock()
                         .ok()
                         .and_then(|mut w| w.as_mut().and_then(|w| w.remove(task)));
                     if let Some(tx) = waiter {
-                        let _ = tx.send(code);
+                        let _ = tx.send(answer);
                     }
                 }
             }
@@ -609,6 +669,29 @@ impl TaskRunner {
                 w.take();
             }
         });
+        {
+            let (docker, id, waiters) =
+                (self.docker.clone(), container.to_string(), waiters.clone());
+            tokio::spawn(async move {
+                loop {
+                    let _ = docker.wait_container::<String>(&id, None).next().await;
+                    let running = docker
+                        .inspect_container(&id, None::<InspectContainerOptions>)
+                        .await
+                        .ok()
+                        .and_then(|c| c.state)
+                        .and_then(|s| s.running);
+                    if running != Some(true) {
+                        break;
+                    }
+                    // The wait ended without a stop (the engine restarted).
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                if let Ok(mut w) = waiters.lock() {
+                    w.take();
+                }
+            });
+        }
         // The launcher's host pid, once the engine reports it running.
         let mut pid = None;
         for _ in 0..100 {
@@ -633,23 +716,7 @@ impl TaskRunner {
     async fn sweep_strays(&self, group: &Group) {
         let Some((procs, keep)) = &group.strays else {
             // The host cannot see the processes: the launcher sweeps.
-            let (tx, rx) = oneshot::channel();
-            let registered = group
-                .launcher
-                .waiters
-                .lock()
-                .ok()
-                .and_then(|mut w| w.as_mut().map(|w| w.insert("__sweep".into(), tx)))
-                .is_some();
-            if registered {
-                let sent = {
-                    let mut input = group.launcher.input.lock().await;
-                    input.write_all(b"__sweep\n").await.is_ok() && input.flush().await.is_ok()
-                };
-                if sent {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
-                }
-            }
+            let _ = ask_launcher(group, "__sweep", Duration::from_secs(10)).await;
             return;
         };
         let Ok(text) = std::fs::read_to_string(procs) else {
@@ -783,8 +850,17 @@ impl TaskRunner {
                 // A task that stalled against a limit the container's
                 // cgroup shows it hit is reported as killed for it (gVisor
                 // can stall a task at a limit instead of failing it).
-                let stalled_on = if group.pids_file.as_deref().and_then(pids_max_hits)
-                    > forks_refused_before
+                // Under gVisor the sandbox refuses the forks itself: the
+                // launcher counts what runs.
+                let guest_full = if group.guest_nproc.is_some() {
+                    let ask = format!("__count-{}", task.task_id);
+                    let answer = ask_launcher(group, &ask, Duration::from_secs(2)).await;
+                    at_guest_limit(group, answer.and_then(|a| a.procs))
+                } else {
+                    false
+                };
+                let stalled_on = if guest_full
+                    || group.pids_file.as_deref().and_then(pids_max_hits) > forks_refused_before
                 {
                     Some("pids")
                 } else if group.oom_file.as_deref().and_then(memory_limit_hits) > memory_hits_before
@@ -802,6 +878,8 @@ impl TaskRunner {
                 }
             }
             Ok(answer) => {
+                let procs = answer.as_ref().ok().and_then(|a| a.procs);
+                let answer = answer.map(|a| a.code);
                 // The engine sets OOMKilled only when the container stops,
                 // and under runc an OOM-killed child can leave the task
                 // exiting 0: the cgroup's own OOM-kill counter tells.
@@ -826,7 +904,7 @@ impl TaskRunner {
                 let pids = match (forks_refused_before, forks_refused_after) {
                     (Some(b), Some(a)) => a > b && (alone || failed),
                     _ => false,
-                };
+                } || (failed && at_guest_limit(group, procs));
                 if oom {
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("memory".into())
@@ -955,6 +1033,36 @@ impl TaskRunner {
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .is_ok()
+    }
+}
+
+/// Sends the launcher one of its own commands and waits for the answer.
+async fn ask_launcher(group: &Group, command: &str, wait: Duration) -> Option<Answer> {
+    let (tx, rx) = oneshot::channel();
+    group
+        .launcher
+        .waiters
+        .lock()
+        .ok()?
+        .as_mut()?
+        .insert(command.to_string(), tx);
+    let sent = {
+        let mut input = group.launcher.input.lock().await;
+        let line = format!("{command}\n");
+        input.write_all(line.as_bytes()).await.is_ok() && input.flush().await.is_ok()
+    };
+    if !sent {
+        return None;
+    }
+    tokio::time::timeout(wait, rx).await.ok()?.ok()
+}
+
+/// Whether a container under gVisor was at its process limit.
+fn at_guest_limit(group: &Group, procs: Option<u64>) -> bool {
+    match (group.guest_nproc, procs) {
+        // The launcher's own shell (and the container's init) count too.
+        (Some(limit), Some(n)) => n + 2 >= limit,
+        _ => false,
     }
 }
 
@@ -1123,4 +1231,29 @@ async fn read_preview(path: &Path) -> String {
     })
     .await
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gvisor_limits_leave_the_sandbox_room() {
+        let l = Limits::default();
+        let (guest, host) = l.gvisor();
+        // 256 MiB holds 128 guest processes at ~0.9 MiB each, with room.
+        assert_eq!(guest, 128);
+        assert!(host >= 512 && host >= guest as i64 * 9 + 256, "{host}");
+        let small = Limits {
+            pids: 32,
+            memory_mb: 4096,
+            ..Limits::default()
+        };
+        assert_eq!(small.gvisor().0, 32, "the operator's limit holds");
+        let tiny = Limits {
+            memory_mb: 4,
+            ..Limits::default()
+        };
+        assert_eq!(tiny.gvisor().0, 8, "never below a working shell");
+    }
 }
