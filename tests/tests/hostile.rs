@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use insitu_e2e::{insitu_bin, unique, Cluster, RawClient, Tenant};
+use std::time::Duration;
+
+use insitu_e2e::{insitu_bin, unique, wait_until, Cluster, RawClient, Tenant};
 
 fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str]) -> std::process::Output {
     Command::new(insitu_bin())
@@ -26,8 +28,32 @@ case "$INSITU_INPUT_KEY" in
     out=$(readlink /proc/$$/fd/1); rm -f "$out"; ln -s /etc/shadow "$out"; echo "planted at $out" >&2 ;;
   network)
     n=$(ls /sys/class/net | tr '\n' ' ')
-    # The gateway listens on the host's loopback, at this port.
-    if wget -q -T 2 -O - "http://127.0.0.1:$GATEWAY_PORT/_insitu/v1/health" 2>/dev/null; then echo reached; else echo "isolated: $n"; fi ;;
+    # The gateway, the storage node and the test's own listeners are all on
+    # the host's loopback.
+    r=""
+    for t in "gateway $GATEWAY_PORT" "node $NODE_PORT" "listener $HOST_TCP_PORT"; do
+      # Refused is 1; a connection that stays open is cut at 3 s.
+      set -- $t; timeout 3 nc -w 2 127.0.0.1 "$2" </dev/null >/dev/null 2>&1; [ $? = 1 ] || r="$r $1"
+    done
+    wget -q -T 2 -O - "http://127.0.0.1:$GATEWAY_PORT/_insitu/v1/health" >/dev/null 2>&1 && r="$r http"
+    echo hostile | nc -u -w 1 127.0.0.1 "$HOST_UDP_PORT" >/dev/null 2>&1
+    echo "isolated: $n${r:+reached:$r}"
+    echo "routes: $(($(wc -l < /proc/net/route) - 1))" ;;
+  remount)
+    mount -o remount,rw / 2>/dev/null && echo remounted
+    mkdir -p /tmp/m && mount -t tmpfs none /tmp/m 2>/dev/null && echo mounted
+    chmod 666 "$INSITU_INPUT_FILE" 2>/dev/null && echo chmod-input
+    chmod 777 /bin 2>/dev/null && echo chmod-rootfs
+    echo done ;;
+  proc)
+    # Through /proc: other processes' roots and working directories, and
+    # their environments.
+    for p in /proc/[0-9]*; do
+      cat "$p/root$SECRET_BLOB" "$p/cwd$SECRET_BLOB" 2>/dev/null
+      ls "$p/root$DATA_DIR" 2>/dev/null
+    done
+    grep -rls "TOP""SECRET" /proc/[0-9]*/root/insitu /proc/[0-9]*/environ /var/lib/docker 2>/dev/null | head -1
+    echo done ;;
   rootfs)
     (touch /bin/planted || chmod 777 /bin) 2>/dev/null && echo writable || echo read-only ;;
   input)
@@ -62,6 +88,16 @@ case "$INSITU_INPUT_KEY" in
     echo still-serving ;;
 esac"#;
 
+/// Whether any process on the host runs this command line.
+fn host_runs(cmdline: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmdline)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_tasks_fail_and_the_node_stays_healthy() {
     hostile_suite(None).await;
@@ -69,16 +105,19 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_tasks_fail_under_gvisor_too() {
-    let installed = Command::new("docker")
-        .args(["info", "--format", "{{json .Runtimes}}"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
-        .unwrap_or(false);
-    if !installed {
+    if !gvisor_installed() {
         eprintln!("runsc is not registered with Docker here; gVisor is covered where it is");
         return;
     }
     hostile_suite(Some("runsc")).await;
+}
+
+fn gvisor_installed() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
+        .unwrap_or(false)
 }
 
 async fn hostile_suite(runtime: Option<&str>) {
@@ -108,11 +147,24 @@ async fn hostile_suite(runtime: Option<&str>) {
         .find(|(p, _)| std::fs::read(p).is_ok_and(|b| b == secret.as_bytes()))
         .map(|(p, _)| p)
         .expect("the secret's blob file");
+    // Listeners on the host's loopback that no task may reach.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let nodes = cluster.admin(&["nodes"]).expect("nodes");
+    let node_port: u16 = nodes["nodes"][0]["addr"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("a node address in {nodes}"));
     let cases = [
         "symlink",
         "outdir",
         "guess",
         "network",
+        "remount",
+        "proc",
         "rootfs",
         "input",
         "escalate",
@@ -142,6 +194,9 @@ async fn hostile_suite(runtime: Option<&str>) {
                      "exec": ATTACKS, "memory_mb": 256, "runtime": runtime,
                      "timeout_s": 60,
                      "env": { "GATEWAY_PORT": cluster.port().to_string(),
+                              "NODE_PORT": node_port.to_string(),
+                              "HOST_TCP_PORT": tcp.local_addr().unwrap().port().to_string(),
+                              "HOST_UDP_PORT": udp.local_addr().unwrap().port().to_string(),
                               "SECRET_BLOB": secret_blob.display().to_string(),
                               "DATA_DIR": cluster.data_dir().display().to_string() } }],
         "inputs": cases.iter().map(|k| format!("{bucket}/{k}")).collect::<Vec<_>>(),
@@ -174,8 +229,23 @@ async fn hostile_suite(runtime: Option<&str>) {
     };
     assert_eq!(get("guess").await, "unreachable\nno-data-dir\n");
     let network = get("network").await;
-    assert!(network.starts_with("isolated: lo"), "{network}");
-    assert_eq!(network.trim(), "isolated: lo", "no interface but loopback");
+    assert_eq!(
+        network, "isolated: lo \nroutes: 0\n",
+        "no interface but loopback, no route, nothing reached"
+    );
+    assert!(
+        tcp.accept()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a task connected to the host"
+    );
+    assert!(
+        udp.recv(&mut [0u8; 64])
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a task's datagram reached the host"
+    );
+    assert_eq!(get("remount").await, "done\n");
+    let proc = get("proc").await;
+    assert_eq!(proc, "done\n", "nothing of the victim's through /proc");
     assert_eq!(get("rootfs").await, "read-only\n");
     assert_eq!(get("input").await, "read-only\n");
     assert_eq!(get("setuid").await, "65534\n");
@@ -264,6 +334,36 @@ async fn hostile_suite(runtime: Option<&str>) {
         errors.contains("TaskKilledError") && errors.contains("output"),
         "{errors}"
     );
+
+    // A task that ignores SIGTERM and leaves a process behind is stopped at
+    // its timeout, and nothing of it survives: no container, no process.
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": "trap '' TERM; setsid sh -c \"trap '' TERM; exec sleep 1237\" & sleep 1237",
+                     "timeout_s": 2, "runtime": runtime }],
+        "inputs": [format!("{bucket}/network")],
+        "output": format!("{bucket}/term/"),
+    });
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let id = status["id"].as_str().expect("a job id").to_string();
+    let errors = job_cli(&cluster, &t, &["errors", &id]);
+    let errors = String::from_utf8_lossy(&errors.stdout);
+    assert!(errors.contains("TaskTimeoutError"), "{errors}");
+    let label = format!("insitu.job={id}");
+    let gone = wait_until(Duration::from_secs(15), || {
+        let ps = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label={label}")])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty() && !host_runs("sleep 1237")
+    });
+    assert!(gone, "the timed-out task's container or processes survived");
 
     // The node is healthy: it still takes and serves objects.
     let r = c
@@ -448,4 +548,108 @@ async fn an_operator_policy_bounds_a_tenants_jobs() {
     } else {
         assert!(!kernel.trim().is_empty());
     }
+}
+
+/// What a node's task directory left on the host: containers labelled
+/// with it, mounts and loop devices under it, and group directories in it.
+fn task_leftovers(tasks_dir: &std::path::Path) -> Vec<String> {
+    let root = tasks_dir.display().to_string();
+    let mut found = Vec::new();
+    let ps = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=insitu.root={root}"),
+        ])
+        .output()
+        .expect("docker ps");
+    for id in String::from_utf8_lossy(&ps.stdout).split_whitespace() {
+        found.push(format!("container {id}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines().filter(|l| l.contains(&root)) {
+        found.push(format!("mount {line}"));
+    }
+    for dev in std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let backing = std::fs::read_to_string(dev.path().join("loop/backing_file"));
+        if backing.is_ok_and(|b| b.starts_with(&root)) {
+            found.push(format!("loop device {:?}", dev.file_name()));
+        }
+    }
+    for dir in std::fs::read_dir(tasks_dir).into_iter().flatten().flatten() {
+        found.push(format!("directory {:?}", dir.file_name()));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_node_leaves_nothing_of_its_tasks_behind() {
+    crash_and_restart(None).await;
+    if gvisor_installed() {
+        crash_and_restart(Some("runsc")).await;
+    }
+}
+
+async fn crash_and_restart(runtime: Option<&str>) {
+    let mut cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("crash").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("crash");
+    c.create_bucket(&bucket).await.unwrap();
+    for k in ["a", "b"] {
+        let r = c
+            .send("PUT", &format!("/{bucket}/{k}"), &[], &[], b"x\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": "setsid sleep 1000 & sleep 1000", "runtime": runtime }],
+        "inputs": [format!("{bucket}/a"), format!("{bucket}/b")],
+        "output": format!("{bucket}/o/"),
+    });
+    let spec_file = cluster.dir.path().join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--spec", spec_file.to_str().unwrap()],
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!id.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tasks_dir = cluster.node_dir("node-0").join("tasks");
+    // Its container runs, with its scratch space mounted on a loop device.
+    let busy = wait_until(Duration::from_secs(60), || {
+        let left = task_leftovers(&tasks_dir);
+        ["container", "mount", "loop device", "directory"]
+            .iter()
+            .all(|kind| left.iter().any(|l| l.starts_with(kind)))
+    });
+    assert!(busy, "no running task: {:?}", task_leftovers(&tasks_dir));
+
+    // The node dies; the job is cancelled while it is down, so its
+    // container belongs to a finished job no live node knows.
+    cluster.kill9_node("node-0");
+    let cancel = job_cli(&cluster, &t, &["cancel", &id]);
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    assert!(!task_leftovers(&tasks_dir).is_empty());
+    cluster.start_node("node-0", &[]).expect("node restart");
+    let clean = wait_until(Duration::from_secs(30), || {
+        task_leftovers(&tasks_dir).is_empty()
+    });
+    assert!(
+        clean,
+        "left after the restart: {:?}",
+        task_leftovers(&tasks_dir)
+    );
 }
