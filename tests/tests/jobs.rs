@@ -990,3 +990,77 @@ async fn a_small_job_is_not_starved_by_another_tenants_big_one() {
     assert!(waiting.is_object(), "{big_status}");
     job_cli(&cluster, &a, &["cancel", &big], None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_tasks_say_why_they_wait() {
+    let cluster = Cluster::start_with_args(
+        2,
+        Some(1),
+        &["--task-slots", "1", "--suspect-after-secs", "1"],
+    )
+    .expect("cluster");
+    let a = cluster.create_tenant("waitera").expect("tenant");
+    let b = cluster.create_tenant("waiterb").expect("tenant");
+    let (ca, cb) = (
+        RawClient::new(&cluster.endpoint, &a),
+        RawClient::new(&cluster.endpoint, &b),
+    );
+    let (ba, bb) = (unique("waita"), unique("waitb"));
+    ca.create_bucket(&ba).await.unwrap();
+    cb.create_bucket(&bb).await.unwrap();
+    let ia = slow_job_inputs(&ca, &ba, 12).await;
+    let ib = slow_job_inputs(&cb, &bb, 4).await;
+    let keys = |i: &[(String, usize)]| i.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let (ka, kb) = (keys(&ia), keys(&ib));
+    let ka: Vec<&str> = ka.iter().map(String::as_str).collect();
+    let kb: Vec<&str> = kb.iter().map(String::as_str).collect();
+    let status = |t: &Tenant, id: &str| json_of(&job_cli(&cluster, t, &["status", id], None));
+    // A fills both nodes' slots; once B queues too, A's queued tasks wait
+    // behind B's share.
+    let big = submit_map(&cluster, &a, &ba, "sleep 2; wc -c", &ka);
+    assert!(wait_until(Duration::from_secs(30), || {
+        status(&a, &big)["counters"]["tasks"]["running"].as_u64() == Some(2)
+    }));
+    let small = submit_map(&cluster, &b, &bb, "sleep 3; wc -c", &kb);
+    let mut seen = serde_json::Value::Null;
+    let shared = wait_until(Duration::from_secs(30), || {
+        seen = status(&a, &big);
+        seen["waiting"]["tenant_share"].as_u64().unwrap_or(0) > 0
+    });
+    assert!(shared, "A's tasks never waited behind B's share: {seen}");
+    job_cli(&cluster, &a, &["cancel", &big], None);
+    job_cli(&cluster, &b, &["cancel", &small], None);
+
+    // With the only holder of its inputs down, a job's tasks say so.
+    cluster.kill9_node("node-1");
+    let copies = cluster.blob_copies();
+    assert!(
+        copies
+            .values()
+            .any(|nodes| nodes == &["node-1".to_string()]),
+        "some input lives only on node-1: {copies:?}"
+    );
+    let stranded = submit_map(&cluster, &a, &ba, "wc -c", &ka);
+    let mut seen = serde_json::Value::Null;
+    let said = wait_until(Duration::from_secs(30), || {
+        seen = status(&a, &stranded);
+        seen["waiting"]["no_live_replica"].as_u64().unwrap_or(0) > 0
+    });
+    assert!(said, "no task said its replica's node is down: {seen}");
+    // The progress line says it in words.
+    let mut watch = Command::new(insitu_bin())
+        .args(["job", "wait", &stranded, "--watch"])
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &a.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &a.secret_access_key)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("insitu job wait");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("wait output");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("with no replica's node up"), "{text}");
+    job_cli(&cluster, &a, &["cancel", &stranded], None);
+}

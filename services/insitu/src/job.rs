@@ -341,6 +341,18 @@ fn progress_line(status: &Value) -> String {
     if preparing > 0 {
         line.push_str(&format!(", {preparing} waiting for their image"));
     }
+    // Why queued tasks wait, as the supervisor last saw it.
+    for (reason, text) in [
+        ("tenant_share", "behind other tenants' share"),
+        ("no_live_replica", "with no replica's node up"),
+        ("node_busy", "for a free slot on their nodes"),
+        ("catalog", "for the catalog"),
+    ] {
+        let count = status["waiting"][reason].as_u64().unwrap_or(0);
+        if count > 0 {
+            line.push_str(&format!(", {count} waiting {text}"));
+        }
+    }
     line
 }
 
