@@ -401,8 +401,9 @@ async fn jobs_never_share_a_container_or_its_leftovers() {
         path
     };
     // Each job's task names its container (the hostname) and leaves files.
-    let leave =
-        "sleep 1; echo left > /tmp/left-behind; echo left > /insitu/out/left-behind; hostname";
+    // While both run, each looks for the other's file through /proc.
+    let leave = "echo left-$INSITU_JOB_ID > /tmp/left-behind; echo left > /insitu/out/left-behind; \
+                 sleep 1; cat /proc/[0-9]*/root/tmp/left-behind 2>/dev/null | grep -v $INSITU_JOB_ID; hostname";
     let (ca, bucket_a) = &buckets[0];
     let (cb, bucket_b) = &buckets[1];
     let (spec_a, spec_b) = (
@@ -425,6 +426,10 @@ async fn jobs_never_share_a_container_or_its_leftovers() {
     let host_b = host(cb, &format!("/{bucket_b}/first/{bucket_b}/in")).await;
     assert!(!host_a.trim().is_empty());
     assert_ne!(host_a, host_b, "two tenants' jobs ran in one container");
+    assert!(
+        !host_a.contains("left-") && !host_b.contains("left-"),
+        "a job saw the other tenant's file: {host_a} {host_b}"
+    );
 
     // A second job of the same tenant finds nothing of the first.
     let look = "hostname; ls -a /tmp /insitu/out /insitu/in; cat /tmp/left-behind /insitu/out/left-behind 2>/dev/null; true";
