@@ -97,6 +97,15 @@ impl Node {
                         tracing::warn!(node = %config.node_id, error = %e, "could not reap leftover task containers")
                     }
                 }
+                match service.adopt_images(&store).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(node = %config.node_id, removed = n, "removed images of deleted objects")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %config.node_id, error = %e, "could not list images loaded from objects")
+                    }
+                }
                 Some(service)
             }
             Err(e) => {

@@ -275,6 +275,10 @@ async fn delete_blob(
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers)?;
     state.store.delete(&id).await?;
+    if let Some(tasks) = &state.tasks {
+        // An image loaded from this blob goes with it.
+        tasks.forget_image(&id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

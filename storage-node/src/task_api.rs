@@ -221,6 +221,30 @@ impl TaskService {
         Ok(name)
     }
 
+    /// Drops the image loaded from `blob`, which this node no longer holds.
+    pub async fn forget_image(&self, blob: &str) {
+        if self.loaded_images.lock().await.remove(blob).is_some() {
+            self.runner.remove_private_image(blob).await;
+        }
+    }
+
+    /// At start-up: takes back the images an earlier life of this node
+    /// loaded from blobs it still holds, and removes those of blobs
+    /// deleted while it was down. Returns how many were removed.
+    pub async fn adopt_images(&self, store: &BlobStore) -> Result<usize, TaskError> {
+        let mut removed = 0;
+        for key in self.runner.private_images().await? {
+            if store.size(&key).await.is_ok() {
+                let name = self.runner.private_image(&key);
+                self.loaded_images.lock().await.insert(key, name);
+            } else {
+                self.runner.remove_private_image(&key).await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Makes a task's image available on this node (pulled, or loaded from
     /// its tarball blob), before any task of it runs; returns its name.
     pub async fn prepare_image(

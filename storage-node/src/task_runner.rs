@@ -369,8 +369,54 @@ impl TaskRunner {
         Ok(names)
     }
 
+    /// The node-private name of the image loaded from blob `key`. The
+    /// node's task directory is in it (hashed): nodes sharing one engine
+    /// (`insitu dev`, or two clusters on one machine) each keep their own,
+    /// so one node dropping its copy leaves the others'.
+    pub fn private_image(&self, key: &str) -> String {
+        format!(
+            "{}{}:latest",
+            self.private_prefix(),
+            key.to_ascii_lowercase()
+        )
+    }
+
+    fn private_prefix(&self) -> String {
+        let root = insitu_jobs::plan::stable_hash(self.root.to_string_lossy().as_bytes());
+        format!("insitu-loaded/n{root:016x}-")
+    }
+
+    /// Untags the image loaded from blob `key` (its blob is gone); the
+    /// engine keeps it while a container uses it.
+    pub async fn remove_private_image(&self, key: &str) {
+        let name = self.private_image(key);
+        let removed = self
+            .docker
+            .remove_image(&name, None::<bollard::image::RemoveImageOptions>, None)
+            .await;
+        match removed {
+            Ok(_) => tracing::info!(image = %name, "image of a deleted object removed"),
+            Err(e) => tracing::debug!(image = %name, error = %e, "image not removed"),
+        }
+    }
+
+    /// The blob keys of the images this node loaded from objects.
+    pub async fn private_images(&self) -> Result<Vec<String>, TaskError> {
+        let prefix = self.private_prefix();
+        let images = self
+            .docker
+            .list_images(None::<bollard::image::ListImagesOptions<String>>)
+            .await?;
+        Ok(images
+            .iter()
+            .flat_map(|i| i.repo_tags.iter())
+            .filter_map(|t| t.strip_prefix(&prefix)?.strip_suffix(":latest"))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Loads an image tarball under a node-private name only
-    /// (`insitu-loaded/<key>:latest`, which specs cannot name). The
+    /// (`insitu-loaded/n<node>-<key>:latest`, which specs cannot name). The
     /// archive reaches the engine with its tags removed
     /// ([`crate::image_archive`]), so a tenant's tarball never names, even
     /// for a moment, an image other tenants' jobs use.
@@ -412,17 +458,18 @@ impl TaskRunner {
                 "the engine did not report loading {id}"
             )));
         }
-        let repo = format!("insitu-loaded/{}", key.to_ascii_lowercase());
+        let name = self.private_image(key);
+        let repo = name.trim_end_matches(":latest");
         self.docker
             .tag_image(
                 &id,
                 Some(bollard::image::TagImageOptions {
-                    repo: repo.clone(),
+                    repo: repo.to_string(),
                     tag: "latest".to_string(),
                 }),
             )
             .await?;
-        Ok(format!("{repo}:latest"))
+        Ok(name)
     }
 
     /// Creates and starts the hardened container of a group.

@@ -280,17 +280,40 @@ async fn images_stored_as_objects_are_loaded_and_used() {
         .await
         .unwrap();
     assert_eq!(out, "from-object-image\n");
+    // Private to this node: named after its task directory.
+    let root = dir.path().join("tasks");
+    let private = format!(
+        "insitu-loaded/n{:016x}-imagetarball:latest",
+        insitu_jobs::plan::stable_hash(root.to_string_lossy().as_bytes())
+    );
     assert!(
-        docker(&["image", "inspect", "insitu-loaded/imagetarball:latest"])
-            .status
-            .success(),
+        docker(&["image", "inspect", &private]).status.success(),
         "the image was loaded from the object, under a node-private name"
     );
     assert!(
         !docker(&["image", "inspect", &tag]).status.success(),
         "the tarball's own tag was not left for others to use"
     );
-    let _ = docker(&["rmi", "insitu-loaded/imagetarball:latest"]);
+    // Deleting the object's blob drops its image (once no container uses
+    // it: the group ends first).
+    let r = http
+        .delete(format!("{url}/v1/groups/acme/{job}/0"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = http
+        .delete(format!("{url}/v1/blobs/imagetarball"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        !docker(&["image", "inspect", &private]).status.success(),
+        "the image of a deleted object was left behind"
+    );
 
     // A blob that is not an image archive.
     let r = http
