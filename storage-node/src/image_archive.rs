@@ -6,16 +6,19 @@
 //! name such as `python:3.12` at the tenant's image, if only for the moment
 //! before the node put it back, and another job starting in that moment
 //! would run it. Two loads of the same tarball at once also undo each
-//! other's restores. So the tags never reach the engine: `manifest.json`
-//! goes through with `RepoTags` emptied, and the legacy `repositories` file
-//! goes through as `{}`. Every other byte is copied as it is, in chunks, so
-//! memory does not grow with the image.
+//! other's restores. So the tags never reach the engine.
 //!
-//! The engine extracts the archive to a directory and then reads those two
-//! files by path, so an archive that could put them there by another route
-//! is refused: a tag file that is a link, a path through a symlink the
-//! archive made, a path that climbs out, or a tag file named by an extended
-//! header. `docker save` writes none of these.
+//! The engine must not read a different archive from the one checked
+//! here, so nothing of the tenant's tar framing reaches it: every header
+//! the engine sees is written here, canonical USTAR, from what this module
+//! parsed; only file bodies are copied (in chunks: memory does not grow with
+//! the image). Only what `docker save` writes is accepted: plain files,
+//! directories and symlinks with short plain names, uncompressed. Tag files
+//! are rebuilt: `manifest.json` from its known keys with `RepoTags` null,
+//! `repositories` as `{}`, and `index.json` without annotations (where the
+//! containerd image store reads names). The engine extracts the archive and
+//! reads those files by path, so a tag file that is a link, or an entry
+//! written through a symlink the archive made, is refused too.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -25,13 +28,19 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// The files the engine reads image names from.
-const TAG_FILES: [&str; 2] = ["manifest.json", "repositories"];
-/// The largest tag file or extended header rewritten or parsed in memory.
+/// The largest tag file rewritten in memory.
 const MAX_META_BYTES: u64 = 16 << 20;
 /// Bytes per chunk sent to the engine.
 const CHUNK: usize = 64 << 10;
-const BLOCK: u64 = 512;
+const BLOCK: usize = 512;
+/// Names that fit a USTAR header's name field alone.
+const MAX_NAME: usize = 100;
+/// What the engine reads the image's names from.
+const MANIFEST: &str = "manifest.json";
+const REPOSITORIES: &str = "repositories";
+const OCI_INDEX: &str = "index.json";
+/// The keys of an image in `manifest.json` the engine knows.
+const MANIFEST_KEYS: [&str; 5] = ["Config", "RepoTags", "Layers", "Parent", "LayerSources"];
 
 #[derive(Debug, Error)]
 pub enum ArchiveError {
@@ -44,156 +53,161 @@ pub enum ArchiveError {
     Closed,
 }
 
-/// Streams `tarball` to `tx` without its tags. Returns the image ids the
-/// manifest names (`sha256:<hex>` of each image's config).
+/// Streams `tarball` to `tx`, rewritten as above. Returns the image ids
+/// the manifest names (`sha256:<hex>` of each image's config).
 pub fn send_untagged(
     tarball: &Path,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<Vec<String>, ArchiveError> {
     let file = std::fs::File::open(tarball)?;
-    let mut rewriter = Rewriter {
+    let result = Rewriter {
         input: io::BufReader::with_capacity(CHUNK, file),
         out: |b: Bytes| tx.blocking_send(b).map_err(|_| ArchiveError::Closed),
-    };
-    rewriter.run()
+    }
+    .run();
+    if matches!(result, Err(ArchiveError::Refused(_) | ArchiveError::Io(_))) {
+        // An archive that just stopped would load what came before: a
+        // header with a wrong checksum makes the engine reject it all.
+        let _ = tx.blocking_send(Bytes::from(vec![0xff; BLOCK]));
+    }
+    result
 }
 
-/// The state of one pass over an archive.
+/// One pass over an archive.
 struct Rewriter<R, F> {
     input: R,
     out: F,
 }
 
-/// Name overrides from the extended headers before an entry.
-#[derive(Default)]
-struct Pending {
-    path: Option<String>,
-    linkpath: Option<String>,
-    size: Option<u64>,
-    any: bool,
+/// An entry as parsed, and as it will be written.
+enum Kind {
+    File,
+    Dir,
+    Symlink(String),
 }
 
 impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
     fn run(&mut self) -> Result<Vec<String>, ArchiveError> {
         let mut symlinks: HashSet<String> = HashSet::new();
-        let mut pending = Pending::default();
         let mut ids = None;
+        let mut first = true;
         loop {
-            let mut header = [0u8; BLOCK as usize];
+            let mut header = [0u8; BLOCK];
             if !read_block(&mut self.input, &mut header)? {
                 break;
             }
+            if std::mem::take(&mut first) && compressed(&header) {
+                return Err(refused(
+                    "it is compressed; upload the archive `docker save` writes".into(),
+                ));
+            }
             if header.iter().all(|b| *b == 0) {
-                // End of archive: the engine reads no further.
-                (self.out)(Bytes::copy_from_slice(&header))?;
-                (self.out)(Bytes::from_static(&[0u8; BLOCK as usize]))?;
                 break;
             }
-            let kind = header[156];
-            let stored = parse_size(&header)?;
-            match kind {
-                b'x' | b'L' | b'K' => {
-                    let body = self.read_meta(stored)?;
-                    match kind {
-                        b'x' => parse_pax(&body, &mut pending)?,
-                        b'L' => pending.path = Some(c_string(&body)),
-                        _ => pending.linkpath = Some(c_string(&body)),
-                    }
-                    pending.any = true;
-                    self.forward(&header, &body)?;
-                    continue;
-                }
-                b'g' => {
-                    // A global header is an entry of its own to the engine's
-                    // reader; it names nothing.
-                    (self.out)(Bytes::copy_from_slice(&header))?;
-                    self.copy(stored)?;
-                    continue;
-                }
-                _ => {}
+            if checksum(&header) != parse_octal(&header[148..156])? {
+                return Err(refused("a header's checksum is wrong".into()));
             }
-            let ext = std::mem::take(&mut pending);
-            let name = match ext.path.clone() {
-                Some(p) => p,
-                None => header_name(&header),
+            let name = header_name(&header);
+            let size = parse_size(&header)?;
+            let kind = match header[156] {
+                b'0' | 0 | b'7' => Kind::File,
+                b'5' => Kind::Dir,
+                b'2' => Kind::Symlink(c_string(&header[157..257])),
+                b'1' => return Err(refused(format!("{name:?} is a hard link"))),
+                t => {
+                    return Err(refused(format!(
+                        "{name:?} has the unsupported entry type {:?}",
+                        t as char
+                    )))
+                }
             };
+            if !matches!(kind, Kind::File) && size != 0 {
+                return Err(refused(format!("{name:?} has a body but no file")));
+            }
+            if matches!(kind, Kind::File) && name.ends_with('/') {
+                return Err(refused(format!("the file name {name:?} ends with /")));
+            }
             let path = normalize(&name)?;
+            if path.is_empty() {
+                if matches!(kind, Kind::Dir) {
+                    continue;
+                }
+                return Err(refused(format!("{name:?} names the archive's root")));
+            }
             if let Some(parent) = through_symlink(&path, &symlinks) {
                 return Err(refused(format!(
                     "{name:?} is written through the symlink {parent:?}"
                 )));
             }
-            let size = ext.size.unwrap_or(stored);
-            match kind {
-                b'2' => {
+            let is_tag_file = [MANIFEST, REPOSITORIES, OCI_INDEX].contains(&path.as_str());
+            match &kind {
+                Kind::Symlink(target) => {
+                    if is_tag_file {
+                        return Err(refused(format!("{path} is a symlink")));
+                    }
+                    check_name(target)?;
                     symlinks.insert(path.clone());
                 }
-                b'1' => {
-                    let target = ext.linkpath.clone().unwrap_or_else(|| link_name(&header));
-                    let target = normalize(&target)?;
-                    if symlinks.contains(&target) || through_symlink(&target, &symlinks).is_some() {
-                        return Err(refused(format!("{name:?} links to a symlink")));
-                    }
+                Kind::Dir if is_tag_file => {
+                    return Err(refused(format!("{path} is a directory")));
                 }
                 _ => {}
             }
-            if TAG_FILES.contains(&path.as_str()) {
-                if !matches!(kind, b'0' | 0 | b'7') {
-                    return Err(refused(format!("{path} is not a plain file")));
-                }
-                if ext.any {
-                    return Err(refused(format!("{path} is named by an extended header")));
-                }
-                let body = self.read_meta(stored)?;
-                let body = if path == "manifest.json" {
-                    let (body, found) = untag_manifest(&body)?;
-                    ids = Some(found);
-                    body
-                } else {
-                    b"{}".to_vec()
+            if is_tag_file {
+                let body = self.read_body(size)?;
+                let body = match path.as_str() {
+                    MANIFEST => {
+                        let (body, found) = untag_manifest(&body)?;
+                        ids = Some(found);
+                        body
+                    }
+                    REPOSITORIES => b"{}".to_vec(),
+                    _ => untag_index(&body)?,
                 };
-                let header = with_size(&header, body.len() as u64);
-                self.forward(&header, &body)?;
+                let mut buf = ustar_header(&path, &Kind::File, body.len() as u64).to_vec();
+                buf.extend_from_slice(&body);
+                buf.resize(buf.len() + padding(body.len() as u64) as usize, 0);
+                (self.out)(Bytes::from(buf))?;
             } else {
-                (self.out)(Bytes::copy_from_slice(&header))?;
-                self.copy(size)?;
+                (self.out)(Bytes::copy_from_slice(&ustar_header(&path, &kind, size)))?;
+                self.copy_body(size)?;
             }
         }
-        ids.ok_or_else(|| refused("the tarball has no manifest.json".into()))
+        // The end-of-archive marker.
+        (self.out)(Bytes::from(vec![0u8; 2 * BLOCK]))?;
+        ids.ok_or_else(|| refused("it has no manifest.json".into()))
     }
 
-    /// Reads a small entry body whole, and its padding.
-    fn read_meta(&mut self, size: u64) -> Result<Vec<u8>, ArchiveError> {
+    /// Reads a small body whole, and skips its padding.
+    fn read_body(&mut self, size: u64) -> Result<Vec<u8>, ArchiveError> {
         if size > MAX_META_BYTES {
-            return Err(refused(format!("a metadata entry of {size} bytes")));
+            return Err(refused(format!("a tag file of {size} bytes")));
         }
         let mut body = vec![0u8; size as usize];
-        self.input.read_exact(&mut body)?;
-        let mut pad = vec![0u8; padding(size) as usize];
-        self.input.read_exact(&mut pad)?;
+        self.input.read_exact(&mut body).map_err(truncated)?;
+        self.skip(padding(size))?;
         Ok(body)
     }
 
-    /// Sends a header and a body with its padding.
-    fn forward(&mut self, header: &[u8], body: &[u8]) -> Result<(), ArchiveError> {
-        let mut buf = Vec::with_capacity(header.len() + body.len() + BLOCK as usize);
-        buf.extend_from_slice(header);
-        buf.extend_from_slice(body);
-        buf.resize(buf.len() + padding(body.len() as u64) as usize, 0);
-        (self.out)(Bytes::from(buf))
-    }
-
-    /// Copies an entry's body and padding through unchanged.
-    fn copy(&mut self, size: u64) -> Result<(), ArchiveError> {
-        let mut left = size + padding(size);
+    /// Copies a body through, padded with zeros of our own.
+    fn copy_body(&mut self, size: u64) -> Result<(), ArchiveError> {
+        let mut left = size;
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
             let mut buf = vec![0u8; n];
-            self.input.read_exact(&mut buf)?;
+            self.input.read_exact(&mut buf).map_err(truncated)?;
+            if left == n as u64 {
+                buf.resize(n + padding(size) as usize, 0);
+            }
             (self.out)(Bytes::from(buf))?;
             left -= n as u64;
         }
-        Ok(())
+        self.skip(padding(size))
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), ArchiveError> {
+        let mut pad = vec![0u8; n as usize];
+        self.input.read_exact(&mut pad).map_err(truncated)
     }
 }
 
@@ -201,8 +215,29 @@ fn refused(why: String) -> ArchiveError {
     ArchiveError::Refused(why)
 }
 
+fn truncated(e: io::Error) -> ArchiveError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        refused("it ends inside an entry".into())
+    } else {
+        e.into()
+    }
+}
+
 fn padding(size: u64) -> u64 {
-    (BLOCK - size % BLOCK) % BLOCK
+    let block = BLOCK as u64;
+    (block - size % block) % block
+}
+
+/// gzip, bzip2, xz and zstd: the engine would decompress what is checked
+/// here as tar.
+fn compressed(block: &[u8]) -> bool {
+    let magics: [&[u8]; 4] = [
+        &[0x1f, 0x8b],
+        b"BZh",
+        &[0xfd, b'7', b'z', b'X', b'Z', 0],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+    ];
+    magics.iter().any(|magic| block.starts_with(magic))
 }
 
 /// Fills `block`; false at a clean end of input.
@@ -211,7 +246,7 @@ fn read_block(input: &mut impl Read, block: &mut [u8]) -> Result<bool, ArchiveEr
     while filled < block.len() {
         match input.read(&mut block[filled..]) {
             Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err(refused("the tarball ends inside a header".into())),
+            Ok(0) => return Err(refused("it ends inside a header".into())),
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -220,25 +255,44 @@ fn read_block(input: &mut impl Read, block: &mut [u8]) -> Result<bool, ArchiveEr
     Ok(true)
 }
 
-/// The size field: octal, or base-256 when its first byte's top bit is set.
-fn parse_size(header: &[u8]) -> Result<u64, ArchiveError> {
-    let field = &header[124..136];
-    if field[0] & 0x80 != 0 {
-        let mut n: u64 = u64::from(field[0] & 0x7f);
-        for b in &field[1..] {
-            n = n
-                .checked_mul(256)
-                .and_then(|n| n.checked_add(u64::from(*b)))
-                .ok_or_else(|| refused("an entry size overflows".into()))?;
-        }
-        return Ok(n);
-    }
+/// The header's checksum: its bytes summed with the checksum field as spaces.
+fn checksum(header: &[u8]) -> u64 {
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
+        .sum()
+}
+
+fn parse_octal(field: &[u8]) -> Result<u64, ArchiveError> {
     let text = String::from_utf8_lossy(field);
     let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
     if text.is_empty() {
         return Ok(0);
     }
-    u64::from_str_radix(text, 8).map_err(|_| refused(format!("a bad entry size {text:?}")))
+    u64::from_str_radix(text, 8).map_err(|_| refused(format!("a bad number {text:?}")))
+}
+
+/// The size field: octal, or base-256 when its first byte's top bit is set.
+fn parse_size(header: &[u8]) -> Result<u64, ArchiveError> {
+    let field = &header[124..136];
+    if field[0] & 0x80 == 0 {
+        return parse_octal(field);
+    }
+    let mut n: u64 = u64::from(field[0] & 0x7f);
+    for b in &field[1..] {
+        n = n
+            .checked_mul(256)
+            .and_then(|n| n.checked_add(u64::from(*b)))
+            .ok_or_else(|| refused("an entry size overflows".into()))?;
+    }
+    Ok(n)
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -246,10 +300,10 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// The entry's name, with the USTAR prefix where the format has one.
+/// The entry's name, with the USTAR prefix where there is one.
 fn header_name(header: &[u8]) -> String {
     let name = c_string(&header[..100]);
-    if &header[257..265] == b"ustar\x0000" {
+    if &header[257..263] == b"ustar\0" {
         let prefix = c_string(&header[345..500]);
         if !prefix.is_empty() {
             return format!("{prefix}/{name}");
@@ -258,35 +312,14 @@ fn header_name(header: &[u8]) -> String {
     name
 }
 
-fn link_name(header: &[u8]) -> String {
-    c_string(&header[157..257])
-}
-
-/// Reads `len key=value\n` records, keeping what renames or resizes the
-/// next entry.
-fn parse_pax(body: &[u8], pending: &mut Pending) -> Result<(), ArchiveError> {
-    let bad = || refused("a malformed extended header".into());
-    let mut rest = body;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|b| *b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..space])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        if len <= space + 1 || len > rest.len() {
-            return Err(bad());
-        }
-        let record = &rest[space + 1..len - 1];
-        rest = &rest[len..];
-        let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
-        let (key, value) = (&record[..eq], &record[eq + 1..]);
-        let value = String::from_utf8_lossy(value).into_owned();
-        match key {
-            b"path" => pending.path = Some(value),
-            b"linkpath" => pending.linkpath = Some(value),
-            b"size" => pending.size = Some(value.parse().map_err(|_| bad())?),
-            _ => {}
-        }
+/// Names `docker save` writes: hex digests, `.json`, `layer.tar`,
+/// `blobs/sha256/...`; short enough for a USTAR name field.
+fn check_name(name: &str) -> Result<(), ArchiveError> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
+    if name.is_empty() || name.len() > MAX_NAME || !name.bytes().all(plain) {
+        return Err(refused(format!(
+            "the name {name:?} is not a plain short name"
+        )));
     }
     Ok(())
 }
@@ -306,7 +339,11 @@ fn normalize(name: &str) -> Result<String, ArchiveError> {
             p => parts.push(p),
         }
     }
-    Ok(parts.join("/"))
+    let path = parts.join("/");
+    if !path.is_empty() {
+        check_name(&path)?;
+    }
+    Ok(path)
 }
 
 /// The first parent directory of `path` that the archive made a symlink.
@@ -322,19 +359,61 @@ fn through_symlink(path: &str, symlinks: &HashSet<String>) -> Option<String> {
     None
 }
 
-/// Empties every image's `RepoTags`; returns the new manifest and the ids.
+/// A canonical USTAR header for an entry this module checked.
+fn ustar_header(path: &str, kind: &Kind, size: u64) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    let (mode, flag, link, size, path) = match kind {
+        Kind::File => (b"0000644\0", b'0', "", size, path.to_string()),
+        Kind::Dir => (b"0000755\0", b'5', "", 0, format!("{path}/")),
+        Kind::Symlink(target) => (b"0000777\0", b'2', target.as_str(), 0, path.to_string()),
+    };
+    // A directory's slash may take the name one past the field: the
+    // engine cleans it off, so it can go.
+    let name = if path.len() > MAX_NAME {
+        path.trim_end_matches('/')
+    } else {
+        &path
+    };
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(mode);
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    if size < 1 << 33 {
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    } else {
+        // Base-256, big-endian, for bodies of 8 GiB and more.
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+    }
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = flag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    let sum = checksum(&h);
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// Rebuilds `manifest.json` from the keys the engine knows, `RepoTags`
+/// null; returns it and the image ids. Another key (the engine matches
+/// keys case-insensitively, so `repotags` would be one) is refused.
 fn untag_manifest(body: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
     let bad = |why: &str| refused(format!("manifest.json {why}"));
-    let mut manifest: serde_json::Value =
+    let manifest: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| bad(&format!("is not JSON: {e}")))?;
     let images = manifest
-        .as_array_mut()
+        .as_array()
         .ok_or_else(|| bad("is not a list of images"))?;
     let mut ids = Vec::new();
-    for image in images.iter_mut() {
+    let mut rebuilt = Vec::new();
+    for image in images {
         let image = image
-            .as_object_mut()
+            .as_object()
             .ok_or_else(|| bad("lists something other than an image"))?;
+        if let Some(key) = image.keys().find(|k| !MANIFEST_KEYS.contains(&k.as_str())) {
+            return Err(bad(&format!("has an unexpected key {key:?}")));
+        }
         let config = image
             .get("Config")
             .and_then(|c| c.as_str())
@@ -348,42 +427,64 @@ fn untag_manifest(body: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
             return Err(bad("names a Config that is not a sha256 digest"));
         }
         ids.push(format!("sha256:{}", hex.to_ascii_lowercase()));
-        image.insert("RepoTags".into(), serde_json::Value::Null);
+        let mut out = serde_json::Map::new();
+        for key in MANIFEST_KEYS {
+            if let Some(v) = image.get(key).filter(|_| key != "RepoTags") {
+                out.insert(key.to_string(), v.clone());
+            }
+        }
+        out.insert("RepoTags".into(), serde_json::Value::Null);
+        rebuilt.push(serde_json::Value::Object(out));
     }
-    let body = serde_json::to_vec(&manifest).map_err(|e| bad(&e.to_string()))?;
+    let body = serde_json::to_vec(&rebuilt).map_err(|e| bad(&e.to_string()))?;
     Ok((body, ids))
 }
 
-/// `header` with a new size and checksum.
-fn with_size(header: &[u8; BLOCK as usize], size: u64) -> [u8; BLOCK as usize] {
-    let mut h = *header;
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
+/// `index.json` (OCI layout, Docker 25 and later) without annotations,
+/// where the containerd image store reads image names.
+fn untag_index(body: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+    let bad = |why: &str| refused(format!("index.json {why}"));
+    let mut index: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(&format!("is not JSON: {e}")))?;
+    let strip = |v: &mut serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|k, _| !k.eq_ignore_ascii_case("annotations"));
+        }
+    };
+    strip(&mut index);
+    if let Some(list) = index
+        .as_object_mut()
+        .and_then(|o| {
+            o.iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case("manifests"))
+        })
+        .and_then(|(_, v)| v.as_array_mut())
+    {
+        list.iter_mut().for_each(strip);
+    }
+    serde_json::to_vec(&index).map_err(|e| bad(&e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A USTAR header block for one entry.
-    fn header(name: &str, kind: u8, size: u64, link: &str) -> [u8; 512] {
-        let mut h = [0u8; 512];
+    /// A header as a tenant's archive might have it: any name, kind, size.
+    fn raw_header(name: &str, kind: u8, size: u64, link: &str) -> [u8; BLOCK] {
+        let mut h = [0u8; BLOCK];
         h[..name.len()].copy_from_slice(name.as_bytes());
         h[100..108].copy_from_slice(b"0000644\0");
-        h[108..116].copy_from_slice(b"0000000\0");
-        h[116..124].copy_from_slice(b"0000000\0");
-        h[136..148].copy_from_slice(b"00000000000\0");
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
         h[156] = kind;
         h[157..157 + link.len()].copy_from_slice(link.as_bytes());
         h[257..265].copy_from_slice(b"ustar\x0000");
-        with_size(&h, size)
+        let sum = checksum(&h);
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
     }
 
     fn entry(out: &mut Vec<u8>, name: &str, kind: u8, body: &[u8], link: &str) {
-        out.extend_from_slice(&header(name, kind, body.len() as u64, link));
+        out.extend_from_slice(&raw_header(name, kind, body.len() as u64, link));
         out.extend_from_slice(body);
         out.resize(out.len() + padding(body.len() as u64) as usize, 0);
     }
@@ -403,36 +504,46 @@ mod tests {
 
     fn rewrite(archive: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
         let mut out = Vec::new();
-        let mut r = Rewriter {
+        let ids = Rewriter {
             input: archive,
             out: |b: Bytes| {
                 out.extend_from_slice(&b);
                 Ok(())
             },
-        };
-        let ids = r.run()?;
+        }
+        .run()?;
         Ok((out, ids))
     }
 
-    /// The entries of an archive: (name, kind, body).
-    fn entries(mut archive: &[u8]) -> Vec<(String, u8, Vec<u8>)> {
+    /// The entries of a rewritten archive: (name, kind, body, link), each
+    /// header checked to be canonical.
+    fn entries(mut archive: &[u8]) -> Vec<(String, u8, Vec<u8>, String)> {
         let mut all = Vec::new();
-        while archive.len() >= 512 && archive[..512].iter().any(|b| *b != 0) {
-            let h: [u8; 512] = archive[..512].try_into().unwrap();
-            assert_eq!(with_size(&h, parse_size(&h).unwrap()), h, "checksum");
+        while archive[..BLOCK].iter().any(|b| *b != 0) {
+            let h: [u8; BLOCK] = archive[..BLOCK].try_into().unwrap();
+            assert_eq!(checksum(&h), parse_octal(&h[148..156]).unwrap(), "checksum");
+            assert_eq!(&h[257..265], b"ustar\x0000");
+            assert!(h[345..500].iter().all(|b| *b == 0), "no prefix");
             let size = parse_size(&h).unwrap() as usize;
-            all.push((header_name(&h), h[156], archive[512..512 + size].to_vec()));
-            archive = &archive[512 + size + padding(size as u64) as usize..];
+            let body = archive[BLOCK..BLOCK + size].to_vec();
+            all.push((header_name(&h), h[156], body, c_string(&h[157..257])));
+            archive = &archive[BLOCK + size + padding(size as u64) as usize..];
         }
+        assert_eq!(
+            archive,
+            &[0u8; 2 * BLOCK][..],
+            "the end marker, then nothing"
+        );
         all
     }
 
     #[test]
-    fn tags_are_removed_and_everything_else_is_copied() {
+    fn tags_are_removed_and_everything_else_is_kept() {
         let layer: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut a = Vec::new();
         entry(&mut a, "l/", b'5', b"", "");
-        entry(&mut a, "l/layer.tar", b'0', &layer, "");
+        entry(&mut a, "./l/layer.tar", b'0', &layer, "");
+        entry(&mut a, "m/", b'5', b"", "");
         entry(&mut a, "m/layer.tar", b'2', b"", "../l/layer.tar");
         entry(&mut a, &format!("{CONFIG}.json"), b'0', b"{}", "");
         entry(&mut a, "manifest.json", b'0', &manifest(), "");
@@ -443,24 +554,35 @@ mod tests {
             br#"{"python":{"3.12":"x"}}"#,
             "",
         );
+        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:ab","annotations":{"io.containerd.image.name":"python:3.12"}}],"Annotations":{"x":"y"}}"#;
+        entry(&mut a, "index.json", b'0', index, "");
         end(&mut a);
         let (out, ids) = rewrite(&a).unwrap();
         assert_eq!(ids, vec![format!("sha256:{CONFIG}")]);
         let got = entries(&out);
-        let want = entries(&a);
-        assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.0, w.0);
-            match g.0.as_str() {
-                "manifest.json" => {
-                    let m: serde_json::Value = serde_json::from_slice(&g.2).unwrap();
-                    assert!(m[0]["RepoTags"].is_null(), "{m}");
-                    assert_eq!(m[0]["Layers"][0], "l/layer.tar");
-                }
-                "repositories" => assert_eq!(g.2, b"{}"),
-                _ => assert_eq!(g, w),
-            }
-        }
+        let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "l/",
+                "l/layer.tar",
+                "m/",
+                "m/layer.tar",
+                &format!("{CONFIG}.json"),
+                "manifest.json",
+                "repositories",
+                "index.json"
+            ]
+        );
+        assert_eq!(got[1].2, layer);
+        assert_eq!((got[3].1, got[3].3.as_str()), (b'2', "../l/layer.tar"));
+        let m: serde_json::Value = serde_json::from_slice(&got[5].2).unwrap();
+        assert!(m[0]["RepoTags"].is_null(), "{m}");
+        assert_eq!(m[0]["Layers"][0], "l/layer.tar");
+        assert_eq!(got[6].2, b"{}");
+        let i: serde_json::Value = serde_json::from_slice(&got[7].2).unwrap();
+        assert!(!i.to_string().contains("python"), "{i}");
+        assert_eq!(i["manifests"][0]["digest"], "sha256:ab");
     }
 
     fn refusal(a: &[u8]) -> String {
@@ -470,67 +592,120 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_manifest_written_through_a_symlink_is_refused() {
+    /// An entry of a test archive: name, type, body, link target.
+    type Entry<'a> = (&'a str, u8, &'a [u8], &'a str);
+
+    fn archive(entries: &[Entry]) -> Vec<u8> {
         let mut a = Vec::new();
-        entry(&mut a, "d", b'2', b"", ".");
-        entry(&mut a, "d/manifest.json", b'0', &manifest(), "");
+        for (name, kind, body, link) in entries {
+            entry(&mut a, name, *kind, body, link);
+        }
         end(&mut a);
-        assert!(refusal(&a).contains("through the symlink"));
-        // Or through a link to that symlink.
-        let mut a = Vec::new();
-        entry(&mut a, "d", b'2', b"", ".");
-        entry(&mut a, "e", b'1', b"", "d");
-        end(&mut a);
-        assert!(refusal(&a).contains("links to a symlink"));
+        a
     }
 
     #[test]
-    fn a_tag_file_that_is_a_link_is_refused() {
-        for kind in [b'1', b'2'] {
-            let mut a = Vec::new();
-            entry(&mut a, "other.json", b'0', &manifest(), "");
-            entry(&mut a, "./manifest.json", kind, b"", "other.json");
-            end(&mut a);
-            assert!(refusal(&a).contains("not a plain file"));
+    fn a_manifest_reached_another_way_is_refused() {
+        let m = manifest();
+        let m: &[u8] = &m;
+        let none: &[u8] = b"";
+        let cases: [(&[Entry], &str); 6] = [
+            (
+                &[("d", b'2', none, "."), ("d/manifest.json", b'0', m, "")],
+                "through the symlink",
+            ),
+            (
+                &[
+                    ("other.json", b'0', m, ""),
+                    ("./manifest.json", b'2', none, "other.json"),
+                ],
+                "is a symlink",
+            ),
+            (
+                &[
+                    ("other.json", b'0', m, ""),
+                    ("manifest.json", b'1', none, "other.json"),
+                ],
+                "hard link",
+            ),
+            (
+                &[
+                    ("PaxHeaders/x", b'x', b"22 path=manifest.json\n", ""),
+                    ("innocent", b'0', m, ""),
+                ],
+                "entry type 'x'",
+            ),
+            (
+                &[
+                    ("././@LongLink", b'L', b"manifest.json\0", ""),
+                    ("innocent", b'0', m, ""),
+                ],
+                "entry type 'L'",
+            ),
+            (&[("../manifest.json", b'0', m, "")], "climbs out"),
+        ];
+        for (entries, why) in cases {
+            let got = refusal(&archive(entries));
+            assert!(got.contains(why), "{got:?} should say {why:?}");
         }
     }
 
     #[test]
-    fn a_manifest_named_by_an_extended_header_is_refused() {
-        let record = "22 path=manifest.json\n";
-        let mut a = Vec::new();
-        entry(&mut a, "PaxHeaders/x", b'x', record.as_bytes(), "");
-        entry(&mut a, "innocent", b'0', &manifest(), "");
-        end(&mut a);
-        assert!(refusal(&a).contains("extended header"));
-        let mut a = Vec::new();
-        entry(&mut a, "././@LongLink", b'L', b"a/../manifest.json\0", "");
-        entry(&mut a, "innocent", b'0', &manifest(), "");
-        end(&mut a);
-        assert!(refusal(&a).contains("extended header"));
+    fn a_directory_cannot_smuggle_an_entry_in_its_body() {
+        // The engine reads no body for a directory: the "body" would be
+        // the next header it sees.
+        let mut inner = Vec::new();
+        entry(&mut inner, "manifest.json", b'0', &manifest(), "");
+        let got = refusal(&archive(&[("d/", b'5', &inner, "")]));
+        assert!(got.contains("has a body"), "{got}");
+        let got = refusal(&archive(&[("manifest.json/", 0, &manifest(), "")]));
+        assert!(got.contains("ends with /"), "{got}");
     }
 
     #[test]
-    fn paths_are_cleaned_as_the_engine_cleans_them() {
-        let mut a = Vec::new();
-        entry(&mut a, "x/../manifest.json", b'0', &manifest(), "");
-        end(&mut a);
+    fn a_manifest_with_a_key_in_another_case_is_refused() {
+        let m =
+            format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":[],"repotags":["python:3.12"]}}]"#);
+        let got = refusal(&archive(&[("manifest.json", b'0', m.as_bytes(), "")]));
+        assert!(got.contains("unexpected key \"repotags\""), "{got}");
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_written_canonically() {
+        let (out, _) = rewrite(&archive(&[("x/../manifest.json", b'0', &manifest(), "")])).unwrap();
+        let got = entries(&out);
+        assert_eq!(got[0].0, "manifest.json");
+        // A name the USTAR prefix field carries is written whole.
+        let mut h = raw_header("layer.tar", b'0', 3, "");
+        h[345..348].copy_from_slice(b"abc");
+        h[148..156].fill(0);
+        let sum = checksum(&h);
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut a = h.to_vec();
+        a.extend_from_slice(b"xyz");
+        a.resize(1024, 0);
+        a.extend_from_slice(&archive(&[("manifest.json", b'0', &manifest(), "")]));
         let (out, _) = rewrite(&a).unwrap();
-        let m: serde_json::Value = serde_json::from_slice(&entries(&out)[0].2).unwrap();
-        assert!(m[0]["RepoTags"].is_null());
-        let mut a = Vec::new();
-        entry(&mut a, "../manifest.json", b'0', &manifest(), "");
-        end(&mut a);
-        assert!(refusal(&a).contains("climbs out"));
+        assert_eq!(entries(&out)[0].0, "abc/layer.tar");
     }
 
     #[test]
-    fn an_archive_without_a_manifest_is_refused() {
-        let mut a = Vec::new();
-        entry(&mut a, "layer.tar", b'0', b"abc", "");
-        end(&mut a);
-        assert!(refusal(&a).contains("no manifest.json"));
+    fn broken_or_odd_archives_are_refused() {
+        let no_manifest = archive(&[("layer.tar", b'0', b"abc", "")]);
+        assert!(refusal(&no_manifest).contains("no manifest.json"));
         assert!(refusal(b"not a tar").contains("ends inside a header"));
+        let mut gz = vec![0x1f, 0x8b, 8, 0];
+        gz.resize(BLOCK, 0);
+        assert!(refusal(&gz).contains("compressed"));
+        let mut bad = archive(&[("manifest.json", b'0', &manifest(), "")]);
+        bad[0] = b'M';
+        assert!(refusal(&bad).contains("checksum"));
+        let mut short = archive(&[("layer.tar", b'0', &[7u8; 2000], "")]);
+        short.truncate(1500);
+        assert!(refusal(&short).contains("ends inside an entry"));
+        let odd = archive(&[("dev", b'3', b"", "")]);
+        assert!(refusal(&odd).contains("unsupported entry type"));
+        let weird = archive(&[("a b", b'0', b"", "")]);
+        assert!(refusal(&weird).contains("not a plain short name"));
     }
 }

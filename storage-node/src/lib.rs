@@ -97,9 +97,9 @@ impl Node {
                         tracing::warn!(node = %config.node_id, error = %e, "could not reap leftover task containers")
                     }
                 }
-                match service.adopt_images(&store).await {
+                match service.drop_loaded_images().await {
                     Ok(n) if n > 0 => {
-                        tracing::info!(node = %config.node_id, removed = n, "removed images of deleted objects")
+                        tracing::info!(node = %config.node_id, removed = n, "removed images loaded by an earlier run")
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -275,9 +275,10 @@ async fn delete_blob(
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers)?;
     state.store.delete(&id).await?;
-    if let Some(tasks) = &state.tasks {
-        // An image loaded from this blob goes with it.
-        tasks.forget_image(&id).await;
+    if let Some(tasks) = state.tasks.clone() {
+        // An image loaded from this blob goes with it, in the background:
+        // a load in progress must not hold up deletes.
+        tokio::spawn(async move { tasks.forget_image(&id).await });
     }
     Ok(StatusCode::NO_CONTENT)
 }

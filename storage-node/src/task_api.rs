@@ -228,21 +228,15 @@ impl TaskService {
         }
     }
 
-    /// At start-up: takes back the images an earlier life of this node
-    /// loaded from blobs it still holds, and removes those of blobs
-    /// deleted while it was down. Returns how many were removed.
-    pub async fn adopt_images(&self, store: &BlobStore) -> Result<usize, TaskError> {
-        let mut removed = 0;
-        for key in self.runner.private_images().await? {
-            if store.size(&key).await.is_ok() {
-                let name = self.runner.private_image(&key);
-                self.loaded_images.lock().await.insert(key, name);
-            } else {
-                self.runner.remove_private_image(&key).await;
-                removed += 1;
-            }
+    /// At start-up: untags the images an earlier life of this node loaded
+    /// (a tag is trusted only as long as this process made it; they are
+    /// loaded again when used). Returns how many were removed.
+    pub async fn drop_loaded_images(&self) -> Result<usize, TaskError> {
+        let keys = self.runner.private_images().await?;
+        for key in &keys {
+            self.runner.remove_private_image(key).await;
         }
-        Ok(removed)
+        Ok(keys.len())
     }
 
     /// Makes a task's image available on this node (pulled, or loaded from
@@ -351,7 +345,27 @@ impl TaskService {
                 s.remove(&stream_key);
             }
         }
-        let outcome = outcome?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // A container that stopped under its tasks serves no more:
+                // the group's next task gets a fresh one.
+                if !self.runner.container_exists(&group.container_id).await
+                    || matches!(e, TaskError::Runtime(_))
+                {
+                    let mut slot = cell.lock().await;
+                    if slot
+                        .as_ref()
+                        .is_some_and(|g| g.container_id == group.container_id)
+                    {
+                        *slot = None;
+                    }
+                    drop(slot);
+                    self.runner.end_group(&group).await;
+                }
+                return Err(e.into());
+            }
+        };
         let end = match &outcome.end {
             TaskEnd::Exited(code) => TaskEndReport::Exited { code: *code },
             TaskEnd::Killed(r) => TaskEndReport::Killed {

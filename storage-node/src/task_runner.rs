@@ -130,11 +130,13 @@ impl Limits {
     /// threads and 0.9 MiB of host memory, and a sandbox at its host pids
     /// limit dies. So the host limit leaves room for 12 threads a process
     /// plus the sandbox's own, and the guest limit is also held to one
-    /// process per 2 MiB of memory, so a fork bomb meets the refused fork
-    /// before the memory limit.
+    /// process per 2 MiB of memory (but at least 32), so a fork bomb meets
+    /// the refused fork before the memory limit.
     pub fn gvisor(&self) -> (u64, i64) {
-        let guest = (self.pids.max(1) as u64).min((self.memory_mb / 2).max(8));
-        (guest, guest as i64 * 12 + 256)
+        let guest = (self.pids.max(1) as u64).min((self.memory_mb / 2).max(32));
+        // The launcher runs outside the tasks' limit (a fork bomb must not
+        // stop it starting the next task): room for a few of its own.
+        (guest, (guest as i64 + 8) * 12 + 256)
     }
 }
 
@@ -234,7 +236,14 @@ while read -r INSITU_T; do
     continue
   esac
   INSITU_D=/insitu/out/$INSITU_T
-  ( cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"; INSITU_S=$?; insitu_count; echo "$INSITU_T $INSITU_S $INSITU_N" ) &
+  (
+    if [ -n "$INSITU_NPROC" ] && ! ulimit -u "$INSITU_NPROC" 2>/dev/null; then
+      echo "insitu: this image's /bin/sh cannot set the process limit (ulimit -u) gVisor tasks need" >"$INSITU_D/stderr"
+      echo "$INSITU_T 125 0"; exit
+    fi
+    cd /tmp && . "$INSITU_D/env" && /bin/sh -c "$INSITU_EXEC" <"$INSITU_INPUT_FILE" >"$INSITU_D/stdout" 2>"$INSITU_D/stderr"
+    INSITU_S=$?; insitu_count; echo "$INSITU_T $INSITU_S $INSITU_N"
+  ) &
 done"#;
 
 /// Quotes a value for a POSIX shell: inside single quotes, with each
@@ -386,13 +395,21 @@ impl TaskRunner {
         format!("insitu-loaded/n{root:016x}-")
     }
 
-    /// Untags the image loaded from blob `key` (its blob is gone); the
-    /// engine keeps it while a container uses it.
+    /// Untags the image loaded from blob `key` (its blob is gone).
     pub async fn remove_private_image(&self, key: &str) {
         let name = self.private_image(key);
         let removed = self
             .docker
-            .remove_image(&name, None::<bollard::image::RemoveImageOptions>, None)
+            .remove_image(
+                &name,
+                // Untags even while a container uses the image; the engine
+                // keeps the image itself until that container goes.
+                Some(bollard::image::RemoveImageOptions {
+                    force: true,
+                    noprune: false,
+                }),
+                None,
+            )
             .await;
         match removed {
             Ok(_) => tracing::info!(image = %name, "image of a deleted object removed"),
@@ -444,6 +461,27 @@ impl TaskRunner {
         };
         let names = loaded?;
         tracing::debug!(?names, "image tarball loaded");
+        // The archive reached the engine without tags: a name it reports
+        // anyway is one a tarball got past the rewrite. Take it back.
+        if let Some(tag) = names.iter().find(|n| !n.starts_with("sha256:")) {
+            tracing::warn!(image = %tag, "an image tarball applied a tag; removing it");
+            for tag in names.iter().filter(|n| !n.starts_with("sha256:")) {
+                let _ = self
+                    .docker
+                    .remove_image(
+                        tag,
+                        Some(bollard::image::RemoveImageOptions {
+                            force: true,
+                            noprune: true,
+                        }),
+                        None,
+                    )
+                    .await;
+            }
+            return Err(TaskError::ImageNotFound(format!(
+                "the tarball applied the tag {tag}; refused"
+            )));
+        }
         let id = match ids.as_slice() {
             [id] => id.clone(),
             _ => {
@@ -657,16 +695,18 @@ impl TaskRunner {
         container: &str,
         guest_nproc: Option<u64>,
     ) -> Result<(Launcher, Option<i64>), TaskError> {
-        let script = match guest_nproc {
-            Some(n) => format!("ulimit -u {n} || exit 1\n{LAUNCHER}"),
-            None => LAUNCHER.to_string(),
-        };
+        let env = guest_nproc.map(|n| vec![format!("INSITU_NPROC={n}")]);
         let exec = self
             .docker
             .create_exec(
                 container,
                 CreateExecOptions {
-                    cmd: Some(vec!["/bin/sh".to_string(), "-c".to_string(), script]),
+                    cmd: Some(vec![
+                        "/bin/sh".to_string(),
+                        "-c".to_string(),
+                        LAUNCHER.to_string(),
+                    ]),
+                    env,
                     user: Some(TASK_USER.to_string()),
                     working_dir: Some("/tmp".to_string()),
                     attach_stdin: Some(true),
@@ -722,16 +762,21 @@ impl TaskRunner {
             tokio::spawn(async move {
                 loop {
                     let _ = docker.wait_container::<String>(&id, None).next().await;
-                    let running = docker
+                    let stopped = match docker
                         .inspect_container(&id, None::<InspectContainerOptions>)
                         .await
-                        .ok()
-                        .and_then(|c| c.state)
-                        .and_then(|s| s.running);
-                    if running != Some(true) {
+                    {
+                        Ok(c) => c.state.and_then(|s| s.running) == Some(false),
+                        Err(bollard::errors::Error::DockerResponseServerError {
+                            status_code: 404,
+                            ..
+                        }) => true,
+                        // The engine is busy or restarting: look again.
+                        Err(_) => false,
+                    };
+                    if stopped {
                         break;
                     }
-                    // The wait ended without a stop (the engine restarted).
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 if let Ok(mut w) = waiters.lock() {
@@ -935,23 +980,33 @@ impl TaskRunner {
                 // a kill is this task's only if it was killed (SIGKILL).
                 let alone = group.running.load(std::sync::atomic::Ordering::SeqCst) <= 1;
                 let killed = matches!(answer, Ok(137) | Err(_));
-                let oom = match (ooms_before, ooms_after) {
-                    (Some(b), Some(a)) => a > b && (alone || killed),
-                    _ => self
-                        .docker
+                // The engine's view, where the cgroup cannot tell (gone with
+                // a stopped container, or not found).
+                let state = if answer.is_err() || ooms_before.is_none() || ooms_after.is_none() {
+                    self.docker
                         .inspect_container(&group.container_id, None::<InspectContainerOptions>)
                         .await
                         .ok()
                         .and_then(|c| c.state)
-                        .and_then(|s| s.oom_killed)
-                        .unwrap_or(false),
+                } else {
+                    None
                 };
+                let oom = match (ooms_before, ooms_after) {
+                    (Some(b), Some(a)) => a > b && (alone || killed),
+                    _ => state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false),
+                };
+                // A gVisor sandbox that ran out of host pids (threads the
+                // guest limit does not bound) exits 2.
+                let sandbox_out_of_pids = answer.is_err()
+                    && group.guest_nproc.is_some()
+                    && state.as_ref().and_then(|s| s.exit_code) == Some(2);
                 let forks_refused_after = group.pids_file.as_deref().and_then(pids_max_hits);
                 let failed = !matches!(answer, Ok(0));
                 let pids = match (forks_refused_before, forks_refused_after) {
                     (Some(b), Some(a)) => a > b && (alone || failed),
                     _ => false,
-                } || (failed && at_guest_limit(group, procs));
+                } || (failed && at_guest_limit(group, procs))
+                    || sandbox_out_of_pids;
                 if oom {
                     self.remove(&group.container_id).await;
                     TaskEnd::Killed("memory".into())
@@ -1093,22 +1148,33 @@ async fn ask_launcher(group: &Group, command: &str, wait: Duration) -> Option<An
         .ok()?
         .as_mut()?
         .insert(command.to_string(), tx);
-    let sent = {
-        let mut input = group.launcher.input.lock().await;
-        let line = format!("{command}\n");
-        input.write_all(line.as_bytes()).await.is_ok() && input.flush().await.is_ok()
+    let ask = async {
+        let sent = {
+            let mut input = group.launcher.input.lock().await;
+            let line = format!("{command}\n");
+            input.write_all(line.as_bytes()).await.is_ok() && input.flush().await.is_ok()
+        };
+        if sent {
+            rx.await.ok()
+        } else {
+            None
+        }
     };
-    if !sent {
-        return None;
+    let answer = tokio::time::timeout(wait, ask).await.ok().flatten();
+    if answer.is_none() {
+        if let Ok(mut w) = group.launcher.waiters.lock() {
+            w.as_mut().map(|w| w.remove(command));
+        }
     }
-    tokio::time::timeout(wait, rx).await.ok()?.ok()
+    answer
 }
 
 /// Whether a container under gVisor was at its process limit.
 fn at_guest_limit(group: &Group, procs: Option<u64>) -> bool {
     match (group.guest_nproc, procs) {
-        // The launcher's own shell (and the container's init) count too.
-        (Some(limit), Some(n)) => n + 2 >= limit,
+        // Every process of the task user counts: the container's init,
+        // the launcher, the task shells. One may have just exited.
+        (Some(limit), Some(n)) => n + 1 >= limit,
         _ => false,
     }
 }
@@ -1290,7 +1356,10 @@ mod tests {
         let (guest, host) = l.gvisor();
         // 256 MiB holds 128 guest processes at ~0.9 MiB each, with room.
         assert_eq!(guest, 128);
-        assert!(host >= 512 && host >= guest as i64 * 9 + 256, "{host}");
+        assert!(
+            host >= 512 && host >= (guest as i64 + 8) * 9 + 256,
+            "{host}"
+        );
         let small = Limits {
             pids: 32,
             memory_mb: 4096,
@@ -1301,6 +1370,6 @@ mod tests {
             memory_mb: 4,
             ..Limits::default()
         };
-        assert_eq!(tiny.gvisor().0, 8, "never below a working shell");
+        assert_eq!(tiny.gvisor().0, 32, "never below a few pipelines");
     }
 }

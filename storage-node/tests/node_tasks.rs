@@ -310,10 +310,14 @@ async fn images_stored_as_objects_are_loaded_and_used() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(
-        !docker(&["image", "inspect", &private]).status.success(),
-        "the image of a deleted object was left behind"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while docker(&["image", "inspect", &private]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the image of a deleted object was left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A blob that is not an image archive.
     let r = http

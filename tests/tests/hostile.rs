@@ -402,8 +402,13 @@ async fn jobs_never_share_a_container_or_its_leftovers() {
     };
     // Each job's task names its container (the hostname) and leaves files.
     // While both run, each looks for the other's file through /proc.
-    let leave = "echo left-$INSITU_JOB_ID > /tmp/left-behind; echo left > /insitu/out/left-behind; \
-                 sleep 1; cat /proc/[0-9]*/root/tmp/left-behind 2>/dev/null | grep -v $INSITU_JOB_ID; hostname";
+    // For 6 s, so the two tasks overlap even with slow container starts.
+    let leave =
+        "echo left-$INSITU_JOB_ID > /tmp/left-behind; echo left > /insitu/out/left-behind; \
+                 i=0; while [ $i -lt 12 ]; do \
+                   cat /proc/[0-9]*/root/tmp/left-behind 2>/dev/null | grep -v $INSITU_JOB_ID; \
+                   sleep 0.5; i=$((i + 1)); \
+                 done | sort -u; hostname";
     let (ca, bucket_a) = &buckets[0];
     let (cb, bucket_b) = &buckets[1];
     let (spec_a, spec_b) = (

@@ -1008,7 +1008,15 @@ async fn queued_tasks_say_why_they_wait() {
     let (ba, bb) = (unique("waita"), unique("waitb"));
     ca.create_bucket(&ba).await.unwrap();
     cb.create_bucket(&bb).await.unwrap();
-    let ia = slow_job_inputs(&ca, &ba, 12).await;
+    let ia = slow_job_inputs(&ca, &ba, 16).await;
+    // Only A's inputs are stored yet.
+    let copies = cluster.blob_copies();
+    assert!(
+        copies
+            .values()
+            .any(|nodes| nodes == &["node-1".to_string()]),
+        "some input of A lives only on node-1: {copies:?}"
+    );
     let ib = slow_job_inputs(&cb, &bb, 4).await;
     let keys = |i: &[(String, usize)]| i.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
     let (ka, kb) = (keys(&ia), keys(&ib));
@@ -1017,7 +1025,7 @@ async fn queued_tasks_say_why_they_wait() {
     let status = |t: &Tenant, id: &str| json_of(&job_cli(&cluster, t, &["status", id], None));
     // A fills both nodes' slots; once B queues too, A's queued tasks wait
     // behind B's share.
-    let big = submit_map(&cluster, &a, &ba, "sleep 2; wc -c", &ka);
+    let big = submit_map(&cluster, &a, &ba, "sleep 3; wc -c", &ka);
     assert!(wait_until(Duration::from_secs(30), || {
         status(&a, &big)["counters"]["tasks"]["running"].as_u64() == Some(2)
     }));
@@ -1033,13 +1041,6 @@ async fn queued_tasks_say_why_they_wait() {
 
     // With the only holder of its inputs down, a job's tasks say so.
     cluster.kill9_node("node-1");
-    let copies = cluster.blob_copies();
-    assert!(
-        copies
-            .values()
-            .any(|nodes| nodes == &["node-1".to_string()]),
-        "some input lives only on node-1: {copies:?}"
-    );
     let stranded = submit_map(&cluster, &a, &ba, "wc -c", &ka);
     let mut seen = serde_json::Value::Null;
     let said = wait_until(Duration::from_secs(30), || {
@@ -1057,10 +1058,32 @@ async fn queued_tasks_say_why_they_wait() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("insitu job wait");
-    std::thread::sleep(Duration::from_secs(3));
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stderr = watch.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !said
+        .last()
+        .is_some_and(|l: &String| l.contains("with no replica's node up"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => panic!("the progress line never said why: {said:?}"),
+        }
+    }
     let _ = watch.kill();
-    let out = watch.wait_with_output().expect("wait output");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("with no replica's node up"), "{text}");
+    let _ = watch.wait();
     job_cli(&cluster, &a, &["cancel", &stranded], None);
 }
