@@ -33,6 +33,8 @@ const MAX_META_BYTES: u64 = 16 << 20;
 /// Bytes per chunk sent to the engine.
 const CHUNK: usize = 64 << 10;
 const BLOCK: usize = 512;
+/// At most this many symlinks (`docker save` writes one per shared layer).
+const MAX_SYMLINKS: usize = 100_000;
 /// Names that fit a USTAR header's name field alone.
 const MAX_NAME: usize = 100;
 /// What the engine reads the image's names from.
@@ -60,14 +62,18 @@ pub fn send_untagged(
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<Vec<String>, ArchiveError> {
     let file = std::fs::File::open(tarball)?;
-    let result = Rewriter {
+    let mut rewriter = Rewriter {
         input: io::BufReader::with_capacity(CHUNK, file),
         out: |b: Bytes| tx.blocking_send(b).map_err(|_| ArchiveError::Closed),
-    }
-    .run();
+        owed: 0,
+    };
+    let result = rewriter.run();
+    let owed = rewriter.owed;
     if matches!(result, Err(ArchiveError::Refused(_) | ArchiveError::Io(_))) {
-        // An archive that just stopped would load what came before: a
-        // header with a wrong checksum makes the engine reject it all.
+        // An archive that just stopped would load what came before: the
+        // entry under way is filled out, then a header with a wrong
+        // checksum makes the engine reject it all.
+        let _ = tx.blocking_send(Bytes::from(vec![0u8; owed as usize]));
         let _ = tx.blocking_send(Bytes::from(vec![0xff; BLOCK]));
     }
     result
@@ -77,6 +83,16 @@ pub fn send_untagged(
 struct Rewriter<R, F> {
     input: R,
     out: F,
+    /// Bytes of the entry being sent that the engine still expects.
+    owed: u64,
+}
+
+/// Name and size overrides from a PAX extended header, for the next entry.
+#[derive(Default)]
+struct Pax {
+    path: Option<String>,
+    linkpath: Option<String>,
+    size: Option<u64>,
 }
 
 /// An entry as parsed, and as it will be written.
@@ -89,8 +105,10 @@ enum Kind {
 impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
     fn run(&mut self) -> Result<Vec<String>, ArchiveError> {
         let mut symlinks: HashSet<String> = HashSet::new();
-        let mut ids = None;
+        let mut ids: Option<Vec<String>> = None;
         let mut first = true;
+        let mut sent_any = false;
+        let mut pax: Option<Pax> = None;
         loop {
             let mut header = [0u8; BLOCK];
             if !read_block(&mut self.input, &mut header)? {
@@ -107,12 +125,36 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
             if checksum(&header) != parse_octal(&header[148..156])? {
                 return Err(refused("a header's checksum is wrong".into()));
             }
-            let name = header_name(&header);
-            let size = parse_size(&header)?;
+            let stored = parse_size(&header)?;
+            match header[156] {
+                // Go's writer uses PAX for huge sizes, and re-tarring tools
+                // for their own records: read, applied to the next entry,
+                // never passed on (every header sent is written here).
+                b'x' => {
+                    if pax.is_some() {
+                        return Err(refused("two extended headers for one entry".into()));
+                    }
+                    let body = self.read_body(stored)?;
+                    pax = Some(parse_pax(&body)?);
+                    continue;
+                }
+                b'g' => {
+                    self.read_body(stored)?;
+                    continue;
+                }
+                _ => {}
+            }
+            let ext = pax.take().unwrap_or_default();
+            let name = ext.path.clone().unwrap_or_else(|| header_name(&header));
+            let size = ext.size.unwrap_or(stored);
             let kind = match header[156] {
                 b'0' | 0 | b'7' => Kind::File,
                 b'5' => Kind::Dir,
-                b'2' => Kind::Symlink(c_string(&header[157..257])),
+                b'2' => Kind::Symlink(
+                    ext.linkpath
+                        .clone()
+                        .unwrap_or_else(|| c_string(&header[157..257])),
+                ),
                 b'1' => return Err(refused(format!("{name:?} is a hard link"))),
                 t => {
                     return Err(refused(format!(
@@ -146,6 +188,9 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
                         return Err(refused(format!("{path} is a symlink")));
                     }
                     check_name(target)?;
+                    if symlinks.len() >= MAX_SYMLINKS {
+                        return Err(refused("too many symlinks".into()));
+                    }
                     symlinks.insert(path.clone());
                 }
                 Kind::Dir if is_tag_file => {
@@ -153,11 +198,24 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
                 }
                 _ => {}
             }
+            if !std::mem::replace(&mut sent_any, true) {
+                // The engine sniffs the first bytes it gets for compression.
+                let first = ustar_header(&path, &kind, size);
+                if compressed(&first) {
+                    return Err(refused(format!("the first name {path:?} looks compressed")));
+                }
+            }
             if is_tag_file {
                 let body = self.read_body(size)?;
                 let body = match path.as_str() {
                     MANIFEST => {
                         let (body, found) = untag_manifest(&body)?;
+                        if found.len() != 1 {
+                            return Err(refused(format!(
+                                "it holds {} images; a job image tarball holds one",
+                                found.len()
+                            )));
+                        }
                         ids = Some(found);
                         body
                     }
@@ -173,9 +231,14 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
                 self.copy_body(size)?;
             }
         }
-        // The end-of-archive marker.
+        if pax.is_some() {
+            return Err(refused("an extended header ends the archive".into()));
+        }
+        // Every check is done before the end-of-archive marker: after it,
+        // the engine would load whatever it got.
+        let ids = ids.ok_or_else(|| refused("it has no manifest.json".into()))?;
         (self.out)(Bytes::from(vec![0u8; 2 * BLOCK]))?;
-        ids.ok_or_else(|| refused("it has no manifest.json".into()))
+        Ok(ids)
     }
 
     /// Reads a small body whole, and skips its padding.
@@ -191,6 +254,7 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
 
     /// Copies a body through, padded with zeros of our own.
     fn copy_body(&mut self, size: u64) -> Result<(), ArchiveError> {
+        self.owed = size + padding(size);
         let mut left = size;
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
@@ -199,7 +263,9 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
             if left == n as u64 {
                 buf.resize(n + padding(size) as usize, 0);
             }
+            let sent = buf.len() as u64;
             (self.out)(Bytes::from(buf))?;
+            self.owed -= sent;
             left -= n as u64;
         }
         self.skip(padding(size))
@@ -315,7 +381,7 @@ fn header_name(header: &[u8]) -> String {
 /// Names `docker save` writes: hex digests, `.json`, `layer.tar`,
 /// `blobs/sha256/...`; short enough for a USTAR name field.
 fn check_name(name: &str) -> Result<(), ArchiveError> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-/:".contains(&b);
     if name.is_empty() || name.len() > MAX_NAME || !name.bytes().all(plain) {
         return Err(refused(format!(
             "the name {name:?} is not a plain short name"
@@ -418,10 +484,10 @@ fn untag_manifest(body: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
             .get("Config")
             .and_then(|c| c.as_str())
             .ok_or_else(|| bad("names an image without a Config"))?;
-        let hex = config
-            .rsplit('/')
-            .next()
-            .unwrap_or(config)
+        let file = config.rsplit('/').next().unwrap_or(config);
+        let hex = file
+            .strip_prefix("sha256:")
+            .unwrap_or(file)
             .trim_end_matches(".json");
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("names a Config that is not a sha256 digest"));
@@ -441,28 +507,80 @@ fn untag_manifest(body: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
 }
 
 /// `index.json` (OCI layout, Docker 25 and later) without annotations,
-/// where the containerd image store reads image names.
+/// where the containerd image store reads image names. Rebuilt from the
+/// keys the format defines, matched exactly: the engine's JSON matches
+/// keys loosely (`annotationſ` is `annotations` to it), so any other key is
+/// refused.
 fn untag_index(body: &[u8]) -> Result<Vec<u8>, ArchiveError> {
-    let bad = |why: &str| refused(format!("index.json {why}"));
-    let mut index: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| bad(&format!("is not JSON: {e}")))?;
-    let strip = |v: &mut serde_json::Value| {
-        if let Some(o) = v.as_object_mut() {
-            o.retain(|k, _| !k.eq_ignore_ascii_case("annotations"));
+    const TOP: [&str; 4] = ["schemaVersion", "mediaType", "manifests", "annotations"];
+    const DESCRIPTOR: [&str; 7] = [
+        "mediaType",
+        "digest",
+        "size",
+        "platform",
+        "urls",
+        "artifactType",
+        "annotations",
+    ];
+    let bad = |why: String| refused(format!("index.json {why}"));
+    let index: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("is not JSON: {e}")))?;
+    let keep = |v: &serde_json::Value, known: &[&str]| {
+        let o = v
+            .as_object()
+            .ok_or_else(|| bad("holds something other than an object".into()))?;
+        if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(bad(format!("has an unexpected key {k:?}")));
         }
+        let mut out = o.clone();
+        out.remove("annotations");
+        Ok(out)
     };
-    strip(&mut index);
-    if let Some(list) = index
-        .as_object_mut()
-        .and_then(|o| {
-            o.iter_mut()
-                .find(|(k, _)| k.eq_ignore_ascii_case("manifests"))
-        })
-        .and_then(|(_, v)| v.as_array_mut())
-    {
-        list.iter_mut().for_each(strip);
+    let mut top = keep(&index, &TOP)?;
+    if let Some(list) = top.get_mut("manifests") {
+        let items = list
+            .as_array()
+            .ok_or_else(|| bad("has manifests that are not a list".into()))?;
+        let rebuilt = items
+            .iter()
+            .map(|d| keep(d, &DESCRIPTOR).map(serde_json::Value::Object))
+            .collect::<Result<Vec<_>, _>>()?;
+        *list = serde_json::Value::Array(rebuilt);
     }
-    serde_json::to_vec(&index).map_err(|e| bad(&e.to_string()))
+    serde_json::to_vec(&top).map_err(|e| bad(e.to_string()))
+}
+
+/// Reads PAX records (`<len> <key>=<value>\n`), keeping those that name
+/// or size the next entry; GNU sparse files are refused.
+fn parse_pax(body: &[u8]) -> Result<Pax, ArchiveError> {
+    let bad = || refused("a malformed extended header".into());
+    let mut pax = Pax::default();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err(bad());
+        }
+        let record = &rest[space + 1..len - 1];
+        rest = &rest[len..];
+        let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
+        let (key, value) = (&record[..eq], &record[eq + 1..]);
+        let text = || String::from_utf8(value.to_vec()).map_err(|_| bad());
+        match key {
+            b"path" => pax.path = Some(text()?),
+            b"linkpath" => pax.linkpath = Some(text()?),
+            b"size" => pax.size = Some(text()?.parse().map_err(|_| bad())?),
+            k if k.starts_with(b"GNU.sparse.") => {
+                return Err(refused("a sparse file".into()));
+            }
+            _ => {}
+        }
+    }
+    Ok(pax)
 }
 
 #[cfg(test)]
@@ -502,17 +620,26 @@ mod tests {
         .into_bytes()
     }
 
-    fn rewrite(archive: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
+    /// Rewrites `archive`: what was sent, the ids or the error, and the
+    /// bytes the engine was still owed.
+    fn pass(archive: &[u8]) -> (Vec<u8>, Result<Vec<String>, ArchiveError>, u64) {
         let mut out = Vec::new();
-        let ids = Rewriter {
+        let mut r = Rewriter {
             input: archive,
             out: |b: Bytes| {
                 out.extend_from_slice(&b);
                 Ok(())
             },
-        }
-        .run()?;
-        Ok((out, ids))
+            owed: 0,
+        };
+        let result = r.run();
+        let owed = r.owed;
+        (out, result, owed)
+    }
+
+    fn rewrite(archive: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
+        let (out, ids, _) = pass(archive);
+        Ok((out, ids?))
     }
 
     /// The entries of a rewritten archive: (name, kind, body, link), each
@@ -554,7 +681,7 @@ mod tests {
             br#"{"python":{"3.12":"x"}}"#,
             "",
         );
-        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:ab","annotations":{"io.containerd.image.name":"python:3.12"}}],"Annotations":{"x":"y"}}"#;
+        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:ab","annotations":{"io.containerd.image.name":"python:3.12"}}],"annotations":{"x":"y"}}"#;
         entry(&mut a, "index.json", b'0', index, "");
         end(&mut a);
         let (out, ids) = rewrite(&a).unwrap();
@@ -631,9 +758,9 @@ mod tests {
             (
                 &[
                     ("PaxHeaders/x", b'x', b"22 path=manifest.json\n", ""),
-                    ("innocent", b'0', m, ""),
+                    ("m", b'2', none, "."),
                 ],
-                "entry type 'x'",
+                "is a symlink",
             ),
             (
                 &[
@@ -648,6 +775,75 @@ mod tests {
             let got = refusal(&archive(entries));
             assert!(got.contains(why), "{got:?} should say {why:?}");
         }
+    }
+
+    #[test]
+    fn extended_headers_are_applied_and_never_passed_on() {
+        // A PAX name is the entry's name: here the manifest, rewritten.
+        let m = manifest();
+        let a = archive(&[
+            ("PaxHeaders/x", b'x', b"22 path=manifest.json\n", ""),
+            ("innocent", b'0', &m, ""),
+            ("PaxHeaders/g", b'g', b"16 comment=hello\n", ""),
+        ]);
+        let (out, _) = rewrite(&a).unwrap();
+        let got = entries(&out);
+        assert_eq!(got.len(), 1, "only the entry itself is sent");
+        assert_eq!(got[0].0, "manifest.json");
+        let v: serde_json::Value = serde_json::from_slice(&got[0].2).unwrap();
+        assert!(v[0]["RepoTags"].is_null());
+        // A PAX size is the size read.
+        let mut a = Vec::new();
+        entry(&mut a, "PaxHeaders/y", b'x', b"12 size=600\n", "");
+        a.extend_from_slice(&raw_header("big.bin", b'0', 0, ""));
+        a.extend_from_slice(&[9u8; 600]);
+        a.resize(a.len() + padding(600) as usize, 0);
+        entry(&mut a, "manifest.json", b'0', &m, "");
+        end(&mut a);
+        let (out, _) = rewrite(&a).unwrap();
+        assert_eq!(entries(&out)[0].2, vec![9u8; 600]);
+    }
+
+    #[test]
+    fn a_refused_archive_is_never_complete() {
+        // No manifest: refused before the end marker.
+        let (out, result, _) = pass(&archive(&[("layer.tar", b'0', b"abc", "")]));
+        assert!(result.is_err());
+        assert!(!out.ends_with(&[0u8; 2 * BLOCK]), "no end marker was sent");
+        // Cut inside a body: the engine is owed the rest of the entry, so
+        // the poison block after it lands where a header must be.
+        let mut a = archive(&[("layer.tar", b'0', &[7u8; 300], "")]);
+        a.truncate(BLOCK + 100);
+        let (out, result, owed) = pass(&a);
+        assert!(result.is_err());
+        assert_eq!(out.len(), BLOCK, "the header only");
+        assert_eq!(owed, BLOCK as u64);
+        // Two images: refused, before the end marker.
+        let two = format!(
+            r#"[{{"Config":"{CONFIG}.json","Layers":[]}},{{"Config":"{CONFIG}.json","Layers":[]}}]"#
+        );
+        let (out, result, _) = pass(&archive(&[("manifest.json", b'0', two.as_bytes(), "")]));
+        assert!(matches!(result, Err(ArchiveError::Refused(w)) if w.contains("2 images")));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn index_keys_are_matched_exactly() {
+        let m = manifest();
+        for index in [
+            r#"{"manifests":[{"digest":"sha256:ab","annotation\u017f":{"io.containerd.image.name":"x"}}]}"#,
+            r#"{"Manifests":[],"manifests":[{"digest":"sha256:ab"}]}"#,
+        ] {
+            let got = refusal(&archive(&[
+                ("index.json", b'0', index.as_bytes(), ""),
+                ("manifest.json", b'0', &m, ""),
+            ]));
+            assert!(got.contains("unexpected key"), "{got}");
+        }
+        // The Config may be named as other tools name it.
+        let crane = format!(r#"[{{"Config":"sha256:{CONFIG}","Layers":[]}}]"#);
+        let (_, ids) = rewrite(&archive(&[("manifest.json", b'0', crane.as_bytes(), "")])).unwrap();
+        assert_eq!(ids, vec![format!("sha256:{CONFIG}")]);
     }
 
     #[test]
