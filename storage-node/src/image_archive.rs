@@ -55,12 +55,9 @@ pub enum ArchiveError {
     Closed,
 }
 
-/// Streams `tarball` to `tx`, rewritten as above. Returns the image ids
-/// the manifest names (`sha256:<hex>` of each image's config).
-pub fn send_untagged(
-    tarball: &Path,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<Vec<String>, ArchiveError> {
+/// Streams `tarball` to `tx`, rewritten as above. Returns the id of the
+/// one image it holds (`sha256:<hex>` of its config).
+pub fn send_untagged(tarball: &Path, tx: &mpsc::Sender<Bytes>) -> Result<String, ArchiveError> {
     let file = std::fs::File::open(tarball)?;
     let mut rewriter = Rewriter {
         input: io::BufReader::with_capacity(CHUNK, file),
@@ -103,9 +100,9 @@ enum Kind {
 }
 
 impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
-    fn run(&mut self) -> Result<Vec<String>, ArchiveError> {
+    fn run(&mut self) -> Result<String, ArchiveError> {
         let mut symlinks: HashSet<String> = HashSet::new();
-        let mut ids: Option<Vec<String>> = None;
+        let mut id: Option<String> = None;
         let mut first = true;
         let mut sent_any = false;
         let mut pax: Option<Pax> = None;
@@ -209,14 +206,14 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
                 let body = self.read_body(size)?;
                 let body = match path.as_str() {
                     MANIFEST => {
-                        let (body, found) = untag_manifest(&body)?;
+                        let (body, mut found) = untag_manifest(&body)?;
                         if found.len() != 1 {
                             return Err(refused(format!(
                                 "it holds {} images; a job image tarball holds one",
                                 found.len()
                             )));
                         }
-                        ids = Some(found);
+                        id = found.pop();
                         body
                     }
                     REPOSITORIES => b"{}".to_vec(),
@@ -236,9 +233,9 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
         }
         // Every check is done before the end-of-archive marker: after it,
         // the engine would load whatever it got.
-        let ids = ids.ok_or_else(|| refused("it has no manifest.json".into()))?;
+        let id = id.ok_or_else(|| refused("it has no manifest.json".into()))?;
         (self.out)(Bytes::from(vec![0u8; 2 * BLOCK]))?;
-        Ok(ids)
+        Ok(id)
     }
 
     /// Reads a small body whole, and skips its padding.
@@ -622,7 +619,7 @@ mod tests {
 
     /// Rewrites `archive`: what was sent, the ids or the error, and the
     /// bytes the engine was still owed.
-    fn pass(archive: &[u8]) -> (Vec<u8>, Result<Vec<String>, ArchiveError>, u64) {
+    fn pass(archive: &[u8]) -> (Vec<u8>, Result<String, ArchiveError>, u64) {
         let mut out = Vec::new();
         let mut r = Rewriter {
             input: archive,
@@ -637,9 +634,9 @@ mod tests {
         (out, result, owed)
     }
 
-    fn rewrite(archive: &[u8]) -> Result<(Vec<u8>, Vec<String>), ArchiveError> {
-        let (out, ids, _) = pass(archive);
-        Ok((out, ids?))
+    fn rewrite(archive: &[u8]) -> Result<(Vec<u8>, String), ArchiveError> {
+        let (out, id, _) = pass(archive);
+        Ok((out, id?))
     }
 
     /// The entries of a rewritten archive: (name, kind, body, link), each
@@ -685,7 +682,7 @@ mod tests {
         entry(&mut a, "index.json", b'0', index, "");
         end(&mut a);
         let (out, ids) = rewrite(&a).unwrap();
-        assert_eq!(ids, vec![format!("sha256:{CONFIG}")]);
+        assert_eq!(ids, format!("sha256:{CONFIG}"));
         let got = entries(&out);
         let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
@@ -715,7 +712,7 @@ mod tests {
     fn refusal(a: &[u8]) -> String {
         match rewrite(a) {
             Err(ArchiveError::Refused(why)) => why,
-            other => panic!("not refused: {:?}", other.map(|(_, ids)| ids)),
+            other => panic!("not refused: {:?}", other.map(|(_, id)| id)),
         }
     }
 
@@ -843,7 +840,7 @@ mod tests {
         // The Config may be named as other tools name it.
         let crane = format!(r#"[{{"Config":"sha256:{CONFIG}","Layers":[]}}]"#);
         let (_, ids) = rewrite(&archive(&[("manifest.json", b'0', crane.as_bytes(), "")])).unwrap();
-        assert_eq!(ids, vec![format!("sha256:{CONFIG}")]);
+        assert_eq!(ids, format!("sha256:{CONFIG}"));
     }
 
     #[test]

@@ -353,15 +353,7 @@ impl TaskService {
                 if !self.runner.container_exists(&group.container_id).await
                     || matches!(e, TaskError::Runtime(_))
                 {
-                    let mut slot = cell.lock().await;
-                    if slot
-                        .as_ref()
-                        .is_some_and(|g| g.container_id == group.container_id)
-                    {
-                        *slot = None;
-                    }
-                    drop(slot);
-                    self.runner.end_group(&group).await;
+                    self.retire(&cell, &group).await;
                 }
                 return Err(e.into());
             }
@@ -437,16 +429,7 @@ impl TaskService {
         let _ = tokio::fs::remove_dir_all(&task_dir).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
-            {
-                let mut slot = cell.lock().await;
-                if slot
-                    .as_ref()
-                    .is_some_and(|g| g.container_id == group.container_id)
-                {
-                    *slot = None;
-                }
-            }
-            self.runner.end_group(&group).await;
+            self.retire(&cell, &group).await;
         }
         Ok(TaskResponse {
             end,
@@ -457,6 +440,21 @@ impl TaskService {
             stderr_size: stderr_size.unwrap_or(0),
             stderr_preview: outcome.stderr_preview,
         })
+    }
+
+    /// Takes a group whose container is gone out of its slot (unless a
+    /// fresh one already took it) and removes what is left of it.
+    async fn retire(&self, cell: &Mutex<Option<Group>>, group: &Group) {
+        {
+            let mut slot = cell.lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|g| g.container_id == group.container_id)
+            {
+                *slot = None;
+            }
+        }
+        self.runner.end_group(group).await;
     }
 
     /// Ends a group: its container and directories go.

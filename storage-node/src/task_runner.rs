@@ -382,7 +382,7 @@ impl TaskRunner {
     /// node's task directory is in it (hashed): nodes sharing one engine
     /// (`insitu dev`, or two clusters on one machine) each keep their own,
     /// so one node dropping its copy leaves the others'.
-    pub fn private_image(&self, key: &str) -> String {
+    fn private_image(&self, key: &str) -> String {
         format!(
             "{}{}:latest",
             self.private_prefix(),
@@ -445,7 +445,7 @@ impl TaskRunner {
         let body =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         let loaded = self.load_image_stream(body).await;
-        let ids = match rewrite.await {
+        let id = match rewrite.await {
             Err(e) => return Err(TaskError::Runtime(e.to_string())),
             Ok(Err(ArchiveError::Closed)) => {
                 loaded?;
@@ -457,7 +457,7 @@ impl TaskRunner {
             Ok(Err(e @ ArchiveError::Refused(_))) => {
                 return Err(TaskError::ImageNotFound(e.to_string()))
             }
-            Ok(Ok(ids)) => ids,
+            Ok(Ok(id)) => id,
         };
         let names = loaded?;
         tracing::debug!(?names, "image tarball loaded");
@@ -482,15 +482,6 @@ impl TaskRunner {
                 "the tarball applied the tag {tag}; refused"
             )));
         }
-        let id = match ids.as_slice() {
-            [id] => id.clone(),
-            _ => {
-                return Err(TaskError::ImageNotFound(format!(
-                    "the tarball holds {} images; a job image tarball holds one",
-                    ids.len()
-                )))
-            }
-        };
         if !names.contains(&id) {
             return Err(TaskError::ImageNotFound(format!(
                 "the engine did not report loading {id}"

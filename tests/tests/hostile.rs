@@ -321,15 +321,7 @@ async fn hostile_suite(runtime: Option<&str>) {
         "inputs": [format!("{bucket}/network")],
         "output": format!("{bucket}/big/"),
     });
-    std::fs::write(&spec_file, spec.to_string()).unwrap();
-    let out = job_cli(
-        &cluster,
-        &t,
-        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let errors = job_cli(&cluster, &t, &["errors", status["id"].as_str().unwrap()]);
-    let errors = String::from_utf8_lossy(&errors.stdout);
+    let (_, errors) = run_for_errors(&cluster, &t, &spec_file, &spec);
     assert!(
         errors.contains("TaskKilledError") && errors.contains("output"),
         "{errors}"
@@ -344,16 +336,7 @@ async fn hostile_suite(runtime: Option<&str>) {
         "inputs": [format!("{bucket}/network")],
         "output": format!("{bucket}/term/"),
     });
-    std::fs::write(&spec_file, spec.to_string()).unwrap();
-    let out = job_cli(
-        &cluster,
-        &t,
-        &["run", "--spec", spec_file.to_str().unwrap(), "--watch"],
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let id = status["id"].as_str().expect("a job id").to_string();
-    let errors = job_cli(&cluster, &t, &["errors", &id]);
-    let errors = String::from_utf8_lossy(&errors.stdout);
+    let (id, errors) = run_for_errors(&cluster, &t, &spec_file, &spec);
     assert!(errors.contains("TaskTimeoutError"), "{errors}");
     let label = format!("insitu.job={id}");
     let gone = wait_until(Duration::from_secs(15), || {
@@ -461,6 +444,21 @@ async fn host(c: &RawClient, loc: &str) -> String {
 }
 
 /// Runs a job spec to its end with `insitu job run --watch`; its status.
+/// Runs `spec` (written to `spec_file`) to its end; the job's id and its
+/// error records, one JSON line each.
+fn run_for_errors(
+    cluster: &Cluster,
+    tenant: &Tenant,
+    spec_file: &std::path::Path,
+    spec: &serde_json::Value,
+) -> (String, String) {
+    std::fs::write(spec_file, spec.to_string()).expect("spec file");
+    let status = run_spec(&cluster.endpoint, tenant, spec_file);
+    let id = status["id"].as_str().expect("a job id").to_string();
+    let errors = job_cli(cluster, tenant, &["errors", &id]);
+    (id, String::from_utf8_lossy(&errors.stdout).into_owned())
+}
+
 fn run_spec(endpoint: &str, tenant: &Tenant, spec: &std::path::Path) -> serde_json::Value {
     let out = Command::new(insitu_bin())
         .args(["job", "run", "--watch", "--spec"])
