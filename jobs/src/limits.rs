@@ -32,3 +32,6 @@ pub const DEFAULT_TIMEOUT_S: u64 = 600;
 /// Environment variables per phase, and their total size.
 pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_ENV_BYTES: usize = 32 * 1024;
+/// A line of a task's output routed by key (`"partition": "key"`) is held
+/// whole by the node while it is routed: longer lines fail the task.
+pub const MAX_KEY_LINE_BYTES: usize = 1024 * 1024;

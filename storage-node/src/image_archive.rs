@@ -59,27 +59,56 @@ pub enum ArchiveError {
 /// one image it holds (`sha256:<hex>` of its config).
 pub fn send_untagged(tarball: &Path, tx: &mpsc::Sender<Bytes>) -> Result<String, ArchiveError> {
     let file = std::fs::File::open(tarball)?;
-    let mut rewriter = Rewriter {
-        input: io::BufReader::with_capacity(CHUNK, file),
-        out: |b: Bytes| tx.blocking_send(b).map_err(|_| ArchiveError::Closed),
-        owed: 0,
-    };
+    let len = file.metadata()?.len();
+    let mut rewriter = Rewriter::new(
+        io::BufReader::with_capacity(CHUNK, file),
+        len,
+        |b: Bytes| tx.blocking_send(b).map_err(|_| ArchiveError::Closed),
+    );
     let result = rewriter.run();
     let owed = rewriter.owed;
     if matches!(result, Err(ArchiveError::Refused(_) | ArchiveError::Io(_))) {
         // An archive that just stopped would load what came before: the
         // entry under way is filled out, then a header with a wrong
-        // checksum makes the engine reject it all.
-        let _ = tx.blocking_send(Bytes::from(vec![0u8; owed as usize]));
+        // checksum makes the engine reject it all. What is owed was
+        // bounded by the blob's length before its header was sent, and
+        // is sent in chunks.
+        let mut owed = owed;
+        while owed > 0 {
+            let n = owed.min(CHUNK as u64);
+            if tx
+                .blocking_send(Bytes::from(vec![0u8; n as usize]))
+                .is_err()
+            {
+                break;
+            }
+            owed -= n;
+        }
         let _ = tx.blocking_send(Bytes::from(vec![0xff; BLOCK]));
     }
     result
+}
+
+/// The rewriter on an archive in memory: what the engine would get, and
+/// the image id or the refusal. For the fuzz target under `fuzz/`.
+#[doc(hidden)]
+pub fn rewrite_in_memory(archive: &[u8]) -> (Vec<u8>, Result<String, ArchiveError>) {
+    let mut out = Vec::new();
+    let mut r = Rewriter::new(archive, archive.len() as u64, |b: Bytes| {
+        out.extend_from_slice(&b);
+        Ok(())
+    });
+    let result = r.run();
+    (out, result)
 }
 
 /// One pass over an archive.
 struct Rewriter<R, F> {
     input: R,
     out: F,
+    /// Bytes of the input not read yet: every size a header claims is
+    /// bounded by it before anything is allocated or sent for it.
+    left: u64,
     /// Bytes of the entry being sent that the engine still expects.
     owed: u64,
 }
@@ -100,6 +129,15 @@ enum Kind {
 }
 
 impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
+    fn new(input: R, len: u64, out: F) -> Self {
+        Self {
+            input,
+            out,
+            left: len,
+            owed: 0,
+        }
+    }
+
     fn run(&mut self) -> Result<String, ArchiveError> {
         let mut symlinks: HashSet<String> = HashSet::new();
         let mut id: Option<String> = None;
@@ -111,6 +149,7 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
             if !read_block(&mut self.input, &mut header)? {
                 break;
             }
+            self.left = self.left.saturating_sub(BLOCK as u64);
             if std::mem::take(&mut first) && compressed(&header) {
                 return Err(refused(
                     "it is compressed; upload the archive `docker save` writes".into(),
@@ -143,7 +182,7 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
             }
             let ext = pax.take().unwrap_or_default();
             let name = ext.path.clone().unwrap_or_else(|| header_name(&header));
-            let size = ext.size.unwrap_or(stored);
+            let size = self.bounded(ext.size.unwrap_or(stored))?;
             let kind = match header[156] {
                 b'0' | 0 | b'7' => Kind::File,
                 b'5' => Kind::Dir,
@@ -238,18 +277,33 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
         Ok(id)
     }
 
+    /// A size a header claims, if the rest of the input can hold it and
+    /// its padding.
+    fn bounded(&self, size: u64) -> Result<u64, ArchiveError> {
+        match size.checked_add(padding(size)) {
+            Some(total) if total <= self.left => Ok(size),
+            _ => Err(refused(format!(
+                "an entry claims {size} bytes, more than the {} left in the archive",
+                self.left
+            ))),
+        }
+    }
+
     /// Reads a small body whole, and skips its padding.
     fn read_body(&mut self, size: u64) -> Result<Vec<u8>, ArchiveError> {
+        let size = self.bounded(size)?;
         if size > MAX_META_BYTES {
             return Err(refused(format!("a tag file of {size} bytes")));
         }
         let mut body = vec![0u8; size as usize];
         self.input.read_exact(&mut body).map_err(truncated)?;
+        self.left = self.left.saturating_sub(size);
         self.skip(padding(size))?;
         Ok(body)
     }
 
-    /// Copies a body through, padded with zeros of our own.
+    /// Copies a body through, padded with zeros of our own. `size` was
+    /// bounded by what is left of the input.
     fn copy_body(&mut self, size: u64) -> Result<(), ArchiveError> {
         self.owed = size + padding(size);
         let mut left = size;
@@ -257,6 +311,7 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
             let n = left.min(CHUNK as u64) as usize;
             let mut buf = vec![0u8; n];
             self.input.read_exact(&mut buf).map_err(truncated)?;
+            self.left = self.left.saturating_sub(n as u64);
             if left == n as u64 {
                 buf.resize(n + padding(size) as usize, 0);
             }
@@ -268,9 +323,13 @@ impl<R: Read, F: FnMut(Bytes) -> Result<(), ArchiveError>> Rewriter<R, F> {
         self.skip(padding(size))
     }
 
+    /// Skips a body's padding (less than a block).
     fn skip(&mut self, n: u64) -> Result<(), ArchiveError> {
-        let mut pad = vec![0u8; n as usize];
-        self.input.read_exact(&mut pad).map_err(truncated)
+        let mut pad = [0u8; BLOCK];
+        let n = (n as usize).min(BLOCK);
+        self.input.read_exact(&mut pad[..n]).map_err(truncated)?;
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(())
     }
 }
 
@@ -620,15 +679,16 @@ mod tests {
     /// Rewrites `archive`: what was sent, the ids or the error, and the
     /// bytes the engine was still owed.
     fn pass(archive: &[u8]) -> (Vec<u8>, Result<String, ArchiveError>, u64) {
+        pass_claiming(archive, archive.len() as u64)
+    }
+
+    /// As [`pass`], for an input said to be `len` bytes long.
+    fn pass_claiming(archive: &[u8], len: u64) -> (Vec<u8>, Result<String, ArchiveError>, u64) {
         let mut out = Vec::new();
-        let mut r = Rewriter {
-            input: archive,
-            out: |b: Bytes| {
-                out.extend_from_slice(&b);
-                Ok(())
-            },
-            owed: 0,
-        };
+        let mut r = Rewriter::new(archive, len, |b: Bytes| {
+            out.extend_from_slice(&b);
+            Ok(())
+        });
         let result = r.run();
         let owed = r.owed;
         (out, result, owed)
@@ -807,11 +867,21 @@ mod tests {
         let (out, result, _) = pass(&archive(&[("layer.tar", b'0', b"abc", "")]));
         assert!(result.is_err());
         assert!(!out.ends_with(&[0u8; 2 * BLOCK]), "no end marker was sent");
-        // Cut inside a body: the engine is owed the rest of the entry, so
-        // the poison block after it lands where a header must be.
+        // Cut inside a body: refused before its header is sent.
         let mut a = archive(&[("layer.tar", b'0', &[7u8; 300], "")]);
         a.truncate(BLOCK + 100);
         let (out, result, owed) = pass(&a);
+        assert!(result.is_err());
+        assert!(
+            out.is_empty(),
+            "nothing of an entry the archive cannot hold"
+        );
+        assert_eq!(owed, 0);
+        // A file that shrinks while it is read: the engine is owed the
+        // rest of the entry, so the poison block after it lands where a
+        // header must be.
+        let full = archive(&[("layer.tar", b'0', &[7u8; 300], "")]);
+        let (out, result, owed) = pass_claiming(&full[..BLOCK + 100], full.len() as u64);
         assert!(result.is_err());
         assert_eq!(out.len(), BLOCK, "the header only");
         assert_eq!(owed, BLOCK as u64);
@@ -895,10 +965,192 @@ mod tests {
         assert!(refusal(&bad).contains("checksum"));
         let mut short = archive(&[("layer.tar", b'0', &[7u8; 2000], "")]);
         short.truncate(1500);
-        assert!(refusal(&short).contains("ends inside an entry"));
+        assert!(refusal(&short).contains("more than the 988 left"));
         let odd = archive(&[("dev", b'3', b"", "")]);
         assert!(refusal(&odd).contains("unsupported entry type"));
         let weird = archive(&[("a b", b'0', b"", "")]);
         assert!(refusal(&weird).contains("not a plain short name"));
+    }
+
+    /// A header claiming `size` in base-256, as Go's writer and attackers
+    /// write huge sizes.
+    fn base256_header(name: &str, size: u64) -> [u8; BLOCK] {
+        let mut h = raw_header(name, b'0', 0, "");
+        h[124..136].fill(0);
+        h[124] = 0x80;
+        h[128..136].copy_from_slice(&size.to_be_bytes());
+        h[148..156].fill(b' ');
+        let sum = checksum(&h);
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    #[test]
+    fn sizes_past_the_archive_are_refused_before_anything_is_sent() {
+        // The review's tarball: one header claiming 2^62 bytes, nothing
+        // after it. Nothing may be allocated or owed for that size.
+        let a = base256_header("layer.tar", 1 << 62).to_vec();
+        let (out, result, owed) = pass(&a);
+        let why = match result {
+            Err(ArchiveError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(why.contains("more than"), "{why}");
+        assert!(out.is_empty());
+        assert_eq!(owed, 0);
+        // The largest size a header can hold, and one whose padding
+        // overflows.
+        for size in [u64::MAX >> 1, u64::MAX - 10] {
+            let mut a = base256_header("layer.tar", size).to_vec();
+            a.extend_from_slice(&[0u8; 4 * BLOCK]);
+            let (out, result, owed) = pass(&a);
+            assert!(matches!(result, Err(ArchiveError::Refused(_))), "{size}");
+            assert!(out.is_empty());
+            assert_eq!(owed, 0);
+        }
+        // A PAX size past the archive, and a tag file's.
+        let a = archive(&[
+            ("PaxHeaders/x", b'x', b"28 size=4611686018427387904\n", ""),
+            ("layer.tar", b'0', b"abc", ""),
+        ]);
+        assert!(refusal(&a).contains("more than"));
+        let mut a = raw_header("manifest.json", b'0', 1 << 30, "").to_vec();
+        a.extend_from_slice(&[0u8; BLOCK]);
+        assert!(refusal(&a).contains("more than"));
+    }
+
+    /// An entry as read back: cleaned path, type, body, link target.
+    type ReadBack = (String, u8, Vec<u8>, String);
+
+    /// Entries as the `tar` crate reads them.
+    fn read_with_tar_crate(a: &[u8]) -> io::Result<Vec<ReadBack>> {
+        let mut all = Vec::new();
+        let mut archive = tar::Archive::new(a);
+        for e in archive.entries()? {
+            let mut e = e?;
+            let path = e.path()?.to_string_lossy().into_owned();
+            let path = normalize(&path).unwrap_or(path);
+            let kind = e.header().entry_type().as_byte();
+            let link = e
+                .link_name()?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body)?;
+            all.push((path, kind, body, link));
+        }
+        Ok(all)
+    }
+
+    /// A valid archive the `tar` crate writes, from a seed: directories,
+    /// files (some with PAX headers), symlinks, and a manifest.
+    fn tar_crate_archive(seed: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dirs = vec![String::new()];
+        for (i, s) in seed.iter().enumerate() {
+            let dir = dirs[usize::from(*s) % dirs.len()].clone();
+            let name = format!("{dir}e{i}");
+            let mut h = tar::Header::new_ustar();
+            match s % 4 {
+                0 => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, format!("{name}/"), io::empty())
+                        .unwrap();
+                    dirs.push(format!("{name}/"));
+                }
+                1 => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    h.set_mode(0o777);
+                    b.append_link(&mut h, &name, "../x").unwrap();
+                }
+                2 => {
+                    // A PAX record the rewriter applies and drops.
+                    b.append_pax_extensions([("comment", b"made by a test".as_slice())])
+                        .unwrap();
+                    let body = vec![*s; usize::from(*s) * 37];
+                    h.set_size(body.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, &name, body.as_slice()).unwrap();
+                }
+                _ => {
+                    let body = vec![*s; usize::from(*s) * 3 + i];
+                    h.set_size(body.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, &name, body.as_slice()).unwrap();
+                }
+            }
+        }
+        let m = manifest();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, MANIFEST, m.as_slice()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// What the rewriter sent, as the `tar` crate reads it, is what the
+    /// `tar` crate reads from the tenant's archive (PAX records applied,
+    /// the manifest rewritten).
+    fn same_as_tar_crate(input: &[u8]) {
+        let (out, result, _) = pass(input);
+        let Ok(_) = result else { return };
+        let theirs = read_with_tar_crate(input).expect("accepted, so the tar crate reads it");
+        let ours = read_with_tar_crate(&out).expect("what the engine gets is a tar");
+        let strip = |v: Vec<ReadBack>| {
+            v.into_iter()
+                .filter(|e| e.0 != MANIFEST && !matches!(e.1, b'x' | b'g') && !e.0.is_empty())
+                .map(|(p, k, b, l)| (p, if k == 0 || k == b'7' { b'0' } else { k }, b, l))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(ours), strip(theirs));
+    }
+
+    #[test]
+    fn accepted_archives_read_the_same_through_the_tar_crate() {
+        for seed in [
+            &b""[..],
+            b"\x03\x00\x02\x05\x01\x07",
+            b"\x00\x04\x08\x0e\x02\x03\x06",
+        ] {
+            let a = tar_crate_archive(seed);
+            let (_, result, _) = pass(&a);
+            result.unwrap_or_else(|e| panic!("{seed:?}: {e}"));
+            same_as_tar_crate(&a);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The same property as the fuzz target: any archive, valid ones
+        /// cut or with bytes changed, is refused or read as the `tar`
+        /// crate reads it; never a panic, never more owed than it holds.
+        #[test]
+        fn mutated_archives_are_refused_or_read_alike(
+            seed in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..6),
+            cut in proptest::option::of(proptest::num::usize::ANY),
+        ) {
+            let mut a = tar_crate_archive(&seed);
+            for (at, b) in edits {
+                let i = at % a.len();
+                a[i] = b;
+            }
+            if let Some(cut) = cut {
+                a.truncate(cut % (a.len() + 1));
+            }
+            let (out, _, owed) = pass(&a);
+            proptest::prop_assert!(owed + out.len() as u64 <= a.len() as u64 + 4 * BLOCK as u64);
+            same_as_tar_crate(&a);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let (_, _, owed) = pass(&bytes);
+            proptest::prop_assert!(owed <= bytes.len() as u64);
+        }
     }
 }

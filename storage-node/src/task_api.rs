@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use insitu_jobs::limits::MAX_KEY_LINE_BYTES;
+
 use crate::blob_store::{BlobError, BlobStore};
 use crate::task_runner::{Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec};
 
@@ -385,7 +387,16 @@ impl TaskService {
                     .collect();
                 let paths: Vec<std::path::PathBuf> =
                     names.iter().map(|n| store.scratch_path(n)).collect();
-                let files = split_lines(stdout_file, paths).await?;
+                let files = match split_lines(stdout_file, paths.clone()).await {
+                    Ok(files) => files,
+                    Err(e) => {
+                        for p in &paths {
+                            let _ = tokio::fs::remove_file(p).await;
+                        }
+                        let _ = tokio::fs::remove_dir_all(&task_dir).await;
+                        return Err(e);
+                    }
+                };
                 let mut pieces = Vec::new();
                 let mut total = 0;
                 for (reducer, file) in files.into_iter().enumerate() {
@@ -613,22 +624,36 @@ async fn open_output(path: &std::path::Path) -> Result<std::fs::File, TaskApiErr
 /// Splits a task's stdout line by line into the files `paths` (one per
 /// reducer, in the store's scratch directory), by
 /// `insitu_jobs::plan::reducer_for_line`; `None` for a piece that got no
-/// line.
+/// line. A line is held whole while it is routed, so one longer than
+/// [`MAX_KEY_LINE_BYTES`] fails the task.
 async fn split_lines(
     stdout: std::fs::File,
     paths: Vec<std::path::PathBuf>,
 ) -> Result<Vec<Option<(std::fs::File, std::path::PathBuf)>>, TaskApiError> {
     let count = paths.len() as u32;
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        use std::io::{BufRead, Seek, Write};
+    let result = tokio::task::spawn_blocking(move || -> Result<_, TaskApiError> {
+        use std::io::{BufRead, Read, Seek, Write};
+        let io = |e: std::io::Error| TaskApiError::Blob(BlobError::Io(e));
         let mut reader = std::io::BufReader::with_capacity(256 * 1024, stdout);
         let mut writers: Vec<Option<std::io::BufWriter<std::fs::File>>> =
             (0..count).map(|_| None).collect();
         let mut line = Vec::new();
+        let mut number = 0u64;
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+            number += 1;
+            let read = (&mut reader)
+                .take(MAX_KEY_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(io)?;
+            if read == 0 {
                 break;
+            }
+            if line.len() > MAX_KEY_LINE_BYTES {
+                return Err(TaskApiError::Task(TaskError::BadOutput(format!(
+                    "output line {number} is longer than {MAX_KEY_LINE_BYTES} bytes, \
+                     the most a line routed by key may have"
+                ))));
             }
             let r = insitu_jobs::plan::reducer_for_line(&line, count) as usize;
             if writers[r].is_none() {
@@ -636,19 +661,20 @@ async fn split_lines(
                     .read(true)
                     .write(true)
                     .create_new(true)
-                    .open(&paths[r])?;
+                    .open(&paths[r])
+                    .map_err(io)?;
                 writers[r] = Some(std::io::BufWriter::with_capacity(64 * 1024, f));
             }
             if let Some(w) = writers[r].as_mut() {
-                w.write_all(&line)?;
+                w.write_all(&line).map_err(io)?;
             }
         }
         let mut out = Vec::with_capacity(count as usize);
         for (w, path) in writers.into_iter().zip(&paths) {
             match w {
                 Some(w) => {
-                    let mut f = w.into_inner().map_err(|e| e.into_error())?;
-                    f.seek(std::io::SeekFrom::Start(0))?;
+                    let mut f = w.into_inner().map_err(|e| io(e.into_error()))?;
+                    f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
                     out.push(Some((f, path.clone())));
                 }
                 None => out.push(None),
@@ -658,5 +684,5 @@ async fn split_lines(
     })
     .await
     .map_err(|e| TaskApiError::Blob(BlobError::Io(std::io::Error::other(e))))?;
-    result.map_err(|e| TaskApiError::Blob(BlobError::Io(e)))
+    result
 }

@@ -350,6 +350,38 @@ impl TaskRunner {
             .map_err(|_| TaskError::ImageNotFound(image.to_string()))
     }
 
+    /// The volumes an image declares (`VOLUME`), checked: the engine
+    /// would back each with a fresh volume on the host's disk, outside the
+    /// scratch quota and writable past the read-only root, so each is
+    /// replaced by a mount of the node's ([`volume_mounts`]). One at or
+    /// inside the task's own mounts (or at the root) is refused: the
+    /// engine would make its mount point in the node's directories.
+    async fn image_volumes(&self, image: &str) -> Result<Vec<String>, TaskError> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|_| TaskError::ImageNotFound(image.to_string()))?;
+        let mut volumes: Vec<String> = inspect
+            .config
+            .and_then(|c| c.volumes)
+            .map(|v| v.into_keys().collect())
+            .unwrap_or_default();
+        volumes.sort();
+        for v in &volumes {
+            let clean = v.trim_end_matches('/');
+            let ours = [IN_DIR, OUT_DIR, "/insitu", "/tmp"]
+                .iter()
+                .any(|m| clean == *m || clean.starts_with(&format!("{m}/")));
+            if clean.is_empty() || !clean.starts_with('/') || ours || clean.contains("/..") {
+                return Err(TaskError::ImageNotFound(format!(
+                    "{image} declares the volume {v:?}, which a task container cannot have"
+                )));
+            }
+        }
+        Ok(volumes)
+    }
+
     /// Feeds an image archive to the engine; returns what it reports
     /// loading (names and ids).
     async fn load_image_stream(
@@ -506,6 +538,7 @@ impl TaskRunner {
         check_token("tenant", &spec.tenant)?;
         check_token("job", &spec.job)?;
         self.ensure_image(&spec.image).await?;
+        let volumes = self.image_volumes(&spec.image).await?;
         let group_id = spec.group_id();
         // Each container gets its own directory (and name): a group whose
         // container was destroyed can start again while the old one goes.
@@ -581,6 +614,7 @@ impl TaskRunner {
                 if let Some(scratch) = &scratch {
                     m.push(bind(scratch, "/tmp", false));
                 }
+                m.extend(volume_mounts(&volumes, scratch.as_deref()));
                 m
             }),
             runtime: spec.runtime.clone(),
@@ -609,6 +643,14 @@ impl TaskRunner {
             ]),
             user: Some(TASK_USER.into()),
             working_dir: Some("/tmp".into()),
+            // The image's own health check would run commands in the
+            // container on the engine's schedule, and its stop signal is
+            // the tenant's choice: neither applies to a task container.
+            healthcheck: Some(bollard::models::HealthConfig {
+                test: Some(vec!["NONE".to_string()]),
+                ..Default::default()
+            }),
+            stop_signal: Some("SIGKILL".into()),
             labels: Some(labels),
             network_disabled: Some(true),
             host_config: Some(host),
@@ -1251,6 +1293,43 @@ fn make_scratch(dir: &Path, mb: u64) -> Option<PathBuf> {
     let _ = std::fs::remove_dir(mnt.join("lost+found"));
     std::os::unix::fs::chown(&mnt, Some(TASK_UID), Some(TASK_UID)).ok()?;
     Some(mnt)
+}
+
+/// Mounts over an image's declared volumes, so the engine makes none:
+/// a directory of the task's scratch filesystem each (writable, within its
+/// quota), or, where there is no scratch filesystem, an empty read-only
+/// tmpfs.
+fn volume_mounts(volumes: &[String], scratch: Option<&Path>) -> Vec<Mount> {
+    volumes
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            let dir = scratch.map(|s| s.join(format!(".volume-{i}"))).filter(|d| {
+                std::fs::create_dir(d).is_ok()
+                    && std::os::unix::fs::chown(d, Some(TASK_UID), Some(TASK_UID)).is_ok()
+            });
+            match dir {
+                Some(dir) => Mount {
+                    source: Some(dir.to_string_lossy().into_owned()),
+                    target: Some(target.clone()),
+                    typ: Some(MountTypeEnum::BIND),
+                    read_only: Some(false),
+                    ..Default::default()
+                },
+                None => Mount {
+                    target: Some(target.clone()),
+                    typ: Some(MountTypeEnum::TMPFS),
+                    read_only: Some(true),
+                    tmpfs_options: Some(bollard::models::MountTmpfsOptions {
+                        size_bytes: Some(4096),
+                        mode: Some(0o555),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            }
+        })
+        .collect()
 }
 
 /// Removes a container's directory, unmounting its scratch filesystem
