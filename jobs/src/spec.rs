@@ -505,3 +505,38 @@ mod tests {
         );
     }
 }
+
+/// The job spec parser as the fuzz target (`fuzz/`) runs it, on stable
+/// Rust in CI: any bytes are a spec or a `SpecError`, never a panic.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SPEC: &str = r#"{"name":"wc","phases":[{"type":"map","image":"busybox","exec":"wc -l","memory_mb":64,"env":{"A":"1"}},{"type":"reduce","image":{"object":"b/i.tar"},"count":3,"partition":"key","exec":"sort"}],"inputs":["b/k"],"input_prefix":"b/p/","output":"b/o/","memoize":true}"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn mutated_specs_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let mut b = SPEC.as_bytes().to_vec();
+            for (at, v) in edits {
+                let i = at % b.len();
+                b[i] = v;
+            }
+            if let Some(c) = cut {
+                b.truncate(c % (b.len() + 1));
+            }
+            let _ = JobSpec::parse(&b);
+        }
+
+        #[test]
+        fn any_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = JobSpec::parse(&b);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! joins it when the jobs issue lands.
 
 pub mod blob_store;
+pub mod http_server;
 pub mod image_archive;
 pub mod node_api;
 pub mod task_api;
@@ -40,6 +41,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// How often every blob is re-read and checked; `None` disables.
     pub scrub_interval: Option<Duration>,
+    /// What the node's HTTP server lets clients hold.
+    pub server: http_server::ServerLimits,
 }
 
 /// What a node tells the gateway every heartbeat.
@@ -53,6 +56,11 @@ pub struct Heartbeat {
     /// Requests in progress.
     #[serde(default)]
     pub load: u64,
+    /// The node's own key, made on its first start and kept in its data
+    /// directory: the gateway ties the node id to it, so another holder of
+    /// the cluster secret cannot take the id over (point it elsewhere).
+    #[serde(default)]
+    pub node_key: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -68,6 +76,29 @@ pub enum NodeError {
     Serve(std::io::Error),
 }
 
+/// The node's key (see [`Heartbeat::node_key`]), readable by its owner
+/// only; made on first start.
+fn node_key(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(key) = std::fs::read_to_string(path) {
+        return Ok(key.trim().to_string());
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    Ok(key)
+}
+
 /// A node bound to its port, ready to serve.
 pub struct Node {
     listener: TcpListener,
@@ -78,6 +109,7 @@ pub struct Node {
 impl Node {
     pub async fn bind(config: NodeConfig) -> Result<Self, NodeError> {
         let store = Arc::new(BlobStore::open(&config.data_dir, config.capacity_bytes).await?);
+        let node_key = node_key(&config.data_dir.join("node-key")).map_err(BlobError::Io)?;
         let tasks = match task_runner::TaskRunner::connect(
             &config.node_id,
             &config.data_dir.join("tasks"),
@@ -123,6 +155,7 @@ impl Node {
         let state = Arc::new(NodeState {
             node_id: config.node_id.clone(),
             secret: config.cluster_secret.clone(),
+            node_key,
             store,
             active: Default::default(),
             tasks,
@@ -166,10 +199,14 @@ impl Node {
             .config
             .scrub_interval
             .map(|every| tokio::spawn(scrub_loop(self.state.clone(), every)));
-        let result = axum::serve(self.listener, node_api::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(NodeError::Serve);
+        let result = http_server::serve(
+            self.listener,
+            node_api::router(self.state),
+            self.config.server,
+            shutdown,
+        )
+        .await
+        .map_err(NodeError::Serve);
         for task in [heartbeat, scrubber].into_iter().flatten() {
             task.abort();
         }
@@ -195,6 +232,7 @@ async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, ev
             usage: state.store.usage(),
             corrupt: state.store.corrupt_blobs(),
             load: state.active.load(std::sync::atomic::Ordering::Relaxed),
+            node_key: Some(state.node_key.clone()),
         };
         let sent = http
             .post(&url)

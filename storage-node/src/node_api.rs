@@ -22,6 +22,8 @@ pub const EXPECTED_LENGTH_HEADER: &str = "x-insitu-expected-length";
 pub struct NodeState {
     pub node_id: String,
     pub secret: String,
+    /// Sent with heartbeats: see [`crate::Heartbeat::node_key`].
+    pub node_key: String,
     pub store: Arc<BlobStore>,
     /// Requests being served right now: the node's load, reported to the
     /// gateway so it can prefer idle replicas.
@@ -247,11 +249,7 @@ async fn get_blob(
     } else {
         Body::from_stream(state.store.read_verified(&id, start, end).await?)
     };
-    Ok(Response::builder()
-        .status(status)
-        .header(header::CONTENT_LENGTH, len)
-        .body(body)
-        .unwrap_or_default())
+    Ok((status, [(header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
 async fn head_blob(
@@ -261,11 +259,12 @@ async fn head_blob(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let size = state.store.size(&id).await?;
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_LENGTH, size)
-        .body(Body::empty())
-        .unwrap_or_default())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_LENGTH, size.to_string())],
+        Body::empty(),
+    )
+        .into_response())
 }
 
 async fn delete_blob(

@@ -19,6 +19,7 @@ async fn start_node(dir: &std::path::Path, id: &str) -> String {
         capacity_bytes: None,
         heartbeat_interval: Duration::from_secs(1),
         scrub_interval: None,
+        server: Default::default(),
     })
     .await
     .unwrap();

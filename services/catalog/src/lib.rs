@@ -686,6 +686,12 @@ impl Catalog {
             let (_, v) = item?;
             let up = UploadRecord::decode(&v)?;
             debug_assert!(upload_key(bucket, &up.key, &up.upload_id).starts_with(&base));
+            // The scan's byte prefix can match keys shorter than the
+            // requested prefix (one holding a NUL, say): only keys that
+            // really start with it are listed.
+            if !up.key.starts_with(prefix) {
+                continue;
+            }
             if let Some(km) = key_marker {
                 // Resuming after a rolled-up common prefix skips everything
                 // under it.

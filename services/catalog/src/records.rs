@@ -245,6 +245,10 @@ pub struct NodeRecord {
     /// A removed node is remembered so that it cannot rejoin by heartbeat.
     #[serde(default)]
     pub removed: bool,
+    /// SHA-256 (hex) of the key the node sent with its first heartbeat;
+    /// later heartbeats for this id must send the same key.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
 }
 impl Record for NodeRecord {
     const KIND: &'static str = "node";

@@ -13,6 +13,7 @@ use insitu_catalog::{now_ms, AccessKeyRecord, CatalogError};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::auth::{sigv4, Authenticator, Principal, SignedRequest};
 use crate::body::read_small;
@@ -170,6 +171,35 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
                 .into_response(),
         );
     }
+    let raw_query = parts.uri.query().unwrap_or("");
+    let auth = Authenticator {
+        catalog: &gw.catalog,
+        root: &gw.config.root,
+        region: &gw.config.region,
+    };
+    let signed = |body_sha256: Option<String>| SignedRequest {
+        method: parts.method.as_str(),
+        raw_path: &path,
+        raw_query,
+        headers: &parts.headers,
+        now: chrono::Utc::now().timestamp(),
+        body_sha256,
+    };
+    // Who is asking is settled before the body is read wherever the
+    // request says its body's hash (SDKs, presigned URLs); only a client
+    // that signs the hash without sending it (curl) is read first, within
+    // the API's small body limit. Nobody anonymous gets that far.
+    let up_front = parts.headers.contains_key("x-amz-content-sha256")
+        || !parts.headers.contains_key(http::header::AUTHORIZATION);
+    let early = if up_front {
+        let a = auth.authenticate(&signed(None)).map_err(ApiError::Auth)?;
+        if a.principal == Principal::Anonymous {
+            return Err(ApiError::Auth(S3Error::access_denied()));
+        }
+        Some(a)
+    } else {
+        None
+    };
     let raw = body
         .into_data_stream()
         .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
@@ -177,20 +207,12 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
         .await
         .map_err(ApiError::Auth)?;
     let principal = {
-        let raw_query = parts.uri.query().unwrap_or("");
-        let auth = Authenticator {
-            catalog: &gw.catalog,
-            root: &gw.config.root,
+        let a = match early {
+            Some(a) => a,
+            None => auth
+                .authenticate(&signed(Some(sigv4::sha256_hex(&bytes))))
+                .map_err(ApiError::Auth)?,
         };
-        let signed = SignedRequest {
-            method: parts.method.as_str(),
-            raw_path: &path,
-            raw_query,
-            headers: &parts.headers,
-            now: chrono::Utc::now().timestamp(),
-            body_sha256: Some(sigv4::sha256_hex(&bytes)),
-        };
-        let a = auth.authenticate(&signed).map_err(ApiError::Auth)?;
         if let crate::auth::PayloadCheck::Sha256(h) = &a.payload {
             if *h != sigv4::sha256_hex(&bytes) {
                 return Err(ApiError::Auth(S3Error::new(
@@ -432,14 +454,38 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
             beat.node_id
         )));
     }
+    // The id is tied to the key of the node that first sent it: another
+    // holder of the cluster secret cannot point it elsewhere.
+    let key_sha256 = beat
+        .node_key
+        .as_deref()
+        .map(|k| hex::encode(sha2::Sha256::digest(k.as_bytes())));
+    let tied = gw
+        .catalog
+        .get_node(&beat.node_id)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .and_then(|n| n.key_sha256);
+    if let Some(tied) = &tied {
+        if !key_sha256
+            .as_deref()
+            .is_some_and(|k| sigv4::signatures_match(k, tied))
+        {
+            tracing::warn!(node = %beat.node_id, addr = %beat.addr, "heartbeat with another node's id refused");
+            return Err(ApiError::Conflict(format!(
+                "node id {} belongs to another node (its key differs); an operator can remove that node, then this one joins under a new id",
+                beat.node_id
+            )));
+        }
+    }
     if gw.nodes.record_contact(
         &beat.node_id,
         &beat.addr,
         beat.usage,
         beat.corrupt,
         beat.load,
-    ) {
-        gw.register_node(&beat.node_id, &beat.addr)
+    ) || tied.is_none()
+    {
+        gw.register_node_with_key(&beat.node_id, &beat.addr, key_sha256)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Ok(Some(rec)) = gw.catalog.get_node(&beat.node_id) {
             gw.nodes.set_draining(&rec.id, rec.draining);

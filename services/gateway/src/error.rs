@@ -1,6 +1,5 @@
 //! S3 errors, and the one place where every failure becomes an S3 XML body.
 
-use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use insitu_catalog::CatalogError;
@@ -218,12 +217,18 @@ impl IntoResponse for S3Error {
             self.code.as_str(),
             xml_escape(&self.message),
         );
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/xml")
-            .header("x-amz-request-id", request_id)
-            .body(Body::from(body))
-            .unwrap_or_default()
+        (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/xml".to_string()),
+                (
+                    header::HeaderName::from_static("x-amz-request-id"),
+                    request_id,
+                ),
+            ],
+            body,
+        )
+            .into_response()
     }
 }
 

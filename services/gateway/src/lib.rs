@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -62,6 +61,8 @@ pub struct GatewayConfig {
     pub tenant_max_tasks: u32,
     /// Most jobs of one tenant that have not ended (0: no cap).
     pub tenant_max_jobs: u32,
+    /// What the gateway's HTTP server lets clients hold.
+    pub server: insitu_storage_node::http_server::ServerLimits,
 }
 
 #[derive(Debug, Error)]
@@ -120,13 +121,36 @@ impl Gateway {
     }
 
     pub fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
-        let draining = self.catalog.get_node(id)?.is_some_and(|n| n.draining);
+        self.record_node(id, addr, None)
+    }
+
+    /// Registers a node that proved itself by its key (a heartbeat): the
+    /// id is tied to that key from then on, if it was not already.
+    pub fn register_node_with_key(
+        &self,
+        id: &str,
+        addr: &str,
+        key_sha256: Option<String>,
+    ) -> Result<(), GatewayError> {
+        self.record_node(id, addr, key_sha256)
+    }
+
+    fn record_node(
+        &self,
+        id: &str,
+        addr: &str,
+        key_sha256: Option<String>,
+    ) -> Result<(), GatewayError> {
+        let old = self.catalog.get_node(id)?;
+        let draining = old.as_ref().is_some_and(|n| n.draining);
+        let key_sha256 = old.and_then(|n| n.key_sha256).or(key_sha256);
         self.catalog.put_node(&NodeRecord {
             id: id.to_string(),
             addr: addr.to_string(),
             registered_ms: insitu_catalog::now_ms(),
             draining,
             removed: false,
+            key_sha256,
         })?;
         self.nodes.set_node(id, addr);
         tracing::info!(node = %id, addr = %addr, "storage node registered");
@@ -150,9 +174,9 @@ impl Gateway {
         let background = cluster::spawn_background(self.clone());
         jobs::resume_all(&self);
         let app = Router::new().fallback(handle).with_state(self.clone());
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result =
+            insitu_storage_node::http_server::serve(listener, app, self.config.server, shutdown)
+                .await;
         for task in background {
             task.abort();
         }
@@ -245,6 +269,7 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         let authenticator = Authenticator {
             catalog: &gw.catalog,
             root: &gw.config.root,
+            region: &gw.config.region,
         };
         let signed = SignedRequest {
             method: parts.method.as_str(),
@@ -285,8 +310,5 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
 
 /// Builds a bodiless response with a status; used by the admin API too.
 pub fn status_response(status: http::StatusCode) -> Response {
-    Response::builder()
-        .status(status)
-        .body(Body::empty())
-        .unwrap_or_default()
+    axum::response::IntoResponse::into_response(status)
 }

@@ -35,3 +35,6 @@ pub const MAX_POST_FIELDS: usize = 100;
 pub const MAX_POST_FORM_BYTES: usize = 1024 * 1024;
 /// Trailer lines after an aws-chunked body (checksums and a signature).
 pub const MAX_TRAILER_LINES: usize = 16;
+/// The shortest cluster secret accepted: it is the only proof a node or a
+/// gateway has on the internal plane.
+pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;

@@ -331,10 +331,12 @@ impl NodeSet {
         let mut candidates: Vec<(f64, String)> = snapshot
             .into_iter()
             .filter(|(id, s, st)| {
-                let unmeasured = s.usage.capacity_bytes == 0;
+                // A node that has not reported its space yet gets nothing:
+                // "unmeasured" is no promise of room.
+                let measured = s.usage.capacity_bytes > 0;
                 let room = s.usage.free_bytes > self.reserve_bytes
                     && s.usage.free_bytes - self.reserve_bytes >= size;
-                *st == NodeState::Up && !exclude.contains(id) && (unmeasured || room)
+                *st == NodeState::Up && !exclude.contains(id) && measured && room
             })
             .map(|(id, s, _)| {
                 let gib = (s.usage.free_bytes as f64 / (1u64 << 30) as f64).max(1.0 / 1024.0);
@@ -825,8 +827,19 @@ mod tests {
     #[test]
     fn placement_is_stable_and_distinct() {
         let n = NodeSet::new("s".into(), Liveness::default(), 0);
+        let usage = Usage {
+            capacity_bytes: 1 << 40,
+            used_bytes: 0,
+            free_bytes: 1 << 40,
+            blob_count: 0,
+        };
         for i in 0..4 {
             n.set_node(&format!("node-{i}"), "http://127.0.0.1:1");
+        }
+        // Nodes that have not reported their space get nothing.
+        assert!(n.place("blob1", 1, 0).is_err());
+        for i in 0..4 {
+            n.record_health(&format!("node-{i}"), usage.clone(), vec![], 0);
         }
         let a = n.place("blob1", 2, 0).unwrap();
         assert_eq!(a.len(), 2);

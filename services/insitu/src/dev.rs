@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use insitu_gateway::auth::RootCredentials;
+use insitu_gateway::limits::MIN_CLUSTER_SECRET_BYTES;
 use insitu_gateway::nodes::Liveness;
 use insitu_gateway::{Gateway, GatewayConfig};
+use insitu_storage_node::http_server::ServerLimits;
 use insitu_storage_node::{Node, NodeConfig};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -79,6 +81,16 @@ pub struct ClusterTuning {
     /// Most jobs of one tenant that have not ended [default: 0, no cap].
     #[arg(long)]
     tenant_max_jobs: Option<u32>,
+    /// Client connections the gateway keeps open at once [default: 4096].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Milliseconds a client has to send a request's head, and that an
+    /// idle connection stays open [default: 30000].
+    #[arg(long)]
+    http_header_timeout_ms: Option<u64>,
+    /// Milliseconds a request body may go without data [default: 60000].
+    #[arg(long)]
+    http_body_idle_ms: Option<u64>,
 }
 
 impl ClusterTuning {
@@ -94,6 +106,9 @@ impl ClusterTuning {
             task_slots: self.task_slots.or(file.task_slots),
             tenant_max_tasks: self.tenant_max_tasks.or(file.tenant_max_tasks),
             tenant_max_jobs: self.tenant_max_jobs.or(file.tenant_max_jobs),
+            max_connections: self.max_connections.or(file.max_connections),
+            http_header_timeout_ms: self.http_header_timeout_ms.or(file.http_header_timeout_ms),
+            http_body_idle_ms: self.http_body_idle_ms.or(file.http_body_idle_ms),
         }
     }
 }
@@ -130,6 +145,15 @@ fn gateway_config(
         task_slots: t.task_slots.unwrap_or(4).max(1),
         tenant_max_tasks: t.tenant_max_tasks.unwrap_or(0),
         tenant_max_jobs: t.tenant_max_jobs.unwrap_or(0),
+        server: {
+            let d = ServerLimits::default();
+            let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+            ServerLimits {
+                max_connections: t.max_connections.unwrap_or(d.max_connections),
+                header_timeout: ms(t.http_header_timeout_ms, d.header_timeout),
+                body_idle_timeout: ms(t.http_body_idle_ms, d.body_idle_timeout),
+            }
+        },
     }
 }
 
@@ -214,14 +238,55 @@ fn random_string(len: usize) -> String {
 }
 
 /// Reads a secret kept in the data dir, creating it on first start, so a
-/// restarted cluster keeps its credentials.
+/// restarted cluster keeps its credentials. Only the owner may read it
+/// (0600), in a data directory only the owner may enter (0700).
 fn persistent_secret(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Ok(s) = std::fs::read_to_string(path) {
+        // Written by an earlier version with the default mode.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
         return Ok(s.trim().to_string());
     }
     let s = make();
-    std::fs::write(path, &s).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(s.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(s)
+}
+
+/// Creates a data directory (and its parents) that only its owner may
+/// enter; an existing one is restricted too, since secrets live in it.
+fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", path.display()))
+}
+
+/// The cluster secret, refused when missing or too short to be one: an
+/// empty variable (an unset compose variable, say) would otherwise open
+/// the internal plane to anyone.
+fn cluster_secret(given: Option<String>) -> Result<String> {
+    let secret = given.ok_or_else(|| anyhow!("a cluster secret is needed: set INSITU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file"))?;
+    if secret.trim().len() < MIN_CLUSTER_SECRET_BYTES {
+        bail!(
+            "the cluster secret must have at least {MIN_CLUSTER_SECRET_BYTES} characters (it has {}); generate one with `openssl rand -hex 32`",
+            secret.trim().len()
+        );
+    }
+    Ok(secret)
 }
 
 fn root_credentials(args: &RootArgs, data_dir: &Path) -> Result<(RootCredentials, bool)> {
@@ -344,8 +409,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     if replicas == 0 || replicas > args.nodes {
         bail!("--replicas must be between 1 and --nodes ({})", args.nodes);
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    private_dir(&args.data_dir)?;
     let (root, generated) = root_credentials(&args.root, &args.data_dir)?;
     let secret = persistent_secret(&args.data_dir.join("cluster-secret"), || random_string(48))?;
     let mut tuning = args.tuning.clone();
@@ -413,17 +477,13 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./insitu-data/gateway"));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    private_dir(&data_dir)?;
     let root_args = RootArgs {
         root_access_key: args.root.root_access_key.or(file.root_access_key),
         root_secret_key: args.root.root_secret_key.or(file.root_secret_key),
     };
     let (root, generated) = root_credentials(&root_args, &data_dir)?;
-    let secret = args
-        .cluster_secret
-        .or(file.cluster_secret)
-        .ok_or_else(|| anyhow!("a cluster secret is needed: set INSITU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file"))?;
+    let secret = cluster_secret(args.cluster_secret.or(file.cluster_secret))?;
     let replicas = args.replicas.or(file.replicas).unwrap_or(2);
     if replicas == 0 {
         bail!("replicas must be at least 1");
@@ -481,10 +541,8 @@ pub async fn run_node(args: NodeArgs) -> Result<()> {
     let data_dir = args.data_dir.or(file.data_dir).ok_or_else(|| {
         anyhow!("a data directory is needed: --data-dir or data_dir in the config file")
     })?;
-    let cluster_secret = args
-        .cluster_secret
-        .or(file.cluster_secret)
-        .ok_or_else(|| anyhow!("a cluster secret is needed: set INSITU_CLUSTER_SECRET, --cluster-secret or cluster_secret in the config file"))?;
+    let cluster_secret = cluster_secret(args.cluster_secret.or(file.cluster_secret))?;
+    private_dir(&data_dir)?;
     let scrub = args.scrub_secs.or(file.scrub_secs).unwrap_or(86_400);
     let node = Node::bind(NodeConfig {
         node_id: id.clone(),
@@ -504,6 +562,7 @@ pub async fn run_node(args: NodeArgs) -> Result<()> {
                 .max(50),
         ),
         scrub_interval: (scrub > 0).then(|| Duration::from_secs(scrub)),
+        server: Default::default(),
     })
     .await?;
     let addr = node.local_addr()?;

@@ -39,9 +39,13 @@ impl SignedClient {
             Credentials::new(&self.access_key, &self.secret_key, None, None, "insitu-cli").into();
         let mut settings = SigningSettings::default();
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        // The gateway checks the region a request is signed for.
+        let region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| "us-east-1".to_string());
         let params = v4::SigningParams::builder()
             .identity(&identity)
-            .region("us-east-1")
+            .region(&region)
             .name("s3")
             .time(SystemTime::now())
             .settings(settings)

@@ -2,6 +2,8 @@
 //! query parameters, or nobody (anonymous, allowed only by public ACLs).
 
 pub mod chunked;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod sigv4;
 
 use std::collections::BTreeMap;
@@ -72,6 +74,8 @@ pub const ROOT_TENANT: &str = "root";
 pub struct Authenticator<'a> {
     pub catalog: &'a Catalog,
     pub root: &'a RootCredentials,
+    /// The region requests must be signed for.
+    pub region: &'a str,
 }
 
 /// The parts of a request that a signature covers.
@@ -90,16 +94,22 @@ fn err(code: S3ErrorCode, msg: &str) -> S3Error {
     S3Error::new(code, msg)
 }
 
+/// `x-amz-*` headers that may come unsigned because nothing reads them
+/// (SDKs leave `x-amz-user-agent` out of presigned requests), or, for a
+/// presigned URL, because the query carries what they would say: its body
+/// hash is read from the header only when signed.
+fn may_be_unsigned(name: &str, presigned: bool) -> bool {
+    name == "x-amz-user-agent"
+        || (presigned && matches!(name, "x-amz-content-sha256" | "x-amz-date"))
+}
+
 pub fn query_map(raw_query: &str) -> BTreeMap<String, String> {
     raw_query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                sigv4::uri_decode(&k.replace('+', " ")),
-                sigv4::uri_decode(&v.replace('+', " ")),
-            )
+            (sigv4::query_decode(k), sigv4::query_decode(v))
         })
         .collect()
 }
@@ -160,22 +170,57 @@ impl Authenticator<'_> {
         })
     }
 
-    fn check_scope(scope: &Scope) -> S3Result<()> {
+    /// A scope for this service and this endpoint's region: a signature
+    /// made for another region (another deployment the keys work with)
+    /// is not valid here.
+    pub(crate) fn check_scope(&self, scope: &Scope, code: S3ErrorCode) -> S3Result<()> {
         if scope.service != "s3" {
             return Err(err(
-                S3ErrorCode::AuthorizationHeaderMalformed,
+                code,
                 "The authorization header is malformed; the credential scope must name service 's3'.",
+            ));
+        }
+        if scope.region != self.region {
+            return Err(err(
+                code,
+                &format!(
+                    "The authorization header is malformed; the region '{}' is wrong; expecting '{}'",
+                    scope.region, self.region
+                ),
             ));
         }
         Ok(())
     }
 
-    fn canonical_headers(headers: &HeaderMap, signed: &str) -> S3Result<Vec<(String, String)>> {
+    /// The signed headers' canonical values. Every `x-amz-*` header the
+    /// request carries must be among them, as AWS requires, except the
+    /// few that change nothing: an unsigned header is one anyone who saw
+    /// the request (or holds a presigned URL) could add or change.
+    fn canonical_headers(
+        headers: &HeaderMap,
+        signed: &str,
+        presigned: bool,
+    ) -> S3Result<Vec<(String, String)>> {
         let names: Vec<&str> = signed.split(';').collect();
         if !names.contains(&"host") {
             return Err(err(
                 S3ErrorCode::AccessDenied,
                 "The host header must be signed.",
+            ));
+        }
+        let unsigned: Vec<&str> = headers
+            .keys()
+            .map(http::HeaderName::as_str)
+            .filter(|h| h.starts_with("x-amz-") && !names.contains(h))
+            .filter(|h| !may_be_unsigned(h, presigned))
+            .collect();
+        if !unsigned.is_empty() {
+            return Err(err(
+                S3ErrorCode::AccessDenied,
+                &format!(
+                    "There were headers present in the request which were not signed: {}",
+                    unsigned.join(", ")
+                ),
             ));
         }
         let mut out = Vec::with_capacity(names.len());
@@ -203,7 +248,7 @@ impl Authenticator<'_> {
                 "The authorization header is malformed.",
             )
         })?;
-        Self::check_scope(&parsed.scope)?;
+        self.check_scope(&parsed.scope, S3ErrorCode::AuthorizationHeaderMalformed)?;
         let (principal, secret) = self.lookup(&parsed.access_key_id)?;
         let amz_date = req
             .headers
@@ -250,7 +295,7 @@ impl Authenticator<'_> {
             .map(str::to_string)
             .or_else(|| req.body_sha256.clone())
             .unwrap_or_else(|| "UNSIGNED-PAYLOAD".to_string());
-        let headers = Self::canonical_headers(req.headers, &parsed.signed_headers)?;
+        let headers = Self::canonical_headers(req.headers, &parsed.signed_headers, false)?;
         let creq = sigv4::canonical_request(
             req.method,
             &sigv4::canonical_uri(req.raw_path),
@@ -315,10 +360,15 @@ impl Authenticator<'_> {
             .ok_or_else(|| bad("X-Amz-Credential is missing"))?;
         let (akid, scope) =
             sigv4::parse_credential(cred).ok_or_else(|| bad("X-Amz-Credential is malformed"))?;
-        Self::check_scope(&scope)?;
+        self.check_scope(&scope, S3ErrorCode::AuthorizationQueryParametersError)?;
         let amz_date = q
             .get("X-Amz-Date")
             .ok_or_else(|| bad("X-Amz-Date is missing"))?;
+        if !amz_date.starts_with(&scope.date) || amz_date.len() != scope.date.len() + 8 {
+            return Err(bad(
+                "Error parsing the X-Amz-Credential parameter; the date does not match X-Amz-Date",
+            ));
+        }
         let t = sigv4::parse_amz_date(amz_date)
             .ok_or_else(|| bad("X-Amz-Date must be in ISO 8601 format"))?;
         let expires: i64 = q
@@ -341,7 +391,7 @@ impl Authenticator<'_> {
         if req.now > t + expires {
             return Err(err(S3ErrorCode::AccessDenied, "Request has expired"));
         }
-        let headers = Self::canonical_headers(req.headers, signed)?;
+        let headers = Self::canonical_headers(req.headers, signed, true)?;
         let payload_hash = req
             .headers
             .get("x-amz-content-sha256")

@@ -35,6 +35,13 @@ pub fn canonical_uri(raw_path: &str) -> String {
     uri_encode(&uri_decode(raw_path), true)
 }
 
+/// A query parameter's name or value as the request means it: `+` is a
+/// space, as in a form. The signature covers this same reading, so `+` and
+/// `%2B` (which mean different things) never sign alike.
+pub fn query_decode(s: &str) -> String {
+    uri_decode(&s.replace('+', " "))
+}
+
 /// Query parameters sorted by encoded name then value, minus `exclude`.
 pub fn canonical_query(raw_query: &str, exclude: Option<&str>) -> String {
     let mut pairs: Vec<(String, String)> = raw_query
@@ -43,8 +50,8 @@ pub fn canonical_query(raw_query: &str, exclude: Option<&str>) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             (
-                uri_encode(&uri_decode(k), false),
-                uri_encode(&uri_decode(v), false),
+                uri_encode(&query_decode(k), false),
+                uri_encode(&query_decode(v), false),
             )
         })
         .filter(|(k, _)| Some(k.as_str()) != exclude)

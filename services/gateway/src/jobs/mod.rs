@@ -243,7 +243,7 @@ fn add_inputs(
             PhaseKind::Map => add_map_task(step, rec, 0, loc),
             PhaseKind::Reduce => {
                 let refused = match check_input(catalog, &rec.tenant, bucket, key) {
-                    Ok(size) => {
+                    Ok(checked) => {
                         let r = plan::reducer_for_name(&loc, first.reducers());
                         step.put(
                             JobCf::Items,
@@ -251,7 +251,7 @@ fn add_inputs(
                             encode(&PieceRecord {
                                 bucket: bucket.clone(),
                                 key: key.clone(),
-                                size,
+                                size: checked.size,
                             }),
                         );
                         rec.seq.piece += 1;
@@ -300,15 +300,17 @@ pub(crate) fn add_map_task(step: &mut JobStep, rec: &mut JobRecord, phase: u32, 
     rec.phases[phase as usize].tasks += 1;
 }
 
-/// Whether the tenant may read `bucket/key` as a job input: its size, or
-/// the error the input gets (answered as S3 would: a missing key is only
-/// reported as missing to someone who may list the bucket).
+/// Whether the tenant may read `bucket/key` as a job input: the object
+/// record that was checked (read that version, and no other: the key may
+/// be overwritten with other permissions meanwhile), or the error the
+/// input gets (answered as S3 would: a missing key is only reported as
+/// missing to someone who may list the bucket).
 pub(crate) fn check_input(
     catalog: &Catalog,
     tenant: &str,
     bucket: &str,
     key: &str,
-) -> Result<u64, (insitu_jobs::JobErrorCode, String)> {
+) -> Result<insitu_catalog::ObjectRecord, (insitu_jobs::JobErrorCode, String)> {
     use insitu_jobs::JobErrorCode;
     let loc = format!("{bucket}/{key}");
     let internal = |e: CatalogError| (JobErrorCode::InternalError, e.to_string());
@@ -325,7 +327,7 @@ pub(crate) fn check_input(
     };
     let owner = crate::s3::access::is_owner(&p, &b);
     match catalog.get_object(bucket, key).map_err(internal)? {
-        Some(o) if owner || crate::s3::access::acl_allows_read(&p, o.acl) => Ok(o.size),
+        Some(o) if may_read(tenant, &b, &o) => Ok(o),
         None if owner || crate::s3::access::acl_allows_read(&p, b.acl) => Err((
             JobErrorCode::ResourceNotFoundError,
             format!("object {loc} does not exist"),

@@ -97,6 +97,8 @@ struct Finished {
     retries: u64,
     bytes_local: u64,
     bytes_remote: u64,
+    /// Inputs a reducer was refused when it came to read them.
+    refused: Vec<ErrorRecord>,
     /// Keep the task's blobs from the orphan sweep until committed.
     _leases: Vec<InflightGuard>,
 }
@@ -218,6 +220,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                         retries: 0,
                         bytes_local: 0,
                         bytes_remote: 0,
+                        refused: Vec::new(),
                         _leases: Vec::new(),
                     };
                     commit(&gw, &job, fin).await;
@@ -432,6 +435,10 @@ struct MapRun {
     slot: Slot,
     holders: Vec<String>,
     input: BlobRef,
+    /// The version checked is the version read: GC keeps its blob while
+    /// the task waits for its image and runs, even if the key is
+    /// overwritten meanwhile.
+    input_lease: InflightGuard,
 }
 
 impl Waiting {
@@ -462,21 +469,12 @@ pub(crate) enum Waiting {
 fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
-    match check_input(&gw.catalog, &rec.tenant, &bucket, &key) {
-        Ok(_) => {}
+    // The version checked is the version read: the key may be overwritten
+    // with other permissions at any moment.
+    let obj = match check_input(&gw.catalog, &rec.tenant, &bucket, &key) {
+        Ok(o) => o,
         Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
         Err((code, message)) => return Place::Fail(code, message),
-    }
-    let obj = match gw.catalog.get_object(&bucket, &key) {
-        Ok(Some(o)) => o,
-        // Deleted just now.
-        Ok(None) => {
-            return Place::Fail(
-                JobErrorCode::ResourceNotFoundError,
-                format!("object {loc} does not exist"),
-            )
-        }
-        Err(_) => return Place::Wait(Waiting::Catalog),
     };
     let slots = gw.config.task_slots;
     let up = |n: &String| gw.nodes.state(n) == Some(NodeState::Up);
@@ -510,6 +508,7 @@ fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
     Place::Run(MapRun {
         slot: Slot::take(gw, &node, &rec.tenant),
         holders,
+        input_lease: gw.inflight.hold(&obj.blob.id),
         input: obj.blob,
     })
 }
@@ -523,7 +522,9 @@ async fn run_map(gw: Arc<Gateway>, ctx: TaskCtx, mut task: TaskRecord, run: MapR
             slot: first_slot,
             holders,
             input,
+            input_lease,
         } = run;
+        leases.push(input_lease);
         let mut node = Some(first_slot.node.clone());
         let mut placed = Some(first_slot);
         let mut retries = 0;
@@ -592,6 +593,7 @@ fn finished(
         retries,
         bytes_local,
         bytes_remote,
+        refused: Vec::new(),
         _leases: leases,
     }
 }
@@ -946,7 +948,7 @@ async fn run_reducer(
                 let call = attempt(&gw, &ctx, &task, &attempt_id, &node, None, "", &mut leases);
                 let feed = feed_reducer(&gw, &job, &ctx, reducer, &node, &attempt_id);
                 tokio::pin!(call, feed);
-                let mut fed: Option<(u64, u64)> = None;
+                let mut fed: Option<Fed> = None;
                 let result = loop {
                     tokio::select! {
                         r = &mut call => break r,
@@ -958,10 +960,12 @@ async fn run_reducer(
                 };
                 (result, fed)
             };
-            let (local, remote) = fed.unwrap_or((0, 0));
+            let fed = fed.unwrap_or_default();
             match result {
                 Ok(outcome) => {
-                    return finished(task, outcome, retries, local, remote, leases)
+                    let mut fin = finished(task, outcome, retries, fed.local, fed.remote, leases);
+                    fin.refused = fed.refused;
+                    return fin;
                 }
                 Err(AttemptError::Fail(code, message)) => {
                     return finished(task, failed(code, message), retries, 0, 0, leases)
@@ -988,6 +992,15 @@ async fn run_reducer(
     .await
 }
 
+/// What a reducer was fed: bytes read from its node's disk and from
+/// others, and the inputs it was refused.
+#[derive(Default)]
+struct Fed {
+    local: u64,
+    remote: u64,
+    refused: Vec<ErrorRecord>,
+}
+
 /// How long the feeder keeps offering input to a task that has not opened
 /// it yet (its image may be being pulled).
 const FEED_OPEN_PATIENCE: Duration = Duration::from_secs(900);
@@ -995,7 +1008,7 @@ const FEED_OPEN_PATIENCE: Duration = Duration::from_secs(900);
 /// Appends a reducer's input pieces to its running task, in commit order,
 /// as they appear; ends its input when nothing more can come. Pieces the
 /// node holds are read from its disk; others are streamed to it. Returns
-/// the bytes that were local and remote.
+/// what was fed.
 async fn feed_reducer(
     gw: &Arc<Gateway>,
     job: &ActiveJob,
@@ -1003,11 +1016,11 @@ async fn feed_reducer(
     reducer: u32,
     node: &str,
     attempt_id: &str,
-) -> Result<(u64, u64), String> {
+) -> Result<Fed, String> {
     let stream = format!("{}/{}/{attempt_id}", ctx.tenant, ctx.job);
     let prefix = piece_prefix(&ctx.job, ctx.phase, reducer);
     let mut after: Option<Vec<u8>> = None;
-    let (mut local, mut remote) = (0, 0);
+    let mut fed = Fed::default();
     loop {
         // Looked at before the scan: once every earlier task has committed
         // (pieces are committed with their task), an empty scan is final.
@@ -1019,7 +1032,7 @@ async fn feed_reducer(
         if page.is_empty() {
             if complete {
                 with_patience(|| gw.nodes.stream_end(node, &stream)).await?;
-                return Ok((local, remote));
+                return Ok(fed);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -1029,18 +1042,36 @@ async fn feed_reducer(
             let Ok(p) = decode::<PieceRecord>(&v) else {
                 continue;
             };
-            let Ok(Some(o)) = gw.catalog.get_object(&p.bucket, &p.key) else {
-                continue;
+            // Access is checked again on the version read: a job input
+            // of another tenant's may have been overwritten as private
+            // since it was added.
+            let o = match check_input(&gw.catalog, &ctx.tenant, &p.bucket, &p.key) {
+                Ok(o) => o,
+                Err((JobErrorCode::InternalError, e)) => return Err(e),
+                Err((JobErrorCode::AccessDeniedError, message)) => {
+                    fed.refused.push(ErrorRecord {
+                        phase: ctx.phase,
+                        task: String::new(),
+                        input: format!("{}/{}", p.bucket, p.key),
+                        code: JobErrorCode::AccessDeniedError,
+                        message,
+                        stderr: None,
+                        node: None,
+                    });
+                    continue;
+                }
+                // Deleted since: nothing to read.
+                Err(_) => continue,
             };
             if o.blob.size == 0 {
                 continue;
             }
             let _lease = gw.inflight.hold(&o.blob.id);
             let sent = if o.blob.replicas.iter().any(|n| n == node) {
-                local += o.blob.size;
+                fed.local += o.blob.size;
                 with_patience(|| gw.nodes.stream_append_blob(node, &stream, &o.blob.id)).await
             } else {
-                remote += o.blob.size;
+                fed.remote += o.blob.size;
                 with_patience(|| async {
                     let body = gw.nodes.get(&o.blob, None).await?;
                     gw.nodes.stream_append_body(node, &stream, body).await
@@ -1051,7 +1082,7 @@ async fn feed_reducer(
                 Ok(()) => {}
                 // The task stopped reading (it may need no more input):
                 // its own answer tells how it ended.
-                Err(e) if e.contains("409") => return Ok((local, remote)),
+                Err(e) if e.contains("409") => return Ok(fed),
                 Err(e) => return Err(e),
             }
         }
@@ -1182,6 +1213,7 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
                 retries: fin.retries,
                 bytes_local: fin.bytes_local,
                 bytes_remote: fin.bytes_remote,
+                refused: fin.refused.clone(),
                 _leases: Vec::new(),
             };
             if let Ok((step, new)) = build_commit(gw, &rec, &fail, false) {
@@ -1208,6 +1240,9 @@ fn build_commit(
     new.counters.retries += fin.retries;
     new.phases[phase].bytes_local += fin.bytes_local;
     new.phases[phase].bytes_remote += fin.bytes_remote;
+    for refused in &fin.refused {
+        add_error(&mut step, &mut new, refused.clone());
+    }
     let bucket = if with_objects {
         Some(
             output_bucket(&gw.catalog, &rec.tenant, &rec.spec)

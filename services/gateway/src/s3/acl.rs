@@ -49,7 +49,7 @@ fn policy_xml(owner: &str, acl: CannedAcl) -> String {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct AccessControlPolicy {
+pub(super) struct AccessControlPolicy {
     access_control_list: AccessControlList,
 }
 
@@ -76,7 +76,7 @@ struct Grantee {
 }
 
 /// Maps an AccessControlPolicy body to the canned ACL it is equivalent to.
-fn canned_from_policy(body: &[u8], owner: &str) -> S3Result<CannedAcl> {
+pub(super) fn canned_from_policy(body: &[u8], owner: &str) -> S3Result<CannedAcl> {
     let policy: AccessControlPolicy = xml::parse(body)
         .map_err(|_| S3Error::new(S3ErrorCode::MalformedAclError, "The XML you provided was not well-formed or did not validate against our published schema."))?;
     let mut group_grants: Vec<(String, String)> = Vec::new();

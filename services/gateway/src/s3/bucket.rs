@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::access::{owned_bucket, writable_bucket};
 use super::{empty_response, xml, xml_response, S3Request};
+use crate::auth::Principal;
 use crate::error::{xml_escape, S3Error, S3ErrorCode, S3Result};
 use crate::limits::{MAX_DELETE_KEYS, MAX_XML_BODY_BYTES};
 use crate::Gateway;
@@ -99,7 +100,7 @@ pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
-struct CreateBucketConfiguration {
+pub(super) struct CreateBucketConfiguration {
     location_constraint: Option<String>,
 }
 
@@ -126,20 +127,20 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
         Err(e) => return Err(e.into()),
     }
     tracing::info!(bucket = %name, tenant = %tenant, "bucket created");
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(http::header::LOCATION, format!("/{name}"))
         .body(axum::body::Body::empty())
-        .unwrap_or_default())
+        .map_err(super::built_error)
 }
 
 pub async fn head_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     super::access::readable_bucket(gw, req.principal(), req.bucket()?)?;
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header("x-amz-bucket-region", &gw.config.region)
         .body(axum::body::Body::empty())
-        .unwrap_or_default())
+        .map_err(super::built_error)
 }
 
 pub async fn get_location(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
@@ -170,7 +171,7 @@ pub async fn delete_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> 
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DeleteRequest {
+pub(super) struct DeleteRequest {
     #[serde(default)]
     quiet: bool,
     #[serde(default, rename = "Object")]
@@ -188,6 +189,12 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
     let name = req.bucket()?.to_string();
     let principal = req.principal().clone();
     super::access::bucket(gw, &name)?;
+    let allowed = writable_bucket(gw, &principal, &name);
+    // Per-key results are for callers who proved who they are; nobody
+    // anonymous gets a body read on a bucket they may not write.
+    if let (Err(e), Principal::Anonymous) = (&allowed, &principal) {
+        return Err(e.clone());
+    }
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let parsed: DeleteRequest = xml::parse(&body)?;
     if parsed.objects.is_empty() || parsed.objects.len() > MAX_DELETE_KEYS {
@@ -196,7 +203,6 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
             "A Delete request must name between 1 and 1000 objects.",
         ));
     }
-    let allowed = writable_bucket(gw, &principal, &name);
     let mut out = format!("{}<DeleteResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     for entry in parsed.objects {
         let result = match (&allowed, entry.version_id.as_deref()) {

@@ -191,7 +191,7 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     ) {
         Precondition::Ok => {}
         Precondition::NotModified => {
-            return Ok(Response::builder()
+            return Response::builder()
                 .status(StatusCode::NOT_MODIFIED)
                 .header(http::header::ETAG, format!("\"{}\"", obj.etag))
                 .header(
@@ -199,7 +199,7 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
                     xml::http_date(obj.last_modified_ms),
                 )
                 .body(Body::empty())
-                .unwrap_or_default())
+                .map_err(super::built_error)
         }
         Precondition::Failed => {
             return Err(S3Error::new(
@@ -263,7 +263,7 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
         .status(status)
         .header(http::header::CONTENT_LENGTH, len);
     if head_only {
-        return Ok(builder.body(Body::empty()).unwrap_or_default());
+        return builder.body(Body::empty()).map_err(super::built_error);
     }
     let body = if len == 0 {
         Body::empty()
@@ -281,7 +281,7 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
             chunk
         }))
     };
-    Ok(builder.body(body).unwrap_or_default())
+    builder.body(body).map_err(super::built_error)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ pub(crate) mod access;
 mod acl;
 mod bucket;
 mod copy;
+#[doc(hidden)]
+pub mod fuzz;
 mod get;
 mod list;
 mod multipart;
@@ -143,19 +145,27 @@ impl S3Request {
     }
 }
 
+/// A response the builder refused (a header that cannot be sent) is an
+/// InternalError: never an empty 200 in its place.
+pub fn built_error(e: http::Error) -> S3Error {
+    tracing::error!(error = %e, "a response could not be built");
+    S3Error::new(
+        S3ErrorCode::InternalError,
+        "The response could not be formed.",
+    )
+}
+
 pub fn xml_response(status: StatusCode, body: String) -> Response {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/xml")
-        .body(Body::from(body))
-        .unwrap_or_default()
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/xml")],
+        body,
+    )
+        .into_response()
 }
 
 pub fn empty_response(status: StatusCode) -> Response {
-    Response::builder()
-        .status(status)
-        .body(Body::empty())
-        .unwrap_or_default()
+    status.into_response()
 }
 
 /// Routes an authenticated S3 request to its operation.

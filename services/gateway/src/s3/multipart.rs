@@ -120,7 +120,7 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
     if let Some((alg, v)) = &stored.checksum {
         resp = resp.header(alg.header_name(), v);
     }
-    Ok(resp.body(Body::empty()).unwrap_or_default())
+    resp.body(Body::empty()).map_err(super::built_error)
 }
 
 pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
@@ -161,7 +161,7 @@ fn copy_range(value: &str, size: u64) -> S3Result<ByteRange> {
 }
 
 #[derive(Deserialize)]
-struct CompleteRequest {
+pub(super) struct CompleteRequest {
     #[serde(default, rename = "Part")]
     parts: Vec<CompletePart>,
 }
@@ -201,6 +201,15 @@ fn select_parts(requested: &[CompletePart], stored: &[PartRecord]) -> S3Result<V
                 )
             })?;
         chosen.push(found.clone());
+    }
+    let total = chosen
+        .iter()
+        .try_fold(0u64, |sum, p| sum.checked_add(p.blob.size));
+    if total.is_none_or(|t| t > crate::limits::MAX_OBJECT_BYTES) {
+        return Err(S3Error::new(
+            S3ErrorCode::EntityTooLarge,
+            "Your proposed upload exceeds the maximum allowed object size (5 TiB).",
+        ));
     }
     for p in &chosen[..chosen.len() - 1] {
         if p.blob.size < MIN_PART_BYTES {

@@ -43,7 +43,7 @@ fn exempt(name: &str) -> bool {
 
 /// Checks a decoded policy document against the form. Returns the allowed
 /// content length range.
-fn check_policy(
+pub(super) fn check_policy(
     policy: &Value,
     fields: &BTreeMap<String, String>,
     now: i64,
@@ -164,7 +164,9 @@ fn authenticate_form(
     let auth = Authenticator {
         catalog: &gw.catalog,
         root: &gw.config.root,
+        region: &gw.config.region,
     };
+    auth.check_scope(&scope, S3ErrorCode::InvalidArgument)?;
     let (principal, secret) = auth.lookup(&akid)?;
     let key = SigningKey::derive(&secret, &scope)
         .ok_or_else(|| malformed("x-amz-credential has a bad date"))?;
@@ -265,6 +267,7 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         expires: fields.get("expires").cloned(),
         ..Default::default()
     };
+    let mut meta_bytes = 0;
     for (k, v) in &fields {
         let stored_as_header = k.starts_with("x-amz-meta-")
             || matches!(
@@ -279,8 +282,15 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             super::put::check_header_value(k, v)?;
         }
         if let Some(m) = k.strip_prefix("x-amz-meta-") {
+            meta_bytes += m.len() + v.len();
             headers.user_metadata.insert(m.to_string(), v.clone());
         }
+    }
+    if meta_bytes > crate::limits::MAX_USER_METADATA_BYTES {
+        return Err(S3Error::new(
+            S3ErrorCode::MetadataTooLarge,
+            "Your metadata headers exceed the maximum allowed metadata size (2 KB).",
+        ));
     }
     let body = file
         .map_err(|e| {
@@ -336,19 +346,19 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             sigv4::uri_encode(&key, false),
             sigv4::uri_encode(&etag, false)
         );
-        return Ok(Response::builder()
+        return Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(http::header::LOCATION, target)
             .header(http::header::ETAG, &etag)
             .body(Body::empty())
-            .unwrap_or_default());
+            .map_err(super::built_error);
     }
     match fields.get("success_action_status").map(String::as_str) {
-        Some("200") => Ok(Response::builder()
+        Some("200") => Response::builder()
             .status(StatusCode::OK)
             .header(http::header::ETAG, &etag)
             .body(Body::empty())
-            .unwrap_or_default()),
+            .map_err(super::built_error),
         Some("201") => {
             let mut out = format!("{}<PostResponse>", xml::HEADER);
             xml::elem(&mut out, "Location", &location);
@@ -362,12 +372,12 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             }
             Ok(r)
         }
-        _ => Ok(Response::builder()
+        _ => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header(http::header::ETAG, &etag)
             .header(http::header::LOCATION, location)
             .body(Body::empty())
-            .unwrap_or_default()),
+            .map_err(super::built_error),
     }
 }
 

@@ -120,7 +120,14 @@ pub fn reject_unsupported(req: &S3Request) -> S3Result<()> {
 }
 
 /// A stored header must be sendable back as a header.
+/// A header an object is stored with must be one its GET can send: the
+/// name (a form field's, or metadata from a copy) and the value.
 pub fn check_header_value(name: &str, value: &str) -> S3Result<()> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(S3Error::invalid_argument(format!(
+            "{name:?} is not a valid HTTP header name"
+        )));
+    }
     if http::HeaderValue::from_str(value).is_err() {
         return Err(S3Error::invalid_argument(format!(
             "The value of {name} is not a valid HTTP header value"
@@ -375,7 +382,8 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
     if let Some((alg, v)) = &stored.checksum {
         resp = resp.header(alg.header_name(), v);
     }
-    Ok(resp.body(axum::body::Body::empty()).unwrap_or_default())
+    resp.body(axum::body::Body::empty())
+        .map_err(super::built_error)
 }
 
 pub async fn delete_object(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
