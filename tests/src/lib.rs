@@ -672,3 +672,38 @@ pub fn error_code(body: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// Runs `insitu job ARGS` as `tenant` against `cluster`.
+pub fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str]) -> std::process::Output {
+    Command::new(insitu_bin())
+        .arg("job")
+        .args(args)
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
+        .output()
+        .expect("insitu job")
+}
+
+/// Runs a job spec to its end (`insitu job run --watch`): its final
+/// status and its error records.
+pub fn run_job(
+    cluster: &Cluster,
+    tenant: &Tenant,
+    spec: &serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let file = cluster.dir.path().join(format!("{}.json", unique("spec")));
+    std::fs::write(&file, spec.to_string()).expect("spec file");
+    let file = file.to_string_lossy().into_owned();
+    let out = job_cli(cluster, tenant, &["run", "--watch", "--spec", &file]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("job run: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let id = status["id"].as_str().expect("a job id").to_string();
+    let errors = job_cli(cluster, tenant, &["errors", &id]);
+    let errors = String::from_utf8_lossy(&errors.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (status, errors)
+}
