@@ -329,7 +329,15 @@ impl TaskRunner {
 
     /// Makes sure an image is present: local, or pulled from its registry.
     pub async fn ensure_image(&self, image: &str) -> Result<(), TaskError> {
-        if self.docker.inspect_image(image).await.is_ok() {
+        // Only a tag or digest of that name counts: the engine also takes
+        // a name as the start of an image id, which would find an image
+        // another tenant loaded from a private object.
+        if self
+            .docker
+            .inspect_image(image)
+            .await
+            .is_ok_and(|i| names_image(&i, image))
+        {
             return Ok(());
         }
         let opts = bollard::image::CreateImageOptions {
@@ -343,11 +351,10 @@ impl TaskRunner {
                 return Err(TaskError::ImageNotFound(image.to_string()));
             }
         }
-        self.docker
-            .inspect_image(image)
-            .await
-            .map(|_| ())
-            .map_err(|_| TaskError::ImageNotFound(image.to_string()))
+        match self.docker.inspect_image(image).await {
+            Ok(i) if names_image(&i, image) => Ok(()),
+            _ => Err(TaskError::ImageNotFound(image.to_string())),
+        }
     }
 
     /// The volumes an image declares (`VOLUME`), checked: the engine
@@ -369,11 +376,20 @@ impl TaskRunner {
             .unwrap_or_default();
         volumes.sort();
         for v in &volumes {
-            let clean = v.trim_end_matches('/');
+            // As the engine cleans it: `//insitu/./out` is `/insitu/out`.
+            let path = Path::new(v);
+            let plain = path.is_absolute()
+                && path.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            let clean: PathBuf = path.components().collect();
             let ours = [IN_DIR, OUT_DIR, "/insitu", "/tmp"]
                 .iter()
-                .any(|m| clean == *m || clean.starts_with(&format!("{m}/")));
-            if clean.is_empty() || !clean.starts_with('/') || ours || clean.contains("/..") {
+                .any(|m| clean.starts_with(m));
+            if !plain || ours || clean == Path::new("/") {
                 return Err(TaskError::ImageNotFound(format!(
                     "{image} declares the volume {v:?}, which a task container cannot have"
                 )));
@@ -1293,6 +1309,32 @@ fn make_scratch(dir: &Path, mb: u64) -> Option<PathBuf> {
     let _ = std::fs::remove_dir(mnt.join("lost+found"));
     std::os::unix::fs::chown(&mnt, Some(TASK_UID), Some(TASK_UID)).ok()?;
     Some(mnt)
+}
+
+/// Whether `name` is one of the image's tags or digests, as the engine
+/// lists them (`busybox:latest` for `docker.io/library/busybox`), and not
+/// merely the start of its id.
+fn names_image(image: &bollard::models::ImageInspect, name: &str) -> bool {
+    let short = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("index.docker.io/library/"))
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
+    if short.contains('@') {
+        let digests = image.repo_digests.as_deref().unwrap_or_default();
+        return digests.iter().any(|d| d == short || d == name);
+    }
+    let tagged = short
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'));
+    let full = if tagged {
+        short.to_string()
+    } else {
+        format!("{short}:latest")
+    };
+    let tags = image.repo_tags.as_deref().unwrap_or_default();
+    tags.contains(&full)
 }
 
 /// Mounts over an image's declared volumes, so the engine makes none:

@@ -766,3 +766,79 @@ async fn anonymous_callers_get_no_body_read_before_they_are_refused() {
         assert!(answer.starts_with("HTTP/1.1 403"), "{head:?}: {answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_id_prefix_does_not_reach_another_tenants_image() {
+    let cluster = Cluster::start_with(1, None).expect("cluster");
+    let owner = cluster.create_tenant("imgowner").expect("tenant");
+    let other = cluster.create_tenant("imgother").expect("tenant");
+    let o = RawClient::new(&cluster.endpoint, &owner);
+    let x = RawClient::new(&cluster.endpoint, &other);
+    // The owner's private image, which exists only as their object.
+    let tag = format!("insitu-test/private:{}", unique("p"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM insitu-test/busybox:latest\nRUN echo PRIVATE > /marker\n",
+    )
+    .unwrap();
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().expect("docker");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    docker(&["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
+    let tar = dir.path().join("image.tar");
+    docker(&["save", "-o", tar.to_str().unwrap(), &tag]);
+    docker(&["rmi", &tag]);
+    let (ob, xb) = (unique("imgowner"), unique("imgother"));
+    o.create_bucket(&ob).await.unwrap();
+    x.create_bucket(&xb).await.unwrap();
+    for (c, b) in [(&o, &ob), (&x, &xb)] {
+        let r = c
+            .send("PUT", &format!("/{b}/in"), &[], &[], b"x\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = o
+        .send(
+            "PUT",
+            &format!("/{ob}/image.tar"),
+            &[],
+            &[],
+            std::fs::read(&tar).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, errors) = run_job(
+        &cluster,
+        &owner,
+        &serde_json::json!({
+            "phases": [{ "type": "map", "image": { "object": format!("{ob}/image.tar") }, "exec": "cat /marker" }],
+            "inputs": [format!("{ob}/in")],
+            "output": format!("{ob}/o/"),
+        }),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    // The other tenant names the start of that image's id.
+    let prefix = &id.trim_start_matches("sha256:")[..11];
+    let (status, errors) = run_job(
+        &cluster,
+        &other,
+        &serde_json::json!({
+            "phases": [{ "type": "map", "image": prefix, "exec": "cat /marker" }],
+            "inputs": [format!("{xb}/in")],
+            "output": format!("{xb}/o/"),
+        }),
+    );
+    assert_eq!(status["counters"]["outputs"], 0, "{status}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "ImageNotFoundError", "{errors:?}");
+}
