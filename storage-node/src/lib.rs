@@ -82,20 +82,34 @@ fn node_key(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(key) = std::fs::read_to_string(path) {
-        return Ok(key.trim().to_string());
+        let key = key.trim().to_string();
+        if key.len() >= 32 {
+            return Ok(key);
+        }
+        return Err(std::io::Error::other(format!(
+            "{} does not hold a node key; remove it only if this node is to rejoin under a new id",
+            path.display()
+        )));
     }
     let key = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
+    // Written whole or not at all: a crash cannot leave an empty key.
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(key.as_bytes())?;
     f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(key)
 }
 
@@ -218,6 +232,8 @@ impl Node {
 /// per outage, not once per beat.
 async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, every: Duration) {
     let http = reqwest::Client::builder()
+        // Below the gateway's idle close (`http_server`).
+        .pool_idle_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();

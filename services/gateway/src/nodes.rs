@@ -129,12 +129,18 @@ fn score(node: &str, blob: &str, weight: f64) -> f64 {
     -weight / unit_hash(node, blob).ln()
 }
 
+/// How long an idle connection to a node is kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(15);
+
 impl NodeSet {
     pub fn new(secret: String, liveness: Liveness, reserve_bytes: u64) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            // Below the nodes' idle close (`http_server`), so a pooled
+            // connection is never reused just as the node closes it.
+            .pool_idle_timeout(POOL_IDLE)
             // No single read may wait longer than this, so a stopped node
             // cannot hang a request or a background loop.
             .read_timeout(Duration::from_secs(30))
@@ -142,11 +148,17 @@ impl NodeSet {
             .unwrap_or_default();
         let slow_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
+            // Below the nodes' idle close (`http_server`), so a pooled
+            // connection is never reused just as the node closes it.
+            .pool_idle_timeout(POOL_IDLE)
             .timeout(Duration::from_secs(3600))
             .build()
             .unwrap_or_default();
         let task_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
+            // Below the nodes' idle close (`http_server`), so a pooled
+            // connection is never reused just as the node closes it.
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();

@@ -263,9 +263,16 @@ fn persistent_secret(path: &Path, make: impl FnOnce() -> String) -> Result<Strin
 }
 
 /// Creates a data directory (and its parents) that only its owner may
-/// enter; an existing one is restricted too, since secrets live in it.
+/// enter. An existing one is left as it is (it may be a shared path), with
+/// a warning if others may enter it: the secrets in it are 0600 anyway.
 fn private_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(dir = %path.display(), "the data directory is open to other users; consider chmod 700");
+        }
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
