@@ -5,18 +5,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use insitu_e2e::{insitu_bin, unique, wait_until, Cluster, RawClient, Tenant};
-
-fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str]) -> std::process::Output {
-    Command::new(insitu_bin())
-        .arg("job")
-        .args(args)
-        .env("INSITU_ENDPOINT", &cluster.endpoint)
-        .env("AWS_ACCESS_KEY_ID", &tenant.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &tenant.secret_access_key)
-        .output()
-        .expect("insitu job")
-}
+use insitu_e2e::{insitu_bin, job_cli, unique, wait_until, Cluster, RawClient, Tenant};
 
 /// One attack per input key, run one after another in one node's
 /// container (one task slot), so a container destroyed by one attack is
