@@ -62,6 +62,11 @@ pub fn map_task_id(seq: u64) -> String {
     format!("m{seq:08}")
 }
 
+/// The sequence number a map task id was made from.
+pub fn map_task_seq(id: &str) -> Option<u64> {
+    id.strip_prefix('m')?.parse().ok()
+}
+
 pub fn reducer_task_id(phase: u32, reducer: u32) -> String {
     format!("r{phase}-{reducer}")
 }

@@ -299,3 +299,22 @@ mod tests {
         assert!(TenantRecord::decode(&[]).is_err());
     }
 }
+
+// The jobs crate's records, stored in the same format as the catalog's own:
+// version 1 is what the supervisor wrote before the catalog owned them.
+macro_rules! job_record {
+    ($($t:ident),*) => {$(
+        impl Record for insitu_jobs::records::$t {
+            const KIND: &'static str = stringify!($t);
+            const VERSION: u8 = 1;
+        }
+    )*};
+}
+job_record!(
+    JobRecord,
+    InputRecord,
+    TaskRecord,
+    PieceRecord,
+    OutputRecord,
+    ErrorRecord
+);

@@ -173,7 +173,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     }
     let raw_query = parts.uri.query().unwrap_or("");
     let auth = Authenticator {
-        catalog: &gw.catalog,
+        catalog: gw.catalog.as_ref(),
         root: &gw.config.root,
         region: &gw.config.region,
     };
@@ -192,7 +192,10 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     let up_front = parts.headers.contains_key("x-amz-content-sha256")
         || !parts.headers.contains_key(http::header::AUTHORIZATION);
     let early = if up_front {
-        let a = auth.authenticate(&signed(None)).map_err(ApiError::Auth)?;
+        let a = auth
+            .authenticate(&signed(None))
+            .await
+            .map_err(ApiError::Auth)?;
         if a.principal == Principal::Anonymous {
             return Err(ApiError::Auth(S3Error::access_denied()));
         }
@@ -211,6 +214,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
             Some(a) => a,
             None => auth
                 .authenticate(&signed(Some(sigv4::sha256_hex(&bytes))))
+                .await
                 .map_err(ApiError::Auth)?,
         };
         if let crate::auth::PayloadCheck::Sha256(h) = &a.payload {
@@ -266,9 +270,9 @@ async fn admin(
                 ApiError::InvalidArgument(format!("expected {{\"name\": \"...\"}}: {e}"))
             })?;
             validate_tenant_name(&req.name)?;
-            gw.catalog.create_tenant(&req.name)?;
+            gw.catalog.create_tenant(&req.name).await?;
             let key = new_access_key(&req.name);
-            gw.catalog.put_access_key(&key)?;
+            gw.catalog.put_access_key(&key).await?;
             tracing::info!(tenant = %req.name, "tenant created");
             Ok(created_credentials(key))
         }
@@ -277,7 +281,7 @@ async fn admin(
                 let policy: insitu_catalog::TenantPolicy = serde_json::from_slice(body)
                     .map_err(|e| ApiError::InvalidArgument(format!("bad policy: {e}")))?;
                 crate::jobs::check_policy(&policy).map_err(ApiError::InvalidArgument)?;
-                if !gw.catalog.set_tenant_policy(tenant, &policy)? {
+                if !gw.catalog.set_tenant_policy(tenant, &policy).await? {
                     return Err(ApiError::NotFound(format!(
                         "tenant {tenant} does not exist"
                     )));
@@ -286,7 +290,8 @@ async fn admin(
             }
             let rec = gw
                 .catalog
-                .get_tenant(tenant)?
+                .get_tenant(tenant)
+                .await?
                 .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant} does not exist")))?;
             Ok(
                 Json(serde_json::json!({ "tenant": rec.name, "policy": rec.policy }))
@@ -296,27 +301,27 @@ async fn admin(
         (Method::GET, ["tenants"]) => {
             let tenants: Vec<_> = gw
                 .catalog
-                .list_tenants()?
+                .list_tenants().await?
                 .into_iter()
                 .map(|t| serde_json::json!({ "tenant": t.name, "created_ms": t.created_ms, "policy": t.policy }))
                 .collect();
             Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
         }
         (Method::POST, ["tenants", tenant, "keys"]) => {
-            if gw.catalog.get_tenant(tenant)?.is_none() {
+            if gw.catalog.get_tenant(tenant).await?.is_none() {
                 return Err(ApiError::NotFound(format!(
                     "tenant {tenant} does not exist"
                 )));
             }
             let key = new_access_key(tenant);
-            gw.catalog.put_access_key(&key)?;
+            gw.catalog.put_access_key(&key).await?;
             tracing::info!(tenant = %tenant, access_key_id = %key.access_key_id, "access key created");
             Ok(created_credentials(key))
         }
         (Method::GET, ["nodes"]) => Ok(Json(nodes_report(gw)).into_response()),
         (Method::POST, ["nodes", id, action @ ("drain" | "undrain")]) => {
             let draining = *action == "drain";
-            if !gw.catalog.set_node_draining(id, draining)? {
+            if !gw.catalog.set_node_draining(id, draining).await? {
                 return Err(ApiError::NotFound(format!(
                     "node {id} is not part of the cluster"
                 )));
@@ -332,12 +337,12 @@ async fn admin(
             Ok(Json(nodes_report(gw)).into_response())
         }
         (Method::DELETE, ["nodes", id]) => {
-            if gw.catalog.get_node(id)?.is_none_or(|n| n.removed) {
+            if gw.catalog.get_node(id).await?.is_none_or(|n| n.removed) {
                 return Err(ApiError::NotFound(format!(
                     "node {id} is not part of the cluster"
                 )));
             }
-            gw.catalog.remove_node(id)?;
+            gw.catalog.remove_node(id).await?;
             gw.nodes.remove_node(id);
             gw.repair
                 .wake
@@ -448,7 +453,7 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
         .map_err(ApiError::Auth)?;
     let beat: insitu_storage_node::Heartbeat = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidArgument(format!("bad heartbeat: {e}")))?;
-    if gw.node_removed(&beat.node_id) {
+    if gw.node_removed(&beat.node_id).await {
         return Err(ApiError::Conflict(format!(
             "node {} was removed from the cluster; give it a new id to rejoin",
             beat.node_id
@@ -463,6 +468,7 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
     let tied = gw
         .catalog
         .get_node(&beat.node_id)
+        .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .and_then(|n| n.key_sha256);
     if let Some(tied) = &tied {
@@ -486,8 +492,9 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
     ) || tied.is_none()
     {
         gw.register_node_with_key(&beat.node_id, &beat.addr, key_sha256)
+            .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Ok(Some(rec)) = gw.catalog.get_node(&beat.node_id) {
+        if let Ok(Some(rec)) = gw.catalog.get_node(&beat.node_id).await {
             gw.nodes.set_draining(&rec.id, rec.draining);
         }
     }

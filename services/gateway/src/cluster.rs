@@ -140,7 +140,7 @@ async fn gc_loop(gw: Arc<Gateway>) {
     let mut cursor = String::new();
     loop {
         tick.tick().await;
-        let entries = match gw.catalog.list_gc_after(&cursor, 256) {
+        let entries = match gw.catalog.list_gc_after(&cursor, 256).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the GC queue");
@@ -182,7 +182,7 @@ async fn gc_loop(gw: Arc<Gateway>) {
                 }
                 if all_gone {
                     gw.repair.gc_blobs_removed.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = gw.catalog.remove_gc(&entry.blob.id) {
+                    if let Err(e) = gw.catalog.remove_gc(&entry.blob.id).await {
                         tracing::error!(error = %e, "cannot update the GC queue");
                     }
                 }
@@ -278,7 +278,7 @@ async fn repair_corrupt(
         }
     }
     for (node, blob_id) in todo {
-        let owned = match gw.catalog.owned_blob(&blob_id) {
+        let owned = match gw.catalog.owned_blob(&blob_id).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "catalog read failed during repair");
@@ -329,6 +329,7 @@ async fn repair_corrupt(
                 if gw
                     .catalog
                     .owned_blob(&blob.id)
+                    .await
                     .ok()
                     .flatten()
                     .is_some_and(|(_, b)| b.replicas.contains(&node))
@@ -353,7 +354,7 @@ async fn repair_pass(gw: &Gateway) -> u64 {
     let mut after = String::new();
     let mut pending = 0;
     loop {
-        let page = match gw.catalog.scan_blobs(&after, 256) {
+        let page = match gw.catalog.scan_blobs(&after, 256).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "catalog scan failed during repair");
@@ -419,7 +420,7 @@ async fn repair_pass(gw: &Gateway) -> u64 {
             if !complete {
                 replicas.extend(lost.iter().cloned());
             }
-            match gw.catalog.set_replicas(&blob.id, &replicas) {
+            match gw.catalog.set_replicas(&blob.id, &replicas).await {
                 Ok(true) if complete => {
                     // Copies on reachable (draining) nodes can go now; a down
                     // node's copies are swept when it returns.
@@ -496,9 +497,9 @@ async fn sweep_node(gw: &Gateway, node: &str) {
             .into_iter()
             .filter(|e| e.modified_ms < cutoff && !gw.inflight.contains(&e.id))
         {
-            let keep = match gw.catalog.owned_blob(&entry.id) {
+            let keep = match gw.catalog.owned_blob(&entry.id).await {
                 Ok(Some((_, blob))) => blob.replicas.iter().any(|n| n == node),
-                Ok(None) => gw.catalog.is_gc_queued(&entry.id).unwrap_or(true),
+                Ok(None) => gw.catalog.is_gc_queued(&entry.id).await.unwrap_or(true),
                 Err(_) => true,
             };
             if !keep && gw.nodes.delete(node, &entry.id).await.is_ok() {

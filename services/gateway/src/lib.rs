@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use insitu_catalog::{Catalog, CatalogError, NodeRecord};
+
 use thiserror::Error;
 use tokio::net::TcpListener;
 
@@ -79,7 +80,7 @@ pub enum GatewayError {
 }
 
 pub struct Gateway {
-    pub catalog: Catalog,
+    pub catalog: Arc<dyn Catalog>,
     pub nodes: Arc<NodeSet>,
     pub repair: cluster::RepairStats,
     pub inflight: Arc<cluster::InflightBlobs>,
@@ -88,15 +89,32 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn open(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
-        let catalog = Catalog::open(&config.catalog_dir)?;
-        catalog.ensure_tenant(auth::ROOT_TENANT)?;
+    /// Opens the gateway over the embedded catalog in `config.catalog_dir`.
+    pub async fn open(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        let dir = config.catalog_dir.clone();
+        let catalog = tokio::task::spawn_blocking(move || insitu_catalog::open_rocksdb(&dir))
+            .await
+            .map_err(|e| CatalogError::Db(e.to_string()))??;
+        Self::with_catalog(config, catalog).await
+    }
+
+    /// Opens the gateway over a catalog that is already open.
+    pub async fn with_catalog(
+        config: GatewayConfig,
+        catalog: Arc<dyn Catalog>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        catalog.ensure_tenant(auth::ROOT_TENANT).await?;
         let nodes = Arc::new(NodeSet::new(
             config.cluster_secret.clone(),
             config.liveness,
             config.reserve_bytes,
         ));
-        for n in catalog.list_nodes()?.into_iter().filter(|n| !n.removed) {
+        for n in catalog
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| !n.removed)
+        {
             nodes.set_node(&n.id, &n.addr);
             nodes.set_draining(&n.id, n.draining);
         }
@@ -112,46 +130,49 @@ impl Gateway {
 
     /// Records where a storage node listens now; its id is permanent.
     /// Whether a node was removed by an operator (and may not rejoin).
-    pub fn node_removed(&self, id: &str) -> bool {
+    pub async fn node_removed(&self, id: &str) -> bool {
         self.catalog
             .get_node(id)
+            .await
             .ok()
             .flatten()
             .is_some_and(|n| n.removed)
     }
 
-    pub fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
-        self.record_node(id, addr, None)
+    pub async fn register_node(&self, id: &str, addr: &str) -> Result<(), GatewayError> {
+        self.record_node(id, addr, None).await
     }
 
     /// Registers a node that proved itself by its key (a heartbeat): the
     /// id is tied to that key from then on, if it was not already.
-    pub fn register_node_with_key(
+    pub async fn register_node_with_key(
         &self,
         id: &str,
         addr: &str,
         key_sha256: Option<String>,
     ) -> Result<(), GatewayError> {
-        self.record_node(id, addr, key_sha256)
+        self.record_node(id, addr, key_sha256).await
     }
 
-    fn record_node(
+    async fn record_node(
         &self,
         id: &str,
         addr: &str,
         key_sha256: Option<String>,
     ) -> Result<(), GatewayError> {
-        let old = self.catalog.get_node(id)?;
+        let old = self.catalog.get_node(id).await?;
         let draining = old.as_ref().is_some_and(|n| n.draining);
         let key_sha256 = old.and_then(|n| n.key_sha256).or(key_sha256);
-        self.catalog.put_node(&NodeRecord {
-            id: id.to_string(),
-            addr: addr.to_string(),
-            registered_ms: insitu_catalog::now_ms(),
-            draining,
-            removed: false,
-            key_sha256,
-        })?;
+        self.catalog
+            .put_node(&NodeRecord {
+                id: id.to_string(),
+                addr: addr.to_string(),
+                registered_ms: insitu_catalog::now_ms(),
+                draining,
+                removed: false,
+                key_sha256,
+            })
+            .await?;
         self.nodes.set_node(id, addr);
         tracing::info!(node = %id, addr = %addr, "storage node registered");
         Ok(())
@@ -172,7 +193,7 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let background = cluster::spawn_background(self.clone());
-        jobs::resume_all(&self);
+        jobs::resume_all(&self).await;
         let app = Router::new().fallback(handle).with_state(self.clone());
         let result =
             insitu_storage_node::http_server::serve(listener, app, self.config.server, shutdown)
@@ -267,7 +288,7 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     let (bucket, key) = gw.bucket_and_key(host.as_deref(), &raw_path);
     let auth = {
         let authenticator = Authenticator {
-            catalog: &gw.catalog,
+            catalog: gw.catalog.as_ref(),
             root: &gw.config.root,
             region: &gw.config.region,
         };
@@ -281,7 +302,7 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
             // signed the hash of its body; with no body, that is known.
             body_sha256: (!has_body).then(|| auth::sigv4::EMPTY_SHA256.to_string()),
         };
-        match authenticator.authenticate(&signed) {
+        match authenticator.authenticate(&signed).await {
             Ok(a) => a,
             Err(e) => return e.into_response(),
         }

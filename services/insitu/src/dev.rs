@@ -432,7 +432,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         secret.clone(),
         &tuning,
     );
-    let gateway = Gateway::open(config)?;
+    let gateway = Gateway::open(config).await?;
     let listener = gateway.bind().await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
 
@@ -443,7 +443,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         children.push(spawn_node(&id, &dir, &secret, &endpoint, args.node_scrub_secs).await?);
     }
     for n in &children {
-        gateway.register_node(&n.id, &n.addr)?;
+        gateway.register_node(&n.id, &n.addr).await?;
     }
     if generated {
         eprintln!(
@@ -514,7 +514,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         secret,
         &tuning,
     );
-    let gateway = Gateway::open(config)?;
+    let gateway = Gateway::open(config).await?;
     let mut nodes: Vec<(String, String)> = file.nodes.into_iter().collect();
     for spec in &args.nodes {
         let (id, url) = spec
@@ -523,7 +523,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         nodes.push((id.to_string(), url.to_string()));
     }
     for (id, url) in nodes {
-        gateway.register_node(&id, &url)?;
+        gateway.register_node(&id, &url).await?;
     }
     let listener = gateway.bind().await?;
     if generated {

@@ -72,7 +72,7 @@ pub struct RootCredentials {
 pub const ROOT_TENANT: &str = "root";
 
 pub struct Authenticator<'a> {
-    pub catalog: &'a Catalog,
+    pub catalog: &'a dyn Catalog,
     pub root: &'a RootCredentials,
     /// The region requests must be signed for.
     pub region: &'a str,
@@ -116,7 +116,7 @@ pub fn query_map(raw_query: &str) -> BTreeMap<String, String> {
 
 impl Authenticator<'_> {
     /// Finds the secret for an access key; unknown keys are refused.
-    pub fn lookup(&self, access_key_id: &str) -> S3Result<(Principal, String)> {
+    pub async fn lookup(&self, access_key_id: &str) -> S3Result<(Principal, String)> {
         if sigv4::signatures_match(access_key_id, &self.root.access_key_id) {
             return Ok((
                 Principal::User {
@@ -127,7 +127,7 @@ impl Authenticator<'_> {
                 self.root.secret_access_key.clone(),
             ));
         }
-        match self.catalog.get_access_key(access_key_id)? {
+        match self.catalog.get_access_key(access_key_id).await? {
             Some(k) => Ok((
                 Principal::User {
                     tenant: k.tenant,
@@ -143,7 +143,7 @@ impl Authenticator<'_> {
         }
     }
 
-    pub fn authenticate(&self, req: &SignedRequest<'_>) -> S3Result<Authenticated> {
+    pub async fn authenticate(&self, req: &SignedRequest<'_>) -> S3Result<Authenticated> {
         let query = query_map(req.raw_query);
         if let Some(auth) = req.headers.get(http::header::AUTHORIZATION) {
             let auth = auth.to_str().map_err(|_| {
@@ -152,10 +152,10 @@ impl Authenticator<'_> {
                     "The authorization header is malformed.",
                 )
             })?;
-            return self.header_auth(req, auth);
+            return self.header_auth(req, auth).await;
         }
         if query.contains_key("X-Amz-Algorithm") || query.contains_key("X-Amz-Signature") {
-            return self.presigned_auth(req, &query);
+            return self.presigned_auth(req, &query).await;
         }
         if query.contains_key("Signature") && query.contains_key("AWSAccessKeyId") {
             return Err(err(
@@ -241,7 +241,7 @@ impl Authenticator<'_> {
         Ok(out)
     }
 
-    fn header_auth(&self, req: &SignedRequest<'_>, auth: &str) -> S3Result<Authenticated> {
+    async fn header_auth(&self, req: &SignedRequest<'_>, auth: &str) -> S3Result<Authenticated> {
         let parsed = sigv4::parse_authorization(auth).ok_or_else(|| {
             err(
                 S3ErrorCode::AuthorizationHeaderMalformed,
@@ -249,7 +249,7 @@ impl Authenticator<'_> {
             )
         })?;
         self.check_scope(&parsed.scope, S3ErrorCode::AuthorizationHeaderMalformed)?;
-        let (principal, secret) = self.lookup(&parsed.access_key_id)?;
+        let (principal, secret) = self.lookup(&parsed.access_key_id).await?;
         let amz_date = req
             .headers
             .get("x-amz-date")
@@ -346,7 +346,7 @@ impl Authenticator<'_> {
         })
     }
 
-    fn presigned_auth(
+    async fn presigned_auth(
         &self,
         req: &SignedRequest<'_>,
         q: &BTreeMap<String, String>,
@@ -384,7 +384,7 @@ impl Authenticator<'_> {
         let signature = q
             .get("X-Amz-Signature")
             .ok_or_else(|| bad("X-Amz-Signature is missing"))?;
-        let (principal, secret) = self.lookup(&akid)?;
+        let (principal, secret) = self.lookup(&akid).await?;
         if t - req.now > MAX_CLOCK_SKEW_SECS {
             return Err(err(S3ErrorCode::AccessDenied, "Request is not valid yet"));
         }

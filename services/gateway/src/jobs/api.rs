@@ -9,7 +9,9 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use insitu_jobs::records::{ErrorRecord, InputRecord, ItemKind, JobRecord, OutputRecord};
+use insitu_jobs::records::JobRecord;
+
+use super::JobList;
 use insitu_jobs::{JobSpec, PhaseKind};
 use serde_json::{json, Value};
 
@@ -30,7 +32,11 @@ impl IntoResponse for JobError {
             JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
             JobError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDeniedError"),
             JobError::TooManyJobs(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyJobsError"),
-            JobError::Catalog(_) | JobError::Corrupt(_) => {
+            JobError::Catalog(e) if e.is_retryable() => {
+                tracing::warn!(error = %self, "jobs API: catalog unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError")
+            }
+            JobError::Catalog(_) => {
                 tracing::error!(error = %self, "jobs API failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
             }
@@ -95,13 +101,13 @@ async fn route(
     match (method, path) {
         (Method::POST, []) => {
             let spec = JobSpec::parse(body).map_err(|e| JobError::Invalid(e.to_string()))?;
-            let rec = super::create(gw, tenant, spec)?;
+            let rec = super::create(gw, tenant, spec).await?;
             Ok((StatusCode::CREATED, Json(status_json(&rec, &[], &[]))).into_response())
         }
         (Method::GET, []) => {
             let limit = limit_of(&q)?;
             let (jobs, more) =
-                super::list_jobs(gw, tenant, q.get("after").map(String::as_str), limit)?;
+                super::list_jobs(gw, tenant, q.get("after").map(String::as_str), limit).await?;
             let next = more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
             let jobs: Vec<Value> = jobs
                 .iter()
@@ -141,10 +147,10 @@ async fn route(
             super::get(gw, tenant, id).await?;
             let (limit, after) = (limit_of(&q)?, after_of(&q)?);
             let (items, next) = match *list {
-                "outputs" => page::<OutputRecord>(gw, id, ItemKind::Output, after, limit)?,
-                "errors" => page::<ErrorRecord>(gw, id, ItemKind::Error, after, limit)?,
-                "inputs" => page::<InputRecord>(gw, id, ItemKind::Input, after, limit)?,
-                _ => page::<InputRecord>(gw, id, ItemKind::FailedInput, after, limit)?,
+                "outputs" => page(gw, id, JobList::Outputs, after, limit).await?,
+                "errors" => page(gw, id, JobList::Errors, after, limit).await?,
+                "inputs" => page(gw, id, JobList::Inputs, after, limit).await?,
+                _ => page(gw, id, JobList::FailedInputs, after, limit).await?,
             };
             Ok(Json(json!({ *list: items, "next": next })).into_response())
         }
@@ -155,21 +161,18 @@ async fn route(
     }
 }
 
-fn page<T: serde::de::DeserializeOwned + serde::Serialize>(
+async fn page(
     gw: &Gateway,
     job: &str,
-    kind: ItemKind,
+    list: JobList,
     after: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<Value>, Option<String>), JobError> {
-    let (items, more) = super::list_items::<T>(gw, job, kind, after, limit)?;
+    let (items, more) = super::list_items(gw, job, list, after, limit).await?;
     let next = more
         .then(|| items.last().map(|(seq, _)| seq.to_string()))
         .flatten();
-    let items = items
-        .into_iter()
-        .map(|(_, v)| serde_json::to_value(v).unwrap_or_default())
-        .collect();
+    let items = items.into_iter().map(|(_, v)| v).collect();
     Ok((items, next))
 }
 

@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use insitu_catalog::{now_ms, BucketRecord, Catalog, CatalogError, JobCf, JobStep};
+use insitu_catalog::{now_ms, BucketRecord, Catalog, CatalogError, InputList, JobChange};
 use insitu_jobs::plan::{self, OutputPlace};
 use insitu_jobs::records::{
-    self, decode, encode, item_prefix, job_key, seq_key, InputRecord, ItemKind, JobCounters,
-    JobRecord, JobState, PhaseCounters, PieceRecord, Seqs, TaskRecord, TaskState,
+    self, InputRecord, JobCounters, JobRecord, JobState, PhaseCounters, PieceRecord, Seqs,
+    TaskRecord, TaskState,
 };
 use insitu_jobs::{JobSpec, PhaseKind};
 use tokio::sync::{Mutex, Notify};
@@ -43,8 +43,6 @@ pub enum JobError {
     TooManyJobs(u32),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
-    #[error("{0}")]
-    Corrupt(#[from] records::CorruptRecord),
 }
 
 /// A running job, shared by its driver and the API.
@@ -174,11 +172,6 @@ impl Supervisor {
     }
 }
 
-/// Writes the job record into a step.
-fn put_record(step: &mut JobStep, rec: &JobRecord) {
-    step.put(JobCf::Jobs, job_key(&rec.tenant, &rec.id), encode(rec));
-}
-
 /// Splits `bucket/key`.
 fn split(loc: &str) -> (String, String) {
     match loc.split_once('/') {
@@ -188,13 +181,13 @@ fn split(loc: &str) -> (String, String) {
 }
 
 /// The output bucket, which the tenant must own.
-fn output_bucket(
-    catalog: &Catalog,
+async fn output_bucket(
+    catalog: &dyn Catalog,
     tenant: &str,
     spec: &JobSpec,
 ) -> Result<BucketRecord, JobError> {
     let out = OutputPlace::of(spec);
-    let bucket = catalog.get_bucket(&out.bucket)?.ok_or_else(|| {
+    let bucket = catalog.get_bucket(&out.bucket).await?.ok_or_else(|| {
         JobError::Invalid(format!("output: bucket {} does not exist", out.bucket))
     })?;
     if bucket.owner != tenant {
@@ -211,9 +204,9 @@ fn output_bucket(
 /// reduce (routed by the input's name; checked here, since no map task
 /// checks it). An input already in the job is not added again: its output
 /// would have the same name.
-fn add_inputs(
-    catalog: &Catalog,
-    step: &mut JobStep,
+async fn add_inputs(
+    catalog: &dyn Catalog,
+    step: &mut JobChange,
     rec: &mut JobRecord,
     inputs: &[(String, String, u64)],
 ) {
@@ -221,38 +214,30 @@ fn add_inputs(
     let mut batch = std::collections::HashSet::new();
     for (bucket, key, size) in inputs {
         let loc = format!("{bucket}/{key}");
-        let seen = records::seen_key(&rec.id, &loc);
         let known = !batch.insert(loc.clone())
-            || catalog
-                .job_get(JobCf::Items, &seen)
-                .ok()
-                .flatten()
-                .is_some();
+            || catalog.job_has_input(&rec.id, &loc).await.unwrap_or(false);
         if known {
             continue;
         }
-        step.put(JobCf::Items, seen, Vec::new());
-        step.put(
-            JobCf::Items,
-            seq_key(&rec.id, ItemKind::Input, rec.seq.input),
-            encode(&InputRecord { input: loc.clone() }),
-        );
+        step.add_input(&rec.id, rec.seq.input, InputRecord { input: loc.clone() });
         rec.seq.input += 1;
         rec.counters.inputs += 1;
         match first.kind {
             PhaseKind::Map => add_map_task(step, rec, 0, loc),
             PhaseKind::Reduce => {
-                let refused = match check_input(catalog, &rec.tenant, bucket, key) {
+                let refused = match check_input(catalog, &rec.tenant, bucket, key).await {
                     Ok(checked) => {
                         let r = plan::reducer_for_name(&loc, first.reducers());
-                        step.put(
-                            JobCf::Items,
-                            records::piece_key(&rec.id, 0, r, rec.seq.piece),
-                            encode(&PieceRecord {
+                        step.add_piece(
+                            &rec.id,
+                            0,
+                            r,
+                            rec.seq.piece,
+                            PieceRecord {
                                 bucket: bucket.clone(),
                                 key: key.clone(),
                                 size: checked.size,
-                            }),
+                            },
                         );
                         rec.seq.piece += 1;
                         None
@@ -281,7 +266,7 @@ fn add_inputs(
 }
 
 /// Queues a map task of `phase` over `input` (`bucket/key`) in a step.
-pub(crate) fn add_map_task(step: &mut JobStep, rec: &mut JobRecord, phase: u32, input: String) {
+pub(crate) fn add_map_task(step: &mut JobChange, rec: &mut JobRecord, phase: u32, input: String) {
     let task = TaskRecord {
         id: plan::map_task_id(rec.seq.task),
         phase,
@@ -291,11 +276,7 @@ pub(crate) fn add_map_task(step: &mut JobStep, rec: &mut JobRecord, phase: u32, 
         node: None,
         attempts: 0,
     };
-    step.put(
-        JobCf::Items,
-        seq_key(&rec.id, ItemKind::Task, rec.seq.task),
-        encode(&task),
-    );
+    step.put_task(&rec.id, rec.seq.task, task);
     rec.seq.task += 1;
     rec.phases[phase as usize].tasks += 1;
 }
@@ -305,8 +286,8 @@ pub(crate) fn add_map_task(step: &mut JobStep, rec: &mut JobRecord, phase: u32, 
 /// be overwritten with other permissions meanwhile), or the error the
 /// input gets (answered as S3 would: a missing key is only reported as
 /// missing to someone who may list the bucket).
-pub(crate) fn check_input(
-    catalog: &Catalog,
+pub(crate) async fn check_input(
+    catalog: &dyn Catalog,
     tenant: &str,
     bucket: &str,
     key: &str,
@@ -314,7 +295,7 @@ pub(crate) fn check_input(
     use insitu_jobs::JobErrorCode;
     let loc = format!("{bucket}/{key}");
     let internal = |e: CatalogError| (JobErrorCode::InternalError, e.to_string());
-    let Some(b) = catalog.get_bucket(bucket).map_err(internal)? else {
+    let Some(b) = catalog.get_bucket(bucket).await.map_err(internal)? else {
         return Err((
             JobErrorCode::ResourceNotFoundError,
             format!("bucket {bucket} does not exist"),
@@ -326,7 +307,7 @@ pub(crate) fn check_input(
         is_root: false,
     };
     let owner = crate::s3::access::is_owner(&p, &b);
-    match catalog.get_object(bucket, key).map_err(internal)? {
+    match catalog.get_object(bucket, key).await.map_err(internal)? {
         Some(o) if may_read(tenant, &b, &o) => Ok(o),
         None if owner || crate::s3::access::acl_allows_read(&p, b.acl) => Err((
             JobErrorCode::ResourceNotFoundError,
@@ -340,22 +321,18 @@ pub(crate) fn check_input(
 }
 
 /// Records an error (and, for a job input, a failed input) in a step.
-pub(crate) fn add_error(step: &mut JobStep, rec: &mut JobRecord, err: records::ErrorRecord) {
+pub(crate) fn add_error(step: &mut JobChange, rec: &mut JobRecord, err: records::ErrorRecord) {
     if err.phase == 0 && !err.input.is_empty() {
-        step.put(
-            JobCf::Items,
-            seq_key(&rec.id, ItemKind::FailedInput, rec.seq.failed_input),
-            encode(&InputRecord {
+        step.add_failed_input(
+            &rec.id,
+            rec.seq.failed_input,
+            InputRecord {
                 input: err.input.clone(),
-            }),
+            },
         );
         rec.seq.failed_input += 1;
     }
-    step.put(
-        JobCf::Items,
-        seq_key(&rec.id, ItemKind::Error, rec.seq.error),
-        encode(&err),
-    );
+    step.add_error(&rec.id, rec.seq.error, err);
     rec.seq.error += 1;
     rec.counters.errors += 1;
 }
@@ -501,12 +478,12 @@ fn apply_policy(spec: &mut JobSpec, p: &insitu_catalog::TenantPolicy) -> Result<
     Ok(())
 }
 
-pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecord, JobError> {
+pub async fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecord, JobError> {
     let mut spec = spec;
-    if let Some(t) = gw.catalog.get_tenant(tenant)? {
+    if let Some(t) = gw.catalog.get_tenant(tenant).await? {
         apply_policy(&mut spec, &t.policy)?;
     }
-    output_bucket(&gw.catalog, tenant, &spec)?;
+    output_bucket(gw.catalog.as_ref(), tenant, &spec).await?;
     let cap = gw.config.tenant_max_jobs;
     if cap > 0 && gw.jobs.running_jobs(tenant) >= cap as usize {
         return Err(JobError::TooManyJobs(cap));
@@ -532,8 +509,8 @@ pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecor
         phases,
         counters: JobCounters::default(),
     };
-    let mut step = JobStep::default();
-    add_inputs(&gw.catalog, &mut step, &mut rec, &inputs);
+    let mut step = JobChange::default();
+    add_inputs(gw.catalog.as_ref(), &mut step, &mut rec, &inputs).await;
     // They are in the job's input list now; the record stays small.
     rec.spec.inputs.clear();
     for (i, p) in rec.spec.phases.iter().enumerate() {
@@ -548,16 +525,12 @@ pub fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<JobRecor
                     node: None,
                     attempts: 0,
                 };
-                step.put(
-                    JobCf::Items,
-                    records::reducer_key(&id, i as u32, r),
-                    encode(&task),
-                );
+                step.put_reducer(&id, task);
             }
         }
     }
-    put_record(&mut step, &rec);
-    gw.catalog.job_commit(step)?;
+    step.put_job(&rec);
+    gw.catalog.job_commit(step).await?;
     tracing::info!(tenant = %tenant, job = %id, inputs = rec.counters.inputs, "job created");
     start(gw, rec.clone());
     Ok(rec)
@@ -582,27 +555,22 @@ fn start(gw: &Arc<Gateway>, rec: JobRecord) {
 }
 
 /// Resumes every job that had not finished when the gateway stopped.
-pub fn resume_all(gw: &Arc<Gateway>) {
-    let mut after: Option<Vec<u8>> = None;
+pub async fn resume_all(gw: &Arc<Gateway>) {
+    let mut after: Option<(String, String)> = None;
     loop {
-        let page = match gw.catalog.job_scan(JobCf::Jobs, b"", after.as_deref(), 256) {
+        let cursor = after.as_ref().map(|(t, j)| (t.as_str(), j.as_str()));
+        let page = match gw.catalog.all_jobs(cursor, 256).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list jobs to resume");
                 return;
             }
         };
-        let Some((last, _)) = page.last() else { return };
-        after = Some(last.to_vec());
-        for (_, v) in page {
-            match decode::<JobRecord>(&v) {
-                Ok(rec) if !rec.state.is_final() => {
-                    tracing::info!(tenant = %rec.tenant, job = %rec.id, "resuming job");
-                    start(gw, rec);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "unreadable job record"),
-            }
+        let Some(last) = page.last() else { return };
+        after = Some((last.tenant.clone(), last.id.clone()));
+        for rec in page.into_iter().filter(|r| !r.state.is_final()) {
+            tracing::info!(tenant = %rec.tenant, job = %rec.id, "resuming job");
+            start(gw, rec);
         }
     }
 }
@@ -615,11 +583,10 @@ pub async fn get(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobE
             return Ok(rec);
         }
     }
-    let bytes = gw
-        .catalog
-        .job_get(JobCf::Jobs, &job_key(tenant, id))?
-        .ok_or_else(|| JobError::NotFound(id.to_string()))?;
-    Ok(decode(&bytes)?)
+    gw.catalog
+        .job(tenant, id)
+        .await?
+        .ok_or_else(|| JobError::NotFound(id.to_string()))
 }
 
 /// Why the job's queued tasks wait, by reason, among those the dispatcher
@@ -669,10 +636,10 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
         )));
     }
     let mut new = rec.clone();
-    let mut step = JobStep::default();
-    add_inputs(&gw.catalog, &mut step, &mut new, &parsed);
-    put_record(&mut step, &new);
-    gw.catalog.job_commit(step)?;
+    let mut step = JobChange::default();
+    add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &parsed).await;
+    step.put_job(&new);
+    gw.catalog.job_commit(step).await?;
     *rec = new;
     drop(rec);
     job.wake.notify_one();
@@ -686,9 +653,9 @@ pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord
     if !rec.input_closed {
         let mut new = rec.clone();
         new.input_closed = true;
-        let mut step = JobStep::default();
-        put_record(&mut step, &new);
-        gw.catalog.job_commit(step)?;
+        let mut step = JobChange::default();
+        step.put_job(&new);
+        gw.catalog.job_commit(step).await?;
         *rec = new;
     }
     let out = rec.clone();
@@ -706,9 +673,9 @@ pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, J
     let mut new = rec.clone();
     new.state = JobState::Cancelled;
     new.done_ms = Some(now_ms());
-    let mut step = JobStep::default();
-    put_record(&mut step, &new);
-    gw.catalog.job_commit(step)?;
+    let mut step = JobChange::default();
+    step.put_job(&new);
+    gw.catalog.job_commit(step).await?;
     *rec = new;
     let out = rec.clone();
     drop(rec);
@@ -733,44 +700,51 @@ pub(crate) fn may_read(
     crate::s3::access::is_owner(&p, bucket) || crate::s3::access::acl_allows_read(&p, obj.acl)
 }
 
-/// One page of one of a job's lists, after `after` (a sequence number).
-pub fn list_items<T: serde::de::DeserializeOwned>(
+/// One of a job's lists that the API pages through.
+#[derive(Debug, Clone, Copy)]
+pub enum JobList {
+    Inputs,
+    FailedInputs,
+    Outputs,
+    Errors,
+}
+
+/// One page of one of a job's lists after `after` (a sequence number), as
+/// JSON values, and whether more follow.
+pub async fn list_items(
     gw: &Gateway,
     job: &str,
-    kind: ItemKind,
+    list: JobList,
     after: Option<u64>,
     limit: usize,
-) -> Result<(Vec<(u64, T)>, bool), JobError> {
-    let prefix = item_prefix(job, kind);
-    let after_key = after.map(|s| seq_key(job, kind, s));
-    let page = gw
-        .catalog
-        .job_scan(JobCf::Items, &prefix, after_key.as_deref(), limit + 1)?;
-    let more = page.len() > limit;
-    let mut out = Vec::new();
-    for (k, v) in page.into_iter().take(limit) {
-        let seq = records::seq_of(&k).unwrap_or_default();
-        out.push((seq, decode::<T>(&v)?));
+) -> Result<(Vec<(u64, serde_json::Value)>, bool), JobError> {
+    fn json<T: serde::Serialize>(page: Vec<(u64, T)>) -> Vec<(u64, serde_json::Value)> {
+        page.into_iter()
+            .map(|(seq, v)| (seq, serde_json::to_value(v).unwrap_or_default()))
+            .collect()
     }
-    Ok((out, more))
+    let c = &gw.catalog;
+    let n = limit + 1;
+    let mut page = match list {
+        JobList::Inputs => json(c.job_inputs(job, InputList::All, after, n).await?),
+        JobList::FailedInputs => json(c.job_inputs(job, InputList::Failed, after, n).await?),
+        JobList::Outputs => json(c.job_outputs(job, after, n).await?),
+        JobList::Errors => json(c.job_errors(job, after, n).await?),
+    };
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok((page, more))
 }
 
 /// One page of a tenant's jobs, oldest first, after job id `after`.
-pub fn list_jobs(
+pub async fn list_jobs(
     gw: &Gateway,
     tenant: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<JobRecord>, bool), JobError> {
-    let prefix = job_key(tenant, "");
-    let after_key = after.map(|a| job_key(tenant, a));
-    let page = gw
-        .catalog
-        .job_scan(JobCf::Jobs, &prefix, after_key.as_deref(), limit + 1)?;
+    let mut page = gw.catalog.jobs(tenant, after, limit + 1).await?;
     let more = page.len() > limit;
-    let mut out = Vec::new();
-    for (_, v) in page.into_iter().take(limit) {
-        out.push(decode::<JobRecord>(&v)?);
-    }
-    Ok((out, more))
+    page.truncate(limit);
+    Ok((page, more))
 }

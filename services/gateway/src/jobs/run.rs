@@ -10,20 +10,18 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use insitu_catalog::{
-    now_ms, BlobRef, CannedAcl, JobCf, JobStep, ListQuery, ObjectHeaders, ObjectRecord,
+    now_ms, BlobRef, CannedAcl, JobChange, ListQuery, ObjectHeaders, ObjectRecord,
 };
 use insitu_jobs::plan::{self, Downstream, OutputPlace};
 use insitu_jobs::records::{
-    decode, encode, item_prefix, piece_key, piece_prefix, reducer_key, seq_key, ErrorRecord,
-    ItemKind, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
+    ErrorRecord, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
 };
 use insitu_jobs::{ImageRef, JobErrorCode, PhaseKind, PhaseSpec};
 use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
 use tracing::Instrument;
 
 use super::{
-    add_error, add_inputs, add_map_task, check_input, may_read, output_bucket, put_record, split,
-    ActiveJob,
+    add_error, add_inputs, add_map_task, check_input, may_read, output_bucket, split, ActiveJob,
 };
 use crate::cluster::InflightGuard;
 use crate::nodes::{NodeError, NodeState};
@@ -159,9 +157,9 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         if rec.state == JobState::Queued {
             let mut new = rec.clone();
             new.state = JobState::Running;
-            let mut step = JobStep::default();
-            put_record(&mut step, &new);
-            if gw.catalog.job_commit(step).is_ok() {
+            let mut step = JobChange::default();
+            step.put_job(&new);
+            if gw.catalog.job_commit(step).await.is_ok() {
                 *rec = new;
             }
         }
@@ -170,7 +168,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         let r = job.record.lock().await;
         (r.spec.phases.len(), r.id.clone())
     };
-    let mut cursor: Option<Vec<u8>> = None;
+    let mut cursor: Option<u64> = None;
     let mut backlog: VecDeque<TaskRecord> = VecDeque::new();
     let mut inflight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     let mut in_flight_tasks: HashMap<String, TaskRecord> = HashMap::new();
@@ -190,7 +188,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             }
         }
         if backlog.len() < BACKLOG / 2 {
-            refill(&gw, &rec.id, &mut cursor, &mut backlog);
+            refill(&gw, &rec.id, &mut cursor, &mut backlog).await;
         }
         // Map tasks: each to the least-loaded holder of its input that has
         // a free slot.
@@ -199,7 +197,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         let mut looked = 0;
         while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
             looked += 1;
-            match place_map(&gw, &rec, &backlog[i]) {
+            match place_map(&gw, &rec, &backlog[i]).await {
                 Place::Wait(Waiting::NoLiveReplica) => {
                     // To the back: tasks whose inputs are on live nodes go
                     // first, rather than waiting behind it.
@@ -250,9 +248,8 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                 if reducers_running.contains(&(k, r)) {
                     continue;
                 }
-                let key = reducer_key(&rec.id, k as u32, r);
-                let task = match gw.catalog.job_get(JobCf::Items, &key) {
-                    Ok(v) => v.and_then(|v| decode::<TaskRecord>(&v).ok()),
+                let task = match gw.catalog.job_reducer(&rec.id, k as u32, r).await {
+                    Ok(t) => t,
                     Err(e) => {
                         // Tried again on the next turn.
                         tracing::error!(error = %e, "cannot read a reducer's record");
@@ -320,30 +317,25 @@ fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> TaskCtx {
     }
 }
 
-/// Loads queued map tasks after `cursor` into the backlog.
-fn refill(
+/// Loads queued map tasks after `cursor` (a sequence number) into the
+/// backlog.
+async fn refill(
     gw: &Gateway,
     job: &str,
-    cursor: &mut Option<Vec<u8>>,
+    cursor: &mut Option<u64>,
     backlog: &mut VecDeque<TaskRecord>,
 ) {
-    let prefix = item_prefix(job, ItemKind::Task);
-    let page = match gw
-        .catalog
-        .job_scan(JobCf::Items, &prefix, cursor.as_deref(), BACKLOG)
-    {
+    let page = match gw.catalog.job_tasks(job, *cursor, BACKLOG).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the job's tasks");
             return;
         }
     };
-    for (k, v) in page {
-        *cursor = Some(k.to_vec());
-        match decode::<TaskRecord>(&v) {
-            Ok(t) if t.state == TaskState::Queued => backlog.push_back(t),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "unreadable task record"),
+    for (seq, t) in page {
+        *cursor = Some(seq);
+        if t.state == TaskState::Queued {
+            backlog.push_back(t);
         }
     }
 }
@@ -357,8 +349,8 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
     let location = rec.spec.input_prefix.clone().unwrap_or_default();
     let (bucket, prefix) = split(location.strip_prefix("s3://").unwrap_or(&location));
     let mut new = rec.clone();
-    let mut step = JobStep::default();
-    let denied = match gw.catalog.get_bucket(&bucket)? {
+    let mut step = JobChange::default();
+    let denied = match gw.catalog.get_bucket(&bucket).await? {
         None => Some((
             JobErrorCode::ResourceNotFoundError,
             format!("bucket {bucket} does not exist"),
@@ -396,28 +388,31 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
         );
         new.prefix_cursor = None;
     } else {
-        let page = gw.catalog.list_objects(
-            &bucket,
-            &ListQuery {
-                prefix: &prefix,
-                delimiter: None,
-                start_after: (!cursor.is_empty()).then_some(cursor.as_str()),
-                max: 1000,
-            },
-        )?;
+        let page = gw
+            .catalog
+            .list_objects(
+                &bucket,
+                &ListQuery {
+                    prefix: prefix.clone(),
+                    delimiter: None,
+                    start_after: (!cursor.is_empty()).then_some(cursor),
+                    max: 1000,
+                },
+            )
+            .await?;
         let inputs: Vec<(String, String, u64)> = page
             .objects
             .iter()
             .map(|(k, o)| (bucket.clone(), k.clone(), o.size))
             .collect();
-        add_inputs(&gw.catalog, &mut step, &mut new, &inputs);
+        add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &inputs).await;
         new.prefix_cursor = match (page.is_truncated, page.last) {
             (true, Some(last)) => Some(last),
             _ => None,
         };
     }
-    put_record(&mut step, &new);
-    gw.catalog.job_commit(step)?;
+    step.put_job(&new);
+    gw.catalog.job_commit(step).await?;
     *rec = new;
     Ok(())
 }
@@ -466,12 +461,12 @@ pub(crate) enum Waiting {
     Catalog,
 }
 
-fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
+async fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
     // The version checked is the version read: the key may be overwritten
     // with other permissions at any moment.
-    let obj = match check_input(&gw.catalog, &rec.tenant, &bucket, &key) {
+    let obj = match check_input(gw.catalog.as_ref(), &rec.tenant, &bucket, &key).await {
         Ok(o) => o,
         Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
         Err((code, message)) => return Place::Fail(code, message),
@@ -619,11 +614,13 @@ async fn image_for(
     let b = gw
         .catalog
         .get_bucket(&bucket)
+        .await
         .map_err(|e| AttemptError::Retry(e.to_string()))?
         .ok_or_else(not_found)?;
     let obj = gw
         .catalog
         .get_object(&bucket, &key)
+        .await
         .map_err(|e| AttemptError::Retry(e.to_string()))?
         .ok_or_else(not_found)?;
     if !may_read(&ctx.tenant, &b, &obj) {
@@ -1018,8 +1015,7 @@ async fn feed_reducer(
     attempt_id: &str,
 ) -> Result<Fed, String> {
     let stream = format!("{}/{}/{attempt_id}", ctx.tenant, ctx.job);
-    let prefix = piece_prefix(&ctx.job, ctx.phase, reducer);
-    let mut after: Option<Vec<u8>> = None;
+    let mut after: Option<u64> = None;
     let mut fed = Fed::default();
     loop {
         // Looked at before the scan: once every earlier task has committed
@@ -1027,7 +1023,8 @@ async fn feed_reducer(
         let complete = job.record.lock().await.upstream_done(ctx.phase as usize);
         let page = gw
             .catalog
-            .job_scan(JobCf::Items, &prefix, after.as_deref(), 100)
+            .job_pieces(&ctx.job, ctx.phase, reducer, after, 100)
+            .await
             .map_err(|e| e.to_string())?;
         if page.is_empty() {
             if complete {
@@ -1037,15 +1034,12 @@ async fn feed_reducer(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        for (k, v) in page {
-            after = Some(k.to_vec());
-            let Ok(p) = decode::<PieceRecord>(&v) else {
-                continue;
-            };
+        for (seq, p) in page {
+            after = Some(seq);
             // Access is checked again on the version read: a job input
             // of another tenant's may have been overwritten as private
             // since it was added.
-            let o = match check_input(&gw.catalog, &ctx.tenant, &p.bucket, &p.key) {
+            let o = match check_input(gw.catalog.as_ref(), &ctx.tenant, &p.bucket, &p.key).await {
                 Ok(o) => o,
                 Err((JobErrorCode::InternalError, e)) => return Err(e),
                 Err((JobErrorCode::AccessDeniedError, message)) => {
@@ -1162,14 +1156,12 @@ async fn commit_all(gw: &Arc<Gateway>, job: &ActiveJob, fins: Vec<Finished>) {
             return;
         }
         let mut current = rec.clone();
-        let mut merged = JobStep::default();
+        let mut merged = JobChange::default();
         let mut built = true;
         for fin in &fins {
-            match build_commit(gw, &current, fin, true) {
+            match build_commit(gw, &current, fin, true).await {
                 Ok((step, new)) => {
-                    merged.writes.extend(step.writes);
-                    merged.objects.extend(step.objects);
-                    merged.delete_objects.extend(step.delete_objects);
+                    merged.merge(step);
                     current = new;
                 }
                 Err(_) => {
@@ -1178,7 +1170,7 @@ async fn commit_all(gw: &Arc<Gateway>, job: &ActiveJob, fins: Vec<Finished>) {
                 }
             }
         }
-        if built && gw.catalog.job_commit(merged).is_ok() {
+        if built && gw.catalog.job_commit(merged).await.is_ok() {
             *rec = current;
             return;
         }
@@ -1193,9 +1185,9 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
     if rec.state.is_final() {
         return;
     }
-    let first_try = build_commit(gw, &rec, &fin, true);
+    let first_try = build_commit(gw, &rec, &fin, true).await;
     let result = match first_try {
-        Ok((step, new)) => gw.catalog.job_commit(step).map(|_| new),
+        Ok((step, new)) => gw.catalog.job_commit(step).await.map(|_| new),
         Err(e) => Err(e),
     };
     match result {
@@ -1216,8 +1208,8 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
                 refused: fin.refused.clone(),
                 _leases: Vec::new(),
             };
-            if let Ok((step, new)) = build_commit(gw, &rec, &fail, false) {
-                if gw.catalog.job_commit(step).is_ok() {
+            if let Ok((step, new)) = build_commit(gw, &rec, &fail, false).await {
+                if gw.catalog.job_commit(step).await.is_ok() {
                     *rec = new;
                 }
             }
@@ -1225,14 +1217,14 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
     }
 }
 
-fn build_commit(
+async fn build_commit(
     gw: &Gateway,
     rec: &JobRecord,
     fin: &Finished,
     with_objects: bool,
-) -> Result<(JobStep, JobRecord), insitu_catalog::CatalogError> {
+) -> Result<(JobChange, JobRecord), insitu_catalog::CatalogError> {
     let mut new = rec.clone();
-    let mut step = JobStep::default();
+    let mut step = JobChange::default();
     let phase = fin.task.phase as usize;
     let last = phase + 1 == rec.spec.phases.len();
     let out = OutputPlace::of(&rec.spec);
@@ -1245,7 +1237,8 @@ fn build_commit(
     }
     let bucket = if with_objects {
         Some(
-            output_bucket(&gw.catalog, &rec.tenant, &rec.spec)
+            output_bucket(gw.catalog.as_ref(), &rec.tenant, &rec.spec)
+                .await
                 .map_err(|e| insitu_catalog::CatalogError::Corrupt(e.to_string()))?,
         )
     } else {
@@ -1264,23 +1257,19 @@ fn build_commit(
                     task.input.as_deref(),
                     task.reducer,
                 );
-                step.objects.push((
-                    bucket.clone(),
-                    key.clone(),
-                    object_record(&rec.tenant, blob),
-                ));
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
                 let loc = format!("{}/{key}", bucket.name);
                 match plan::downstream(&rec.spec, phase) {
                     Downstream::None => {
-                        step.put(
-                            JobCf::Items,
-                            seq_key(&rec.id, ItemKind::Output, new.seq.output),
-                            encode(&OutputRecord {
+                        step.add_output(
+                            &rec.id,
+                            new.seq.output,
+                            OutputRecord {
                                 phase: fin.task.phase,
                                 task: task.id.clone(),
                                 object: loc,
                                 size: blob.size,
-                            }),
+                            },
                         );
                         new.seq.output += 1;
                         new.counters.outputs += 1;
@@ -1288,14 +1277,16 @@ fn build_commit(
                     Downstream::Map => add_map_task(&mut step, &mut new, fin.task.phase + 1, loc),
                     Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
                         let r = plan::reducer_for_name(&loc, count);
-                        step.put(
-                            JobCf::Items,
-                            piece_key(&rec.id, fin.task.phase + 1, r, new.seq.piece),
-                            encode(&PieceRecord {
+                        step.add_piece(
+                            &rec.id,
+                            fin.task.phase + 1,
+                            r,
+                            new.seq.piece,
+                            PieceRecord {
                                 bucket: bucket.name.clone(),
                                 key,
                                 size: blob.size,
-                            }),
+                            },
                         );
                         new.seq.piece += 1;
                     }
@@ -1303,19 +1294,17 @@ fn build_commit(
             }
             for (r, blob) in pieces {
                 let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);
-                step.objects.push((
-                    bucket.clone(),
-                    key.clone(),
-                    object_record(&rec.tenant, blob),
-                ));
-                step.put(
-                    JobCf::Items,
-                    piece_key(&rec.id, fin.task.phase + 1, *r, new.seq.piece),
-                    encode(&PieceRecord {
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
+                step.add_piece(
+                    &rec.id,
+                    fin.task.phase + 1,
+                    *r,
+                    new.seq.piece,
+                    PieceRecord {
                         bucket: bucket.name.clone(),
                         key,
                         size: blob.size,
-                    }),
+                    },
                 );
                 new.seq.piece += 1;
             }
@@ -1339,8 +1328,7 @@ fn build_commit(
             if let (Some(blob), Some(bucket)) = (stderr, bucket) {
                 let key = OutputPlace::stderr_key(&rec.id, &task.id, task.attempts);
                 stderr_loc = Some(format!("{}/{key}", bucket.name));
-                step.objects
-                    .push((bucket.clone(), key, object_record(&rec.tenant, blob)));
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
             }
             let input = match (&task.input, task.reducer) {
                 (Some(i), _) => i.clone(),
@@ -1362,19 +1350,16 @@ fn build_commit(
             );
         }
     }
-    let task_key = match task.reducer {
-        Some(r) => reducer_key(&rec.id, task.phase, r),
-        None => seq_key(
-            &rec.id,
-            ItemKind::Task,
-            task.id
-                .trim_start_matches('m')
-                .parse::<u64>()
-                .unwrap_or_default(),
-        ),
-    };
-    step.put(JobCf::Items, task_key, encode(&task));
-    put_record(&mut step, &new);
+    match task.reducer {
+        Some(_) => step.put_reducer(&rec.id, task),
+        None => {
+            let seq = plan::map_task_seq(&task.id).ok_or_else(|| {
+                insitu_catalog::CatalogError::Corrupt(format!("map task id {}", task.id))
+            })?;
+            step.put_task(&rec.id, seq, task);
+        }
+    }
+    step.put_job(&new);
     Ok((step, new))
 }
 
@@ -1393,9 +1378,9 @@ async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
     let mut new = rec.clone();
     new.state = JobState::Done;
     new.done_ms = Some(now_ms());
-    let mut step = JobStep::default();
-    put_record(&mut step, &new);
-    if let Err(e) = gw.catalog.job_commit(step) {
+    let mut step = JobChange::default();
+    step.put_job(&new);
+    if let Err(e) = gw.catalog.job_commit(step).await {
         tracing::error!(error = %e, "cannot record the job as done");
         return;
     }
@@ -1412,7 +1397,7 @@ async fn cancelled(gw: &Arc<Gateway>, job: &ActiveJob, aborted: Vec<TaskRecord>)
     let rec = {
         let mut rec = job.record.lock().await;
         let mut new = rec.clone();
-        let mut step = JobStep::default();
+        let mut step = JobChange::default();
         for task in aborted {
             add_error(
                 &mut step,
@@ -1431,8 +1416,8 @@ async fn cancelled(gw: &Arc<Gateway>, job: &ActiveJob, aborted: Vec<TaskRecord>)
                 },
             );
         }
-        put_record(&mut step, &new);
-        if gw.catalog.job_commit(step).is_ok() {
+        step.put_job(&new);
+        if gw.catalog.job_commit(step).await.is_ok() {
             *rec = new;
         }
         rec.clone()
@@ -1452,24 +1437,20 @@ async fn cleanup(gw: &Arc<Gateway>, job: &ActiveJob, rec: &JobRecord) {
     let out = OutputPlace::of(&rec.spec);
     let prefix = format!("{}p", OutputPlace::job_prefix(&rec.id));
     let query = ListQuery {
-        prefix: &prefix,
+        prefix,
         delimiter: None,
         start_after: None,
         max: 1000,
     };
-    while let Ok(page) = gw.catalog.list_objects(&out.bucket, &query) {
+    while let Ok(page) = gw.catalog.list_objects(&out.bucket, &query).await {
         if page.objects.is_empty() {
             break;
         }
-        let step = JobStep {
-            delete_objects: page
-                .objects
-                .into_iter()
-                .map(|(k, _)| (out.bucket.clone(), k))
-                .collect(),
-            ..Default::default()
-        };
-        if gw.catalog.job_commit(step).is_err() {
+        let mut step = JobChange::default();
+        for (k, _) in page.objects {
+            step.delete_object(&out.bucket, &k);
+        }
+        if gw.catalog.job_commit(step).await.is_err() {
             break;
         }
     }

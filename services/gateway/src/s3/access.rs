@@ -21,15 +21,16 @@ pub fn acl_allows_read(p: &Principal, acl: CannedAcl) -> bool {
 }
 
 /// Loads a bucket, failing with `NoSuchBucket`.
-pub fn bucket(gw: &Gateway, name: &str) -> S3Result<BucketRecord> {
+pub async fn bucket(gw: &Gateway, name: &str) -> S3Result<BucketRecord> {
     gw.catalog
-        .get_bucket(name)?
+        .get_bucket(name)
+        .await?
         .ok_or_else(|| S3Error::no_such_bucket(name))
 }
 
 /// Bucket owner only: ACL changes, deletion, listing uploads.
-pub fn owned_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
-    let b = bucket(gw, name)?;
+pub async fn owned_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
+    let b = bucket(gw, name).await?;
     if is_owner(p, &b) {
         Ok(b)
     } else {
@@ -38,8 +39,8 @@ pub fn owned_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketR
 }
 
 /// Listing a bucket: the owner, or anyone its ACL lets read.
-pub fn readable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
-    let b = bucket(gw, name)?;
+pub async fn readable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
+    let b = bucket(gw, name).await?;
     if is_owner(p, &b) || acl_allows_read(p, b.acl) {
         Ok(b)
     } else {
@@ -48,8 +49,8 @@ pub fn readable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<Buck
 }
 
 /// Writing objects: the owner, or anyone if the bucket is public-read-write.
-pub fn writable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
-    let b = bucket(gw, name)?;
+pub async fn writable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<BucketRecord> {
+    let b = bucket(gw, name).await?;
     if is_owner(p, &b) || b.acl == CannedAcl::PublicReadWrite {
         Ok(b)
     } else {
@@ -60,15 +61,15 @@ pub fn writable_bucket(gw: &Gateway, p: &Principal, name: &str) -> S3Result<Buck
 /// Reading an object: the bucket owner, or anyone the object's ACL admits.
 /// A missing key is `NoSuchKey` only for callers allowed to list the bucket,
 /// as in S3; others learn nothing and get `AccessDenied`.
-pub fn readable_object(
+pub async fn readable_object(
     gw: &Gateway,
     p: &Principal,
     bucket_name: &str,
     key: &str,
 ) -> S3Result<(BucketRecord, ObjectRecord)> {
-    let b = bucket(gw, bucket_name)?;
+    let b = bucket(gw, bucket_name).await?;
     let owner = is_owner(p, &b);
-    match gw.catalog.get_object(bucket_name, key)? {
+    match gw.catalog.get_object(bucket_name, key).await? {
         Some(o) if owner || acl_allows_read(p, o.acl) => Ok((b, o)),
         Some(_) => Err(S3Error::access_denied()),
         None if owner || acl_allows_read(p, b.acl) => Err(S3Error::no_such_key(key)),

@@ -124,21 +124,21 @@ async fn requested_acl(mut req: S3Request, owner: &str) -> S3Result<CannedAcl> {
 }
 
 pub async fn get_bucket_acl(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    let b = owned_bucket(gw, req.principal(), req.bucket()?)?;
+    let b = owned_bucket(gw, req.principal(), req.bucket()?).await?;
     Ok(xml_response(StatusCode::OK, policy_xml(&b.owner, b.acl)))
 }
 
 pub async fn put_bucket_acl(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
     let name = req.bucket()?.to_string();
-    let b = owned_bucket(gw, req.principal(), &name)?;
+    let b = owned_bucket(gw, req.principal(), &name).await?;
     let acl = requested_acl(req, &b.owner).await?;
-    gw.catalog.set_bucket_acl(&name, acl)?;
+    gw.catalog.set_bucket_acl(&name, acl).await?;
     Ok(empty_response(StatusCode::OK))
 }
 
 pub async fn get_object_acl(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     req.check_version_id()?;
-    let (b, o) = readable_object(gw, req.principal(), req.bucket()?, req.key()?)?;
+    let (b, o) = readable_object(gw, req.principal(), req.bucket()?, req.key()?).await?;
     if !is_owner(req.principal(), &b) {
         return Err(S3Error::access_denied());
     }
@@ -149,9 +149,9 @@ pub async fn put_object_acl(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respo
     req.check_version_id()?;
     let bucket = req.bucket()?.to_string();
     let key = req.key()?.to_string();
-    let b = owned_bucket(gw, req.principal(), &bucket)?;
+    let b = owned_bucket(gw, req.principal(), &bucket).await?;
     let acl = requested_acl(req, &b.owner).await?;
-    if !gw.catalog.set_object_acl(&bucket, &key, acl)? {
+    if !gw.catalog.set_object_acl(&bucket, &key, acl).await? {
         return Err(S3Error::no_such_key(&key));
     }
     Ok(empty_response(StatusCode::OK))

@@ -80,7 +80,7 @@ pub fn require_user(req: &S3Request) -> S3Result<&str> {
 
 pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let tenant = require_user(req)?;
-    let buckets = gw.catalog.list_buckets(tenant)?;
+    let buckets = gw.catalog.list_buckets(tenant).await?;
     let mut out = format!(
         "{}<ListAllMyBucketsResult xmlns=\"{}\">",
         xml::HEADER,
@@ -121,7 +121,7 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
             }
         }
     }
-    match gw.catalog.create_bucket(&name, &tenant, acl) {
+    match gw.catalog.create_bucket(&name, &tenant, acl).await {
         Ok(_) => {}
         // S3 (outside us-east-1 legacy) reports a repeat create by the owner.
         Err(e) => return Err(e.into()),
@@ -135,7 +135,7 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
 }
 
 pub async fn head_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    super::access::readable_bucket(gw, req.principal(), req.bucket()?)?;
+    super::access::readable_bucket(gw, req.principal(), req.bucket()?).await?;
     Response::builder()
         .status(StatusCode::OK)
         .header("x-amz-bucket-region", &gw.config.region)
@@ -144,7 +144,7 @@ pub async fn head_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 }
 
 pub async fn get_location(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    owned_bucket(gw, req.principal(), req.bucket()?)?;
+    owned_bucket(gw, req.principal(), req.bucket()?).await?;
     // us-east-1 is reported as an empty constraint, as S3 does.
     let region = if gw.config.region == "us-east-1" {
         String::new()
@@ -163,8 +163,8 @@ pub async fn get_location(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 
 pub async fn delete_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let name = req.bucket()?;
-    owned_bucket(gw, req.principal(), name)?;
-    gw.catalog.delete_bucket(name)?;
+    owned_bucket(gw, req.principal(), name).await?;
+    gw.catalog.delete_bucket(name).await?;
     tracing::info!(bucket = %name, "bucket deleted");
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
@@ -188,8 +188,8 @@ struct DeleteEntry {
 pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     let name = req.bucket()?.to_string();
     let principal = req.principal().clone();
-    super::access::bucket(gw, &name)?;
-    let allowed = writable_bucket(gw, &principal, &name);
+    super::access::bucket(gw, &name).await?;
+    let allowed = writable_bucket(gw, &principal, &name).await;
     // Per-key results are for callers who proved who they are; nobody
     // anonymous gets a body read on a bucket they may not write.
     if let (Err(e), Principal::Anonymous) = (&allowed, &principal) {
@@ -214,6 +214,7 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
             (Ok(_), _) => gw
                 .catalog
                 .delete_object(&name, &entry.key)
+                .await
                 .map_err(S3Error::from),
         };
         match result {

@@ -28,7 +28,7 @@ pub struct CopySource {
 
 /// Parses `x-amz-copy-source` (`[/]bucket/key[?versionId=null]`, URL-encoded),
 /// checks read access and the `x-amz-copy-source-if-*` conditions.
-pub fn copy_source(gw: &Gateway, req: &S3Request) -> S3Result<CopySource> {
+pub async fn copy_source(gw: &Gateway, req: &S3Request) -> S3Result<CopySource> {
     let raw = req.header("x-amz-copy-source").unwrap_or_default();
     let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
     if let Some(v) = query.strip_prefix("versionId=") {
@@ -49,7 +49,7 @@ pub fn copy_source(gw: &Gateway, req: &S3Request) -> S3Result<CopySource> {
                 "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
             )
         })?;
-    let (_, object) = readable_object(gw, req.principal(), bucket, key)?;
+    let (_, object) = readable_object(gw, req.principal(), bucket, key).await?;
     match evaluate_preconditions(
         req.header("x-amz-copy-source-if-match"),
         req.header("x-amz-copy-source-if-none-match"),
@@ -107,8 +107,8 @@ pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response
     let bucket = req.bucket()?.to_string();
     let key = req.key()?.to_string();
     validate_key(&key)?;
-    let dest = writable_bucket(gw, req.principal(), &bucket)?;
-    let src = copy_source(gw, &req)?;
+    let dest = writable_bucket(gw, req.principal(), &bucket).await?;
+    let src = copy_source(gw, &req).await?;
     let replace = match req.header("x-amz-metadata-directive") {
         None | Some("COPY") => false,
         Some("REPLACE") => true,

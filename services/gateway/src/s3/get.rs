@@ -175,7 +175,7 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     let bucket = req.bucket()?;
     let key = req.key()?;
     req.check_version_id()?;
-    let (_, obj) = readable_object(gw, req.principal(), bucket, key)?;
+    let (_, obj) = readable_object(gw, req.principal(), bucket, key).await?;
     for (name, value) in &req.query {
         if name.starts_with("response-") {
             super::put::check_header_value(name, value)?;

@@ -83,7 +83,7 @@ fn contents(out: &mut String, e: &Encoder, page: &ObjectPage, fetch_owner: bool)
 
 pub async fn list_objects(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?;
-    readable_bucket(gw, req.principal(), bucket)?;
+    readable_bucket(gw, req.principal(), bucket).await?;
     let e = Encoder::from_request(req)?;
     let v2 = match req.query("list-type") {
         None => false,
@@ -121,15 +121,17 @@ pub async fn list_objects(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let page = if max == 0 {
         ObjectPage::default()
     } else {
-        gw.catalog.list_objects(
-            bucket,
-            &ListQuery {
-                prefix,
-                delimiter,
-                start_after: start_after.as_deref().filter(|s| !s.is_empty()),
-                max,
-            },
-        )?
+        gw.catalog
+            .list_objects(
+                bucket,
+                &ListQuery {
+                    prefix: prefix.to_string(),
+                    delimiter: delimiter.map(str::to_string),
+                    start_after: start_after.filter(|s| !s.is_empty()),
+                    max,
+                },
+            )
+            .await?
     };
 
     let mut out = format!("{}<ListBucketResult xmlns=\"{}\">", xml::HEADER, xml::NS);

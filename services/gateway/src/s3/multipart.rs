@@ -26,10 +26,11 @@ use crate::limits::{
 use crate::nodes::NodeState;
 use crate::Gateway;
 
-fn upload(gw: &Gateway, req: &S3Request) -> S3Result<UploadRecord> {
+async fn upload(gw: &Gateway, req: &S3Request) -> S3Result<UploadRecord> {
     let upload_id = req.query("uploadId").unwrap_or_default();
     gw.catalog
-        .get_upload(req.bucket()?, req.key()?, upload_id)?
+        .get_upload(req.bucket()?, req.key()?, upload_id)
+        .await?
         .ok_or_else(|| insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into())
 }
 
@@ -48,7 +49,7 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     let bucket = req.bucket()?.to_string();
     let key = req.key()?.to_string();
     validate_key(&key)?;
-    let b = writable_bucket(gw, req.principal(), &bucket)?;
+    let b = writable_bucket(gw, req.principal(), &bucket).await?;
     let upload_id = new_blob_id();
     let nodes = gw
         .nodes
@@ -68,7 +69,7 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
         acl: canned_acl_header(&req)?.unwrap_or_default(),
         nodes,
     };
-    gw.catalog.create_upload(&rec)?;
+    gw.catalog.create_upload(&rec).await?;
     let mut out = format!(
         "{}<InitiateMultipartUploadResult xmlns=\"{}\">",
         xml::HEADER,
@@ -97,6 +98,7 @@ async fn commit_part(
     if let Err(e) = gw
         .catalog
         .put_part(&up.bucket, &up.key, &up.upload_id, &part)
+        .await
     {
         gw.nodes
             .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
@@ -107,9 +109,9 @@ async fn commit_part(
 }
 
 pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let number = part_number(&req)?;
-    let up = upload(gw, &req)?;
+    let up = upload(gw, &req).await?;
     let expect = body_expectations(&req, MAX_PUT_BYTES)?;
     let body = req.take_body();
     let stored = store_body(gw, body, expect, Some(up.nodes.clone())).await?;
@@ -124,10 +126,10 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
 }
 
 pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
+    writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let number = part_number(&req)?;
-    let up = upload(gw, &req)?;
-    let src = copy_source(gw, &req)?;
+    let up = upload(gw, &req).await?;
+    let src = copy_source(gw, &req).await?;
     let range = match req.header("x-amz-copy-source-range") {
         None => None,
         Some(r) => Some(copy_range(r, src.object.size)?),
@@ -229,8 +231,8 @@ pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
 }
 
 pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
-    let up = upload(gw, &req)?;
+    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let up = upload(gw, &req).await?;
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let requested: CompleteRequest = xml::parse(&body)?;
     let mut stored = Vec::new();
@@ -238,7 +240,8 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     loop {
         let (page, more) = gw
             .catalog
-            .list_parts(&up.upload_id, marker, MAX_LIST_KEYS)?;
+            .list_parts(&up.upload_id, marker, MAX_LIST_KEYS)
+            .await?;
         marker = page.last().map_or(marker, |p| p.part_number);
         stored.extend(page);
         if !more {
@@ -314,6 +317,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     if let Err(e) = gw
         .catalog
         .complete_upload(&up.bucket, &up.key, &up.upload_id, &rec)
+        .await
     {
         gw.nodes.delete_everywhere(&blob_id, &stored_on).await;
         return Err(e.into());
@@ -333,16 +337,17 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
 }
 
 pub async fn abort_upload(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
-    let up = upload(gw, req)?;
+    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let up = upload(gw, req).await?;
     gw.catalog
-        .abort_upload(&up.bucket, &up.key, &up.upload_id)?;
+        .abort_upload(&up.bucket, &up.key, &up.upload_id)
+        .await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
 pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?)?;
-    let up = upload(gw, req)?;
+    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let up = upload(gw, req).await?;
     let max = super::list::max_keys(req, "max-parts")?;
     let marker: u32 = match req.query("part-number-marker") {
         None | Some("") => 0,
@@ -350,7 +355,7 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
             .parse()
             .map_err(|_| S3Error::invalid_argument("Invalid part-number-marker"))?,
     };
-    let (parts, truncated) = gw.catalog.list_parts(&up.upload_id, marker, max)?;
+    let (parts, truncated) = gw.catalog.list_parts(&up.upload_id, marker, max).await?;
     let mut out = format!("{}<ListPartsResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(&mut out, "Bucket", &up.bucket);
     xml::elem(&mut out, "Key", &up.key);
@@ -389,16 +394,21 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 
 pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?;
-    owned_bucket(gw, req.principal(), bucket)?;
+    owned_bucket(gw, req.principal(), bucket).await?;
     let e = super::list::Encoder::from_request(req)?;
     let prefix = req.query("prefix").unwrap_or("");
     let delimiter = req.query("delimiter").filter(|d| !d.is_empty());
     let key_marker = req.query("key-marker").filter(|m| !m.is_empty());
     let id_marker = req.query("upload-id-marker").filter(|m| !m.is_empty());
     let max = super::list::max_keys(req, "max-uploads")?;
-    let page =
-        gw.catalog
-            .list_uploads(bucket, prefix, delimiter, key_marker, id_marker, max.max(1))?;
+    let query = insitu_catalog::UploadQuery {
+        prefix: prefix.to_string(),
+        delimiter: delimiter.map(str::to_string),
+        key_marker: key_marker.map(str::to_string),
+        upload_id_marker: id_marker.map(str::to_string),
+        max: max.max(1),
+    };
+    let page = gw.catalog.list_uploads(bucket, &query).await?;
     let mut out = format!(
         "{}<ListMultipartUploadsResult xmlns=\"{}\">",
         xml::HEADER,

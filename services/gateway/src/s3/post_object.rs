@@ -139,7 +139,7 @@ pub(super) fn check_policy(
 }
 
 /// Verifies the form's SigV4 policy signature and returns the signer.
-fn authenticate_form(
+async fn authenticate_form(
     gw: &Gateway,
     fields: &BTreeMap<String, String>,
     now: i64,
@@ -162,12 +162,12 @@ fn authenticate_form(
         .get("policy")
         .ok_or_else(|| malformed("policy is missing"))?;
     let auth = Authenticator {
-        catalog: &gw.catalog,
+        catalog: gw.catalog.as_ref(),
         root: &gw.config.root,
         region: &gw.config.region,
     };
     auth.check_scope(&scope, S3ErrorCode::InvalidArgument)?;
-    let (principal, secret) = auth.lookup(&akid)?;
+    let (principal, secret) = auth.lookup(&akid).await?;
     let key = SigningKey::derive(&secret, &scope)
         .ok_or_else(|| malformed("x-amz-credential has a bad date"))?;
     if !sigv4::signatures_match(&key.sign(policy_b64), signature) {
@@ -242,8 +242,8 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
     };
     fields.insert("bucket".to_string(), bucket.clone());
     let now = chrono::Utc::now().timestamp();
-    let (principal, (min_len, max_len)) = authenticate_form(gw, &fields, now)?;
-    let b = writable_bucket(gw, &principal, &bucket)?;
+    let (principal, (min_len, max_len)) = authenticate_form(gw, &fields, now).await?;
+    let b = writable_bucket(gw, &principal, &bucket).await?;
 
     let filename = file.file_name().unwrap_or_default().to_string();
     let key = fields

@@ -354,7 +354,7 @@ pub async fn commit_object(
         parts_count: 0,
         part_sizes: vec![],
     };
-    if let Err(e) = gw.catalog.put_object_checked(bucket, key, &rec, cond) {
+    if let Err(e) = gw.catalog.put_object_checked(bucket, key, &rec, cond).await {
         gw.nodes
             .delete_everywhere(&stored.blob.id, &stored.blob.replicas)
             .await;
@@ -367,7 +367,7 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
     let bucket = req.bucket()?.to_string();
     let key = req.key()?.to_string();
     validate_key(&key)?;
-    let b = writable_bucket(gw, req.principal(), &bucket)?;
+    let b = writable_bucket(gw, req.principal(), &bucket).await?;
     let acl = canned_acl_header(&req)?.unwrap_or_default();
     let headers = object_headers(&req)?;
     let cond = write_condition(&req)?;
@@ -389,8 +389,8 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
 pub async fn delete_object(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?;
     let key = req.key()?;
-    writable_bucket(gw, req.principal(), bucket)?;
+    writable_bucket(gw, req.principal(), bucket).await?;
     req.check_version_id()?;
-    gw.catalog.delete_object(bucket, key)?;
+    gw.catalog.delete_object(bucket, key).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }

@@ -13,7 +13,7 @@ use crate::error::S3Result;
 use crate::Gateway;
 
 pub async fn get_versioning(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    owned_bucket(gw, req.principal(), req.bucket()?)?;
+    owned_bucket(gw, req.principal(), req.bucket()?).await?;
     Ok(xml_response(
         StatusCode::OK,
         format!(
@@ -26,21 +26,24 @@ pub async fn get_versioning(gw: &Gateway, req: &S3Request) -> S3Result<Response>
 
 pub async fn list_object_versions(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?;
-    readable_bucket(gw, req.principal(), bucket)?;
+    readable_bucket(gw, req.principal(), bucket).await?;
     let e = Encoder::from_request(req)?;
     let prefix = req.query("prefix").unwrap_or("");
     let delimiter = req.query("delimiter").filter(|d| !d.is_empty());
     let max = max_keys(req, "max-keys")?;
     let key_marker = req.query("key-marker").filter(|m| !m.is_empty());
-    let page = gw.catalog.list_objects(
-        bucket,
-        &ListQuery {
-            prefix,
-            delimiter,
-            start_after: key_marker,
-            max: max.max(1),
-        },
-    )?;
+    let page = gw
+        .catalog
+        .list_objects(
+            bucket,
+            &ListQuery {
+                prefix: prefix.to_string(),
+                delimiter: delimiter.map(str::to_string),
+                start_after: key_marker.map(str::to_string),
+                max: max.max(1),
+            },
+        )
+        .await?;
 
     let mut out = format!("{}<ListVersionsResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(&mut out, "Name", bucket);

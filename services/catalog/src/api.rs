@@ -1,0 +1,357 @@
+//! The catalog's typed interface: one async trait per domain, which every
+//! backend implements. Callers hold an `Arc<dyn Catalog>` and see only the
+//! record types of this crate and the jobs crate; key layouts, column
+//! families, tables and transactions stay inside each backend.
+
+use async_trait::async_trait;
+use insitu_jobs::records::{
+    ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
+};
+
+use crate::records::*;
+use crate::Result;
+
+/// A condition checked atomically with a write (`If-None-Match: *`,
+/// `If-Match` on PUT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    None,
+    /// Only if no object exists under the key.
+    IfNoneMatchAny,
+    /// Only if the current object has this ETag.
+    IfMatch(String),
+}
+
+impl WriteCondition {
+    /// Whether the condition holds for the object now under the key.
+    pub fn holds(&self, existing: Option<&ObjectRecord>) -> bool {
+        match (self, existing) {
+            (Self::None, _) => true,
+            (Self::IfNoneMatchAny, e) => e.is_none(),
+            (Self::IfMatch(etag), Some(e)) => e.etag == *etag,
+            (Self::IfMatch(_), None) => false,
+        }
+    }
+}
+
+/// A listing of one bucket's keys in byte order.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub prefix: String,
+    /// Keys holding this after the prefix roll up into a common prefix.
+    pub delimiter: Option<String>,
+    /// Exclusive: listing starts strictly after this key.
+    pub start_after: Option<String>,
+    pub max: usize,
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct ObjectPage {
+    pub objects: Vec<(String, ObjectRecord)>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+    /// The last key or common prefix returned; the next page starts after it.
+    pub last: Option<String>,
+}
+
+/// A listing of one bucket's unfinished multipart uploads, in (key, upload
+/// id) order.
+#[derive(Debug, Clone, Default)]
+pub struct UploadQuery {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub key_marker: Option<String>,
+    pub upload_id_marker: Option<String>,
+    pub max: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct UploadPage {
+    pub uploads: Vec<UploadRecord>,
+    pub common_prefixes: Vec<String>,
+    pub is_truncated: bool,
+    /// Where the next page starts: the last key (or common prefix) and,
+    /// for an upload, its id.
+    pub next_key_marker: Option<String>,
+    pub next_upload_id_marker: Option<String>,
+}
+
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    async fn create_tenant(&self, name: &str) -> Result<TenantRecord>;
+    async fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>>;
+    /// Replaces a tenant's policy; false if there is no such tenant.
+    async fn set_tenant_policy(&self, name: &str, policy: &TenantPolicy) -> Result<bool>;
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>>;
+    /// Adds a key for an existing tenant. Re-adding an identical key is a
+    /// no-op so that root credentials from the environment can be installed
+    /// at every start.
+    async fn put_access_key(&self, rec: &AccessKeyRecord) -> Result<()>;
+    async fn get_access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>>;
+
+    async fn ensure_tenant(&self, name: &str) -> Result<()> {
+        match self.create_tenant(name).await {
+            Ok(_) | Err(crate::CatalogError::TenantExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+pub trait BucketStore: Send + Sync {
+    async fn create_bucket(&self, name: &str, owner: &str, acl: CannedAcl) -> Result<BucketRecord>;
+    async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
+    async fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()>;
+    /// Deletes an empty bucket. Unfinished multipart uploads do not keep a
+    /// bucket alive: they are aborted and their parts queued for collection.
+    async fn delete_bucket(&self, name: &str) -> Result<()>;
+    /// The owner's buckets in name order.
+    async fn list_buckets(&self, owner: &str) -> Result<Vec<BucketRecord>>;
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>>;
+    /// Makes `rec` the visible version of `bucket/key`, atomically replacing
+    /// any previous version, whose blob is queued for collection. The caller
+    /// has already made `rec.blob` durable on every replica.
+    async fn put_object(&self, bucket: &str, key: &str, rec: &ObjectRecord) -> Result<()>;
+    /// Like `put_object`, but only into the very bucket the caller was
+    /// authorised for (a bucket deleted and re-created by someone else
+    /// meanwhile is refused) and only if `cond` holds for the current object.
+    async fn put_object_checked(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        rec: &ObjectRecord,
+        cond: &WriteCondition,
+    ) -> Result<()>;
+    /// Replaces only the ACL of an existing object; false if there is none.
+    async fn set_object_acl(&self, bucket: &str, key: &str, acl: CannedAcl) -> Result<bool>;
+    /// Removes an object; returns whether it existed.
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool>;
+    /// Lists keys of `bucket` in byte order, grouping by the delimiter after
+    /// the prefix. A common prefix is skipped whole, so a listing with a
+    /// delimiter never reads the keys it hides.
+    async fn list_objects(&self, bucket: &str, q: &ListQuery) -> Result<ObjectPage>;
+}
+
+#[async_trait]
+pub trait MultipartStore: Send + Sync {
+    async fn create_upload(&self, rec: &UploadRecord) -> Result<()>;
+    async fn get_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<UploadRecord>>;
+    /// Records a durable part; a part uploaded again under the same number
+    /// replaces the old one, whose blob is collected.
+    async fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: &PartRecord,
+    ) -> Result<()>;
+    /// Parts in number order after `marker`, at most `max`, and whether
+    /// more follow.
+    async fn list_parts(
+        &self,
+        upload_id: &str,
+        marker: u32,
+        max: usize,
+    ) -> Result<(Vec<PartRecord>, bool)>;
+    async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()>;
+    /// Atomically publishes the assembled object and forgets the upload. All
+    /// part blobs are queued for collection: the object has its own blob.
+    async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        rec: &ObjectRecord,
+    ) -> Result<()>;
+    async fn list_uploads(&self, bucket: &str, q: &UploadQuery) -> Result<UploadPage>;
+}
+
+/// What repair, GC and the orphan sweep need: the GC queue and the index of
+/// which record owns each blob, both kept by the catalog in the same
+/// transaction as the change that implies them.
+#[async_trait]
+pub trait BlobIndex: Send + Sync {
+    /// Queued blobs with ids after `after`, at most `max`.
+    async fn list_gc_after(&self, after: &str, max: usize) -> Result<Vec<GcRecord>>;
+    async fn remove_gc(&self, blob_id: &str) -> Result<()>;
+    async fn is_gc_queued(&self, blob_id: &str) -> Result<bool>;
+    /// The blob as the record that owns it currently describes it.
+    async fn owned_blob(&self, blob_id: &str) -> Result<Option<(BlobOwner, BlobRef)>>;
+    /// Referenced blobs in id order after `after`, at most `max`.
+    async fn scan_blobs(&self, after: &str, max: usize) -> Result<Vec<(BlobOwner, BlobRef)>>;
+    /// Rewrites the replica list of a blob, if its owner still references
+    /// it; returns whether it did. Used by repair after a copy is durable.
+    async fn set_replicas(&self, blob_id: &str, replicas: &[String]) -> Result<bool>;
+}
+
+#[async_trait]
+pub trait NodeStore: Send + Sync {
+    async fn put_node(&self, rec: &NodeRecord) -> Result<()>;
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>>;
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>>;
+    async fn set_node_draining(&self, id: &str, draining: bool) -> Result<bool>;
+    /// Marks a node removed (a tombstone, so it cannot rejoin by heartbeat).
+    async fn remove_node(&self, id: &str) -> Result<()>;
+}
+
+/// One atomic change to a job: its record, items added to its lists, and
+/// the output objects it publishes, all applied together or not at all, so
+/// an output is visible exactly when its task is recorded as done.
+#[derive(Debug, Default)]
+pub struct JobChange {
+    pub(crate) writes: Vec<JobWrite>,
+    pub(crate) objects: Vec<(BucketRecord, String, ObjectRecord)>,
+    pub(crate) delete_objects: Vec<(String, String)>,
+}
+
+/// The typed writes a job change can hold.
+#[derive(Debug)]
+pub(crate) enum JobWrite {
+    Job(JobRecord),
+    /// An input by sequence number; the catalog also remembers its name,
+    /// so that `job_has_input` answers for it.
+    Input(String, u64, InputRecord),
+    FailedInput(String, u64, InputRecord),
+    Task(String, u64, TaskRecord),
+    /// A reducer, keyed by its phase and number.
+    Reducer(String, TaskRecord),
+    Piece(String, u32, u32, u64, PieceRecord),
+    Output(String, u64, OutputRecord),
+    Error(String, u64, ErrorRecord),
+}
+
+impl JobChange {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.objects.is_empty() && self.delete_objects.is_empty()
+    }
+    /// Writes the job's record (creating the job, or replacing its state).
+    pub fn put_job(&mut self, rec: &JobRecord) {
+        self.writes.push(JobWrite::Job(rec.clone()));
+    }
+    pub fn add_input(&mut self, job: &str, seq: u64, rec: InputRecord) {
+        self.writes.push(JobWrite::Input(job.into(), seq, rec));
+    }
+    pub fn add_failed_input(&mut self, job: &str, seq: u64, rec: InputRecord) {
+        self.writes
+            .push(JobWrite::FailedInput(job.into(), seq, rec));
+    }
+    /// Writes a map task under its sequence number.
+    pub fn put_task(&mut self, job: &str, seq: u64, rec: TaskRecord) {
+        self.writes.push(JobWrite::Task(job.into(), seq, rec));
+    }
+    /// Writes a reducer (a task with `reducer` set).
+    pub fn put_reducer(&mut self, job: &str, rec: TaskRecord) {
+        self.writes.push(JobWrite::Reducer(job.into(), rec));
+    }
+    pub fn add_piece(&mut self, job: &str, phase: u32, reducer: u32, seq: u64, rec: PieceRecord) {
+        self.writes
+            .push(JobWrite::Piece(job.into(), phase, reducer, seq, rec));
+    }
+    pub fn add_output(&mut self, job: &str, seq: u64, rec: OutputRecord) {
+        self.writes.push(JobWrite::Output(job.into(), seq, rec));
+    }
+    pub fn add_error(&mut self, job: &str, seq: u64, rec: ErrorRecord) {
+        self.writes.push(JobWrite::Error(job.into(), seq, rec));
+    }
+    /// Publishes an object into the very bucket record it was checked
+    /// against; an older version's blob is queued for collection.
+    pub fn put_object(&mut self, bucket: &BucketRecord, key: &str, rec: ObjectRecord) {
+        self.objects.push((bucket.clone(), key.to_string(), rec));
+    }
+    /// Deletes an object if it exists.
+    pub fn delete_object(&mut self, bucket: &str, key: &str) {
+        self.delete_objects
+            .push((bucket.to_string(), key.to_string()));
+    }
+    /// Appends another change, to commit both at once.
+    pub fn merge(&mut self, other: JobChange) {
+        self.writes.extend(other.writes);
+        self.objects.extend(other.objects);
+        self.delete_objects.extend(other.delete_objects);
+    }
+}
+
+/// Which of a job's input lists to page through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputList {
+    /// Every input added, in order.
+    All,
+    /// The inputs whose first-phase task failed.
+    Failed,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>>;
+    /// A tenant's jobs in id order after `after`, at most `limit`.
+    async fn jobs(&self, tenant: &str, after: Option<&str>, limit: usize)
+        -> Result<Vec<JobRecord>>;
+    /// Every tenant's jobs in (tenant, id) order after `after`.
+    async fn all_jobs(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<JobRecord>>;
+    /// Whether `input` (`bucket/key`) was already added to the job.
+    async fn job_has_input(&self, job: &str, input: &str) -> Result<bool>;
+    async fn job_inputs(
+        &self,
+        job: &str,
+        list: InputList,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, InputRecord)>>;
+    /// Map tasks in creation order after sequence number `after`.
+    async fn job_tasks(
+        &self,
+        job: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, TaskRecord)>>;
+    async fn job_reducer(&self, job: &str, phase: u32, reducer: u32) -> Result<Option<TaskRecord>>;
+    /// A reducer's input pieces in order after `after`.
+    async fn job_pieces(
+        &self,
+        job: &str,
+        phase: u32,
+        reducer: u32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, PieceRecord)>>;
+    async fn job_outputs(
+        &self,
+        job: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutputRecord)>>;
+    async fn job_errors(
+        &self,
+        job: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, ErrorRecord)>>;
+    /// Applies a job change atomically.
+    async fn job_commit(&self, change: JobChange) -> Result<()>;
+}
+
+/// Every domain of the catalog, as one object a service holds.
+pub trait Catalog:
+    TenantStore
+    + BucketStore
+    + ObjectStore
+    + MultipartStore
+    + BlobIndex
+    + NodeStore
+    + JobStore
+    + Send
+    + Sync
+{
+    /// The backend's name and location, for logs (`rocksdb:/path`).
+    fn describe(&self) -> String;
+}

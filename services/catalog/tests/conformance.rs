@@ -1,0 +1,608 @@
+//! The catalog conformance suite: the same behaviour asked of every
+//! backend through the public `Catalog` interface. Each test runs against
+//! every backend `backends()` can open here.
+
+use std::sync::Arc;
+
+use insitu_catalog::*;
+use insitu_jobs::records::{
+    ErrorRecord, InputRecord, JobCounters, JobRecord, JobState, OutputRecord, PieceRecord, Seqs,
+    TaskRecord, TaskState,
+};
+use insitu_jobs::{JobErrorCode, JobSpec};
+
+struct Backend {
+    catalog: Arc<dyn Catalog>,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh, empty catalog of each backend.
+fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let catalog = open_rocksdb(dir.path()).expect("open rocksdb");
+    vec![Backend { catalog, _dir: dir }]
+}
+
+fn obj(id: &str) -> ObjectRecord {
+    ObjectRecord {
+        size: 1,
+        etag: format!("etag-{id}"),
+        last_modified_ms: 0,
+        owner: "t".into(),
+        headers: ObjectHeaders::default(),
+        acl: CannedAcl::Private,
+        blob: BlobRef {
+            id: id.into(),
+            size: 1,
+            replicas: vec!["node-0".into()],
+        },
+        parts_count: 0,
+        part_sizes: vec![],
+    }
+}
+
+async fn with_bucket(c: &dyn Catalog) -> BucketRecord {
+    c.create_tenant("t").await.unwrap();
+    c.create_bucket("b", "t", CannedAcl::Private).await.unwrap()
+}
+
+fn query(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max: usize) -> ListQuery {
+    ListQuery {
+        prefix: prefix.into(),
+        delimiter: delimiter.map(Into::into),
+        start_after: after.map(Into::into),
+        max,
+    }
+}
+
+#[tokio::test]
+async fn listing_orders_groups_and_pages() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        with_bucket(c).await;
+        for k in ["a/1", "a/2", "b", "c/x/1", "c/y", "d", "é", "e\u{1}"] {
+            c.put_object("b", k, &obj(k)).await.unwrap();
+        }
+        let p = c
+            .list_objects("b", &query("", None, None, 100))
+            .await
+            .unwrap();
+        let keys: Vec<_> = p.objects.iter().map(|(k, _)| k.as_str()).collect();
+        // Byte order, as S3 lists: U+0001 before letters, é (0xC3..) last.
+        assert_eq!(
+            keys,
+            ["a/1", "a/2", "b", "c/x/1", "c/y", "d", "e\u{1}", "é"]
+        );
+
+        let p = c
+            .list_objects("b", &query("", Some("/"), None, 1000))
+            .await
+            .unwrap();
+        let keys: Vec<_> = p.objects.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "d", "e\u{1}", "é"]);
+        assert_eq!(p.common_prefixes, ["a/", "c/"]);
+
+        // Pages of two, resumed from `last`, see every entry exactly once.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let p = c
+                .list_objects("b", &query("", Some("/"), after.as_deref(), 2))
+                .await
+                .unwrap();
+            seen.extend(p.objects.iter().map(|(k, _)| k.clone()));
+            seen.extend(p.common_prefixes.iter().cloned());
+            if !p.is_truncated {
+                break;
+            }
+            after = p.last;
+        }
+        seen.sort();
+        assert_eq!(seen, ["a/", "b", "c/", "d", "e\u{1}", "é"]);
+
+        let p = c
+            .list_objects("b", &query("c/", None, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(p.objects.len(), 2);
+        let p = c
+            .list_objects("b", &query("c/", Some("/"), None, 10))
+            .await
+            .unwrap();
+        assert_eq!(p.common_prefixes, ["c/x/"]);
+        assert_eq!(p.objects.len(), 1);
+        // Another bucket's keys never leak into a listing.
+        c.create_bucket("b2", "t", CannedAcl::Private)
+            .await
+            .unwrap();
+        c.put_object("b2", "a/1", &obj("other")).await.unwrap();
+        let p = c
+            .list_objects("b", &query("", None, None, 100))
+            .await
+            .unwrap();
+        assert_eq!(p.objects.len(), 8);
+    }
+}
+
+#[tokio::test]
+async fn overwrite_and_delete_queue_old_blobs_and_keep_the_owner_index() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        with_bucket(c).await;
+        c.put_object("b", "k", &obj("one")).await.unwrap();
+        c.put_object("b", "k", &obj("two")).await.unwrap();
+        let gc = c.list_gc_after("", 10).await.unwrap();
+        assert_eq!(gc.len(), 1);
+        assert_eq!(gc[0].blob.id, "one");
+        assert!(c.is_gc_queued("one").await.unwrap());
+        assert!(c.owned_blob("one").await.unwrap().is_none());
+        let (owner, blob) = c.owned_blob("two").await.unwrap().unwrap();
+        assert_eq!(blob.id, "two");
+        assert!(matches!(owner, BlobOwner::Object { ref key, .. } if key == "k"));
+        assert!(matches!(
+            c.delete_bucket("b").await,
+            Err(CatalogError::BucketNotEmpty(_))
+        ));
+        assert!(c.delete_object("b", "k").await.unwrap());
+        assert!(!c.delete_object("b", "k").await.unwrap());
+        assert_eq!(c.list_gc_after("", 10).await.unwrap().len(), 2);
+        assert!(c.scan_blobs("", 10).await.unwrap().is_empty());
+        c.remove_gc("one").await.unwrap();
+        assert!(!c.is_gc_queued("one").await.unwrap());
+        c.delete_bucket("b").await.unwrap();
+        c.create_bucket("b", "t", CannedAcl::Private).await.unwrap();
+        assert!(matches!(
+            c.create_bucket("b", "u", CannedAcl::Private).await,
+            Err(CatalogError::BucketAlreadyExists(_))
+        ));
+        assert!(matches!(
+            c.create_bucket("b", "t", CannedAcl::Private).await,
+            Err(CatalogError::BucketAlreadyOwnedByYou(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn conditional_writes_hold_atomically() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        let bucket = with_bucket(c).await;
+        let none_match = WriteCondition::IfNoneMatchAny;
+        c.put_object_checked(&bucket, "k", &obj("one"), &none_match)
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.put_object_checked(&bucket, "k", &obj("two"), &none_match)
+                .await,
+            Err(CatalogError::PreconditionFailed)
+        ));
+        let wrong = WriteCondition::IfMatch("nope".into());
+        assert!(matches!(
+            c.put_object_checked(&bucket, "k", &obj("two"), &wrong)
+                .await,
+            Err(CatalogError::PreconditionFailed)
+        ));
+        let right = WriteCondition::IfMatch("etag-one".into());
+        c.put_object_checked(&bucket, "k", &obj("two"), &right)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.get_object("b", "k").await.unwrap().unwrap().blob.id,
+            "two"
+        );
+        // A bucket deleted and re-created meanwhile is another bucket.
+        c.delete_object("b", "k").await.unwrap();
+        c.delete_bucket("b").await.unwrap();
+        c.create_tenant("u").await.unwrap();
+        c.create_bucket("b", "u", CannedAcl::Private).await.unwrap();
+        assert!(matches!(
+            c.put_object_checked(&bucket, "k", &obj("three"), &WriteCondition::None)
+                .await,
+            Err(CatalogError::NoSuchBucket(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_of_one_key_leave_one_winner_and_no_leak() {
+    for b in backends() {
+        let c = b.catalog.clone();
+        let bucket = with_bucket(c.as_ref()).await;
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let c = c.clone();
+            let bucket = bucket.clone();
+            tasks.push(tokio::spawn(async move {
+                let cond = if i % 2 == 0 {
+                    WriteCondition::IfNoneMatchAny
+                } else {
+                    WriteCondition::None
+                };
+                c.put_object_checked(&bucket, "k", &obj(&format!("blob-{i:02}")), &cond)
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(CatalogError::PreconditionFailed) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert!(won >= 16, "every unconditional write succeeds");
+        // Exactly one blob is referenced; every other written one is queued.
+        let referenced = c.scan_blobs("", 100).await.unwrap();
+        assert_eq!(referenced.len(), 1);
+        let visible = c.get_object("b", "k").await.unwrap().unwrap();
+        assert_eq!(referenced[0].1.id, visible.blob.id);
+        let queued = c.list_gc_after("", 100).await.unwrap();
+        assert_eq!(queued.len(), won - 1);
+        assert!(queued.iter().all(|g| g.blob.id != visible.blob.id));
+    }
+}
+
+#[tokio::test]
+async fn multipart_parts_replace_list_and_complete() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        with_bucket(c).await;
+        let up = UploadRecord {
+            upload_id: "u1".into(),
+            bucket: "b".into(),
+            key: "big".into(),
+            owner: "t".into(),
+            initiated_ms: 0,
+            headers: ObjectHeaders::default(),
+            acl: CannedAcl::Private,
+            nodes: vec!["node-0".into()],
+        };
+        c.create_upload(&up).await.unwrap();
+        let part = |n: u32, id: &str| PartRecord {
+            part_number: n,
+            etag: format!("p{n}"),
+            blob: obj(id).blob,
+            last_modified_ms: 0,
+        };
+        for n in [3, 1, 2] {
+            c.put_part("b", "big", "u1", &part(n, &format!("part-{n}")))
+                .await
+                .unwrap();
+        }
+        c.put_part("b", "big", "u1", &part(2, "part-2b"))
+            .await
+            .unwrap();
+        assert!(c.is_gc_queued("part-2").await.unwrap());
+        let (parts, more) = c.list_parts("u1", 0, 2).await.unwrap();
+        assert_eq!(
+            parts.iter().map(|p| p.part_number).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(more);
+        let (parts, more) = c.list_parts("u1", 2, 10).await.unwrap();
+        assert_eq!(parts.len(), 1);
+        assert!(!more);
+        let q = UploadQuery {
+            max: 10,
+            ..Default::default()
+        };
+        assert_eq!(c.list_uploads("b", &q).await.unwrap().uploads.len(), 1);
+        assert!(matches!(
+            c.put_part("b", "big", "nope", &part(1, "x")).await,
+            Err(CatalogError::NoSuchUpload(_))
+        ));
+        c.complete_upload("b", "big", "u1", &obj("whole"))
+            .await
+            .unwrap();
+        assert!(c.get_upload("b", "big", "u1").await.unwrap().is_none());
+        assert_eq!(
+            c.get_object("b", "big").await.unwrap().unwrap().blob.id,
+            "whole"
+        );
+        for id in ["part-1", "part-2b", "part-3"] {
+            assert!(c.is_gc_queued(id).await.unwrap(), "{id} queued");
+        }
+        assert!(c.list_uploads("b", &q).await.unwrap().uploads.is_empty());
+    }
+}
+
+fn job(id: &str) -> JobRecord {
+    JobRecord {
+        id: id.into(),
+        tenant: "t".into(),
+        spec: JobSpec::parse(
+            br#"{"phases":[{"type":"map","image":"busybox","exec":"wc -l"}],"inputs":["bkt/k"],"output":"bkt/o/"}"#,
+        )
+        .unwrap(),
+        state: JobState::Queued,
+        created_ms: 0,
+        done_ms: None,
+        input_closed: true,
+        prefix_cursor: None,
+        seq: Seqs::default(),
+        phases: vec![Default::default()],
+        counters: JobCounters::default(),
+    }
+}
+
+fn task(seq: u64) -> TaskRecord {
+    TaskRecord {
+        id: insitu_jobs::plan::map_task_id(seq),
+        phase: 0,
+        input: Some(format!("b/in{seq}")),
+        reducer: None,
+        state: TaskState::Queued,
+        node: None,
+        attempts: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_job_change_commits_state_lists_and_outputs_together() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        let bucket = with_bucket(c).await;
+        let mut rec = job("j1");
+        let mut ch = JobChange::default();
+        for seq in 0..5 {
+            ch.add_input(
+                "j1",
+                seq,
+                InputRecord {
+                    input: format!("b/in{seq}"),
+                },
+            );
+            ch.put_task("j1", seq, task(seq));
+        }
+        ch.put_reducer(
+            "j1",
+            TaskRecord {
+                id: "r1-0".into(),
+                phase: 1,
+                input: None,
+                reducer: Some(0),
+                state: TaskState::Queued,
+                node: None,
+                attempts: 0,
+            },
+        );
+        rec.seq.input = 5;
+        ch.put_job(&rec);
+        c.job_commit(ch).await.unwrap();
+        assert!(c.job_has_input("j1", "b/in3").await.unwrap());
+        assert!(!c.job_has_input("j1", "b/in9").await.unwrap());
+        assert!(!c.job_has_input("j2", "b/in3").await.unwrap());
+        let tasks = c.job_tasks("j1", None, 2).await.unwrap();
+        assert_eq!(tasks.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 1]);
+        let tasks = c.job_tasks("j1", Some(1), 10).await.unwrap();
+        assert_eq!(tasks.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 3, 4]);
+        let inputs = c
+            .job_inputs("j1", InputList::All, Some(3), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            inputs,
+            [(
+                4,
+                InputRecord {
+                    input: "b/in4".into()
+                }
+            )]
+        );
+        assert_eq!(c.job_reducer("j1", 1, 0).await.unwrap().unwrap().id, "r1-0");
+        assert!(c.job_reducer("j1", 1, 1).await.unwrap().is_none());
+
+        // A task outcome: its output object, list entries and new state,
+        // all at once.
+        let mut done = task(2);
+        done.state = TaskState::Done;
+        let mut ch = JobChange::default();
+        ch.put_task("j1", 2, done);
+        ch.put_object(&bucket, "out/2", obj("out-2"));
+        ch.add_output(
+            "j1",
+            0,
+            OutputRecord {
+                phase: 0,
+                task: "m00000002".into(),
+                object: "b/out/2".into(),
+                size: 1,
+            },
+        );
+        ch.add_piece(
+            "j1",
+            1,
+            0,
+            0,
+            PieceRecord {
+                bucket: "b".into(),
+                key: "out/2".into(),
+                size: 1,
+            },
+        );
+        ch.add_error(
+            "j1",
+            0,
+            ErrorRecord {
+                phase: 0,
+                task: "m00000003".into(),
+                input: "b/in3".into(),
+                code: JobErrorCode::UserTaskError,
+                message: "exit 1".into(),
+                stderr: None,
+                node: None,
+            },
+        );
+        ch.add_failed_input(
+            "j1",
+            0,
+            InputRecord {
+                input: "b/in3".into(),
+            },
+        );
+        rec.counters.outputs = 1;
+        ch.put_job(&rec);
+        c.job_commit(ch).await.unwrap();
+        let tasks = c.job_tasks("j1", Some(1), 1).await.unwrap();
+        assert_eq!(tasks[0].1.state, TaskState::Done);
+        assert_eq!(c.job_outputs("j1", None, 10).await.unwrap().len(), 1);
+        assert_eq!(c.job_errors("j1", None, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            c.job_inputs("j1", InputList::Failed, None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(c.job_pieces("j1", 1, 0, None, 10).await.unwrap().len(), 1);
+        assert!(c.job_pieces("j1", 1, 1, None, 10).await.unwrap().is_empty());
+        assert!(c.get_object("b", "out/2").await.unwrap().is_some());
+        assert_eq!(c.job("t", "j1").await.unwrap().unwrap().counters.outputs, 1);
+
+        // A change whose output bucket has gone changes nothing at all.
+        let mut gone = bucket.clone();
+        gone.created_ms += 1;
+        let mut ch = JobChange::default();
+        ch.put_object(&gone, "out/3", obj("out-3"));
+        ch.add_output(
+            "j1",
+            1,
+            OutputRecord {
+                phase: 0,
+                task: "m00000003".into(),
+                object: "b/out/3".into(),
+                size: 1,
+            },
+        );
+        let mut later = rec.clone();
+        later.counters.outputs = 2;
+        ch.put_job(&later);
+        assert!(c.job_commit(ch).await.is_err());
+        assert_eq!(c.job_outputs("j1", None, 10).await.unwrap().len(), 1);
+        assert_eq!(c.job("t", "j1").await.unwrap().unwrap().counters.outputs, 1);
+        assert!(c.get_object("b", "out/3").await.unwrap().is_none());
+
+        // Deleting intermediate objects queues their blobs.
+        let mut ch = JobChange::default();
+        ch.delete_object("b", "out/2");
+        c.job_commit(ch).await.unwrap();
+        assert!(c.is_gc_queued("out-2").await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn jobs_list_per_tenant_and_across_tenants() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        for (tenant, id) in [("t", "j1"), ("t", "j2"), ("u", "j3"), ("t", "j4")] {
+            let mut rec = job(id);
+            rec.tenant = tenant.into();
+            let mut ch = JobChange::default();
+            ch.put_job(&rec);
+            c.job_commit(ch).await.unwrap();
+        }
+        let ids = |v: Vec<JobRecord>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(c.jobs("t", None, 10).await.unwrap()),
+            ["j1", "j2", "j4"]
+        );
+        assert_eq!(ids(c.jobs("t", Some("j1"), 1).await.unwrap()), ["j2"]);
+        assert_eq!(ids(c.jobs("u", None, 10).await.unwrap()), ["j3"]);
+        assert_eq!(
+            ids(c.all_jobs(None, 10).await.unwrap()),
+            ["j1", "j2", "j4", "j3"]
+        );
+        assert_eq!(
+            ids(c.all_jobs(Some(("t", "j4")), 10).await.unwrap()),
+            ["j3"]
+        );
+        assert!(c.job("u", "j1").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn tenants_keys_and_nodes() {
+    for b in backends() {
+        let c = b.catalog.as_ref();
+        c.create_tenant("t").await.unwrap();
+        assert!(matches!(
+            c.create_tenant("t").await,
+            Err(CatalogError::TenantExists(_))
+        ));
+        c.ensure_tenant("t").await.unwrap();
+        let key = AccessKeyRecord {
+            access_key_id: "AK".into(),
+            secret_access_key: "secret".into(),
+            tenant: "t".into(),
+            created_ms: 0,
+        };
+        c.put_access_key(&key).await.unwrap();
+        c.put_access_key(&key).await.unwrap();
+        let mut other = key.clone();
+        other.secret_access_key = "other".into();
+        assert!(matches!(
+            c.put_access_key(&other).await,
+            Err(CatalogError::KeyExists(_))
+        ));
+        other.tenant = "nobody".into();
+        other.access_key_id = "AK2".into();
+        assert!(matches!(
+            c.put_access_key(&other).await,
+            Err(CatalogError::NoSuchTenant(_))
+        ));
+        assert_eq!(c.get_access_key("AK").await.unwrap().unwrap().tenant, "t");
+        let policy = TenantPolicy {
+            max_memory_mb: Some(64),
+            ..Default::default()
+        };
+        assert!(c.set_tenant_policy("t", &policy).await.unwrap());
+        assert!(!c.set_tenant_policy("nobody", &policy).await.unwrap());
+        assert_eq!(
+            c.get_tenant("t")
+                .await
+                .unwrap()
+                .unwrap()
+                .policy
+                .max_memory_mb,
+            Some(64)
+        );
+
+        let node = NodeRecord {
+            id: "node-0".into(),
+            addr: "http://127.0.0.1:1".into(),
+            registered_ms: 0,
+            draining: false,
+            removed: false,
+            key_sha256: None,
+        };
+        c.put_node(&node).await.unwrap();
+        assert!(c.set_node_draining("node-0", true).await.unwrap());
+        assert!(!c.set_node_draining("node-9", true).await.unwrap());
+        c.remove_node("node-0").await.unwrap();
+        let n = c.get_node("node-0").await.unwrap().unwrap();
+        assert!(n.draining && n.removed);
+        assert_eq!(c.list_nodes().await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = open_rocksdb(dir.path()).unwrap();
+        c.create_tenant("t").await.unwrap();
+        c.create_bucket("b", "t", CannedAcl::PublicRead)
+            .await
+            .unwrap();
+        c.put_object("b", "k", &obj("one")).await.unwrap();
+    }
+    let c = open_rocksdb(dir.path()).unwrap();
+    assert_eq!(
+        c.get_bucket("b").await.unwrap().unwrap().acl,
+        CannedAcl::PublicRead
+    );
+    assert_eq!(
+        c.get_object("b", "k").await.unwrap().unwrap().blob.id,
+        "one"
+    );
+}
