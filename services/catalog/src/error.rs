@@ -35,6 +35,11 @@ pub enum CatalogError {
     NoSuchUpload(String),
     #[error("a write precondition did not hold")]
     PreconditionFailed,
+    /// The database was written by a newer insitu: refused untouched.
+    #[error(
+        "the catalog schema is version {found}, newer than this build's {known}; upgrade insitu"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
 }
 
 impl CatalogError {

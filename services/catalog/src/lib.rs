@@ -9,14 +9,18 @@
 mod api;
 mod error;
 mod listing;
+mod pg;
 mod records;
 mod rocks;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use api::*;
 pub use error::{CatalogError, Result};
+pub use pg::{PgCatalog, SCHEMA_VERSION};
 pub use records::*;
 pub use rocks::RocksCatalog;
 

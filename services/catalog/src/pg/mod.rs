@@ -1,0 +1,156 @@
+//! The shared backend: PostgreSQL, for several gateways on one catalog.
+//!
+//! This module holds the connection pool and the versioned schema: the
+//! migrations in `migrations/` are applied in order at start, under an
+//! advisory lock so that gateways starting together apply each once, and a
+//! database whose schema is newer than this build is refused untouched.
+//! The domain operations are not implemented on it yet (issue 9).
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::{CatalogError, Result};
+
+/// The schema, one migration per version, applied in order.
+const MIGRATIONS: [(i32, &str); 1] = [(1, include_str!("migrations/0001_init.sql"))];
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Any number taken for the migration's advisory lock; the same in every
+/// build.
+const MIGRATION_LOCK: i64 = 0x1_5175_0001;
+
+pub struct PgCatalog {
+    pool: Pool,
+    url: String,
+}
+
+/// A connection error: the database is down, refusing, or failing over.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> CatalogError {
+    if e.as_db_error().is_none() {
+        return CatalogError::Unavailable(e.to_string());
+    }
+    match e.code().map(|c| c.code()) {
+        // serialization_failure, deadlock_detected: another writer won.
+        Some("40001") | Some("40P01") => CatalogError::Conflict(e.to_string()),
+        // admin_shutdown, crash_shutdown, cannot_connect_now, read-only
+        // (a standby promoted meanwhile).
+        Some("57P01") | Some("57P02") | Some("57P03") | Some("25006") => {
+            CatalogError::Unavailable(e.to_string())
+        }
+        _ => CatalogError::Db(e.to_string()),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> CatalogError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(e),
+        other => CatalogError::Unavailable(other.to_string()),
+    }
+}
+
+impl PgCatalog {
+    /// Connects to `url` (`postgresql://user[:password]@host:port/db`),
+    /// brings the schema up to date, and keeps a pool of `max_connections`.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| CatalogError::Db(format!("bad catalog URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .map_err(|e| CatalogError::Db(e.to_string()))?;
+        let catalog = Self {
+            pool,
+            url: redact(url),
+        };
+        catalog.migrate().await?;
+        Ok(catalog)
+    }
+
+    /// The schema version the database holds now.
+    pub async fn schema_version(&self) -> Result<i32> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one("SELECT version FROM insitu_schema", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS insitu_schema (version integer NOT NULL);
+             INSERT INTO insitu_schema (version)
+                 SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM insitu_schema);",
+        )
+        .await
+        .map_err(pg_err)?;
+        let current: i32 = tx
+            .query_one("SELECT version FROM insitu_schema", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if current > SCHEMA_VERSION {
+            return Err(CatalogError::SchemaTooNew {
+                found: current,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql).await.map_err(pg_err)?;
+            tx.execute("UPDATE insitu_schema SET version = $1", &[version])
+                .await
+                .map_err(pg_err)?;
+            tracing::info!(version, "catalog schema migrated");
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+
+    /// Where the catalog is, without its password, for logs.
+    pub fn describe(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// `postgresql://user:secret@host/db` → `postgresql://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            super::redact("postgresql://u:p%40ss@127.0.0.1:5432/db"),
+            "postgresql://u:***@127.0.0.1:5432/db"
+        );
+        assert_eq!(super::redact("postgresql://u@h/db"), "postgresql://u@h/db");
+    }
+}
