@@ -15,6 +15,9 @@ pub enum CatalogError {
     /// retried from the start.
     #[error("catalog write conflict: {0}")]
     Conflict(String),
+    /// A catalog URL this build cannot open.
+    #[error("{0}")]
+    BadUrl(String),
     #[error("corrupt catalog record: {0}")]
     Corrupt(String),
     #[error("tenant {0} already exists")]

@@ -28,6 +28,28 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Opens the catalog a URL names: `rocksdb:PATH` (the embedded backend)
+/// or `postgresql://user[:password]@host:port/db` (the shared one, with a
+/// pool of `pool_size` connections; its schema is migrated first).
+pub async fn open(url: &str, pool_size: usize) -> Result<Arc<dyn Catalog>> {
+    if let Some(path) = url.strip_prefix("rocksdb:") {
+        if path.is_empty() {
+            return Err(CatalogError::BadUrl("rocksdb: needs a path".into()));
+        }
+        let path = std::path::PathBuf::from(path);
+        return tokio::task::spawn_blocking(move || open_rocksdb(&path))
+            .await
+            .map_err(|e| CatalogError::Db(e.to_string()))?;
+    }
+    if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+        return Ok(Arc::new(PgCatalog::connect(url, pool_size).await?));
+    }
+    Err(CatalogError::BadUrl(format!(
+        "catalog URL must be rocksdb:PATH or postgresql://user@host:port/db, got {:?}",
+        url.split_once("://").map_or(url, |(scheme, _)| scheme)
+    )))
+}
+
 /// Opens the embedded rocksdb catalog at `path`.
 pub fn open_rocksdb(path: &Path) -> Result<Arc<dyn Catalog>> {
     Ok(Arc::new(RocksCatalog::open(path)?))

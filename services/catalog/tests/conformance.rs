@@ -13,14 +13,31 @@ use insitu_jobs::{JobErrorCode, JobSpec};
 
 struct Backend {
     catalog: Arc<dyn Catalog>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<testing::TestPostgres>,
 }
 
-/// A fresh, empty catalog of each backend.
-fn backends() -> Vec<Backend> {
+/// A fresh, empty catalog of each backend: rocksdb in a temp dir, and
+/// PostgreSQL on a throwaway server of its own.
+async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let catalog = open_rocksdb(dir.path()).expect("open rocksdb");
-    vec![Backend { catalog, _dir: dir }]
+    let rocks = open_rocksdb(dir.path()).expect("open rocksdb");
+    let pg = testing::TestPostgres::start().expect("throwaway PostgreSQL (scripts/setup)");
+    let postgres = PgCatalog::connect(&pg.url("postgres"), 8)
+        .await
+        .expect("connect to PostgreSQL");
+    vec![
+        Backend {
+            catalog: rocks,
+            _dir: Some(dir),
+            _pg: None,
+        },
+        Backend {
+            catalog: Arc::new(postgres),
+            _dir: None,
+            _pg: Some(pg),
+        },
+    ]
 }
 
 fn obj(id: &str) -> ObjectRecord {
@@ -57,7 +74,7 @@ fn query(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max: usize)
 
 #[tokio::test]
 async fn listing_orders_groups_and_pages() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         with_bucket(c).await;
         for k in ["a/1", "a/2", "b", "c/x/1", "c/y", "d", "é", "e\u{1}"] {
@@ -126,7 +143,7 @@ async fn listing_orders_groups_and_pages() {
 
 #[tokio::test]
 async fn overwrite_and_delete_queue_old_blobs_and_keep_the_owner_index() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         with_bucket(c).await;
         c.put_object("b", "k", &obj("one")).await.unwrap();
@@ -164,7 +181,7 @@ async fn overwrite_and_delete_queue_old_blobs_and_keep_the_owner_index() {
 
 #[tokio::test]
 async fn conditional_writes_hold_atomically() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         let bucket = with_bucket(c).await;
         let none_match = WriteCondition::IfNoneMatchAny;
@@ -205,7 +222,7 @@ async fn conditional_writes_hold_atomically() {
 
 #[tokio::test]
 async fn concurrent_writers_of_one_key_leave_one_winner_and_no_leak() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.clone();
         let bucket = with_bucket(c.as_ref()).await;
         let mut tasks = Vec::new();
@@ -244,7 +261,7 @@ async fn concurrent_writers_of_one_key_leave_one_winner_and_no_leak() {
 
 #[tokio::test]
 async fn multipart_parts_replace_list_and_complete() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         with_bucket(c).await;
         let up = UploadRecord {
@@ -339,7 +356,7 @@ fn task(seq: u64) -> TaskRecord {
 
 #[tokio::test]
 async fn a_job_change_commits_state_lists_and_outputs_together() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         let bucket = with_bucket(c).await;
         let mut rec = job("j1");
@@ -492,7 +509,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
 
 #[tokio::test]
 async fn jobs_list_per_tenant_and_across_tenants() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         for (tenant, id) in [("t", "j1"), ("t", "j2"), ("u", "j3"), ("t", "j4")] {
             let mut rec = job(id);
@@ -522,7 +539,7 @@ async fn jobs_list_per_tenant_and_across_tenants() {
 
 #[tokio::test]
 async fn tenants_keys_and_nodes() {
-    for b in backends() {
+    for b in backends().await {
         let c = b.catalog.as_ref();
         c.create_tenant("t").await.unwrap();
         assert!(matches!(

@@ -87,6 +87,6 @@ async fn an_unreachable_server_is_unavailable_and_a_bad_url_is_refused() {
     }
     assert!(matches!(
         PgCatalog::connect("postgresql://insitu@127.0.0.1:notaport/db", 1).await,
-        Err(CatalogError::Db(_))
+        Err(CatalogError::BadUrl(_))
     ));
 }

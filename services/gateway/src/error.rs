@@ -194,6 +194,15 @@ impl From<CatalogError> for S3Error {
             CatalogError::PreconditionFailed => {
                 S3Error::new(PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
             }
+            // The database is down or failing over, or a writer kept
+            // losing to concurrent ones: nothing changed, retry.
+            e @ (CatalogError::Unavailable(_) | CatalogError::Conflict(_)) => {
+                tracing::warn!(error = %e, "catalog unavailable");
+                S3Error::new(
+                    ServiceUnavailable,
+                    "The service is unavailable. Please retry.",
+                )
+            }
             other => S3Error::internal(other),
         }
     }

@@ -12,7 +12,6 @@ pub mod nodes;
 pub mod s3;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +30,8 @@ use nodes::NodeSet;
 #[derive(Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
-    /// Where the catalog's rocksdb lives.
-    pub catalog_dir: PathBuf,
+    /// The catalog: `rocksdb:PATH` or `postgresql://...`.
+    pub catalog: String,
     /// With a domain, `bucket.domain` hosts address buckets (virtual-hosted
     /// style); path style always works.
     pub domain: Option<String>,
@@ -68,8 +67,9 @@ pub struct GatewayConfig {
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
+    // The catalog's message is the whole story: not also a "source".
     #[error("catalog: {0}")]
-    Catalog(#[from] CatalogError),
+    Catalog(CatalogError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -77,6 +77,12 @@ pub enum GatewayError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+}
+
+impl From<CatalogError> for GatewayError {
+    fn from(e: CatalogError) -> Self {
+        Self::Catalog(e)
+    }
 }
 
 pub struct Gateway {
@@ -89,12 +95,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Opens the gateway over the embedded catalog in `config.catalog_dir`.
+    /// Opens the gateway over the catalog `config.catalog` names.
     pub async fn open(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
-        let dir = config.catalog_dir.clone();
-        let catalog = tokio::task::spawn_blocking(move || insitu_catalog::open_rocksdb(&dir))
-            .await
-            .map_err(|e| CatalogError::Db(e.to_string()))??;
+        let pool = 16;
+        let catalog = insitu_catalog::open(&config.catalog, pool).await?;
+        tracing::info!(catalog = %catalog.describe(), "catalog open");
         Self::with_catalog(config, catalog).await
     }
 

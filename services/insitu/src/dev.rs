@@ -26,6 +26,10 @@ pub struct DevArgs {
     listen: SocketAddr,
     #[arg(long, default_value = "./insitu-data")]
     data_dir: PathBuf,
+    /// The catalog: `rocksdb:PATH` or `postgresql://user[:pw]@host:port/db`
+    /// [default: rocksdb:<data-dir>/catalog].
+    #[arg(long, env = "INSITU_CATALOG", hide_env_values = true)]
+    catalog: Option<String>,
     /// Number of storage-node processes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -113,10 +117,15 @@ impl ClusterTuning {
     }
 }
 
+/// The embedded catalog under the data directory.
+fn default_catalog(data_dir: &Path) -> String {
+    format!("rocksdb:{}", data_dir.join("catalog").display())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gateway_config(
     listen: SocketAddr,
-    data_dir: &Path,
+    catalog: String,
     domain: Option<String>,
     region: String,
     replicas: usize,
@@ -127,7 +136,7 @@ fn gateway_config(
     let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
     GatewayConfig {
         listen,
-        catalog_dir: data_dir.join("catalog"),
+        catalog,
         domain,
         region,
         replicas,
@@ -169,6 +178,10 @@ pub struct GatewayArgs {
     /// [default: ./insitu-data/gateway]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The catalog: `rocksdb:PATH` or `postgresql://user[:pw]@host:port/db`
+    /// [default: rocksdb:<data-dir>/catalog].
+    #[arg(long, env = "INSITU_CATALOG", hide_env_values = true)]
+    catalog: Option<String>,
     /// A storage node known up front, as `ID=URL`; nodes started with
     /// `--gateway` register themselves instead.
     #[arg(long = "node")]
@@ -194,6 +207,7 @@ pub struct GatewayArgs {
 struct GatewayFile {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    catalog: Option<String>,
     #[serde(default)]
     nodes: std::collections::BTreeMap<String, String>,
     replicas: Option<usize>,
@@ -422,9 +436,13 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     let mut tuning = args.tuning.clone();
     // A laptop cluster collects garbage quickly.
     tuning.gc_grace_secs = tuning.gc_grace_secs.or(Some(5));
+    let catalog = args
+        .catalog
+        .clone()
+        .unwrap_or_else(|| default_catalog(&args.data_dir));
     let config = gateway_config(
         args.listen,
-        &args.data_dir,
+        catalog,
         args.domain,
         args.region,
         replicas,
@@ -504,9 +522,13 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         .or(file.region)
         .unwrap_or_else(|| "us-east-1".to_string());
     let tuning = args.tuning.or(file.tuning);
+    let catalog = args
+        .catalog
+        .or(file.catalog)
+        .unwrap_or_else(|| default_catalog(&data_dir));
     let config = gateway_config(
         listen,
-        &data_dir,
+        catalog,
         args.domain.or(file.domain),
         region,
         replicas,

@@ -4,7 +4,12 @@
 //! migrations in `migrations/` are applied in order at start, under an
 //! advisory lock so that gateways starting together apply each once, and a
 //! database whose schema is newer than this build is refused untouched.
-//! The domain operations are not implemented on it yet (issue 9).
+//! `ops.rs` and `jobs.rs` hold the domain operations, `catalog.rs` the
+//! trait implementations.
+
+mod catalog;
+mod jobs;
+mod ops;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -27,13 +32,21 @@ pub struct PgCatalog {
 }
 
 /// A connection error: the database is down, refusing, or failing over.
-pub(crate) fn pg_err(e: tokio_postgres::Error) -> CatalogError {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> CatalogError {
     if e.as_db_error().is_none() {
-        return CatalogError::Unavailable(e.to_string());
+        // Lost or refused connections are the database being away; other
+        // client-side errors (a value that does not convert) are bugs.
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        return if e.is_closed() || io || e.to_string().contains("connect") {
+            CatalogError::Unavailable(e.to_string())
+        } else {
+            CatalogError::Db(e.to_string())
+        };
     }
     match e.code().map(|c| c.code()) {
         // serialization_failure, deadlock_detected: another writer won.
-        Some("40001") | Some("40P01") => CatalogError::Conflict(e.to_string()),
+        // unique_violation: a concurrent insert of the same row.
+        Some("40001") | Some("40P01") | Some("23505") => CatalogError::Conflict(e.to_string()),
         // admin_shutdown, crash_shutdown, cannot_connect_now, read-only
         // (a standby promoted meanwhile).
         Some("57P01") | Some("57P02") | Some("57P03") | Some("25006") => {
@@ -43,7 +56,7 @@ pub(crate) fn pg_err(e: tokio_postgres::Error) -> CatalogError {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> CatalogError {
+pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> CatalogError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg_err(e),
         other => CatalogError::Unavailable(other.to_string()),
@@ -56,7 +69,7 @@ impl PgCatalog {
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self> {
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| CatalogError::Db(format!("bad catalog URL: {e}")))?;
+            .map_err(|e| CatalogError::BadUrl(format!("bad catalog URL: {e}")))?;
         let manager = Manager::from_config(
             config,
             NoTls,
