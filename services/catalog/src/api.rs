@@ -34,6 +34,20 @@ impl WriteCondition {
     }
 }
 
+/// Whether the bucket now under a name is the one a caller was authorised
+/// for (`expected`; `None`: any bucket of that name). A bucket deleted and
+/// re-created meanwhile, by anyone, is another bucket.
+pub(crate) fn is_expected_bucket(
+    current: Option<&BucketRecord>,
+    expected: Option<&BucketRecord>,
+) -> bool {
+    match (current, expected) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(c), Some(e)) => c.owner == e.owner && c.created_ms == e.created_ms,
+    }
+}
+
 /// A listing of one bucket's keys in byte order.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

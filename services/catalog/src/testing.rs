@@ -83,24 +83,7 @@ impl TestPostgres {
                 "--no-sync",
             ],
         )?;
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
-            path(&pg.dir)
-        );
-        let log = pg.dir.join("server.log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-l",
-                path(&log),
-                "-o",
-                &opts,
-                "-w",
-                "start",
-            ],
-        )?;
+        pg.restart()?;
         Ok(pg)
     }
 
@@ -143,7 +126,7 @@ impl TestPostgres {
         self.run("pg_ctl", &["-D", path(&data), "-m", "fast", "-w", "stop"])
     }
 
-    /// Starts a stopped server again on the same port.
+    /// Starts the server (again) on its port.
     pub fn restart(&self) -> Result<(), String> {
         let data = self.dir.join("data");
         let opts = format!(

@@ -167,12 +167,7 @@ pub(super) async fn put_object_into<C: GenericClient + Sync>(
     cond: &WriteCondition,
 ) -> Result<()> {
     let current = get_bucket(c, bucket).await?;
-    let same = match (&current, expected) {
-        (None, _) => false,
-        (Some(_), None) => true,
-        (Some(c), Some(e)) => c.owner == e.owner && c.created_ms == e.created_ms,
-    };
-    if !same {
+    if !crate::api::is_expected_bucket(current.as_ref(), expected) {
         return Err(CatalogError::NoSuchBucket(bucket.to_string()));
     }
     let existing = get_object(c, bucket, key).await?;

@@ -332,12 +332,7 @@ impl RocksCore {
         cond: &WriteCondition,
     ) -> Result<()> {
         let current = self.get::<BucketRecord>(CF_BUCKETS, bucket.as_bytes())?;
-        let same = match (&current, expected) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(c), Some(e)) => c.owner == e.owner && c.created_ms == e.created_ms,
-        };
-        if !same {
+        if !crate::api::is_expected_bucket(current.as_ref(), expected) {
             return Err(CatalogError::NoSuchBucket(bucket.to_string()));
         }
         let existing = self.get::<ObjectRecord>(CF_OBJECTS, &object_key(bucket, key))?;
