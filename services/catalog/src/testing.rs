@@ -11,6 +11,9 @@ pub struct TestPostgres {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// The superuser's password: the server listens on loopback, where
+    /// other local users can reach it.
+    password: String,
     /// Run the server's commands as this user (initdb refuses root).
     user: Option<String>,
 }
@@ -62,11 +65,25 @@ impl TestPostgres {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, &password).map_err(|e| e.to_string())?;
+        if let Some(u) = &user {
+            let ok = Command::new("chown")
+                .arg(u)
+                .arg(&pwfile)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("cannot hand {} to user {u}", pwfile.display()));
+            }
+        }
         let pg = Self {
             dir,
             bin,
             port,
             user,
+            password,
         };
         let data = pg.dir.join("data");
         pg.run(
@@ -76,7 +93,9 @@ impl TestPostgres {
                 path(&data),
                 "-U",
                 "insitu",
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                "--pwfile",
+                path(&pwfile),
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -116,7 +135,10 @@ impl TestPostgres {
 
     /// A URL for a database of the server (`postgres` exists from the start).
     pub fn url(&self, db: &str) -> String {
-        format!("postgresql://insitu@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgresql://insitu:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     /// Stops the server now (fast shutdown: every committed transaction

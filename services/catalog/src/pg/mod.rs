@@ -70,6 +70,7 @@ impl PgCatalog {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| CatalogError::BadUrl(format!("bad catalog URL: {e}")))?;
+        let described = redact(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -85,8 +86,8 @@ impl PgCatalog {
             .build()
             .map_err(|e| CatalogError::Db(e.to_string()))?;
         let catalog = Self {
+            url: described,
             pool,
-            url: redact(url),
         };
         catalog.migrate().await?;
         Ok(catalog)
@@ -142,28 +143,39 @@ impl PgCatalog {
     }
 }
 
-/// `postgresql://user:secret@host/db` → `postgresql://user:***@host/db`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+/// The catalog's location for logs, from the parsed URL: never its
+/// password, wherever the URL gave it (`user:pw@` or `?password=`).
+fn redact(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, port)| match h {
+            Host::Tcp(name) => format!("{name}:{port}"),
+            Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgresql://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    fn described(url: &str) -> String {
+        super::redact(&url.parse().unwrap())
+    }
+
     #[test]
     fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            super::redact("postgresql://u:p%40ss@127.0.0.1:5432/db"),
-            "postgresql://u:***@127.0.0.1:5432/db"
-        );
-        assert_eq!(super::redact("postgresql://u@h/db"), "postgresql://u@h/db");
+        let d = described("postgresql://u:p%40ss@127.0.0.1:5432/db");
+        assert_eq!(d, "postgresql://u@127.0.0.1:5432/db");
+        let d = described("postgresql://127.0.0.1/db?user=u&password=secret");
+        assert!(!d.contains("secret"), "{d}");
+        assert_eq!(d, "postgresql://u@127.0.0.1:5432/db");
     }
 }
