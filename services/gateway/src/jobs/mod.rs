@@ -209,13 +209,12 @@ async fn add_inputs(
     step: &mut JobChange,
     rec: &mut JobRecord,
     inputs: &[(String, String, u64)],
-) {
+) -> Result<(), CatalogError> {
     let first = rec.spec.phases[0].clone();
     let mut batch = std::collections::HashSet::new();
     for (bucket, key, size) in inputs {
         let loc = format!("{bucket}/{key}");
-        let known = !batch.insert(loc.clone())
-            || catalog.job_has_input(&rec.id, &loc).await.unwrap_or(false);
+        let known = !batch.insert(loc.clone()) || catalog.job_has_input(&rec.id, &loc).await?;
         if known {
             continue;
         }
@@ -263,6 +262,7 @@ async fn add_inputs(
             }
         }
     }
+    Ok(())
 }
 
 /// Queues a map task of `phase` over `input` (`bucket/key`) in a step.
@@ -510,7 +510,7 @@ pub async fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<Jo
         counters: JobCounters::default(),
     };
     let mut step = JobChange::default();
-    add_inputs(gw.catalog.as_ref(), &mut step, &mut rec, &inputs).await;
+    add_inputs(gw.catalog.as_ref(), &mut step, &mut rec, &inputs).await?;
     // They are in the job's input list now; the record stays small.
     rec.spec.inputs.clear();
     for (i, p) in rec.spec.phases.iter().enumerate() {
@@ -637,7 +637,7 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
     }
     let mut new = rec.clone();
     let mut step = JobChange::default();
-    add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &parsed).await;
+    add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &parsed).await?;
     step.put_job(&new);
     gw.catalog.job_commit(step).await?;
     *rec = new;

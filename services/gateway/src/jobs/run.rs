@@ -405,7 +405,7 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
             .iter()
             .map(|(k, o)| (bucket.clone(), k.clone(), o.size))
             .collect();
-        add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &inputs).await;
+        add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &inputs).await?;
         new.prefix_cursor = match (page.is_truncated, page.last) {
             (true, Some(last)) => Some(last),
             _ => None,
