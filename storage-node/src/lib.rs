@@ -33,8 +33,9 @@ pub struct NodeConfig {
     /// URL the gateway should use to reach this node; defaults to
     /// `http://<bound address>`.
     pub advertise: Option<String>,
-    /// Gateway to register with by heartbeat, if any.
-    pub gateway: Option<String>,
+    /// Gateways to register with by heartbeat (the first that answers),
+    /// if any.
+    pub gateways: Vec<String>,
     pub cluster_secret: String,
     /// Cap on stored bytes (below the filesystem size), for shared disks.
     pub capacity_bytes: Option<u64>,
@@ -201,10 +202,11 @@ impl Node {
         let span = tracing::info_span!("node", node = %self.state.node_id);
         let url = self.advertised_url();
         span.in_scope(|| tracing::info!(url = %url, "storage node serving"));
-        let heartbeat = self.config.gateway.clone().map(|gw| {
+        let gateways = self.config.gateways.clone();
+        let heartbeat = (!gateways.is_empty()).then(|| {
             tokio::spawn(heartbeat_loop(
                 self.state.clone(),
-                gw,
+                gateways,
                 url.clone(),
                 self.config.heartbeat_interval,
             ))
@@ -228,16 +230,26 @@ impl Node {
     }
 }
 
-/// Reports to the gateway until the node stops. Failures are logged once
-/// per outage, not once per beat.
-async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, every: Duration) {
+/// Reports to a gateway until the node stops: to the same one while it
+/// answers, else to the next in the list. Failures are logged once per
+/// outage, not once per beat.
+async fn heartbeat_loop(
+    state: Arc<NodeState>,
+    gateways: Vec<String>,
+    addr: String,
+    every: Duration,
+) {
     let http = reqwest::Client::builder()
         // Below the gateway's idle close (`http_server`).
         .pool_idle_timeout(Duration::from_secs(15))
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();
-    let url = format!("{}{HEARTBEAT_PATH}", gateway.trim_end_matches('/'));
+    let urls: Vec<String> = gateways
+        .iter()
+        .map(|g| format!("{}{HEARTBEAT_PATH}", g.trim_end_matches('/')))
+        .collect();
+    let mut current = 0;
     let mut failing = false;
     let mut tick = tokio::time::interval(every);
     loop {
@@ -250,8 +262,9 @@ async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, ev
             load: state.active.load(std::sync::atomic::Ordering::Relaxed),
             node_key: Some(state.node_key.clone()),
         };
+        let (gateway, url) = (&gateways[current], &urls[current]);
         let sent = http
-            .post(&url)
+            .post(url)
             .bearer_auth(&state.secret)
             .json(&beat)
             .send()
@@ -268,6 +281,8 @@ async fn heartbeat_loop(state: Arc<NodeState>, gateway: String, addr: String, ev
                     tracing::warn!(node = %state.node_id, gateway = %gateway, result = ?other.map_err(|e| e.to_string()), "heartbeat failed");
                 }
                 failing = true;
+                // The next gateway in the list gets the next beat.
+                current = (current + 1) % urls.len();
             }
         }
     }

@@ -14,7 +14,7 @@ async fn start_node(dir: &std::path::Path, id: &str) -> String {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise: None,
-        gateway: None,
+        gateways: Vec::new(),
         cluster_secret: SECRET.into(),
         capacity_bytes: None,
         heartbeat_interval: Duration::from_secs(1),

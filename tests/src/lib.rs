@@ -52,6 +52,11 @@ pub struct Cluster {
     child: Option<Child>,
     /// Nodes started by the test itself (`insitu node`), killed on drop.
     extra_nodes: Vec<Child>,
+    /// What `insitu dev` said when it was ready (endpoints, gateway pids).
+    pub ready: serde_json::Value,
+    /// The throwaway PostgreSQL of a cluster started with
+    /// `INSITU_E2E_CATALOG=postgresql` (see [`Cluster::start_with_args`]).
+    pub postgres: Option<insitu_catalog::testing::TestPostgres>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -71,10 +76,22 @@ impl Cluster {
         Self::start_with_args(nodes, replicas, &[])
     }
 
-    /// Starts a cluster with extra `insitu dev` arguments.
+    /// Starts a cluster with extra `insitu dev` arguments. With
+    /// `INSITU_E2E_CATALOG=postgresql` in the environment, and no
+    /// `--catalog` among the arguments, the cluster's catalog is a
+    /// throwaway PostgreSQL of its own: so the same suites run on both
+    /// backends.
     pub fn start_with_args(nodes: usize, replicas: Option<usize>, args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("insitu-e2e").tempdir()?;
-        let extra_args = args.iter().map(ToString::to_string).collect();
+        let mut extra_args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        let mut postgres = None;
+        let wants_pg = std::env::var("INSITU_E2E_CATALOG").is_ok_and(|v| v == "postgresql");
+        if wants_pg && !args.contains(&"--catalog") {
+            let pg = insitu_catalog::testing::TestPostgres::start().map_err(|e| anyhow!(e))?;
+            extra_args.push("--catalog".into());
+            extra_args.push(pg.url("postgres"));
+            postgres = Some(pg);
+        }
         let mut c = Cluster {
             dir,
             endpoint: String::new(),
@@ -83,6 +100,8 @@ impl Cluster {
             extra_args,
             child: None,
             extra_nodes: Vec::new(),
+            ready: serde_json::Value::Null,
+            postgres,
         };
         c.launch(None)?;
         Ok(c)
@@ -144,8 +163,27 @@ impl Cluster {
             .as_str()
             .ok_or_else(|| anyhow!("no endpoint in {line}"))?
             .to_string();
+        self.ready = ready;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Every gateway's endpoint (`insitu dev --gateways N`), in port order.
+    pub fn endpoints(&self) -> Vec<String> {
+        match self.ready["endpoints"].as_array() {
+            Some(list) => list
+                .iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect(),
+            None => vec![self.endpoint.clone()],
+        }
+    }
+
+    /// kill -9 one of the gateways of `insitu dev --gateways N`.
+    pub fn kill9_gateway(&self, i: usize) {
+        if let Some(pid) = self.ready["gateway_pids"][i].as_u64() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
     }
 
     /// Process id of the gateway (`insitu dev` itself).

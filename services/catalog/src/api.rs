@@ -226,6 +226,13 @@ pub struct JobChange {
     pub(crate) writes: Vec<JobWrite>,
     pub(crate) objects: Vec<(BucketRecord, String, ObjectRecord)>,
     pub(crate) delete_objects: Vec<(String, String)>,
+    /// The job's lease this change is made under: refused with `Fenced`
+    /// unless the job's lease still has this owner and epoch.
+    pub(crate) fence: Option<(String, String, u64)>,
+    /// A new job's first lease: (owner, time to live in ms).
+    pub(crate) new_lease: Option<(String, String, String, i64)>,
+    /// The job has ended: its lease goes.
+    pub(crate) release: Option<String>,
 }
 
 /// The typed writes a job change can hold.
@@ -246,7 +253,25 @@ pub(crate) enum JobWrite {
 
 impl JobChange {
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.objects.is_empty() && self.delete_objects.is_empty()
+        self.writes.is_empty()
+            && self.objects.is_empty()
+            && self.delete_objects.is_empty()
+            && self.new_lease.is_none()
+            && self.release.is_none()
+    }
+    /// Makes the change conditional on `owner` still holding the job's
+    /// lease at `epoch` (the fencing token).
+    pub fn fence(&mut self, job: &str, owner: &str, epoch: u64) {
+        self.fence = Some((job.to_string(), owner.to_string(), epoch));
+    }
+    /// Gives a new job its first lease (epoch 1), owned by `owner` for
+    /// `ttl_ms`.
+    pub fn lease_new_job(&mut self, tenant: &str, job: &str, owner: &str, ttl_ms: i64) {
+        self.new_lease = Some((tenant.into(), job.into(), owner.into(), ttl_ms));
+    }
+    /// Ends the job's lease: nobody drives it any more.
+    pub fn release_lease(&mut self, job: &str) {
+        self.release = Some(job.to_string());
     }
     /// Writes the job's record (creating the job, or replacing its state).
     pub fn put_job(&mut self, rec: &JobRecord) {
@@ -292,6 +317,9 @@ impl JobChange {
         self.writes.extend(other.writes);
         self.objects.extend(other.objects);
         self.delete_objects.extend(other.delete_objects);
+        self.fence = self.fence.take().or(other.fence);
+        self.new_lease = self.new_lease.take().or(other.new_lease);
+        self.release = self.release.take().or(other.release);
     }
 }
 
@@ -363,6 +391,7 @@ pub trait Catalog:
     + BlobIndex
     + NodeStore
     + JobStore
+    + crate::control::ControlStore
     + Send
     + Sync
 {

@@ -36,6 +36,9 @@ pub enum CatalogError {
     BucketNotEmpty(String),
     #[error("multipart upload {0} does not exist")]
     NoSuchUpload(String),
+    /// A job change made under a lease another gateway has taken since.
+    #[error("job {0} is now driven by another gateway")]
+    Fenced(String),
     #[error("a write precondition did not hold")]
     PreconditionFailed,
     /// The database was written by a newer insitu: refused untouched.

@@ -7,6 +7,7 @@
 //! in the same atomic write as the change that implies them.
 
 mod api;
+mod control;
 mod error;
 mod listing;
 mod pg;
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use api::*;
+pub use control::*;
 pub use error::{CatalogError, Result};
 pub use pg::{PgCatalog, SCHEMA_VERSION};
 pub use records::*;

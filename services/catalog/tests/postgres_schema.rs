@@ -34,7 +34,10 @@ async fn schema_is_migrated_once_and_a_newer_one_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 13, "12 catalog tables and the schema version");
+    assert_eq!(
+        tables, 18,
+        "12 catalog tables, 5 coordination tables and the schema version"
+    );
     client
         .execute(
             "INSERT INTO tenants (name, rec) VALUES ('kept', '\\x01')",

@@ -155,6 +155,9 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     if path == insitu_storage_node::HEARTBEAT_PATH {
         return heartbeat(&gw, &parts, body).await;
     }
+    if let Some(rest) = path.strip_prefix(crate::jobs::api::FORWARD_PATH) {
+        return forwarded(&gw, &parts, rest, body).await;
+    }
     if path == "/_insitu/v1/metrics" {
         return Ok(metrics(&gw));
     }
@@ -426,6 +429,21 @@ fn metrics(gw: &Gateway) -> Response {
     ] {
         let _ = writeln!(out, "{name} {v}");
     }
+    let _ = writeln!(out, "# TYPE insitu_gateway_leader gauge");
+    for role in crate::control::Role::ALL {
+        let leads = u8::from(gw.control.leads(role));
+        let _ = writeln!(
+            out,
+            "insitu_gateway_leader{{role=\"{}\"}} {leads}",
+            role.name()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "insitu_gateway_jobs_driven {}",
+        gw.jobs.local_load().jobs
+    );
+    let _ = writeln!(out, "insitu_gateway_peers {}", gw.control.peers().len());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out,
@@ -433,16 +451,47 @@ fn metrics(gw: &Gateway) -> Response {
         .into_response()
 }
 
-/// A node's heartbeat: authenticated by the cluster secret, it registers
-/// the node (or its new address) and reports its space and corruption.
-async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+/// Whether a request carries the cluster secret (a node or a peer gateway).
+fn from_cluster(gw: &Gateway, parts: &Parts) -> bool {
     let presented = parts
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !sigv4::signatures_match(presented, &gw.config.cluster_secret) {
+    sigv4::signatures_match(presented, &gw.config.cluster_secret)
+}
+
+/// A job call a peer gateway forwarded, for the tenant it authenticated.
+async fn forwarded(
+    gw: &Arc<Gateway>,
+    parts: &Parts,
+    rest: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if !from_cluster(gw, parts) || parts.method != http::Method::POST {
+        return Err(ApiError::Auth(S3Error::access_denied()));
+    }
+    let tenant = parts
+        .headers
+        .get(crate::jobs::api::FORWARD_TENANT)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::InvalidArgument("a forwarded call names its tenant".into()))?
+        .to_string();
+    let raw = body
+        .into_data_stream()
+        .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
+    let bytes = read_small(Box::pin(raw), MAX_API_BODY_BYTES)
+        .await
+        .map_err(ApiError::Auth)?;
+    let path: Vec<&str> = rest.split('/').collect();
+    Ok(crate::jobs::api::handle_forwarded(gw, &tenant, &path, &bytes).await)
+}
+
+/// A node's heartbeat: authenticated by the cluster secret, it registers
+/// the node (or its new address) and reports its space and corruption.
+async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+    if !from_cluster(gw, parts) {
         return Err(ApiError::Auth(S3Error::access_denied()));
     }
     let raw = body
@@ -483,6 +532,13 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
             )));
         }
     }
+    let report = crate::membership::Report {
+        addr: beat.addr.clone(),
+        usage: beat.usage.clone(),
+        corrupt: beat.corrupt.clone(),
+        load: beat.load,
+    };
+    crate::membership::record(gw, &beat.node_id, &report).await;
     if gw.nodes.record_contact(
         &beat.node_id,
         &beat.addr,

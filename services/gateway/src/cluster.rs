@@ -11,21 +11,44 @@ use insitu_catalog::BlobRef;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use crate::control::Role;
 use crate::nodes::{ByteStream, NodeState};
 use crate::Gateway;
 
 /// Blob ids in use by the gateway right now: being written (stored on
 /// nodes, not yet committed) or being read. The orphan sweep and GC leave
-/// them alone, however long a slow replica or a slow reader takes.
+/// them alone, however long a slow replica or a slow reader takes. On a
+/// shared catalog, every hold older than [`PUBLISH_AFTER`] is published as
+/// an intent (see [`InflightBlobs::flush`]), so that another gateway's GC
+/// and sweep leave it alone too.
 #[derive(Default)]
 pub struct InflightBlobs {
-    ids: std::sync::Mutex<HashMap<String, usize>>,
+    ids: std::sync::Mutex<HashMap<String, Hold>>,
+    /// Published intents whose holds have ended, to withdraw.
+    ended: std::sync::Mutex<Vec<String>>,
 }
+
+struct Hold {
+    count: usize,
+    since: Instant,
+    published: bool,
+}
+
+/// Holds younger than this stay private: GC and the sweep only touch
+/// blobs older than their grace period, which is longer (see
+/// `Gateway::with_catalog`).
+pub const PUBLISH_AFTER: Duration = Duration::from_millis(500);
 
 impl InflightBlobs {
     pub fn hold(self: &Arc<Self>, id: &str) -> InflightGuard {
         if let Ok(mut ids) = self.ids.lock() {
-            *ids.entry(id.to_string()).or_default() += 1;
+            ids.entry(id.to_string())
+                .or_insert_with(|| Hold {
+                    count: 0,
+                    since: Instant::now(),
+                    published: false,
+                })
+                .count += 1;
         }
         InflightGuard {
             set: self.clone(),
@@ -39,6 +62,39 @@ impl InflightBlobs {
             .map(|ids| ids.contains_key(id))
             .unwrap_or(true)
     }
+
+    /// Publishes long holds as intents in the catalog (renewing those
+    /// already published) and withdraws the intents of ended holds.
+    pub async fn flush(&self, catalog: &dyn insitu_catalog::Catalog, holder: &str, ttl_ms: i64) {
+        let publish: Vec<String> = match self.ids.lock() {
+            Ok(mut ids) => ids
+                .iter_mut()
+                .filter(|(_, h)| h.published || h.since.elapsed() >= PUBLISH_AFTER)
+                .map(|(id, h)| {
+                    h.published = true;
+                    id.clone()
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        if let Err(e) = catalog.hold_intents(holder, &publish, ttl_ms).await {
+            tracing::warn!(error = %e, "cannot publish blob intents");
+        }
+        let ended = self
+            .ended
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        if let Err(e) = catalog.release_intents(holder, &ended).await {
+            tracing::debug!(error = %e, "cannot withdraw blob intents; they expire");
+        }
+    }
+
+    /// Whether the blob is in use here, or (on a shared catalog) by any
+    /// gateway; an unreadable catalog counts as in use.
+    pub async fn in_use(&self, catalog: &dyn insitu_catalog::Catalog, id: &str) -> bool {
+        self.contains(id) || (catalog.is_shared() && catalog.has_intent(id).await.unwrap_or(true))
+    }
 }
 
 /// Keeps a blob id in use until dropped.
@@ -50,9 +106,14 @@ pub struct InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if let Ok(mut ids) = self.set.ids.lock() {
-            if let Some(n) = ids.get_mut(&self.id) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(h) = ids.get_mut(&self.id) {
+                h.count -= 1;
+                if h.count == 0 {
+                    if h.published {
+                        if let Ok(mut e) = self.set.ended.lock() {
+                            e.push(self.id.clone());
+                        }
+                    }
                     ids.remove(&self.id);
                 }
             }
@@ -103,6 +164,7 @@ impl RepairStats {
 
 pub fn spawn_background(gw: Arc<Gateway>) -> Vec<JoinHandle<()>> {
     vec![
+        tokio::spawn(crate::control::control_loop(gw.clone())),
         tokio::spawn(health_loop(gw.clone())),
         tokio::spawn(gc_loop(gw.clone())),
         tokio::spawn(repair_loop(gw.clone())),
@@ -140,6 +202,9 @@ async fn gc_loop(gw: Arc<Gateway>) {
     let mut cursor = String::new();
     loop {
         tick.tick().await;
+        if !gw.control.leads(Role::Gc) {
+            continue;
+        }
         let entries = match gw.catalog.list_gc_after(&cursor, 256).await {
             Ok(e) => e,
             Err(e) => {
@@ -156,12 +221,13 @@ async fn gc_loop(gw: Arc<Gateway>) {
                 .unwrap_or_default()
         };
         let cutoff = insitu_catalog::now_ms() - gw.config.gc_grace.as_millis() as i64;
-        let due = entries
-            .into_iter()
-            .filter(|e| e.queued_ms <= cutoff && !gw.inflight.contains(&e.blob.id));
+        let due = entries.into_iter().filter(|e| e.queued_ms <= cutoff);
         let work = due.map(|entry| {
             let gw = gw.clone();
             async move {
+                if gw.inflight.in_use(gw.catalog.as_ref(), &entry.blob.id).await {
+                    return;
+                }
                 let mut all_gone = true;
                 for node in &entry.blob.replicas {
                     match gw.nodes.state(node) {
@@ -363,6 +429,9 @@ async fn repair_pass(gw: &Gateway) -> u64 {
         };
         let Some((_, last)) = page.last() else { break };
         after = last.id.clone();
+        if !gw.control.leads(Role::Repair) {
+            return pending + 1;
+        }
         for (owner, blob) in page {
             let (lost, kept): (Vec<String>, Vec<String>) = blob
                 .replicas
@@ -454,6 +523,11 @@ async fn repair_loop(gw: Arc<Gateway>) {
     let mut rewrites = Vec::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if !gw.control.leads(Role::Repair) {
+            // A new leader starts with a full pass.
+            last_signature.clear();
+            continue;
+        }
         repair_corrupt(&gw, &mut handled, &mut rewrites).await;
         let signature: String = gw
             .nodes
@@ -493,10 +567,12 @@ async fn sweep_node(gw: &Gateway, node: &str) {
         };
         let Some(last) = page.last() else { return };
         after = last.id.clone();
-        for entry in page
-            .into_iter()
-            .filter(|e| e.modified_ms < cutoff && !gw.inflight.contains(&e.id))
-        {
+        for entry in page.into_iter().filter(|e| e.modified_ms < cutoff) {
+            if !gw.control.leads(Role::Orphans)
+                || gw.inflight.in_use(gw.catalog.as_ref(), &entry.id).await
+            {
+                continue;
+            }
             let keep = match gw.catalog.owned_blob(&entry.id).await {
                 Ok(Some((_, blob))) => blob.replicas.iter().any(|n| n == node),
                 Ok(None) => gw.catalog.is_gc_queued(&entry.id).await.unwrap_or(true),
@@ -515,6 +591,9 @@ async fn orphan_loop(gw: Arc<Gateway>) {
     let mut last_full = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if !gw.control.leads(Role::Orphans) {
+            continue;
+        }
         let full = last_full.elapsed() >= gw.config.orphan_sweep_interval;
         for (id, _, state) in gw.nodes.snapshot() {
             let previous = last_state.insert(id.clone(), state);

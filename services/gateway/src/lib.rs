@@ -5,9 +5,11 @@ pub mod admin_api;
 pub mod auth;
 pub mod body;
 pub mod cluster;
+pub mod control;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod membership;
 pub mod nodes;
 pub mod s3;
 
@@ -63,6 +65,12 @@ pub struct GatewayConfig {
     pub tenant_max_jobs: u32,
     /// What the gateway's HTTP server lets clients hold.
     pub server: insitu_storage_node::http_server::ServerLimits,
+    /// How long a job or leader lease lasts unrenewed: a gateway that
+    /// dies loses its jobs and loops to the others after this long.
+    pub lease_timeout: Duration,
+    /// The URL peers reach this gateway at [default: http:// and the
+    /// address it listens on].
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -91,6 +99,7 @@ pub struct Gateway {
     pub repair: cluster::RepairStats,
     pub inflight: Arc<cluster::InflightBlobs>,
     pub jobs: jobs::Supervisor,
+    pub control: control::Control,
     pub config: GatewayConfig,
 }
 
@@ -105,10 +114,21 @@ impl Gateway {
 
     /// Opens the gateway over a catalog that is already open.
     pub async fn with_catalog(
-        config: GatewayConfig,
+        mut config: GatewayConfig,
         catalog: Arc<dyn Catalog>,
     ) -> Result<Arc<Self>, GatewayError> {
         catalog.ensure_tenant(auth::ROOT_TENANT).await?;
+        // Another gateway learns of a blob this one holds only once the
+        // hold is published; its GC and sweep must wait longer than that.
+        let least = cluster::PUBLISH_AFTER + control_turn_bound();
+        if catalog.is_shared() && config.gc_grace < least {
+            tracing::warn!(
+                gc_grace_ms = config.gc_grace.as_millis() as u64,
+                "the GC grace period is raised to {} ms on a shared catalog",
+                least.as_millis()
+            );
+            config.gc_grace = least;
+        }
         let nodes = Arc::new(NodeSet::new(
             config.cluster_secret.clone(),
             config.liveness,
@@ -129,6 +149,7 @@ impl Gateway {
             repair: Default::default(),
             inflight: Default::default(),
             jobs: Default::default(),
+            control: control::Control::new(config.lease_timeout),
             config,
         }))
     }
@@ -197,14 +218,25 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
+        let addr = match (&self.config.advertise, listener.local_addr()) {
+            (Some(a), _) => a.trim_end_matches('/').to_string(),
+            (None, Ok(a)) => format!("http://{a}"),
+            (None, Err(e)) => return Err(GatewayError::Serve(e)),
+        };
+        self.control.set_addr(addr);
+        // Starts with beating and taking the jobs this gateway should run
+        // (on the embedded catalog: every job that had not ended).
         let background = cluster::spawn_background(self.clone());
-        jobs::resume_all(&self).await;
         let app = Router::new().fallback(handle).with_state(self.clone());
         let result =
             insitu_storage_node::http_server::serve(listener, app, self.config.server, shutdown)
                 .await;
         for task in background {
             task.abort();
+        }
+        // Hands its jobs and loops to the others at once.
+        if let Err(e) = self.catalog.gateway_gone(&self.control.id).await {
+            tracing::debug!(error = %e, "cannot hand back leases; they expire");
         }
         result.map_err(GatewayError::Serve)
     }
@@ -332,6 +364,11 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         trailers: Default::default(),
     };
     s3::dispatch(gw, req).await
+}
+
+/// The longest wait between two control turns (see `control`).
+fn control_turn_bound() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Builds a bodiless response with a status; used by the admin API too.

@@ -194,6 +194,25 @@ impl NodeSet {
         }
     }
 
+    /// Adds a node another gateway registered: known, but not counted as
+    /// up until a contact (a health answer or a recorded heartbeat) says
+    /// so and reports its space.
+    pub fn learn(&self, id: &str, base_url: &str) {
+        if let Ok(mut n) = self.nodes.write() {
+            let now = Instant::now();
+            let addr = base_url.trim_end_matches('/').to_string();
+            n.entry(id.to_string()).or_insert(NodeStatus {
+                addr,
+                last_seen: now.checked_sub(self.liveness.suspect_after).unwrap_or(now),
+                failed_at: None,
+                usage: Usage::default(),
+                corrupt: vec![],
+                load: 0,
+                draining: false,
+            });
+        }
+    }
+
     pub fn set_draining(&self, id: &str, draining: bool) {
         if let Ok(mut n) = self.nodes.write() {
             if let Some(s) = n.get_mut(id) {
@@ -239,6 +258,26 @@ impl NodeSet {
         s.corrupt = corrupt;
         s.load = load;
         changed
+    }
+
+    /// Records a heartbeat another gateway received `age` ago, if it is
+    /// newer than this gateway's own last contact with the node.
+    pub fn record_report(&self, id: &str, age: Duration, report: crate::membership::Report) {
+        let Some(at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        if let Ok(mut n) = self.nodes.write() {
+            if let Some(s) = n.get_mut(id).filter(|s| s.last_seen < at) {
+                if s.addr != report.addr.trim_end_matches('/') {
+                    // Moved: the heartbeat that moved it re-registers it.
+                    return;
+                }
+                s.last_seen = at;
+                s.usage = report.usage;
+                s.corrupt = report.corrupt;
+                s.load = report.load;
+            }
+        }
     }
 
     /// Records a health answer: a contact, without touching the address

@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Number of storage-node processes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Number of gateway processes, on ports P, P+1, ... of --listen;
+    /// above 1 needs a shared (postgresql://) catalog.
+    #[arg(long, default_value_t = 1)]
+    gateways: usize,
     /// Replicas per object; defaults to min(2, nodes).
     #[arg(long)]
     replicas: Option<usize>,
@@ -95,6 +99,10 @@ pub struct ClusterTuning {
     /// Milliseconds a request body may go without data [default: 60000].
     #[arg(long)]
     http_body_idle_ms: Option<u64>,
+    /// Seconds a gateway's job and leader leases last unrenewed: when a
+    /// gateway dies, others take its jobs and loops after this [default: 10].
+    #[arg(long)]
+    lease_secs: Option<u64>,
 }
 
 impl ClusterTuning {
@@ -113,7 +121,58 @@ impl ClusterTuning {
             max_connections: self.max_connections.or(file.max_connections),
             http_header_timeout_ms: self.http_header_timeout_ms.or(file.http_header_timeout_ms),
             http_body_idle_ms: self.http_body_idle_ms.or(file.http_body_idle_ms),
+            lease_secs: self.lease_secs.or(file.lease_secs),
         }
+    }
+}
+
+impl ClusterTuning {
+    /// The same tuning as flags, for a child gateway.
+    fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut flag = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push(format!("--{name}"));
+                out.push(v);
+            }
+        };
+        let t = self;
+        flag(
+            "suspect-after-secs",
+            t.suspect_after_secs.map(|v| v.to_string()),
+        );
+        flag("down-after-secs", t.down_after_secs.map(|v| v.to_string()));
+        flag("gc-grace-secs", t.gc_grace_secs.map(|v| v.to_string()));
+        flag(
+            "repair-mib-per-sec",
+            t.repair_mib_per_sec.map(|v| v.to_string()),
+        );
+        flag("reserve-mib", t.reserve_mib.map(|v| v.to_string()));
+        flag(
+            "health-interval-ms",
+            t.health_interval_ms.map(|v| v.to_string()),
+        );
+        flag(
+            "orphan-sweep-secs",
+            t.orphan_sweep_secs.map(|v| v.to_string()),
+        );
+        flag("task-slots", t.task_slots.map(|v| v.to_string()));
+        flag(
+            "tenant-max-tasks",
+            t.tenant_max_tasks.map(|v| v.to_string()),
+        );
+        flag("tenant-max-jobs", t.tenant_max_jobs.map(|v| v.to_string()));
+        flag("max-connections", t.max_connections.map(|v| v.to_string()));
+        flag(
+            "http-header-timeout-ms",
+            t.http_header_timeout_ms.map(|v| v.to_string()),
+        );
+        flag(
+            "http-body-idle-ms",
+            t.http_body_idle_ms.map(|v| v.to_string()),
+        );
+        flag("lease-secs", t.lease_secs.map(|v| v.to_string()));
+        out
     }
 }
 
@@ -131,6 +190,7 @@ fn gateway_config(
     replicas: usize,
     root: RootCredentials,
     cluster_secret: String,
+    advertise: Option<String>,
     t: &ClusterTuning,
 ) -> GatewayConfig {
     let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
@@ -163,6 +223,8 @@ fn gateway_config(
                 body_idle_timeout: ms(t.http_body_idle_ms, d.body_idle_timeout),
             }
         },
+        lease_timeout: secs(t.lease_secs, 10).max(Duration::from_secs(1)),
+        advertise,
     }
 }
 
@@ -196,6 +258,12 @@ pub struct GatewayArgs {
     region: Option<String>,
     #[arg(long, env = "INSITU_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// The URL other gateways reach this one at [default: http://LISTEN].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Exit when standard input closes (set by `insitu dev --gateways`).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
     #[command(flatten)]
     root: RootArgs,
     #[command(flatten)]
@@ -206,6 +274,7 @@ pub struct GatewayArgs {
 #[serde(deny_unknown_fields)]
 struct GatewayFile {
     listen: Option<SocketAddr>,
+    advertise: Option<String>,
     data_dir: Option<PathBuf>,
     catalog: Option<String>,
     #[serde(default)]
@@ -228,6 +297,8 @@ struct NodeFile {
     listen: Option<SocketAddr>,
     advertise: Option<String>,
     gateway: Option<String>,
+    #[serde(default)]
+    gateways: Vec<String>,
     cluster_secret: Option<String>,
     capacity_bytes: Option<u64>,
     heartbeat_ms: Option<u64>,
@@ -377,20 +448,22 @@ async fn spawn_node(
     id: &str,
     data_dir: &Path,
     secret: &str,
-    gateway: &str,
+    gateways: &[String],
     scrub_secs: u64,
 ) -> Result<NodeProcess> {
     let exe = std::env::current_exe().context("cannot find the insitu executable")?;
-    let mut child = Command::new(exe)
-        .arg("node")
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
         .arg("--id")
         .arg(id)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--gateway")
-        .arg(gateway)
+        .arg("127.0.0.1:0");
+    for g in gateways {
+        cmd.arg("--gateway").arg(g);
+    }
+    let mut child = cmd
         .arg("--exit-with-parent")
         .arg("--scrub-secs")
         .arg(scrub_secs.to_string())
@@ -401,17 +474,7 @@ async fn spawn_node(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start storage node {id}"))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("node {id} has no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .map_err(|_| anyhow!("storage node {id} did not start within 30 s"))??
-        .ok_or_else(|| anyhow!("storage node {id} exited during start-up"))?;
-    let ready: serde_json::Value =
-        serde_json::from_str(&line).with_context(|| format!("node {id} said {line:?}"))?;
+    let ready = ready_line(&mut child, &format!("storage node {id}")).await?;
     let addr = ready["url"]
         .as_str()
         .ok_or_else(|| anyhow!("node {id} did not report its address"))?;
@@ -425,6 +488,16 @@ async fn spawn_node(
 pub async fn run_dev(args: DevArgs) -> Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    if args.gateways == 0 {
+        bail!("--gateways must be at least 1");
+    }
+    let shared = args
+        .catalog
+        .as_deref()
+        .is_some_and(|c| c.starts_with("postgresql://") || c.starts_with("postgres://"));
+    if args.gateways > 1 && !shared {
+        bail!("--gateways {} needs a shared catalog: give --catalog postgresql://user@host:port/db (the embedded rocksdb catalog serves one gateway)", args.gateways);
     }
     let replicas = args.replicas.unwrap_or(args.nodes.min(2));
     if replicas == 0 || replicas > args.nodes {
@@ -440,6 +513,9 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         .catalog
         .clone()
         .unwrap_or_else(|| default_catalog(&args.data_dir));
+    if args.gateways > 1 {
+        return run_dev_gateways(&args, catalog, root, generated, secret, replicas, &tuning).await;
+    }
     let config = gateway_config(
         args.listen,
         catalog,
@@ -448,6 +524,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         replicas,
         root.clone(),
         secret.clone(),
+        None,
         &tuning,
     );
     let gateway = Gateway::open(config).await?;
@@ -458,7 +535,8 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     for i in 0..args.nodes {
         let id = format!("node-{i}");
         let dir = args.data_dir.join("nodes").join(&id);
-        children.push(spawn_node(&id, &dir, &secret, &endpoint, args.node_scrub_secs).await?);
+        let gateways = [endpoint.clone()];
+        children.push(spawn_node(&id, &dir, &secret, &gateways, args.node_scrub_secs).await?);
     }
     for n in &children {
         gateway.register_node(&n.id, &n.addr).await?;
@@ -483,17 +561,157 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
 
     let result = gateway.serve(listener, shutdown_signal()).await;
     tracing::info!("stopping storage nodes");
-    for mut n in children {
-        // Closing stdin asks the node to stop; it finishes in-flight writes.
-        drop(n.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), n.child.wait())
+    stop_children(children.into_iter().map(|n| n.child).collect()).await;
+    result.map_err(Into::into)
+}
+
+/// Asks children to stop by closing their stdin (they finish in-flight
+/// writes), and kills those that take longer than 10 s.
+async fn stop_children(children: Vec<Child>) {
+    for mut child in children {
+        drop(child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
         {
-            let _ = n.child.kill().await;
+            let _ = child.kill().await;
         }
     }
-    result.map_err(Into::into)
+}
+
+/// Reads a child's first stdout line, its "ready" JSON, within 30 s.
+async fn ready_line(child: &mut Child, what: &str) -> Result<serde_json::Value> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{what} has no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| anyhow!("{what} did not start within 30 s"))??
+        .ok_or_else(|| anyhow!("{what} exited during start-up"))?;
+    serde_json::from_str(&line).with_context(|| format!("{what} said {line:?}"))
+}
+
+/// `insitu dev --gateways N`: N gateway processes on one shared catalog,
+/// on consecutive ports, and nodes that beat to any of them. Killing one
+/// gateway is a real fault: the others take its jobs and loops.
+async fn run_dev_gateways(
+    args: &DevArgs,
+    catalog: String,
+    root: RootCredentials,
+    generated: bool,
+    secret: String,
+    replicas: usize,
+    tuning: &ClusterTuning,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the insitu executable")?;
+    let mut gateways = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut pids = Vec::new();
+    for i in 0..args.gateways {
+        // Port 0: each gateway on a free port of its own.
+        let port = match args.listen.port() {
+            0 => 0,
+            p => p.checked_add(i as u16).ok_or_else(|| {
+                anyhow!(
+                    "--listen port {p} leaves no room for {} gateways",
+                    args.gateways
+                )
+            })?,
+        };
+        let listen = SocketAddr::new(args.listen.ip(), port);
+        let dir = args.data_dir.join("gateways").join(format!("gw-{i}"));
+        private_dir(&dir)?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("gateway")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--replicas")
+            .arg(replicas.to_string())
+            .arg("--region")
+            .arg(&args.region)
+            .arg("--exit-with-parent")
+            .args(tuning.to_args());
+        if let Some(d) = &args.domain {
+            cmd.arg("--domain").arg(d);
+        }
+        // Secrets by environment, never on a command line others can read.
+        let mut child = cmd
+            .env("INSITU_CATALOG", &catalog)
+            .env("INSITU_CLUSTER_SECRET", &secret)
+            .env("INSITU_ROOT_ACCESS_KEY", &root.access_key_id)
+            .env("INSITU_ROOT_SECRET_KEY", &root.secret_access_key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start gateway {i}"))?;
+        let ready = ready_line(&mut child, &format!("gateway {i}")).await?;
+        let endpoint = ready["endpoint"]
+            .as_str()
+            .ok_or_else(|| anyhow!("gateway {i} did not report its endpoint"))?
+            .to_string();
+        pids.push(child.id());
+        endpoints.push(endpoint);
+        gateways.push(child);
+    }
+    let mut nodes = Vec::new();
+    for i in 0..args.nodes {
+        let id = format!("node-{i}");
+        let dir = args.data_dir.join("nodes").join(&id);
+        nodes.push(spawn_node(&id, &dir, &secret, &endpoints, args.node_scrub_secs).await?);
+    }
+    for endpoint in &endpoints {
+        wait_for_nodes(endpoint, args.nodes).await?;
+    }
+    if generated {
+        eprintln!(
+            "insitu: generated root credentials (kept in {}):",
+            args.data_dir.join("root-credentials").display()
+        );
+        eprintln!("  INSITU_ROOT_ACCESS_KEY={}", root.access_key_id);
+        eprintln!("  INSITU_ROOT_SECRET_KEY={}", root.secret_access_key);
+    }
+    eprintln!(
+        "insitu: S3 endpoints {} with {} storage nodes, {replicas} replica(s) per object",
+        endpoints.join(" "),
+        args.nodes
+    );
+    println!(
+        "{}",
+        serde_json::json!({ "event": "ready", "endpoint": endpoints[0], "endpoints": endpoints, "gateway_pids": pids, "nodes": args.nodes, "replicas": replicas, "cluster_secret_file": args.data_dir.join("cluster-secret") })
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping gateways and storage nodes");
+    stop_children(gateways).await;
+    stop_children(nodes.into_iter().map(|n| n.child).collect()).await;
+    Ok(())
+}
+
+/// Waits until a gateway counts `count` nodes as up (they register by
+/// heartbeat, and every gateway learns them through the catalog).
+async fn wait_for_nodes(endpoint: &str, count: usize) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{endpoint}/_insitu/v1/metrics");
+    for _ in 0..300 {
+        if let Ok(r) = http.get(&url).send().await {
+            if let Ok(text) = r.text().await {
+                let up = text
+                    .lines()
+                    .filter(|l| l.starts_with("insitu_node_up{") && l.ends_with(" 1"))
+                    .count();
+                if up >= count {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the storage nodes did not come up at {endpoint} within 30 s")
 }
 
 pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
@@ -534,6 +752,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         replicas,
         root.clone(),
         secret,
+        args.advertise.or(file.advertise),
         &tuning,
     );
     let gateway = Gateway::open(config).await?;
@@ -556,9 +775,31 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         serde_json::json!({ "event": "ready", "endpoint": format!("http://{}", listener.local_addr()?) })
     );
     gateway
-        .serve(listener, shutdown_signal())
+        .serve(listener, stop_signal(args.exit_with_parent))
         .await
         .map_err(Into::into)
+}
+
+/// A stop signal, or with `exit_with_parent` also the end of stdin (the
+/// parent `insitu dev` holds it open, so children stop with it even if it
+/// is killed).
+async fn stop_signal(exit_with_parent: bool) {
+    if !exit_with_parent {
+        return shutdown_signal().await;
+    }
+    let stdin_closed = async {
+        let mut buf = [0u8; 64];
+        let mut stdin = tokio::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = stdin_closed => {}
+    }
 }
 
 pub async fn run_node(args: NodeArgs) -> Result<()> {
@@ -581,7 +822,11 @@ pub async fn run_node(args: NodeArgs) -> Result<()> {
             .or(file.listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100))),
         advertise: args.advertise.or(file.advertise),
-        gateway: args.gateway.or(file.gateway),
+        gateways: if args.gateway.is_empty() {
+            file.gateway.into_iter().chain(file.gateways).collect()
+        } else {
+            args.gateway
+        },
         cluster_secret,
         capacity_bytes: args.capacity_bytes.or(file.capacity_bytes),
         heartbeat_interval: Duration::from_millis(
@@ -599,25 +844,7 @@ pub async fn run_node(args: NodeArgs) -> Result<()> {
         "{}",
         serde_json::json!({ "event": "listening", "node_id": id, "addr": addr.to_string(), "url": node.advertised_url() })
     );
-    let exit_with_parent = args.exit_with_parent;
-    let stop = async move {
-        if exit_with_parent {
-            let stdin_closed = async {
-                let mut buf = [0u8; 64];
-                let mut stdin = tokio::io::stdin();
-                while let Ok(n) = stdin.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                _ = stdin_closed => {}
-            }
-        } else {
-            shutdown_signal().await;
-        }
-    };
-    node.serve(stop).await.map_err(Into::into)
+    node.serve(stop_signal(args.exit_with_parent))
+        .await
+        .map_err(Into::into)
 }

@@ -64,9 +64,10 @@ pub struct NodeArgs {
     /// URL the gateway should use to reach this node [default: http://<listen>].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Gateway URL to register with by heartbeat.
-    #[arg(long)]
-    pub gateway: Option<String>,
+    /// Gateway URL to register with by heartbeat; repeat it for several
+    /// gateways (the node beats to the first that answers).
+    #[arg(long = "gateway")]
+    pub gateway: Vec<String>,
     /// Shared secret between the gateway and its nodes.
     #[arg(long, env = "INSITU_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,

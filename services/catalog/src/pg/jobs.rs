@@ -126,8 +126,41 @@ impl PgCatalog {
         }
     }
 
+    /// READ COMMITTED with row locks, like every object write (see
+    /// `ops.rs`): a job's own rows have one writer, its fenced owner.
     pub(super) async fn job_commit(&self, change: JobChange) -> Result<()> {
-        in_tx!(self, |tx| {
+        in_tx!(self, ReadCommitted, |tx| {
+            if let Some((job, owner, epoch)) = &change.fence {
+                // FOR SHARE: a taker's UPDATE waits for this commit, or
+                // this waits for the taker and then sees its epoch.
+                let row = tx
+                    .query_opt(
+                        "SELECT owner, epoch FROM job_leases WHERE job = $1 FOR SHARE",
+                        &[job],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let holds = row.is_some_and(|r| {
+                    r.get::<_, &str>(0) == owner && r.get::<_, i64>(1) as u64 == *epoch
+                });
+                if !holds {
+                    return Err(CatalogError::Fenced(job.clone()));
+                }
+            }
+            if let Some((tenant, job, owner, ttl_ms)) = &change.new_lease {
+                tx.execute(
+                    "INSERT INTO job_leases (job, tenant, owner, epoch, expires_ms)
+                     VALUES ($1, $2, $3, 1, insitu_now_ms() + $4)",
+                    &[job, tenant, owner, ttl_ms],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            if let Some(job) = &change.release {
+                tx.execute("DELETE FROM job_leases WHERE job = $1", &[job])
+                    .await
+                    .map_err(pg_err)?;
+            }
             for (bucket, key, rec) in &change.objects {
                 put_object_into(
                     &tx,

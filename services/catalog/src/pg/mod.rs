@@ -8,6 +8,7 @@
 //! trait implementations.
 
 mod catalog;
+mod control;
 mod jobs;
 mod ops;
 
@@ -17,7 +18,10 @@ use tokio_postgres::NoTls;
 use crate::{CatalogError, Result};
 
 /// The schema, one migration per version, applied in order.
-const MIGRATIONS: [(i32, &str); 1] = [(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: [(i32, &str); 2] = [
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_control.sql")),
+];
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -52,7 +56,11 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> CatalogError {
         Some("57P01") | Some("57P02") | Some("57P03") | Some("25006") => {
             CatalogError::Unavailable(e.to_string())
         }
-        _ => CatalogError::Db(e.to_string()),
+        // The server's own words, not just "db error".
+        _ => CatalogError::Db(match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        }),
     }
 }
 

@@ -1,7 +1,16 @@
 //! The catalog's domain operations on PostgreSQL. Every read-check-write
-//! runs in one SERIALIZABLE transaction (`in_tx!`), retried from the start
-//! when PostgreSQL reports that a concurrent writer won; the derived
-//! indexes (blob owners, GC queue) are written in the same transaction.
+//! runs in one transaction (`in_tx!`), retried from the start when
+//! PostgreSQL reports that a concurrent writer won; the derived indexes
+//! (blob owners, GC queue) are written in the same transaction.
+//!
+//! Most run SERIALIZABLE. Object writes and bucket deletion, the hot and
+//! contended path (many writers of different keys in one bucket, whose
+//! reads of absent keys would make SERIALIZABLE abort each other), run
+//! READ COMMITTED with explicit row locks instead: a writer holds the
+//! bucket row `FOR SHARE` and the object row `FOR UPDATE`; a new key is a
+//! plain INSERT, so a concurrent creator of the same key fails with a
+//! unique violation and the whole write is retried; bucket deletion takes
+//! the bucket row `FOR UPDATE` before it looks for objects and uploads.
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -18,14 +27,17 @@ pub(super) const MAX_ATTEMPTS: u32 = 12;
 /// Runs `$body` in a serializable transaction named `$tx` and commits it,
 /// retrying the whole of it on a serialization conflict.
 macro_rules! in_tx {
-    ($self:expr, |$tx:ident| $body:block) => {{
+    ($self:expr, |$tx:ident| $body:block) => {
+        in_tx!($self, Serializable, |$tx| $body)
+    };
+    ($self:expr, $level:ident, |$tx:ident| $body:block) => {{
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let mut client = $self.pool.get().await.map_err(super::pool_err)?;
             let $tx = client
                 .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                .isolation_level(tokio_postgres::IsolationLevel::$level)
                 .start()
                 .await
                 .map_err(super::pg_err)?;
@@ -115,6 +127,34 @@ pub(super) async fn get_bucket<C: GenericClient + Sync>(
     one(c, "SELECT rec FROM buckets WHERE name = $1", &[&name]).await
 }
 
+/// The bucket, held `FOR SHARE` until the transaction ends: it cannot be
+/// deleted meanwhile (see the module notes).
+async fn lock_bucket_shared<C: GenericClient + Sync>(
+    c: &C,
+    name: &str,
+) -> Result<Option<BucketRecord>> {
+    one(
+        c,
+        "SELECT rec FROM buckets WHERE name = $1 FOR SHARE",
+        &[&name],
+    )
+    .await
+}
+
+/// The object, held `FOR UPDATE` until the transaction ends.
+async fn lock_object<C: GenericClient + Sync>(
+    c: &C,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<ObjectRecord>> {
+    one(
+        c,
+        "SELECT rec FROM objects WHERE bucket = $1 AND key = $2 FOR UPDATE",
+        &[&bucket, &key.as_bytes()],
+    )
+    .await
+}
+
 pub(super) async fn get_object<C: GenericClient + Sync>(
     c: &C,
     bucket: &str,
@@ -166,11 +206,11 @@ pub(super) async fn put_object_into<C: GenericClient + Sync>(
     expected: Option<&BucketRecord>,
     cond: &WriteCondition,
 ) -> Result<()> {
-    let current = get_bucket(c, bucket).await?;
+    let current = lock_bucket_shared(c, bucket).await?;
     if !crate::api::is_expected_bucket(current.as_ref(), expected) {
         return Err(CatalogError::NoSuchBucket(bucket.to_string()));
     }
-    let existing = get_object(c, bucket, key).await?;
+    let existing = lock_object(c, bucket, key).await?;
     if !cond.holds(existing.as_ref()) {
         return Err(CatalogError::PreconditionFailed);
     }
@@ -184,13 +224,15 @@ pub(super) async fn put_object_into<C: GenericClient + Sync>(
         key: key.to_string(),
     };
     index_blob(c, &rec.blob, &owner).await?;
-    exec(
-        c,
-        "INSERT INTO objects (bucket, key, rec) VALUES ($1, $2, $3)
-         ON CONFLICT (bucket, key) DO UPDATE SET rec = EXCLUDED.rec",
-        &[&bucket, &key.as_bytes(), &rec.encode()],
-    )
-    .await?;
+    // A plain INSERT for a new key: a concurrent creator of the same key
+    // makes it fail (unique violation), and the write is retried against
+    // the object that won.
+    let sql = if existing.is_some() {
+        "UPDATE objects SET rec = $3 WHERE bucket = $1 AND key = $2"
+    } else {
+        "INSERT INTO objects (bucket, key, rec) VALUES ($1, $2, $3)"
+    };
+    exec(c, sql, &[&bucket, &key.as_bytes(), &rec.encode()]).await?;
     Ok(())
 }
 
@@ -199,7 +241,7 @@ pub(super) async fn delete_object_in<C: GenericClient + Sync>(
     bucket: &str,
     key: &str,
 ) -> Result<bool> {
-    let Some(old) = get_object(c, bucket, key).await? else {
+    let Some(old) = lock_object(c, bucket, key).await? else {
         return Ok(false);
     };
     queue_gc(c, &old.blob).await?;
@@ -251,7 +293,7 @@ async fn owned_blob<C: GenericClient + Sync>(
 }
 
 impl PgCatalog {
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_err)
     }
 
@@ -406,8 +448,16 @@ impl PgCatalog {
     }
 
     pub(super) async fn delete_bucket(&self, name: &str) -> Result<()> {
-        in_tx!(self, |tx| {
-            if get_bucket(&tx, name).await?.is_none() {
+        // READ COMMITTED: each statement below sees what writers that held
+        // the bucket row before this lock committed.
+        in_tx!(self, ReadCommitted, |tx| {
+            let locked = one::<BucketRecord, _>(
+                &tx,
+                "SELECT rec FROM buckets WHERE name = $1 FOR UPDATE",
+                &[&name],
+            )
+            .await?;
+            if locked.is_none() {
                 return Err(CatalogError::NoSuchBucket(name.to_string()));
             }
             let any = tx
@@ -438,7 +488,7 @@ impl PgCatalog {
         expected: Option<&BucketRecord>,
         cond: &WriteCondition,
     ) -> Result<()> {
-        in_tx!(self, |tx| {
+        in_tx!(self, ReadCommitted, |tx| {
             put_object_into(&tx, bucket, key, rec, expected, cond).await
         })
     }
@@ -465,7 +515,9 @@ impl PgCatalog {
     }
 
     pub(super) async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool> {
-        in_tx!(self, |tx| { delete_object_in(&tx, bucket, key).await })
+        in_tx!(self, ReadCommitted, |tx| {
+            delete_object_in(&tx, bucket, key).await
+        })
     }
 
     /// An index range scan from the listing's start, in batches, with a
@@ -515,7 +567,7 @@ impl PgCatalog {
 
     pub(super) async fn create_upload(&self, rec: &UploadRecord) -> Result<()> {
         in_tx!(self, |tx| {
-            if get_bucket(&tx, &rec.bucket).await?.is_none() {
+            if lock_bucket_shared(&tx, &rec.bucket).await?.is_none() {
                 return Err(CatalogError::NoSuchBucket(rec.bucket.clone()));
             }
             exec(
@@ -550,7 +602,15 @@ impl PgCatalog {
         part: &PartRecord,
     ) -> Result<()> {
         in_tx!(self, |tx| {
-            if get_upload(&tx, bucket, key, upload_id).await?.is_none() {
+            // Held: an abort (or the bucket's deletion) waits, or this fails.
+            let held = one::<UploadRecord, _>(
+                &tx,
+                "SELECT rec FROM uploads WHERE bucket = $1 AND key = $2 AND upload_id = $3
+                 FOR SHARE",
+                &[&bucket, &key.as_bytes(), &upload_id],
+            )
+            .await?;
+            if held.is_none() {
                 return Err(CatalogError::NoSuchUpload(upload_id.to_string()));
             }
             if let Some(old) = get_part(&tx, upload_id, part.part_number).await? {

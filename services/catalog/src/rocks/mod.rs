@@ -3,6 +3,7 @@
 //! (reads, and synced writes that wait on an fsync) on tokio's blocking
 //! pool, never on an async worker.
 
+mod control;
 mod core;
 mod jobs;
 
@@ -23,6 +24,7 @@ use crate::{CatalogError, Result};
 pub struct RocksCatalog {
     core: Arc<RocksCore>,
     path: PathBuf,
+    control: control::Control,
 }
 
 impl RocksCatalog {
@@ -32,6 +34,7 @@ impl RocksCatalog {
         Ok(Self {
             core: Arc::new(RocksCore::open(path)?),
             path: path.to_path_buf(),
+            control: Default::default(),
         })
     }
 
@@ -313,7 +316,14 @@ impl JobStore for RocksCatalog {
             .await
     }
     async fn job_commit(&self, change: JobChange) -> Result<()> {
-        self.run(move |c| c.job_commit(change)).await
+        self.control.check(&change)?;
+        let leases = JobChange {
+            new_lease: change.new_lease.clone(),
+            release: change.release.clone(),
+            ..Default::default()
+        };
+        self.run(move |c| c.job_commit(change)).await?;
+        self.control.applied(&leases)
     }
 }
 

@@ -32,6 +32,9 @@ impl IntoResponse for JobError {
             JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
             JobError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDeniedError"),
             JobError::TooManyJobs(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyJobsError"),
+            JobError::Unavailable(_) | JobError::Elsewhere(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError")
+            }
             JobError::Catalog(e) if e.is_retryable() => {
                 tracing::warn!(error = %self, "jobs API: catalog unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError")
@@ -85,6 +88,74 @@ pub async fn handle(
 ) -> Response {
     match route(gw, tenant, method, path, raw_query, body).await {
         Ok(r) => r,
+        Err(JobError::Elsewhere(peer)) => forward(gw, &peer, tenant, path, body).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Where a peer gateway sends a call on a job this gateway drives.
+pub const FORWARD_PATH: &str = "/_insitu/v1/internal/jobs/";
+/// The tenant a forwarded call is made for.
+pub const FORWARD_TENANT: &str = "x-insitu-tenant";
+
+/// Makes a change to a job (inputs, end of input, cancel) on the peer
+/// gateway that drives it, as the tenant this gateway authenticated, and
+/// answers with the peer's answer.
+async fn forward(gw: &Gateway, peer: &str, tenant: &str, path: &[&str], body: &[u8]) -> Response {
+    let url = format!("{peer}{FORWARD_PATH}{}", path.join("/"));
+    let sent = gw
+        .control
+        .http()
+        .post(url)
+        .bearer_auth(&gw.config.cluster_secret)
+        .header(FORWARD_TENANT, tenant)
+        .body(body.to_vec())
+        .send()
+        .await;
+    let unavailable = |why: String| {
+        tracing::warn!(peer = %peer, error = %why, "cannot forward a job call to its gateway");
+        JobError::Unavailable("the gateway that drives this job did not answer; retry".into())
+            .into_response()
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let status = resp.status();
+    let answer = futures::TryStreamExt::map_err(resp.bytes_stream(), |e| {
+        crate::error::S3Error::new(crate::error::S3ErrorCode::IncompleteBody, e.to_string())
+    });
+    match crate::body::read_small(Box::pin(answer), MAX_FORWARDED_ANSWER).await {
+        Ok(bytes) => (
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+/// A peer's answer is a job status or an error: small.
+const MAX_FORWARDED_ANSWER: usize = 1 << 20;
+
+/// Serves a call a peer forwarded: only the changes a peer forwards, and
+/// never forwarded again (a job that moved meanwhile is a retry).
+pub async fn handle_forwarded(
+    gw: &Arc<Gateway>,
+    tenant: &str,
+    path: &[&str],
+    body: &[u8],
+) -> Response {
+    let allowed = matches!(path, [_, "inputs"] | [_, "inputs", "end"] | [_, "cancel"]);
+    if !allowed {
+        return JobError::NotFound("no such forwarded call".into()).into_response();
+    }
+    match route(gw, tenant, Method::POST, path, "", body).await {
+        Ok(r) => r,
+        Err(JobError::Elsewhere(_)) => {
+            JobError::Unavailable("the job is changing gateways; retry".into()).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

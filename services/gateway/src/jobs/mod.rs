@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use insitu_catalog::{now_ms, BucketRecord, Catalog, CatalogError, InputList, JobChange};
+use insitu_catalog::{
+    now_ms, BucketRecord, Catalog, CatalogError, GatewayLoad, InputList, JobChange, JobLease,
+};
 use insitu_jobs::plan::{self, OutputPlace};
 use insitu_jobs::records::{
     self, InputRecord, JobCounters, JobRecord, JobState, PhaseCounters, PieceRecord, Seqs,
@@ -41,13 +43,27 @@ pub enum JobError {
     AccessDenied(String),
     #[error("the tenant already has {0} jobs that have not ended (the limit)")]
     TooManyJobs(u32),
+    /// Not now: the job changes hands, or the catalog is away.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The job is driven by a peer gateway at this address; the API
+    /// forwards the call there.
+    #[error("job is driven by the gateway at {0}")]
+    Elsewhere(String),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
 }
 
 /// A running job, shared by its driver and the API.
 pub struct ActiveJob {
+    pub id: String,
     pub tenant: String,
+    /// The epoch of this gateway's lease on the job: every commit carries
+    /// it, and the catalog refuses it once another gateway took the job.
+    pub epoch: u64,
+    /// Set when a commit was refused for a stale epoch: the driver stops,
+    /// leaving the job to its new owner.
+    lost: std::sync::atomic::AtomicBool,
     pub record: Mutex<JobRecord>,
     /// Wakes the driver: inputs added or ended, job cancelled.
     pub wake: Notify,
@@ -61,6 +77,34 @@ pub struct ActiveJob {
     prepared: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
     /// Why the queued tasks the dispatcher last looked at are waiting.
     waiting: std::sync::Mutex<HashMap<run::Waiting, u64>>,
+}
+
+impl ActiveJob {
+    /// Commits a change to the job under this gateway's lease.
+    pub(crate) async fn commit(
+        &self,
+        gw: &Gateway,
+        mut step: JobChange,
+    ) -> Result<(), CatalogError> {
+        step.fence(&self.id, &gw.control.id, self.epoch);
+        let result = gw.catalog.job_commit(step).await;
+        if let Err(CatalogError::Fenced(_)) = &result {
+            self.lose();
+        }
+        result
+    }
+
+    /// Another gateway drives the job now.
+    pub(crate) fn lose(&self) {
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(tenant = %self.tenant, job = %self.id, "job taken over by another gateway; stopping here");
+        }
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A tenant's running tasks, and when it last had a task wait for a slot.
@@ -83,6 +127,9 @@ pub struct Supervisor {
     /// (node, image blob) pairs already copied to the node.
     images_on_nodes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     image_copy: Mutex<()>,
+    /// What the other gateways on the catalog run, summed, as of their
+    /// last beats: slots and fair share count it too.
+    remote: std::sync::RwLock<GatewayLoad>,
 }
 
 impl Supervisor {
@@ -90,11 +137,91 @@ impl Supervisor {
         self.active.lock().ok()?.get(id).cloned()
     }
 
+    /// Tasks running on a node, from every gateway.
     pub(crate) fn load(&self, node: &str) -> u32 {
+        let remote = self
+            .remote
+            .read()
+            .map(|r| r.node_tasks.get(node).copied().unwrap_or(0))
+            .unwrap_or(0);
         self.node_tasks
             .lock()
-            .map(|m| m.get(node).copied().unwrap_or(0))
+            .map(|m| m.get(node).copied().unwrap_or(0).saturating_add(remote))
             .unwrap_or(u32::MAX)
+    }
+
+    /// What this gateway runs, for its beat.
+    pub(crate) fn local_load(&self) -> GatewayLoad {
+        let mut load = GatewayLoad::default();
+        if let Ok(m) = self.node_tasks.lock() {
+            load.node_tasks = m
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect();
+        }
+        if let Ok(m) = self.node_reducers.lock() {
+            load.node_reducers = m
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.clone(), *n as u32))
+                .collect();
+        }
+        if let Ok(t) = self.tenants.lock() {
+            let now = Instant::now();
+            for (name, l) in t.iter() {
+                if l.running > 0 {
+                    load.tenant_tasks.insert(name.clone(), l.running);
+                }
+                if l.waiting_at.is_some_and(|w| now - w < WAITING_FOR) {
+                    load.tenants_waiting.push(name.clone());
+                }
+            }
+        }
+        if let Ok(active) = self.active.lock() {
+            load.jobs = active.len() as u32;
+            for j in active.values() {
+                *load.tenant_jobs.entry(j.tenant.clone()).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    /// Records what the other gateways run (their last beats, summed).
+    pub(crate) fn set_remote(&self, loads: impl Iterator<Item = GatewayLoad>) {
+        let mut sum = GatewayLoad::default();
+        for l in loads {
+            for (k, n) in l.node_tasks {
+                *sum.node_tasks.entry(k).or_default() += n;
+            }
+            for (k, n) in l.node_reducers {
+                *sum.node_reducers.entry(k).or_default() += n;
+            }
+            for (k, n) in l.tenant_tasks {
+                *sum.tenant_tasks.entry(k).or_default() += n;
+            }
+            for (k, n) in l.tenant_jobs {
+                *sum.tenant_jobs.entry(k).or_default() += n;
+            }
+            sum.tenants_waiting.extend(l.tenants_waiting);
+            sum.jobs += l.jobs;
+        }
+        if let Ok(mut r) = self.remote.write() {
+            *r = sum;
+        }
+    }
+
+    /// Whether the job runs on this gateway.
+    pub fn drives(&self, id: &str) -> bool {
+        self.active(id).is_some()
+    }
+
+    /// The jobs this gateway drives.
+    pub(crate) fn active_jobs(&self) -> Vec<Arc<ActiveJob>> {
+        self.active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn take_slot(&self, node: &str, tenant: &str) {
@@ -116,32 +243,51 @@ impl Supervisor {
     /// Whether `tenant` may start one more task: under its cap (0: none),
     /// and, while another tenant waits for a slot, under its fair share of
     /// the `total` slots, split evenly between the tenants that run or wait.
+    ///
+    /// Counts cover every gateway: this one's now, the others' as of their
+    /// last beats.
     pub(crate) fn may_start(&self, tenant: &str, total: u32, cap: u32) -> bool {
         let Ok(t) = self.tenants.lock() else {
             return true;
         };
+        let remote = self.remote.read().map(|r| r.clone()).unwrap_or_default();
         let now = Instant::now();
-        let waiting = |l: &TenantLoad| l.waiting_at.is_some_and(|w| now - w < WAITING_FOR);
-        let mine = t.get(tenant).map(|l| l.running).unwrap_or(0);
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        let mut waiting: std::collections::HashSet<&str> = Default::default();
+        for (name, l) in t.iter() {
+            *running.entry(name).or_default() += l.running;
+            if l.waiting_at.is_some_and(|w| now - w < WAITING_FOR) {
+                waiting.insert(name);
+            }
+        }
+        for (name, n) in &remote.tenant_tasks {
+            *running.entry(name).or_default() += n;
+        }
+        waiting.extend(remote.tenants_waiting.iter().map(String::as_str));
+        let mine = running.get(tenant).copied().unwrap_or(0);
         if cap > 0 && mine >= cap {
             return false;
         }
-        if !t.iter().any(|(name, l)| name != tenant && waiting(l)) {
+        if !waiting.iter().any(|name| *name != tenant) {
             return true;
         }
-        let sharing = t
-            .iter()
-            .filter(|(name, l)| *name == tenant || l.running > 0 || waiting(l))
-            .count()
-            .max(1) as u32;
-        mine < total.div_ceil(sharing).max(1)
+        let mut sharing: std::collections::HashSet<&str> = waiting;
+        sharing.extend(running.iter().filter(|(_, n)| **n > 0).map(|(k, _)| *k));
+        sharing.insert(tenant);
+        mine < total.div_ceil(sharing.len().max(1) as u32).max(1)
     }
 
     pub(crate) fn reducers_on(&self, node: &str) -> i64 {
+        let remote = self
+            .remote
+            .read()
+            .map(|r| r.node_reducers.get(node).copied().unwrap_or(0))
+            .unwrap_or(0);
         self.node_reducers
             .lock()
             .map(|m| m.get(node).copied().unwrap_or(0))
             .unwrap_or(0)
+            + i64::from(remote)
     }
 
     pub(crate) fn add_reducer(&self, node: &str, delta: i64) {
@@ -163,12 +309,17 @@ impl Supervisor {
         }
     }
 
-    /// Jobs of a tenant that have not ended, on this gateway.
+    /// Jobs of a tenant that have not ended, on every gateway.
     fn running_jobs(&self, tenant: &str) -> usize {
+        let remote = self
+            .remote
+            .read()
+            .map(|r| r.tenant_jobs.get(tenant).copied().unwrap_or(0))
+            .unwrap_or(0);
         let Ok(active) = self.active.lock() else {
             return 0;
         };
-        active.values().filter(|j| j.tenant == tenant).count()
+        active.values().filter(|j| j.tenant == tenant).count() + remote as usize
     }
 }
 
@@ -530,16 +681,25 @@ pub async fn create(gw: &Arc<Gateway>, tenant: &str, spec: JobSpec) -> Result<Jo
         }
     }
     step.put_job(&rec);
+    // The job goes to the live gateway that drives the fewest jobs (this
+    // one on a tie); that gateway finds it when it next renews its leases.
+    let owner = gw.control.least_loaded(gw.jobs.local_load().jobs);
+    step.lease_new_job(tenant, &id, &owner, gw.control.lease_ms());
     gw.catalog.job_commit(step).await?;
-    tracing::info!(tenant = %tenant, job = %id, inputs = rec.counters.inputs, "job created");
-    start(gw, rec.clone());
+    tracing::info!(tenant = %tenant, job = %id, inputs = rec.counters.inputs, owner = %owner, "job created");
+    if owner == gw.control.id {
+        start(gw, rec.clone(), 1);
+    }
     Ok(rec)
 }
 
-fn start(gw: &Arc<Gateway>, rec: JobRecord) {
+fn start(gw: &Arc<Gateway>, rec: JobRecord, epoch: u64) {
     let id = rec.id.clone();
     let job = Arc::new(ActiveJob {
+        id: id.clone(),
         tenant: rec.tenant.clone(),
+        epoch,
+        lost: Default::default(),
         running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         preparing: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         prepared: Default::default(),
@@ -549,28 +709,45 @@ fn start(gw: &Arc<Gateway>, rec: JobRecord) {
         image_leases: Default::default(),
     });
     if let Ok(mut active) = gw.jobs.active.lock() {
-        active.insert(id.clone(), job.clone());
+        if let Some(old) = active.insert(id.clone(), job.clone()) {
+            // A driver under an older epoch of ours: it stops.
+            old.lose();
+        }
     }
     tokio::spawn(run::drive(gw.clone(), job));
 }
 
-/// Resumes every job that had not finished when the gateway stopped.
-pub async fn resume_all(gw: &Arc<Gateway>) {
-    let mut after: Option<(String, String)> = None;
-    loop {
-        let cursor = after.as_ref().map(|(t, j)| (t.as_str(), j.as_str()));
-        let page = match gw.catalog.all_jobs(cursor, 256).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list jobs to resume");
-                return;
+/// Drives a job whose lease this gateway holds (just claimed, or leased
+/// to it by the gateway that created it), from what the catalog has: a
+/// job that had not ended resumes, with finished tasks kept and the rest
+/// run again; one that had ended only gives its lease back.
+pub(crate) async fn take(gw: &Arc<Gateway>, lease: JobLease) {
+    if gw
+        .jobs
+        .active(&lease.job)
+        .is_some_and(|j| j.epoch == lease.epoch)
+    {
+        return;
+    }
+    let rec = match gw.catalog.job(&lease.tenant, &lease.job).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(tenant = %lease.tenant, job = %lease.job, error = %e, "cannot read a job to resume; will retry");
+            return;
+        }
+    };
+    match rec {
+        Some(rec) if rec.state != JobState::Done => {
+            tracing::info!(tenant = %rec.tenant, job = %rec.id, epoch = lease.epoch, "resuming job");
+            start(gw, rec, lease.epoch);
+        }
+        _ => {
+            let mut step = JobChange::default();
+            step.fence(&lease.job, &gw.control.id, lease.epoch);
+            step.release_lease(&lease.job);
+            if let Err(e) = gw.catalog.job_commit(step).await {
+                tracing::debug!(job = %lease.job, error = %e, "releasing an ended job's lease");
             }
-        };
-        let Some(last) = page.last() else { return };
-        after = Some((last.tenant.clone(), last.id.clone()));
-        for rec in page.into_iter().filter(|r| !r.state.is_final()) {
-            tracing::info!(tenant = %rec.tenant, job = %rec.id, "resuming job");
-            start(gw, rec);
         }
     }
 }
@@ -612,20 +789,47 @@ pub fn running(gw: &Gateway, id: &str) -> (Vec<u64>, Vec<u64>) {
         .unwrap_or_default()
 }
 
-async fn running_job(gw: &Gateway, tenant: &str, id: &str) -> Result<Arc<ActiveJob>, JobError> {
+/// Where a job that has not ended is driven.
+pub enum Driver {
+    Here(Arc<ActiveJob>),
+    /// By another gateway, reached at this address.
+    Peer(String),
+}
+
+async fn running_job(gw: &Gateway, tenant: &str, id: &str) -> Result<Driver, JobError> {
     let rec = get(gw, tenant, id).await?;
     if rec.state.is_final() {
         return Err(JobError::Conflict(format!("job {id} has already ended")));
     }
-    gw.jobs
-        .active(id)
-        .ok_or_else(|| JobError::Conflict(format!("job {id} is not running on this gateway")))
+    if let Some(job) = gw.jobs.active(id) {
+        return Ok(Driver::Here(job));
+    }
+    let lease = gw.catalog.job_lease(id).await?;
+    match lease {
+        Some((l, false)) if l.owner != gw.control.id => match gw.control.peer_addr(&l.owner) {
+            Some(addr) => Ok(Driver::Peer(addr)),
+            None => Err(JobError::Unavailable(format!(
+                "job {id} is being taken over by another gateway; retry"
+            ))),
+        },
+        _ => Err(JobError::Unavailable(format!(
+            "job {id} is being resumed; retry"
+        ))),
+    }
+}
+
+/// The job's driver here, or the error to give: a peer drives it.
+fn here(d: Driver) -> Result<Arc<ActiveJob>, Driver> {
+    match d {
+        Driver::Here(j) => Ok(j),
+        peer => Err(peer),
+    }
 }
 
 /// Adds inputs while the job's input is open.
 pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Result<u64, JobError> {
     let parsed = parse_inputs(inputs)?;
-    let job = running_job(gw, tenant, id).await?;
+    let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
     if rec.state.is_final() {
         return Err(JobError::Conflict(format!("job {id} has already ended")));
@@ -639,7 +843,7 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
     let mut step = JobChange::default();
     add_inputs(gw.catalog.as_ref(), &mut step, &mut new, &parsed).await?;
     step.put_job(&new);
-    gw.catalog.job_commit(step).await?;
+    job.commit(gw, step).await.map_err(lost)?;
     *rec = new;
     drop(rec);
     job.wake.notify_one();
@@ -648,14 +852,14 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
 
 /// Closes the job's input: its reducers can then see EOF.
 pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
-    let job = running_job(gw, tenant, id).await?;
+    let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
     if !rec.input_closed {
         let mut new = rec.clone();
         new.input_closed = true;
         let mut step = JobChange::default();
         step.put_job(&new);
-        gw.catalog.job_commit(step).await?;
+        job.commit(gw, step).await.map_err(lost)?;
         *rec = new;
     }
     let out = rec.clone();
@@ -665,7 +869,7 @@ pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord
 }
 
 pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
-    let job = running_job(gw, tenant, id).await?;
+    let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
     if rec.state.is_final() {
         return Err(JobError::Conflict(format!("job {id} has already ended")));
@@ -675,13 +879,30 @@ pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, J
     new.done_ms = Some(now_ms());
     let mut step = JobChange::default();
     step.put_job(&new);
-    gw.catalog.job_commit(step).await?;
+    job.commit(gw, step).await.map_err(lost)?;
     *rec = new;
     let out = rec.clone();
     drop(rec);
     tracing::info!(tenant = %tenant, job = %id, "job cancelled");
     job.wake.notify_one();
     Ok(out)
+}
+
+fn elsewhere(d: Driver) -> JobError {
+    match d {
+        Driver::Peer(addr) => JobError::Elsewhere(addr),
+        Driver::Here(j) => JobError::Unavailable(format!("job {} moved; retry", j.id)),
+    }
+}
+
+/// A commit refused because another gateway took the job meanwhile.
+fn lost(e: CatalogError) -> JobError {
+    match e {
+        CatalogError::Fenced(id) => {
+            JobError::Unavailable(format!("job {id} moved to another gateway; retry"))
+        }
+        e => JobError::Catalog(e),
+    }
 }
 
 /// Whether the tenant may read an input object: it owns the bucket, or

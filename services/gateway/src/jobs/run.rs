@@ -159,7 +159,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             new.state = JobState::Running;
             let mut step = JobChange::default();
             step.put_job(&new);
-            if gw.catalog.job_commit(step).await.is_ok() {
+            if job.commit(&gw, step).await.is_ok() {
                 *rec = new;
             }
         }
@@ -175,6 +175,11 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
     let mut reducers_started = vec![false; phases];
     let mut reducers_running: std::collections::HashSet<(usize, u32)> = Default::default();
     loop {
+        if job.is_lost() {
+            // Another gateway drives the job now; what runs here is
+            // abandoned (its outputs can no longer be committed).
+            break;
+        }
         let rec = job.record.lock().await.clone();
         if rec.state == JobState::Cancelled {
             drop(inflight);
@@ -193,6 +198,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         // Map tasks: each to the least-loaded holder of its input that has
         // a free slot.
         let mut i = 0;
+        let mut starting: Vec<(TaskRecord, MapRun)> = Vec::new();
         let mut waiting: HashMap<Waiting, u64> = HashMap::new();
         let mut looked = 0;
         while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
@@ -225,11 +231,27 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                 }
                 Place::Run(run) => {
                     let Some(task) = backlog.remove(i) else { break };
+                    starting.push((task, run));
+                }
+            }
+        }
+        // What starts is recorded first, so that a gateway that takes the
+        // job over knows which tasks an attempt had started (and counts
+        // their new attempts as retries).
+        if !starting.is_empty() {
+            let tasks: Vec<&TaskRecord> = starting.iter().map(|(t, _)| t).collect();
+            if record_starts(&gw, &job, &tasks).await {
+                for (task, run) in starting.drain(..) {
                     adjust_running(&job, task.phase, 1);
                     in_flight_tasks.insert(task.id.clone(), task.clone());
                     let ctx = task_ctx(&job, &rec, task.phase);
                     inflight.push(run_map(gw.clone(), ctx, task, run).boxed());
                 }
+            } else {
+                // Not recorded (the catalog is away): they wait, and their
+                // slots go back.
+                backlog.extend(starting.drain(..).map(|(t, _)| t));
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
         if let Ok(mut w) = job.waiting.lock() {
@@ -260,6 +282,10 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
                 let Some(task) = task.filter(|t| t.state == TaskState::Queued) else {
                     continue;
                 };
+                if !record_starts(&gw, &job, &[&task]).await {
+                    *started = false;
+                    continue;
+                }
                 reducers_running.insert((k, r));
                 adjust_running(&job, task.phase, 1);
                 in_flight_tasks.insert(task.id.clone(), task.clone());
@@ -298,7 +324,45 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         }
     }
     if let Ok(mut active) = gw.jobs.active.lock() {
-        active.remove(&job_id);
+        // Only this driver's entry: a newer epoch's driver may have it now.
+        if active.get(&job_id).is_some_and(|a| Arc::ptr_eq(a, &job)) {
+            active.remove(&job_id);
+        }
+    }
+}
+
+/// Records that an attempt of each task starts now (its attempt count and
+/// node as the attempt will have them); a task that an earlier attempt
+/// had started without finishing (its driver stopped) counts a retry.
+/// False if the catalog did not take it.
+async fn record_starts(gw: &Arc<Gateway>, job: &ActiveJob, tasks: &[&TaskRecord]) -> bool {
+    let mut rec = job.record.lock().await;
+    let mut new = rec.clone();
+    let mut step = JobChange::default();
+    for task in tasks {
+        if task.attempts > 0 {
+            new.counters.retries += 1;
+        }
+        let mut started = (*task).clone();
+        started.attempts += 1;
+        match started.reducer {
+            Some(_) => step.put_reducer(&rec.id, started),
+            None => match plan::map_task_seq(&started.id) {
+                Some(seq) => step.put_task(&rec.id, seq, started),
+                None => return false,
+            },
+        }
+    }
+    step.put_job(&new);
+    match job.commit(gw, step).await {
+        Ok(()) => {
+            *rec = new;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record task starts; they wait");
+            false
+        }
     }
 }
 
@@ -412,7 +476,7 @@ async fn expand_prefix_page(gw: &Gateway, job: &ActiveJob) -> Result<(), super::
         };
     }
     step.put_job(&new);
-    gw.catalog.job_commit(step).await?;
+    job.commit(gw, step).await?;
     *rec = new;
     Ok(())
 }
@@ -1170,7 +1234,7 @@ async fn commit_all(gw: &Arc<Gateway>, job: &ActiveJob, fins: Vec<Finished>) {
                 }
             }
         }
-        if built && gw.catalog.job_commit(merged).await.is_ok() {
+        if built && job.commit(gw, merged).await.is_ok() {
             *rec = current;
             return;
         }
@@ -1187,11 +1251,13 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
     }
     let first_try = build_commit(gw, &rec, &fin, true).await;
     let result = match first_try {
-        Ok((step, new)) => gw.catalog.job_commit(step).await.map(|_| new),
+        Ok((step, new)) => job.commit(gw, step).await.map(|_| new),
         Err(e) => Err(e),
     };
     match result {
         Ok(new) => *rec = new,
+        // Another gateway drives the job: nothing of this is recorded.
+        Err(insitu_catalog::CatalogError::Fenced(_)) => {}
         Err(e) => {
             // The output bucket is gone (or the catalog refused): the task
             // fails with an internal error rather than lose its record.
@@ -1209,7 +1275,7 @@ async fn commit(gw: &Arc<Gateway>, job: &ActiveJob, fin: Finished) {
                 _leases: Vec::new(),
             };
             if let Ok((step, new)) = build_commit(gw, &rec, &fail, false).await {
-                if gw.catalog.job_commit(step).await.is_ok() {
+                if job.commit(gw, step).await.is_ok() {
                     *rec = new;
                 }
             }
@@ -1380,7 +1446,8 @@ async fn finish(gw: &Arc<Gateway>, job: &ActiveJob) {
     new.done_ms = Some(now_ms());
     let mut step = JobChange::default();
     step.put_job(&new);
-    if let Err(e) = gw.catalog.job_commit(step).await {
+    step.release_lease(&new.id);
+    if let Err(e) = job.commit(gw, step).await {
         tracing::error!(error = %e, "cannot record the job as done");
         return;
     }
@@ -1417,12 +1484,18 @@ async fn cancelled(gw: &Arc<Gateway>, job: &ActiveJob, aborted: Vec<TaskRecord>)
             );
         }
         step.put_job(&new);
-        if gw.catalog.job_commit(step).await.is_ok() {
+        if job.commit(gw, step).await.is_ok() {
             *rec = new;
         }
         rec.clone()
     };
     cleanup(gw, job, &rec).await;
+    // Now nothing of the job is left to do: its lease goes.
+    let mut step = JobChange::default();
+    step.release_lease(&rec.id);
+    if let Err(e) = job.commit(gw, step).await {
+        tracing::warn!(error = %e, "cannot release the cancelled job's lease; its next owner will");
+    }
 }
 
 async fn cleanup(gw: &Arc<Gateway>, job: &ActiveJob, rec: &JobRecord) {
@@ -1450,7 +1523,7 @@ async fn cleanup(gw: &Arc<Gateway>, job: &ActiveJob, rec: &JobRecord) {
         for (k, _) in page.objects {
             step.delete_object(&out.bucket, &k);
         }
-        if gw.catalog.job_commit(step).await.is_err() {
+        if job.commit(gw, step).await.is_err() {
             break;
         }
     }
