@@ -147,7 +147,7 @@ fn job_spec(bucket: &str) -> serde_json::Value {
     })
 }
 
-async fn status(c: &RawClient, id: &str) -> Option<serde_json::Value> {
+async fn job_status(c: &RawClient, id: &str) -> Option<serde_json::Value> {
     let r = c
         .send(
             "GET",
@@ -201,7 +201,7 @@ async fn a_job_survives_kill_9_of_the_gateway_that_drives_it() {
     // Tasks run on A's watch...
     let mut running = false;
     for _ in 0..200 {
-        let s = status(&a, &id).await.unwrap_or_default();
+        let s = job_status(&a, &id).await.unwrap_or_default();
         if s["counters"]["tasks"]["running"].as_u64().unwrap_or(0) > 0 {
             running = true;
             break;
@@ -217,7 +217,7 @@ async fn a_job_survives_kill_9_of_the_gateway_that_drives_it() {
     let finished = {
         let mut done = false;
         for _ in 0..600 {
-            if let Some(s) = status(&b, &id).await {
+            if let Some(s) = job_status(&b, &id).await {
                 done = s["state"] == "done";
                 last = s;
                 if done {
@@ -372,4 +372,128 @@ fn several_gateways_on_the_embedded_catalog_are_refused_before_anything_is_writt
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("needs a shared catalog"), "{stderr}");
     assert!(!data.exists(), "nothing was created");
+}
+
+async fn post_json(c: &RawClient, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c
+        .send(
+            "POST",
+            path,
+            &[],
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_to_a_job_through_any_gateway_reach_the_one_that_drives_it() {
+    let pg = TestPostgres::start().expect("throwaway PostgreSQL (scripts/setup)");
+    let cluster = two_gateways(&pg, 2, &[]);
+    let ends = cluster.endpoints();
+    let t = cluster.create_tenant("forward").expect("tenant");
+    let a = RawClient::new(&ends[0], &t);
+    let b = RawClient::new(&ends[1], &t);
+    let bucket = unique("fwd");
+    a.create_bucket(&bucket).await.expect("bucket");
+    for i in 0..3 {
+        let r = a
+            .send(
+                "PUT",
+                &format!("/{bucket}/in/k{i}"),
+                &[],
+                &[],
+                b"a\nb\n".to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // An open job created through A (which drives it); inputs added and
+    // ended through B.
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": "wc -l" }],
+        "input_open": true,
+        "output": format!("{bucket}/out/"),
+    });
+    let (status, created) = post_json(&a, "/_insitu/v1/jobs", spec.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let inputs: Vec<String> = (0..3).map(|i| format!("{bucket}/in/k{i}")).collect();
+    let (status, added) = post_json(
+        &b,
+        &format!("/_insitu/v1/jobs/{id}/inputs"),
+        serde_json::json!({ "inputs": inputs }),
+    )
+    .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["added"], 3, "{added}");
+    let (status, ended) = post_json(
+        &b,
+        &format!("/_insitu/v1/jobs/{id}/inputs/end"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ended}");
+    let mut last = serde_json::Value::Null;
+    for _ in 0..300 {
+        if let Some(s) = job_status(&b, &id).await {
+            last = s;
+            if last["state"] == "done" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["state"], "done", "{last}");
+    assert_eq!(last["counters"]["outputs"], 3, "{last}");
+
+    // Cancelled through B.
+    let (status, second) = post_json(&a, "/_insitu/v1/jobs", spec).await;
+    assert_eq!(status, 201, "{second}");
+    let id2 = second["id"].as_str().unwrap().to_string();
+    let (status, cancelled) = post_json(
+        &b,
+        &format!("/_insitu/v1/jobs/{id2}/cancel"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+
+    // The internal endpoint wants a peer gateway's signature: the cluster
+    // secret, which every node holds, is not enough to act for a tenant.
+    let secret = cluster.cluster_secret().expect("cluster secret");
+    let (status, third) = post_json(
+        &a,
+        "/_insitu/v1/jobs",
+        serde_json::json!({
+            "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": "wc -l" }],
+            "input_open": true,
+            "output": format!("{bucket}/out3/"),
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{third}");
+    let id3 = third["id"].as_str().unwrap();
+    for endpoint in &ends {
+        let r = reqwest::Client::new()
+            .post(format!("{endpoint}/_insitu/v1/internal/jobs/{id3}/cancel"))
+            .bearer_auth(&secret)
+            .header("x-insitu-tenant", "forward")
+            .header(
+                "x-insitu-forward-time",
+                chrono::Utc::now().timestamp().to_string(),
+            )
+            .header("x-insitu-forward-signature", "0".repeat(64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "a forged forward is refused");
+    }
+    let s = job_status(&b, id3).await.expect("status");
+    assert_ne!(s["state"], "cancelled", "{s}");
 }

@@ -107,3 +107,78 @@ async fn a_cluster_on_postgresql_serves_s3_and_jobs_and_rides_out_an_outage() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_streaming_through_a_database_outage_lose_no_acknowledged_object() {
+    let pg = TestPostgres::start().expect("throwaway PostgreSQL (scripts/setup)");
+    let url = pg.url("postgres");
+    let cluster =
+        Cluster::start_with_args(2, None, &["--catalog", &url]).expect("cluster on PostgreSQL");
+    let t = cluster.create_tenant("outage").expect("tenant");
+    let c = std::sync::Arc::new(RawClient::new(&cluster.endpoint, &t));
+    let bucket = unique("outage");
+    c.create_bucket(&bucket).await.expect("bucket");
+
+    // Four writers stream PUTs of new keys while the database stops and
+    // starts again under them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (c, bucket, stop) = (c.clone(), bucket.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{w}/k{i:05}");
+                let body = format!("{key} body\n").into_bytes();
+                let status = match c
+                    .send("PUT", &format!("/{bucket}/{key}"), &[], &[], body)
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                results.push((key, status));
+                i += 1;
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    pg.stop().expect("stop PostgreSQL");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    pg.restart().expect("restart PostgreSQL");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut results = Vec::new();
+    let mut resumed = false;
+    for w in writers {
+        let mine = w.await.unwrap();
+        // This writer was acknowledged again after its last refusal.
+        if let Some(last_refused) = mine.iter().rposition(|(_, s)| *s == 503) {
+            resumed |= mine[last_refused..].iter().any(|(_, s)| *s == 200);
+        }
+        results.extend(mine);
+    }
+    let acked: Vec<&String> = results
+        .iter()
+        .filter(|(_, s)| *s == 200)
+        .map(|(k, _)| k)
+        .collect();
+    let refused = results.iter().filter(|(_, s)| *s == 503).count();
+    let other: Vec<&(String, u16)> = results
+        .iter()
+        .filter(|(_, s)| *s != 200 && *s != 503)
+        .collect();
+    assert!(other.is_empty(), "only 200 or 503: {other:?}");
+    assert!(refused > 0, "some PUTs met the outage");
+    assert!(resumed, "writes were acknowledged again after the outage");
+    for key in acked {
+        let r = c
+            .send("GET", &format!("/{bucket}/{key}"), &[], &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{key} was acknowledged");
+        assert_eq!(r.text().await.unwrap(), format!("{key} body\n"));
+    }
+}

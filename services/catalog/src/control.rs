@@ -87,6 +87,10 @@ pub trait ControlStore: Send + Sync {
     /// one gateway holds every lease and needs no intents.
     fn is_shared(&self) -> bool;
 
+    /// The catalog's clock, in milliseconds since the epoch: what queue
+    /// times (`GcRecord::queued_ms`) are written in.
+    async fn now_ms(&self) -> Result<i64>;
+
     async fn gateway_beat(&self, beat: &GatewayBeat) -> Result<()>;
     /// Gateways that beat within the last `within_ms`.
     async fn gateways(&self, within_ms: i64) -> Result<Vec<GatewayInfo>>;

@@ -472,18 +472,15 @@ async fn forwarded(
     if !from_cluster(gw, parts) || parts.method != http::Method::POST {
         return Err(ApiError::Auth(S3Error::access_denied()));
     }
-    let tenant = parts
-        .headers
-        .get(crate::jobs::api::FORWARD_TENANT)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::InvalidArgument("a forwarded call names its tenant".into()))?
-        .to_string();
     let raw = body
         .into_data_stream()
         .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
     let bytes = read_small(Box::pin(raw), MAX_API_BODY_BYTES)
         .await
         .map_err(ApiError::Auth)?;
+    // The cluster secret is also the nodes'; only a peer gateway can sign.
+    let tenant = crate::jobs::api::verify_forwarded(gw, &parts.headers, rest, &bytes)
+        .ok_or_else(|| ApiError::Auth(S3Error::access_denied()))?;
     let path: Vec<&str> = rest.split('/').collect();
     Ok(crate::jobs::api::handle_forwarded(gw, &tenant, &path, &bytes).await)
 }

@@ -39,6 +39,26 @@ struct Hold {
 /// `Gateway::with_catalog`).
 pub const PUBLISH_AFTER: Duration = Duration::from_millis(500);
 
+/// How often held blobs are published (`intent_loop`).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Publishes long holds as intents, on its own timer so that nothing else
+/// the gateway does delays it.
+pub async fn intent_loop(gw: Arc<Gateway>) {
+    if !gw.catalog.is_shared() {
+        return;
+    }
+    let ttl = gw.control.intent_ms();
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        gw.inflight
+            .flush(gw.catalog.as_ref(), &gw.control.id, ttl)
+            .await;
+    }
+}
+
 impl InflightBlobs {
     pub fn hold(self: &Arc<Self>, id: &str) -> InflightGuard {
         if let Ok(mut ids) = self.ids.lock() {
@@ -66,6 +86,27 @@ impl InflightBlobs {
     /// Publishes long holds as intents in the catalog (renewing those
     /// already published) and withdraws the intents of ended holds.
     pub async fn flush(&self, catalog: &dyn insitu_catalog::Catalog, holder: &str, ttl_ms: i64) {
+        // Withdrawn first, and only those not held again since: the
+        // upsert below then stands for every hold that is published.
+        let ended: Vec<String> = {
+            let held = self.ids.lock().map(|ids| {
+                ids.keys()
+                    .cloned()
+                    .collect::<std::collections::HashSet<_>>()
+            });
+            let ended = self
+                .ended
+                .lock()
+                .map(|mut e| std::mem::take(&mut *e))
+                .unwrap_or_default();
+            match held {
+                Ok(held) => ended.into_iter().filter(|id| !held.contains(id)).collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        if let Err(e) = catalog.release_intents(holder, &ended).await {
+            tracing::debug!(error = %e, "cannot withdraw blob intents; they expire");
+        }
         let publish: Vec<String> = match self.ids.lock() {
             Ok(mut ids) => ids
                 .iter_mut()
@@ -79,14 +120,6 @@ impl InflightBlobs {
         };
         if let Err(e) = catalog.hold_intents(holder, &publish, ttl_ms).await {
             tracing::warn!(error = %e, "cannot publish blob intents");
-        }
-        let ended = self
-            .ended
-            .lock()
-            .map(|mut e| std::mem::take(&mut *e))
-            .unwrap_or_default();
-        if let Err(e) = catalog.release_intents(holder, &ended).await {
-            tracing::debug!(error = %e, "cannot withdraw blob intents; they expire");
         }
     }
 
@@ -165,6 +198,7 @@ impl RepairStats {
 pub fn spawn_background(gw: Arc<Gateway>) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(crate::control::control_loop(gw.clone())),
+        tokio::spawn(intent_loop(gw.clone())),
         tokio::spawn(health_loop(gw.clone())),
         tokio::spawn(gc_loop(gw.clone())),
         tokio::spawn(repair_loop(gw.clone())),
@@ -220,7 +254,11 @@ async fn gc_loop(gw: Arc<Gateway>) {
                 .map(|e| e.blob.id.clone())
                 .unwrap_or_default()
         };
-        let cutoff = insitu_catalog::now_ms() - gw.config.gc_grace.as_millis() as i64;
+        // Queue times are the catalog's clock (see `ControlStore::now_ms`).
+        let Ok(now) = gw.catalog.now_ms().await else {
+            continue;
+        };
+        let cutoff = now - gw.config.gc_grace.as_millis() as i64;
         let due = entries.into_iter().filter(|e| e.queued_ms <= cutoff);
         let work = due.map(|entry| {
             let gw = gw.clone();

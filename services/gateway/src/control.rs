@@ -38,6 +38,7 @@ impl Role {
 /// Job leases a gateway takes over in one turn, when peers share the work:
 /// the rest are left for the others.
 const CLAIMS_PER_TURN: usize = 8;
+const CLAIMS_ALONE: usize = 256;
 
 pub struct Control {
     /// This gateway's id, new at every start.
@@ -56,6 +57,8 @@ pub struct Control {
 
 impl Control {
     pub fn new(lease: Duration) -> Self {
+        // Bounded, so no deadline arithmetic can overflow.
+        let lease = lease.clamp(Duration::from_secs(1), Duration::from_secs(3600));
         Self {
             id: format!("gw-{}", uuid::Uuid::new_v4().simple()),
             addr: RwLock::new(String::new()),
@@ -82,6 +85,12 @@ impl Control {
 
     pub fn addr(&self) -> String {
         self.addr.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// How long a published intent outlives a gateway that dies holding
+    /// it (renewed every publish while held).
+    pub fn intent_ms(&self) -> i64 {
+        (self.lease * 3).max(Duration::from_secs(30)).as_millis() as i64
     }
 
     /// A lease's time to live, in milliseconds.
@@ -140,16 +149,8 @@ pub async fn control_loop(gw: Arc<Gateway>) {
         beat(&gw).await;
         take_leads(&gw).await;
         own_jobs(&gw).await;
-        gw.inflight
-            .flush(gw.catalog.as_ref(), &c.id, intent_ms(c.lease))
-            .await;
         crate::membership::refresh(&gw).await;
     }
-}
-
-/// Intents outlive a gateway that dies holding them by this much.
-fn intent_ms(lease: Duration) -> i64 {
-    (lease * 3).max(Duration::from_secs(30)).as_millis() as i64
 }
 
 async fn beat(gw: &Gateway) {
@@ -236,8 +237,10 @@ async fn own_jobs(gw: &Arc<Gateway>) {
     for lease in owned {
         crate::jobs::take(gw, lease).await;
     }
+    // Few per turn while peers share the work; alone, more, but never so
+    // many that the turn outlasts the lease.
     let limit = if c.peers().is_empty() {
-        usize::MAX
+        CLAIMS_ALONE
     } else {
         CLAIMS_PER_TURN
     };

@@ -85,6 +85,8 @@ pub enum GatewayError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("the gateway listens on {0}, which its peers cannot dial: give --advertise http://HOST:PORT")]
+    Advertise(SocketAddr),
 }
 
 impl From<CatalogError> for GatewayError {
@@ -119,8 +121,9 @@ impl Gateway {
     ) -> Result<Arc<Self>, GatewayError> {
         catalog.ensure_tenant(auth::ROOT_TENANT).await?;
         // Another gateway learns of a blob this one holds only once the
-        // hold is published; its GC and sweep must wait longer than that.
-        let least = cluster::PUBLISH_AFTER + control_turn_bound();
+        // hold is published (`PUBLISH_AFTER` plus a publish period and a
+        // catalog round trip); its GC and sweep wait well past that.
+        let least = SHARED_GC_GRACE_FLOOR;
         if catalog.is_shared() && config.gc_grace < least {
             tracing::warn!(
                 gc_grace_ms = config.gc_grace.as_millis() as u64,
@@ -220,6 +223,9 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let addr = match (&self.config.advertise, listener.local_addr()) {
             (Some(a), _) => a.trim_end_matches('/').to_string(),
+            (None, Ok(a)) if a.ip().is_unspecified() && self.catalog.is_shared() => {
+                return Err(GatewayError::Advertise(a));
+            }
             (None, Ok(a)) => format!("http://{a}"),
             (None, Err(e)) => return Err(GatewayError::Serve(e)),
         };
@@ -366,10 +372,9 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     s3::dispatch(gw, req).await
 }
 
-/// The longest wait between two control turns (see `control`).
-fn control_turn_bound() -> Duration {
-    Duration::from_secs(2)
-}
+/// The least GC grace on a shared catalog: ten times the time a hold
+/// takes to be published when all is well.
+const SHARED_GC_GRACE_FLOOR: Duration = Duration::from_secs(5);
 
 /// Builds a bodiless response with a status; used by the admin API too.
 pub fn status_response(status: http::StatusCode) -> Response {

@@ -26,6 +26,16 @@ impl ControlStore for PgCatalog {
         true
     }
 
+    async fn now_ms(&self) -> Result<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT insitu_now_ms()", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
     async fn gateway_beat(&self, beat: &GatewayBeat) -> Result<()> {
         let load =
             serde_json::to_string(&beat.load).map_err(|e| CatalogError::Db(e.to_string()))?;
@@ -213,9 +223,16 @@ impl ControlStore for PgCatalog {
     }
 
     async fn node_reports(&self) -> Result<Vec<NodeReport>> {
-        let rows = self
-            .client()
-            .await?
+        let client = self.client().await?;
+        // Nodes silent for a day are gone (or removed).
+        client
+            .execute(
+                "DELETE FROM node_seen WHERE seen_ms < insitu_now_ms() - 86400000",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let rows = client
             .query(
                 "SELECT id, insitu_now_ms() - seen_ms, report FROM node_seen ORDER BY id",
                 &[],

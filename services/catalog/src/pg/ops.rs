@@ -90,9 +90,15 @@ async fn exec<C: GenericClient + Sync>(c: &C, sql: &str, params: &[Param<'_>]) -
 
 /// Unreferences a blob: it leaves the owner index and joins the GC queue.
 async fn queue_gc<C: GenericClient + Sync>(c: &C, blob: &BlobRef) -> Result<()> {
+    // The database's clock, which every gateway's GC judges by.
+    let queued_ms: i64 = c
+        .query_one("SELECT insitu_now_ms()", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
     let rec = GcRecord {
         blob: blob.clone(),
-        queued_ms: now_ms(),
+        queued_ms,
     };
     exec(
         c,

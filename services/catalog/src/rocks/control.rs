@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use insitu_jobs::records::JobRecord;
+use insitu_jobs::records::{JobRecord, JobState};
 
 use super::RocksCatalog;
 use crate::api::{JobChange, JobStore};
@@ -109,7 +109,8 @@ impl RocksCatalog {
             let Some(last) = page.last() else { break };
             after = Some((last.tenant.clone(), last.id.clone()));
             let mut jobs = self.control.jobs.lock().map_err(poisoned)?;
-            for rec in page.into_iter().filter(|r| !r.state.is_final()) {
+            // Cancelled jobs too: their cleanup may not have finished.
+            for rec in page.into_iter().filter(|r| r.state != JobState::Done) {
                 jobs.entry(rec.id.clone()).or_insert_with(|| {
                     let held = Held {
                         holder: String::new(),
@@ -129,6 +130,10 @@ impl RocksCatalog {
 impl ControlStore for RocksCatalog {
     fn is_shared(&self) -> bool {
         false
+    }
+
+    async fn now_ms(&self) -> Result<i64> {
+        Ok(crate::now_ms())
     }
 
     async fn gateway_beat(&self, beat: &GatewayBeat) -> Result<()> {
@@ -204,7 +209,9 @@ impl ControlStore for RocksCatalog {
         let now = Instant::now();
         Ok(jobs
             .iter_mut()
-            .filter(|(_, (_, h))| h.expires < now)
+            // This process is the only gateway: a lease it holds stays its
+            // own however late it renews (no restart of its own jobs).
+            .filter(|(_, (_, h))| h.expires < now && h.holder != owner)
             .take(limit)
             .map(|(job, (tenant, h))| {
                 h.holder = owner.to_string();

@@ -97,18 +97,73 @@ pub async fn handle(
 pub const FORWARD_PATH: &str = "/_insitu/v1/internal/jobs/";
 /// The tenant a forwarded call is made for.
 pub const FORWARD_TENANT: &str = "x-insitu-tenant";
+/// When it was forwarded (seconds since the epoch), and its signature.
+const FORWARD_TIME: &str = "x-insitu-forward-time";
+const FORWARD_SIGNATURE: &str = "x-insitu-forward-signature";
+/// How far a forwarded call's time may be from the receiver's clock.
+const FORWARD_SKEW_SECS: i64 = 60;
+
+/// Signs a forwarded call with a key derived from the root secret, which
+/// every gateway of a cluster has and storage nodes do not: the cluster
+/// secret alone (which nodes hold) cannot act for a tenant.
+fn forward_signature(
+    gw: &Gateway,
+    time: i64,
+    tenant: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<String> {
+    use crate::auth::sigv4::{sha256_hex, Scope, SigningKey};
+    let date = chrono::DateTime::from_timestamp(time, 0)?
+        .format("%Y%m%d")
+        .to_string();
+    let scope = Scope {
+        date,
+        region: "insitu".into(),
+        service: "gateway-forward".into(),
+    };
+    let key = SigningKey::derive(&gw.config.root.secret_access_key, &scope)?;
+    Some(key.sign(&format!("{time}\n{tenant}\n{path}\n{}", sha256_hex(body))))
+}
+
+/// Whether a forwarded call carries a peer's signature, made within the
+/// allowed skew; the tenant it is made for.
+pub fn verify_forwarded(
+    gw: &Gateway,
+    headers: &http::HeaderMap,
+    rest: &str,
+    body: &[u8],
+) -> Option<String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let tenant = get(FORWARD_TENANT)?;
+    let time: i64 = get(FORWARD_TIME)?.parse().ok()?;
+    if (chrono::Utc::now().timestamp() - time).abs() > FORWARD_SKEW_SECS {
+        return None;
+    }
+    let expected = forward_signature(gw, time, tenant, rest, body)?;
+    crate::auth::sigv4::signatures_match(get(FORWARD_SIGNATURE)?, &expected)
+        .then(|| tenant.to_string())
+}
 
 /// Makes a change to a job (inputs, end of input, cancel) on the peer
 /// gateway that drives it, as the tenant this gateway authenticated, and
 /// answers with the peer's answer.
 async fn forward(gw: &Gateway, peer: &str, tenant: &str, path: &[&str], body: &[u8]) -> Response {
-    let url = format!("{peer}{FORWARD_PATH}{}", path.join("/"));
+    let rest = path.join("/");
+    let url = format!("{peer}{FORWARD_PATH}{rest}");
+    let time = chrono::Utc::now().timestamp();
+    let Some(signature) = forward_signature(gw, time, tenant, &rest, body) else {
+        return JobError::Unavailable("cannot sign the call for its gateway".into())
+            .into_response();
+    };
     let sent = gw
         .control
         .http()
         .post(url)
         .bearer_auth(&gw.config.cluster_secret)
         .header(FORWARD_TENANT, tenant)
+        .header(FORWARD_TIME, time.to_string())
+        .header(FORWARD_SIGNATURE, signature)
         .body(body.to_vec())
         .send()
         .await;

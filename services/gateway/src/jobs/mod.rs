@@ -191,20 +191,26 @@ impl Supervisor {
     pub(crate) fn set_remote(&self, loads: impl Iterator<Item = GatewayLoad>) {
         let mut sum = GatewayLoad::default();
         for l in loads {
+            // Saturating: a peer's figures are input like any other.
+            let add = |m: &mut std::collections::BTreeMap<String, u32>, k: String, n: u32| {
+                let v = m.entry(k).or_default();
+                *v = v.saturating_add(n);
+            };
             for (k, n) in l.node_tasks {
-                *sum.node_tasks.entry(k).or_default() += n;
+                add(&mut sum.node_tasks, k, n);
             }
             for (k, n) in l.node_reducers {
-                *sum.node_reducers.entry(k).or_default() += n;
+                add(&mut sum.node_reducers, k, n);
             }
             for (k, n) in l.tenant_tasks {
-                *sum.tenant_tasks.entry(k).or_default() += n;
+                add(&mut sum.tenant_tasks, k, n);
             }
             for (k, n) in l.tenant_jobs {
-                *sum.tenant_jobs.entry(k).or_default() += n;
+                add(&mut sum.tenant_jobs, k, n);
             }
-            sum.tenants_waiting.extend(l.tenants_waiting);
-            sum.jobs += l.jobs;
+            sum.tenants_waiting
+                .extend(l.tenants_waiting.into_iter().take(10_000));
+            sum.jobs = sum.jobs.saturating_add(l.jobs);
         }
         if let Ok(mut r) = self.remote.write() {
             *r = sum;
@@ -255,13 +261,15 @@ impl Supervisor {
         let mut running: HashMap<&str, u32> = HashMap::new();
         let mut waiting: std::collections::HashSet<&str> = Default::default();
         for (name, l) in t.iter() {
-            *running.entry(name).or_default() += l.running;
+            let v = running.entry(name).or_default();
+            *v = v.saturating_add(l.running);
             if l.waiting_at.is_some_and(|w| now - w < WAITING_FOR) {
                 waiting.insert(name);
             }
         }
         for (name, n) in &remote.tenant_tasks {
-            *running.entry(name).or_default() += n;
+            let v = running.entry(name).or_default();
+            *v = v.saturating_add(*n);
         }
         waiting.extend(remote.tenants_waiting.iter().map(String::as_str));
         let mine = running.get(tenant).copied().unwrap_or(0);
@@ -708,11 +716,20 @@ fn start(gw: &Arc<Gateway>, rec: JobRecord, epoch: u64) {
         wake: Notify::new(),
         image_leases: Default::default(),
     });
-    if let Ok(mut active) = gw.jobs.active.lock() {
-        if let Some(old) = active.insert(id.clone(), job.clone()) {
+    {
+        let Ok(mut active) = gw.jobs.active.lock() else {
+            return;
+        };
+        if let Some(old) = active.get(&id) {
+            if old.epoch >= epoch && !old.is_lost() {
+                // Already driven here under this lease (the creator and
+                // the lease renewal can both get here).
+                return;
+            }
             // A driver under an older epoch of ours: it stops.
             old.lose();
         }
+        active.insert(id.clone(), job.clone());
     }
     tokio::spawn(run::drive(gw.clone(), job));
 }
@@ -725,7 +742,7 @@ pub(crate) async fn take(gw: &Arc<Gateway>, lease: JobLease) {
     if gw
         .jobs
         .active(&lease.job)
-        .is_some_and(|j| j.epoch == lease.epoch)
+        .is_some_and(|j| j.epoch >= lease.epoch && !j.is_lost())
     {
         return;
     }
@@ -796,7 +813,7 @@ pub enum Driver {
     Peer(String),
 }
 
-async fn running_job(gw: &Gateway, tenant: &str, id: &str) -> Result<Driver, JobError> {
+async fn running_job(gw: &Arc<Gateway>, tenant: &str, id: &str) -> Result<Driver, JobError> {
     let rec = get(gw, tenant, id).await?;
     if rec.state.is_final() {
         return Err(JobError::Conflict(format!("job {id} has already ended")));
@@ -806,7 +823,15 @@ async fn running_job(gw: &Gateway, tenant: &str, id: &str) -> Result<Driver, Job
     }
     let lease = gw.catalog.job_lease(id).await?;
     match lease {
-        Some((l, false)) if l.owner != gw.control.id => match gw.control.peer_addr(&l.owner) {
+        // Leased to this gateway, which has not started it yet: now.
+        Some((l, false)) if l.owner == gw.control.id => {
+            take(gw, l).await;
+            gw.jobs
+                .active(id)
+                .map(Driver::Here)
+                .ok_or_else(|| JobError::Unavailable(format!("job {id} is being resumed; retry")))
+        }
+        Some((l, false)) => match gw.control.peer_addr(&l.owner) {
             Some(addr) => Ok(Driver::Peer(addr)),
             None => Err(JobError::Unavailable(format!(
                 "job {id} is being taken over by another gateway; retry"
@@ -827,7 +852,12 @@ fn here(d: Driver) -> Result<Arc<ActiveJob>, Driver> {
 }
 
 /// Adds inputs while the job's input is open.
-pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Result<u64, JobError> {
+pub async fn add(
+    gw: &Arc<Gateway>,
+    tenant: &str,
+    id: &str,
+    inputs: &[String],
+) -> Result<u64, JobError> {
     let parsed = parse_inputs(inputs)?;
     let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
@@ -851,7 +881,7 @@ pub async fn add(gw: &Gateway, tenant: &str, id: &str, inputs: &[String]) -> Res
 }
 
 /// Closes the job's input: its reducers can then see EOF.
-pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+pub async fn end_input(gw: &Arc<Gateway>, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
     let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
     if !rec.input_closed {
@@ -868,7 +898,7 @@ pub async fn end_input(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord
     Ok(out)
 }
 
-pub async fn cancel(gw: &Gateway, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
+pub async fn cancel(gw: &Arc<Gateway>, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
     let job = here(running_job(gw, tenant, id).await?).map_err(elsewhere)?;
     let mut rec = job.record.lock().await;
     if rec.state.is_final() {

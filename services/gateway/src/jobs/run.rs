@@ -331,8 +331,8 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
     }
 }
 
-/// Records that an attempt of each task starts now (its attempt count and
-/// node as the attempt will have them); a task that an earlier attempt
+/// Records that an attempt of each task starts now (its attempt count as
+/// the attempt will have it); a task that an earlier attempt
 /// had started without finishing (its driver stopped) counts a retry.
 /// False if the catalog did not take it.
 async fn record_starts(gw: &Arc<Gateway>, job: &ActiveJob, tasks: &[&TaskRecord]) -> bool {

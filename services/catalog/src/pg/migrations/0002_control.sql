@@ -50,7 +50,11 @@ CREATE TABLE node_seen (
     report  text NOT NULL
 );
 
--- Jobs written by version 1 get an expired lease, so that a gateway takes
--- each: it resumes the unfinished ones and releases the rest.
+-- Jobs written by version 1 that are not done get an expired lease, so
+-- that a gateway takes each: it resumes the unfinished ones and finishes
+-- the cleanup of cancelled ones. (`rec` is a format byte, then JSON.)
+-- Stop every gateway of the old version before the first new one starts:
+-- an old gateway commits without a fence.
 INSERT INTO job_leases (job, tenant, owner, epoch, expires_ms)
-    SELECT id, tenant, '', 0, 0 FROM jobs;
+    SELECT id, tenant, '', 0, 0 FROM jobs
+    WHERE convert_from(substring(rec FROM 2), 'UTF8')::jsonb ->> 'state' <> 'done';
