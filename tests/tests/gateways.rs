@@ -497,3 +497,23 @@ async fn changes_to_a_job_through_any_gateway_reach_the_one_that_drives_it() {
     let s = job_status(&b, id3).await.expect("status");
     assert_ne!(s["state"], "cancelled", "{s}");
 }
+
+#[test]
+fn a_gateway_on_a_shared_catalog_without_the_root_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let out = Command::new(insitu_bin())
+        .args(["gateway", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--catalog", "postgresql://insitu@127.0.0.1:1/insitu"])
+        .env("INSITU_CLUSTER_SECRET", "a-cluster-secret-of-enough-length")
+        .env_remove("INSITU_ROOT_ACCESS_KEY")
+        .env_remove("INSITU_ROOT_SECRET_KEY")
+        .output()
+        .expect("insitu gateway");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("needs the cluster's root keys"), "{stderr}");
+    assert!(!data.exists(), "nothing was created");
+}

@@ -93,3 +93,53 @@ async fn an_unreachable_server_is_unavailable_and_a_bad_url_is_refused() {
         Err(CatalogError::BadUrl(_))
     ));
 }
+
+#[tokio::test]
+async fn schema_1_jobs_that_are_not_done_get_a_lease_to_claim() {
+    let pg = TestPostgres::start().expect("throwaway PostgreSQL");
+    let url = pg.url("postgres");
+    let client = raw(&url).await;
+    // A database as version 1 left it.
+    client
+        .batch_execute(include_str!("../src/pg/migrations/0001_init.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE insitu_schema (version integer NOT NULL);
+             INSERT INTO insitu_schema (version) VALUES (1);",
+        )
+        .await
+        .unwrap();
+    // Records as the backend writes them: a format byte, then JSON. One
+    // has a NUL (escaped) in a name a tenant chose.
+    for (id, state, output) in [
+        ("j-done", "done", "b/out/"),
+        ("j-running", "running", "b/out/"),
+        ("j-cancelled", "cancelled", "b/out/"),
+        ("j-nul", "running", "b/o\\u0000ut/"),
+    ] {
+        let mut rec = vec![1u8];
+        rec.extend_from_slice(
+            format!(
+                r#"{{"id":"{id}","tenant":"t","spec":{{"output":"{output}"}},"state":"{state}"}}"#
+            )
+            .as_bytes(),
+        );
+        client
+            .execute(
+                "INSERT INTO jobs (tenant, id, rec) VALUES ('t', $1, $2)",
+                &[&id, &rec],
+            )
+            .await
+            .unwrap();
+    }
+    let catalog = PgCatalog::connect(&url, 2).await.expect("migrated");
+    assert_eq!(catalog.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let rows = client
+        .query("SELECT job FROM job_leases ORDER BY job", &[])
+        .await
+        .unwrap();
+    let leased: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(leased, ["j-cancelled", "j-nul", "j-running"]);
+}

@@ -104,8 +104,13 @@ impl InflightBlobs {
                 Err(_) => Vec::new(),
             }
         };
-        if let Err(e) = catalog.release_intents(holder, &ended).await {
-            tracing::debug!(error = %e, "cannot withdraw blob intents; they expire");
+        // Never at the cost of publishing: a slow withdrawal is left to
+        // the intents' expiry.
+        let withdraw = catalog.release_intents(holder, &ended);
+        match tokio::time::timeout(Duration::from_secs(1), withdraw).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot withdraw blob intents; they expire"),
+            Err(_) => tracing::debug!("withdrawing blob intents timed out; they expire"),
         }
         let publish: Vec<String> = match self.ids.lock() {
             Ok(mut ids) => ids
@@ -239,6 +244,15 @@ async fn gc_loop(gw: Arc<Gateway>) {
         if !gw.control.leads(Role::Gc) {
             continue;
         }
+        // Queue times are the catalog's clock (see `ControlStore::now_ms`);
+        // read first, so that a failure skips no page.
+        let now = match gw.catalog.now_ms().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the catalog's clock for GC");
+                continue;
+            }
+        };
         let entries = match gw.catalog.list_gc_after(&cursor, 256).await {
             Ok(e) => e,
             Err(e) => {
@@ -253,10 +267,6 @@ async fn gc_loop(gw: Arc<Gateway>) {
                 .last()
                 .map(|e| e.blob.id.clone())
                 .unwrap_or_default()
-        };
-        // Queue times are the catalog's clock (see `ControlStore::now_ms`).
-        let Ok(now) = gw.catalog.now_ms().await else {
-            continue;
         };
         let cutoff = now - gw.config.gc_grace.as_millis() as i64;
         let due = entries.into_iter().filter(|e| e.queued_ms <= cutoff);

@@ -228,8 +228,9 @@ async fn own_jobs(gw: &Arc<Gateway>) {
         }
         // Not renewed: ended meanwhile, created since the renewal, or
         // taken by another gateway. Only the last stops the driver.
+        // No lease at all: another gateway took the job and ended it.
         if let Ok(lease) = gw.catalog.job_lease(&job.id).await {
-            if lease.is_some_and(|(l, _)| l.owner != c.id || l.epoch != job.epoch) {
+            if lease.is_none_or(|(l, _)| l.owner != c.id || l.epoch != job.epoch) {
                 job.lose();
             }
         }

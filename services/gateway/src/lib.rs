@@ -71,6 +71,9 @@ pub struct GatewayConfig {
     /// The URL peers reach this gateway at [default: http:// and the
     /// address it listens on].
     pub advertise: Option<String>,
+    /// With no `advertise` and a wildcard listen address, advertise the
+    /// loopback address (`insitu dev`: every peer is on this machine).
+    pub advertise_loopback: bool,
 }
 
 #[derive(Debug, Error)]
@@ -223,6 +226,9 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let addr = match (&self.config.advertise, listener.local_addr()) {
             (Some(a), _) => a.trim_end_matches('/').to_string(),
+            (None, Ok(a)) if a.ip().is_unspecified() && self.config.advertise_loopback => {
+                format!("http://127.0.0.1:{}", a.port())
+            }
             (None, Ok(a)) if a.ip().is_unspecified() && self.catalog.is_shared() => {
                 return Err(GatewayError::Advertise(a));
             }
@@ -372,8 +378,8 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     s3::dispatch(gw, req).await
 }
 
-/// The least GC grace on a shared catalog: ten times the time a hold
-/// takes to be published when all is well.
+/// The least GC grace on a shared catalog: about six times the time a
+/// hold takes to be published when all is well.
 const SHARED_GC_GRACE_FLOOR: Duration = Duration::from_secs(5);
 
 /// Builds a bodiless response with a status; used by the admin API too.

@@ -225,6 +225,7 @@ fn gateway_config(
         },
         lease_timeout: secs(t.lease_secs, 10).max(Duration::from_secs(1)),
         advertise,
+        advertise_loopback: false,
     }
 }
 
@@ -264,6 +265,10 @@ pub struct GatewayArgs {
     /// Exit when standard input closes (set by `insitu dev --gateways`).
     #[arg(long, hide = true)]
     exit_with_parent: bool,
+    /// Advertise 127.0.0.1 when listening on a wildcard address (set by
+    /// `insitu dev --gateways`, whose peers are all on this machine).
+    #[arg(long, hide = true)]
+    advertise_loopback: bool,
     #[command(flatten)]
     root: RootArgs,
     #[command(flatten)]
@@ -516,7 +521,7 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     if args.gateways > 1 {
         return run_dev_gateways(&args, catalog, root, generated, secret, replicas, &tuning).await;
     }
-    let config = gateway_config(
+    let mut config = gateway_config(
         args.listen,
         catalog,
         args.domain,
@@ -527,6 +532,8 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
         None,
         &tuning,
     );
+    // Every peer of a dev cluster is on this machine.
+    config.advertise_loopback = true;
     let gateway = Gateway::open(config).await?;
     let listener = gateway.bind().await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
@@ -634,6 +641,7 @@ async fn run_dev_gateways(
             .arg("--region")
             .arg(&args.region)
             .arg("--exit-with-parent")
+            .arg("--advertise-loopback")
             .args(tuning.to_args());
         if let Some(d) = &args.domain {
             cmd.arg("--domain").arg(d);
@@ -720,11 +728,22 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./insitu-data/gateway"));
-    private_dir(&data_dir)?;
     let root_args = RootArgs {
         root_access_key: args.root.root_access_key.or(file.root_access_key),
         root_secret_key: args.root.root_secret_key.or(file.root_secret_key),
     };
+    let catalog = args
+        .catalog
+        .or(file.catalog)
+        .unwrap_or_else(|| default_catalog(&data_dir));
+    let shared = catalog.starts_with("postgresql://") || catalog.starts_with("postgres://");
+    let given = root_args.root_access_key.is_some() && root_args.root_secret_key.is_some();
+    if shared && !given {
+        // Keys of its own would let its peers check none of the calls it
+        // forwards to them.
+        bail!("a gateway on a shared catalog needs the cluster's root keys: give the same --root-access-key and --root-secret-key (or INSITU_ROOT_ACCESS_KEY / INSITU_ROOT_SECRET_KEY) to every gateway");
+    }
+    private_dir(&data_dir)?;
     let (root, generated) = root_credentials(&root_args, &data_dir)?;
     let secret = cluster_secret(args.cluster_secret.or(file.cluster_secret))?;
     let replicas = args.replicas.or(file.replicas).unwrap_or(2);
@@ -740,11 +759,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         .or(file.region)
         .unwrap_or_else(|| "us-east-1".to_string());
     let tuning = args.tuning.or(file.tuning);
-    let catalog = args
-        .catalog
-        .or(file.catalog)
-        .unwrap_or_else(|| default_catalog(&data_dir));
-    let config = gateway_config(
+    let mut config = gateway_config(
         listen,
         catalog,
         args.domain.or(file.domain),
@@ -755,6 +770,7 @@ pub async fn run_gateway(args: GatewayArgs) -> Result<()> {
         args.advertise.or(file.advertise),
         &tuning,
     );
+    config.advertise_loopback = args.advertise_loopback;
     let gateway = Gateway::open(config).await?;
     let mut nodes: Vec<(String, String)> = file.nodes.into_iter().collect();
     for spec in &args.nodes {

@@ -51,14 +51,14 @@ impl ControlStore for PgCatalog {
 
     async fn gateways(&self, within_ms: i64) -> Result<Vec<GatewayInfo>> {
         let client = self.client().await?;
-        // Gateways silent for a day are gone for good.
-        client
-            .execute(
-                "DELETE FROM gateways WHERE seen_ms < insitu_now_ms() - 86400000",
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
+        // Gateways silent for a day are gone for good, and the intents of
+        // gateways that died holding them have expired.
+        for sql in [
+            "DELETE FROM gateways WHERE seen_ms < insitu_now_ms() - 86400000",
+            "DELETE FROM blob_intents WHERE expires_ms < insitu_now_ms()",
+        ] {
+            client.execute(sql, &[]).await.map_err(pg_err)?;
+        }
         let rows = client
             .query(
                 "SELECT id, addr, insitu_now_ms() - seen_ms, load FROM gateways
@@ -187,14 +187,6 @@ impl ControlStore for PgCatalog {
                 .await
                 .map_err(pg_err)?;
         }
-        // The intents of gateways that died holding them.
-        client
-            .execute(
-                "DELETE FROM blob_intents WHERE expires_ms < insitu_now_ms()",
-                &[],
-            )
-            .await
-            .map_err(pg_err)?;
         Ok(())
     }
 

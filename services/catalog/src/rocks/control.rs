@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use insitu_jobs::records::{JobRecord, JobState};
+use insitu_jobs::records::JobRecord;
 
 use super::RocksCatalog;
 use crate::api::{JobChange, JobStore};
@@ -109,8 +109,9 @@ impl RocksCatalog {
             let Some(last) = page.last() else { break };
             after = Some((last.tenant.clone(), last.id.clone()));
             let mut jobs = self.control.jobs.lock().map_err(poisoned)?;
-            // Cancelled jobs too: their cleanup may not have finished.
-            for rec in page.into_iter().filter(|r| r.state != JobState::Done) {
+            // Not cancelled ones: their cleanup would run again at every
+            // start (an interrupted one is not finished; see ARCHITECTURE).
+            for rec in page.into_iter().filter(|r| !r.state.is_final()) {
                 jobs.entry(rec.id.clone()).or_insert_with(|| {
                     let held = Held {
                         holder: String::new(),

@@ -101,7 +101,7 @@ pub const FORWARD_TENANT: &str = "x-insitu-tenant";
 const FORWARD_TIME: &str = "x-insitu-forward-time";
 const FORWARD_SIGNATURE: &str = "x-insitu-forward-signature";
 /// How far a forwarded call's time may be from the receiver's clock.
-const FORWARD_SKEW_SECS: i64 = 60;
+const FORWARD_SKEW_SECS: u64 = 60;
 
 /// Signs a forwarded call with a key derived from the root secret, which
 /// every gateway of a cluster has and storage nodes do not: the cluster
@@ -137,7 +137,7 @@ pub fn verify_forwarded(
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let tenant = get(FORWARD_TENANT)?;
     let time: i64 = get(FORWARD_TIME)?.parse().ok()?;
-    if (chrono::Utc::now().timestamp() - time).abs() > FORWARD_SKEW_SECS {
+    if chrono::Utc::now().timestamp().abs_diff(time) > FORWARD_SKEW_SECS {
         return None;
     }
     let expected = forward_signature(gw, time, tenant, rest, body)?;

@@ -148,7 +148,33 @@ pub(super) async fn drive(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
         (r.tenant.clone(), r.id.clone())
     };
     let span = tracing::info_span!("job", tenant = %tenant, job = %id);
+    // However the driver ends (a panic included), its entry goes, so the
+    // job's lease finds no driver and the next turn starts a new one.
+    let _entry = ActiveEntry {
+        gw: gw.clone(),
+        job: job.clone(),
+    };
     drive_job(gw, job).instrument(span).await;
+}
+
+/// A driver's place among the gateway's active jobs, removed on drop.
+struct ActiveEntry {
+    gw: Arc<Gateway>,
+    job: Arc<ActiveJob>,
+}
+
+impl Drop for ActiveEntry {
+    fn drop(&mut self) {
+        if let Ok(mut active) = self.gw.jobs.active.lock() {
+            // Only this driver's entry: a newer epoch's driver may have it.
+            if active
+                .get(&self.job.id)
+                .is_some_and(|a| Arc::ptr_eq(a, &self.job))
+            {
+                active.remove(&self.job.id);
+            }
+        }
+    }
 }
 
 async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
@@ -164,10 +190,7 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             }
         }
     }
-    let (phases, job_id) = {
-        let r = job.record.lock().await;
-        (r.spec.phases.len(), r.id.clone())
-    };
+    let phases = job.record.lock().await.spec.phases.len();
     let mut cursor: Option<u64> = None;
     let mut backlog: VecDeque<TaskRecord> = VecDeque::new();
     let mut inflight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
@@ -321,12 +344,6 @@ async fn drive_job(gw: Arc<Gateway>, job: Arc<ActiveJob>) {
             }
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-    }
-    if let Ok(mut active) = gw.jobs.active.lock() {
-        // Only this driver's entry: a newer epoch's driver may have it now.
-        if active.get(&job_id).is_some_and(|a| Arc::ptr_eq(a, &job)) {
-            active.remove(&job_id);
         }
     }
 }
