@@ -4,7 +4,9 @@
 //! joins it when the jobs issue lands.
 
 pub mod blob_store;
-pub mod http_server;
+/// The bounded HTTP/1 server, shared with the gateway.
+pub use insitu_node_api::http_server;
+pub use insitu_node_api::{Heartbeat, HEARTBEAT_PATH};
 pub mod image_archive;
 pub mod node_api;
 pub mod task_api;
@@ -15,15 +17,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-use blob_store::{BlobError, BlobStore, Usage};
+use blob_store::{BlobError, BlobStore};
 use node_api::NodeState;
-
-/// Path of the gateway's heartbeat endpoint.
-pub const HEARTBEAT_PATH: &str = "/_insitu/v1/internal/heartbeat";
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -44,24 +42,6 @@ pub struct NodeConfig {
     pub scrub_interval: Option<Duration>,
     /// What the node's HTTP server lets clients hold.
     pub server: http_server::ServerLimits,
-}
-
-/// What a node tells the gateway every heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub node_id: String,
-    pub addr: String,
-    pub usage: Usage,
-    /// Blobs whose replica here failed its checksum.
-    pub corrupt: Vec<String>,
-    /// Requests in progress.
-    #[serde(default)]
-    pub load: u64,
-    /// The node's own key, made on its first start and kept in its data
-    /// directory: the gateway ties the node id to it, so another holder of
-    /// the cluster secret cannot take the id over (point it elsewhere).
-    #[serde(default)]
-    pub node_key: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob_store::{BlobError, BlobStore};
 
-/// Header carrying the exact body length the gateway intends to send.
-pub const EXPECTED_LENGTH_HEADER: &str = "x-insitu-expected-length";
+pub use insitu_node_api::{Health, EXPECTED_LENGTH_HEADER};
 
 pub struct NodeState {
     pub node_id: String,
@@ -48,17 +47,6 @@ async fn count_load(
 #[derive(Serialize, Deserialize)]
 pub struct ComposeRequest {
     pub parts: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct Health {
-    pub node_id: String,
-    pub temp_files: usize,
-    pub usage: crate::blob_store::Usage,
-    pub corrupt: Vec<String>,
-    /// Requests in progress.
-    #[serde(default)]
-    pub load: u64,
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use insitu_jobs::limits::MAX_KEY_LINE_BYTES;
@@ -14,86 +13,7 @@ use insitu_jobs::limits::MAX_KEY_LINE_BYTES;
 use crate::blob_store::{BlobError, BlobStore};
 use crate::task_runner::{Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskRequest {
-    pub tenant: String,
-    pub job: String,
-    pub phase: u32,
-    pub image: String,
-    /// A blob on this node holding a `docker save` tarball; when given, the
-    /// task runs in the image it contains (loaded once, then cached).
-    #[serde(default)]
-    pub image_blob: Option<String>,
-    #[serde(default)]
-    pub runtime: Option<String>,
-    pub memory_mb: u64,
-    pub cpus: f64,
-    pub disk_mb: u64,
-    /// Largest file (stdout included) a task may write, MiB; 0: the
-    /// node's default.
-    #[serde(default)]
-    pub output_mb: u64,
-    pub timeout_s: u64,
-    pub task_id: String,
-    pub exec: String,
-    /// Run once in a new container before its first task.
-    #[serde(default)]
-    pub init: Option<String>,
-    /// The input arrives while the task runs, through
-    /// `/v1/streams/{tenant}/{job}/{task_id}/append` and `.../end` (a
-    /// reducer fed as earlier phases produce). The timeout counts from the
-    /// end of the input.
-    #[serde(default)]
-    pub input_stream: bool,
-    /// A blob on this node, fed to the task on stdin.
-    #[serde(default)]
-    pub input_blob: Option<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    /// Blob ids (chosen by the gateway) for the task's stdout and stderr.
-    pub stdout_blob: String,
-    pub stderr_blob: String,
-    /// Split a successful task's stdout line by line over this many
-    /// reducers (by the hash of each line's first tab-separated field):
-    /// the pieces become blobs `<stdout_blob>-r<N>` and stdout itself is
-    /// not kept.
-    #[serde(default)]
-    pub split: Option<u32>,
-}
-
-/// A piece of a split stdout, bound for one reducer. Empty pieces are not
-/// stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PieceOut {
-    pub reducer: u32,
-    pub blob: String,
-    pub size: u64,
-    pub md5: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TaskEndReport {
-    Exited { code: i64 },
-    Killed { resource: String },
-    TimedOut,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskResponse {
-    pub end: TaskEndReport,
-    pub stdout_size: u64,
-    /// MD5 of stdout (when it was kept whole).
-    #[serde(default)]
-    pub stdout_md5: String,
-    #[serde(default)]
-    pub pieces: Vec<PieceOut>,
-    /// Kept only when the task did not exit 0.
-    pub stderr_kept: bool,
-    #[serde(default)]
-    pub stderr_size: u64,
-    pub stderr_preview: String,
-}
+pub use insitu_node_api::{PieceOut, TaskEndReport, TaskRequest, TaskResponse};
 
 /// The writing end of a streamed task input.
 struct StreamSlot {

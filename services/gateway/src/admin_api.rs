@@ -152,7 +152,7 @@ pub async fn handle(gw: Arc<Gateway>, parts: Parts, body: Body) -> Response {
 
 async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, ApiError> {
     let path = parts.uri.path().to_string();
-    if path == insitu_storage_node::HEARTBEAT_PATH {
+    if path == insitu_node_api::HEARTBEAT_PATH {
         return heartbeat(&gw, &parts, body).await;
     }
     if let Some(rest) = path.strip_prefix(crate::jobs::api::FORWARD_PATH) {
@@ -497,7 +497,7 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
     let bytes = read_small(Box::pin(raw), MAX_API_BODY_BYTES)
         .await
         .map_err(ApiError::Auth)?;
-    let beat: insitu_storage_node::Heartbeat = serde_json::from_slice(&bytes)
+    let beat: insitu_node_api::Heartbeat = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidArgument(format!("bad heartbeat: {e}")))?;
     if gw.node_removed(&beat.node_id).await {
         return Err(ApiError::Conflict(format!(

@@ -64,7 +64,7 @@ pub struct GatewayConfig {
     /// Most jobs of one tenant that have not ended (0: no cap).
     pub tenant_max_jobs: u32,
     /// What the gateway's HTTP server lets clients hold.
-    pub server: insitu_storage_node::http_server::ServerLimits,
+    pub server: insitu_node_api::http_server::ServerLimits,
     /// How long a job or leader lease lasts unrenewed: a gateway that
     /// dies loses its jobs and loops to the others after this long.
     pub lease_timeout: Duration,
@@ -241,8 +241,7 @@ impl Gateway {
         let background = cluster::spawn_background(self.clone());
         let app = Router::new().fallback(handle).with_state(self.clone());
         let result =
-            insitu_storage_node::http_server::serve(listener, app, self.config.server, shutdown)
-                .await;
+            insitu_node_api::http_server::serve(listener, app, self.config.server, shutdown).await;
         for task in background {
             task.abort();
         }

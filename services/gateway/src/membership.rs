@@ -13,7 +13,7 @@ use crate::Gateway;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub addr: String,
-    pub usage: insitu_storage_node::blob_store::Usage,
+    pub usage: insitu_node_api::Usage,
     pub corrupt: Vec<String>,
     pub load: u64,
 }

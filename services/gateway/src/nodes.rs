@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use insitu_catalog::BlobRef;
-use insitu_storage_node::blob_store::Usage;
+use insitu_node_api::Usage;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use thiserror::Error;
@@ -645,9 +645,9 @@ impl NodeSet {
     pub async fn run_task(
         &self,
         node: &str,
-        req: &insitu_storage_node::task_api::TaskRequest,
+        req: &insitu_node_api::TaskRequest,
         deadline: Duration,
-    ) -> Result<insitu_storage_node::task_api::TaskResponse, NodeError> {
+    ) -> Result<insitu_node_api::TaskResponse, NodeError> {
         let resp = self.post_task(node, "/v1/tasks", req, deadline).await?;
         resp.json().await.map_err(|e| NodeError::Request {
             node: node.to_string(),
@@ -661,7 +661,7 @@ impl NodeSet {
         &self,
         node: &str,
         path: &str,
-        req: &insitu_storage_node::task_api::TaskRequest,
+        req: &insitu_node_api::TaskRequest,
         deadline: Duration,
     ) -> Result<reqwest::Response, NodeError> {
         let url = self.url(node, path)?;
@@ -726,7 +726,7 @@ impl NodeSet {
     pub async fn prepare_image(
         &self,
         node: &str,
-        req: &insitu_storage_node::task_api::TaskRequest,
+        req: &insitu_node_api::TaskRequest,
         deadline: Duration,
     ) -> Result<(), NodeError> {
         self.post_task(node, "/v1/images", req, deadline).await?;
@@ -770,10 +770,7 @@ impl NodeSet {
         }
     }
 
-    pub async fn health(
-        &self,
-        node: &str,
-    ) -> Result<insitu_storage_node::node_api::Health, NodeError> {
+    pub async fn health(&self, node: &str) -> Result<insitu_node_api::Health, NodeError> {
         let url = self.url(node, "/v1/health")?;
         let req = self
             .http
@@ -793,7 +790,7 @@ impl NodeSet {
         node: &str,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<insitu_storage_node::blob_store::BlobEntry>, NodeError> {
+    ) -> Result<Vec<insitu_node_api::BlobEntry>, NodeError> {
         let url = self.url(node, "/v1/blobs")?;
         let req = self
             .http
@@ -844,7 +841,7 @@ impl ReplicaReader {
 }
 
 fn insitu_storage_node_header() -> &'static str {
-    insitu_storage_node::node_api::EXPECTED_LENGTH_HEADER
+    insitu_node_api::EXPECTED_LENGTH_HEADER
 }
 
 /// A tiny adapter from a tokio channel to a `Stream`, to avoid pulling in

@@ -17,7 +17,7 @@ use insitu_jobs::records::{
     ErrorRecord, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
 };
 use insitu_jobs::{ImageRef, JobErrorCode, PhaseKind, PhaseSpec};
-use insitu_storage_node::task_api::{TaskEndReport, TaskRequest, TaskResponse};
+use insitu_node_api::{TaskEndReport, TaskRequest, TaskResponse};
 use tracing::Instrument;
 
 use super::{

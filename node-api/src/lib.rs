@@ -1,0 +1,141 @@
+//! The storage node's wire protocol: the types a node and the gateway
+//! exchange (heartbeats, health, blob listings, task requests and
+//! responses), and the bounded HTTP/1 server both of them run. The gateway
+//! links this crate, not the node's Docker and filesystem code.
+
+pub mod http_server;
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the gateway's heartbeat endpoint.
+pub const HEARTBEAT_PATH: &str = "/_insitu/v1/internal/heartbeat";
+
+/// What a node tells the gateway every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub addr: String,
+    pub usage: Usage,
+    /// Blobs whose replica here failed its checksum.
+    pub corrupt: Vec<String>,
+    /// Requests in progress.
+    #[serde(default)]
+    pub load: u64,
+    /// The node's own key, made on its first start and kept in its data
+    /// directory: the gateway ties the node id to it, so another holder of
+    /// the cluster secret cannot take the id over (point it elsewhere).
+    #[serde(default)]
+    pub node_key: Option<String>,
+}
+
+/// Space and content figures reported in heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub blob_count: u64,
+}
+
+/// One entry of a blob listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub id: String,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+/// Header carrying the exact body length the gateway intends to send.
+pub const EXPECTED_LENGTH_HEADER: &str = "x-insitu-expected-length";
+
+#[derive(Serialize, Deserialize)]
+pub struct Health {
+    pub node_id: String,
+    pub temp_files: usize,
+    pub usage: Usage,
+    pub corrupt: Vec<String>,
+    /// Requests in progress.
+    #[serde(default)]
+    pub load: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub tenant: String,
+    pub job: String,
+    pub phase: u32,
+    pub image: String,
+    /// A blob on this node holding a `docker save` tarball; when given, the
+    /// task runs in the image it contains (loaded once, then cached).
+    #[serde(default)]
+    pub image_blob: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub disk_mb: u64,
+    /// Largest file (stdout included) a task may write, MiB; 0: the
+    /// node's default.
+    #[serde(default)]
+    pub output_mb: u64,
+    pub timeout_s: u64,
+    pub task_id: String,
+    pub exec: String,
+    /// Run once in a new container before its first task.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// The input arrives while the task runs, through
+    /// `/v1/streams/{tenant}/{job}/{task_id}/append` and `.../end` (a
+    /// reducer fed as earlier phases produce). The timeout counts from the
+    /// end of the input.
+    #[serde(default)]
+    pub input_stream: bool,
+    /// A blob on this node, fed to the task on stdin.
+    #[serde(default)]
+    pub input_blob: Option<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Blob ids (chosen by the gateway) for the task's stdout and stderr.
+    pub stdout_blob: String,
+    pub stderr_blob: String,
+    /// Split a successful task's stdout line by line over this many
+    /// reducers (by the hash of each line's first tab-separated field):
+    /// the pieces become blobs `<stdout_blob>-r<N>` and stdout itself is
+    /// not kept.
+    #[serde(default)]
+    pub split: Option<u32>,
+}
+
+/// A piece of a split stdout, bound for one reducer. Empty pieces are not
+/// stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceOut {
+    pub reducer: u32,
+    pub blob: String,
+    pub size: u64,
+    pub md5: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskEndReport {
+    Exited { code: i64 },
+    Killed { resource: String },
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResponse {
+    pub end: TaskEndReport,
+    pub stdout_size: u64,
+    /// MD5 of stdout (when it was kept whole).
+    #[serde(default)]
+    pub stdout_md5: String,
+    #[serde(default)]
+    pub pieces: Vec<PieceOut>,
+    /// Kept only when the task did not exit 0.
+    pub stderr_kept: bool,
+    #[serde(default)]
+    pub stderr_size: u64,
+    pub stderr_preview: String,
+}
