@@ -569,10 +569,8 @@ async fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Pla
         // Repair or a returning node will make a replica available.
         return Place::Wait(Waiting::NoLiveReplica);
     }
-    let Some(node) = plan::choose_node(&holders, &[], |n| gw.jobs.load(n), slots) else {
-        gw.jobs.note_waiting(&rec.tenant);
-        return Place::Wait(Waiting::NodeBusy);
-    };
+    // The share first: a tenant over its share waits for that reason,
+    // whether or not a slot happens to be free at this moment.
     let total = (gw.nodes.node_ids().into_iter().filter(up).count() as u32) * slots;
     if !gw
         .jobs
@@ -581,6 +579,10 @@ async fn place_map(gw: &Arc<Gateway>, rec: &JobRecord, task: &TaskRecord) -> Pla
         gw.jobs.note_waiting(&rec.tenant);
         return Place::Wait(Waiting::TenantShare);
     }
+    let Some(node) = plan::choose_node(&holders, &[], |n| gw.jobs.load(n), slots) else {
+        gw.jobs.note_waiting(&rec.tenant);
+        return Place::Wait(Waiting::NodeBusy);
+    };
     Place::Run(MapRun {
         slot: Slot::take(gw, &node, &rec.tenant),
         holders,
