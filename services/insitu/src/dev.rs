@@ -130,48 +130,31 @@ impl ClusterTuning {
     /// The same tuning as flags, for a child gateway.
     fn to_args(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let mut flag = |name: &str, v: Option<String>| {
-            if let Some(v) = v {
-                out.push(format!("--{name}"));
-                out.push(v);
-            }
-        };
+        macro_rules! flags {
+            ($($name:literal => $value:expr),* $(,)?) => {
+                $(if let Some(v) = $value {
+                    out.push(concat!("--", $name).to_string());
+                    out.push(v.to_string());
+                })*
+            };
+        }
         let t = self;
-        flag(
-            "suspect-after-secs",
-            t.suspect_after_secs.map(|v| v.to_string()),
-        );
-        flag("down-after-secs", t.down_after_secs.map(|v| v.to_string()));
-        flag("gc-grace-secs", t.gc_grace_secs.map(|v| v.to_string()));
-        flag(
-            "repair-mib-per-sec",
-            t.repair_mib_per_sec.map(|v| v.to_string()),
-        );
-        flag("reserve-mib", t.reserve_mib.map(|v| v.to_string()));
-        flag(
-            "health-interval-ms",
-            t.health_interval_ms.map(|v| v.to_string()),
-        );
-        flag(
-            "orphan-sweep-secs",
-            t.orphan_sweep_secs.map(|v| v.to_string()),
-        );
-        flag("task-slots", t.task_slots.map(|v| v.to_string()));
-        flag(
-            "tenant-max-tasks",
-            t.tenant_max_tasks.map(|v| v.to_string()),
-        );
-        flag("tenant-max-jobs", t.tenant_max_jobs.map(|v| v.to_string()));
-        flag("max-connections", t.max_connections.map(|v| v.to_string()));
-        flag(
-            "http-header-timeout-ms",
-            t.http_header_timeout_ms.map(|v| v.to_string()),
-        );
-        flag(
-            "http-body-idle-ms",
-            t.http_body_idle_ms.map(|v| v.to_string()),
-        );
-        flag("lease-secs", t.lease_secs.map(|v| v.to_string()));
+        flags! {
+            "suspect-after-secs" => t.suspect_after_secs,
+            "down-after-secs" => t.down_after_secs,
+            "gc-grace-secs" => t.gc_grace_secs,
+            "repair-mib-per-sec" => t.repair_mib_per_sec,
+            "reserve-mib" => t.reserve_mib,
+            "health-interval-ms" => t.health_interval_ms,
+            "orphan-sweep-secs" => t.orphan_sweep_secs,
+            "task-slots" => t.task_slots,
+            "tenant-max-tasks" => t.tenant_max_tasks,
+            "tenant-max-jobs" => t.tenant_max_jobs,
+            "max-connections" => t.max_connections,
+            "http-header-timeout-ms" => t.http_header_timeout_ms,
+            "http-body-idle-ms" => t.http_body_idle_ms,
+            "lease-secs" => t.lease_secs,
+        }
         out
     }
 }
