@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use insitu_jobs::limits::MAX_KEY_LINE_BYTES;
+use insitu_job_model::limits::MAX_KEY_LINE_BYTES;
 
 use crate::blob_store::{BlobError, BlobStore};
 use crate::task_runner::{Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec};
@@ -543,7 +543,7 @@ async fn open_output(path: &std::path::Path) -> Result<std::fs::File, TaskApiErr
 
 /// Splits a task's stdout line by line into the files `paths` (one per
 /// reducer, in the store's scratch directory), by
-/// `insitu_jobs::plan::reducer_for_line`; `None` for a piece that got no
+/// `insitu_job_model::plan::reducer_for_line`; `None` for a piece that got no
 /// line. A line is held whole while it is routed, so one longer than
 /// [`MAX_KEY_LINE_BYTES`] fails the task.
 async fn split_lines(
@@ -575,7 +575,7 @@ async fn split_lines(
                      the most a line routed by key may have"
                 ))));
             }
-            let r = insitu_jobs::plan::reducer_for_line(&line, count) as usize;
+            let r = insitu_job_model::plan::reducer_for_line(&line, count) as usize;
             if writers[r].is_none() {
                 let f = std::fs::File::options()
                     .read(true)

@@ -439,7 +439,7 @@ impl TaskRunner {
     }
 
     fn private_prefix(&self) -> String {
-        let root = insitu_jobs::plan::stable_hash(self.root.to_string_lossy().as_bytes());
+        let root = insitu_job_model::plan::stable_hash(self.root.to_string_lossy().as_bytes());
         format!("insitu-loaded/n{root:016x}-")
     }
 

@@ -172,7 +172,7 @@ async fn a_node_runs_tasks_on_its_blobs_and_keeps_their_output() {
         total += p.size;
         for line in body.split_inclusive(|b| *b == b'\n') {
             assert_eq!(
-                insitu_jobs::plan::reducer_for_line(line, 3),
+                insitu_job_model::plan::reducer_for_line(line, 3),
                 p.reducer,
                 "{:?}",
                 String::from_utf8_lossy(line)
@@ -285,7 +285,7 @@ async fn images_stored_as_objects_are_loaded_and_used() {
     let root = dir.path().join("tasks");
     let private = format!(
         "insitu-loaded/n{:016x}-imagetarball:latest",
-        insitu_jobs::plan::stable_hash(root.to_string_lossy().as_bytes())
+        insitu_job_model::plan::stable_hash(root.to_string_lossy().as_bytes())
     );
     assert!(
         docker(&["image", "inspect", &private]).status.success(),

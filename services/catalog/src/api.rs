@@ -4,7 +4,7 @@
 //! families, tables and transactions stay inside each backend.
 
 use async_trait::async_trait;
-use insitu_jobs::records::{
+use insitu_job_model::records::{
     ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 

@@ -52,6 +52,16 @@ pub enum CannedAcl {
 }
 
 impl CannedAcl {
+    /// Whether the ACL lets someone other than the owner read: anyone, or
+    /// (`authenticated`) any signed-in tenant.
+    pub fn lets_read(self, authenticated: bool) -> bool {
+        match self {
+            Self::PublicRead | Self::PublicReadWrite => true,
+            Self::AuthenticatedRead => authenticated,
+            Self::Private => false,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "private" => Some(Self::Private),
@@ -304,7 +314,7 @@ mod tests {
 // version 1 is what the supervisor wrote before the catalog owned them.
 macro_rules! job_record {
     ($($t:ident),*) => {$(
-        impl Record for insitu_jobs::records::$t {
+        impl Record for insitu_job_model::records::$t {
             const KIND: &'static str = stringify!($t);
             const VERSION: u8 = 1;
         }

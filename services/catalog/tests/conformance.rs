@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use insitu_catalog::*;
-use insitu_jobs::records::{
+use insitu_job_model::records::{
     ErrorRecord, InputRecord, JobCounters, JobRecord, JobState, OutputRecord, PieceRecord, Seqs,
     TaskRecord, TaskState,
 };
-use insitu_jobs::{JobErrorCode, JobSpec};
+use insitu_job_model::{JobErrorCode, JobSpec};
 
 struct Backend {
     catalog: Arc<dyn Catalog>,
@@ -418,7 +418,7 @@ fn job(id: &str) -> JobRecord {
 
 fn task(seq: u64) -> TaskRecord {
     TaskRecord {
-        id: insitu_jobs::plan::map_task_id(seq),
+        id: insitu_job_model::plan::map_task_id(seq),
         phase: 0,
         input: Some(format!("b/in{seq}")),
         reducer: None,

@@ -155,7 +155,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     if path == insitu_node_api::HEARTBEAT_PATH {
         return heartbeat(&gw, &parts, body).await;
     }
-    if let Some(rest) = path.strip_prefix(crate::jobs::api::FORWARD_PATH) {
+    if let Some(rest) = path.strip_prefix(crate::jobs_api::FORWARD_PATH) {
         return forwarded(&gw, &parts, rest, body).await;
     }
     if path == "/_insitu/v1/metrics" {
@@ -164,7 +164,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     if path == "/_insitu/v1/openapi.json" {
         return Ok((
             [(http::header::CONTENT_TYPE, "application/json")],
-            crate::jobs::api::OPENAPI,
+            crate::jobs_api::OPENAPI,
         )
             .into_response());
     }
@@ -246,7 +246,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
         (m, ["jobs", rest @ ..]) => {
             let tenant = principal.tenant().unwrap_or_default().to_string();
             let raw_query = parts.uri.query().unwrap_or("");
-            Ok(crate::jobs::api::handle(&gw, &tenant, m, rest, raw_query, &bytes).await)
+            Ok(crate::jobs_api::handle(&gw, &tenant, m, rest, raw_query, &bytes).await)
         }
         (m, ["admin", rest @ ..]) => {
             if !principal.is_root() {
@@ -283,7 +283,7 @@ async fn admin(
             if m == Method::PUT {
                 let policy: insitu_catalog::TenantPolicy = serde_json::from_slice(body)
                     .map_err(|e| ApiError::InvalidArgument(format!("bad policy: {e}")))?;
-                crate::jobs::check_policy(&policy).map_err(ApiError::InvalidArgument)?;
+                insitu_jobs::check_policy(&policy).map_err(ApiError::InvalidArgument)?;
                 if !gw.catalog.set_tenant_policy(tenant, &policy).await? {
                     return Err(ApiError::NotFound(format!(
                         "tenant {tenant} does not exist"
@@ -479,10 +479,10 @@ async fn forwarded(
         .await
         .map_err(ApiError::Auth)?;
     // The cluster secret is also the nodes'; only a peer gateway can sign.
-    let tenant = crate::jobs::api::verify_forwarded(gw, &parts.headers, rest, &bytes)
+    let tenant = crate::jobs_api::verify_forwarded(gw, &parts.headers, rest, &bytes)
         .ok_or_else(|| ApiError::Auth(S3Error::access_denied()))?;
     let path: Vec<&str> = rest.split('/').collect();
-    Ok(crate::jobs::api::handle_forwarded(gw, &tenant, &path, &bytes).await)
+    Ok(crate::jobs_api::handle_forwarded(gw, &tenant, &path, &bytes).await)
 }
 
 /// A node's heartbeat: authenticated by the cluster secret, it registers
@@ -529,13 +529,13 @@ async fn heartbeat(gw: &Gateway, parts: &Parts, body: Body) -> Result<Response, 
             )));
         }
     }
-    let report = crate::membership::Report {
+    let report = crate::nodes::membership::Report {
         addr: beat.addr.clone(),
         usage: beat.usage.clone(),
         corrupt: beat.corrupt.clone(),
         load: beat.load,
     };
-    crate::membership::record(gw, &beat.node_id, &report).await;
+    crate::nodes::membership::record(gw, &beat.node_id, &report).await;
     if gw.nodes.record_contact(
         &beat.node_id,
         &beat.addr,

@@ -135,6 +135,15 @@ impl InflightBlobs {
     }
 }
 
+/// The supervisor's holds on the blobs its jobs use.
+pub struct JobHolds(pub Arc<InflightBlobs>);
+
+impl insitu_jobs::BlobHolds for JobHolds {
+    fn hold(&self, blob: &str) -> insitu_jobs::BlobHold {
+        insitu_jobs::BlobHold::new(self.0.hold(blob))
+    }
+}
+
 /// Keeps a blob id in use until dropped.
 pub struct InflightGuard {
     set: Arc<InflightBlobs>,

@@ -35,11 +35,6 @@ impl Role {
     }
 }
 
-/// Job leases a gateway takes over in one turn, when peers share the work:
-/// the rest are left for the others.
-const CLAIMS_PER_TURN: usize = 8;
-const CLAIMS_ALONE: usize = 256;
-
 pub struct Control {
     /// This gateway's id, new at every start.
     pub id: String,
@@ -148,8 +143,8 @@ pub async fn control_loop(gw: Arc<Gateway>) {
         tick.tick().await;
         beat(&gw).await;
         take_leads(&gw).await;
-        own_jobs(&gw).await;
-        crate::membership::refresh(&gw).await;
+        gw.jobs.own_jobs().await;
+        crate::nodes::membership::refresh(&gw).await;
     }
 }
 
@@ -207,51 +202,24 @@ async fn take_leads(gw: &Gateway) {
     }
 }
 
-/// Renews this gateway's job leases, starts the jobs leased to it that it
-/// does not drive yet, stops drivers whose lease another gateway took, and
-/// takes over jobs whose owner let the lease expire.
-async fn own_jobs(gw: &Arc<Gateway>) {
-    let c = &gw.control;
-    let owned = match gw.catalog.renew_job_leases(&c.id, c.lease_ms()).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot renew job leases");
-            return;
-        }
-    };
-    for job in gw.jobs.active_jobs() {
-        if owned
-            .iter()
-            .any(|l| l.job == job.id && l.epoch == job.epoch)
-        {
-            continue;
-        }
-        // Not renewed: ended meanwhile, created since the renewal, or
-        // taken by another gateway. Only the last stops the driver.
-        // No lease at all: another gateway took the job and ended it.
-        if let Ok(lease) = gw.catalog.job_lease(&job.id).await {
-            if lease.is_none_or(|(l, _)| l.owner != c.id || l.epoch != job.epoch) {
-                job.lose();
-            }
-        }
+impl insitu_jobs::Peers for Control {
+    fn id(&self) -> &str {
+        &self.id
     }
-    for lease in owned {
-        crate::jobs::take(gw, lease).await;
+
+    fn lease_ms(&self) -> i64 {
+        Control::lease_ms(self)
     }
-    // Few per turn while peers share the work; alone, more, but never so
-    // many that the turn outlasts the lease.
-    let limit = if c.peers().is_empty() {
-        CLAIMS_ALONE
-    } else {
-        CLAIMS_PER_TURN
-    };
-    match gw.catalog.claim_jobs(&c.id, c.lease_ms(), limit).await {
-        Ok(claimed) => {
-            for lease in claimed {
-                tracing::info!(tenant = %lease.tenant, job = %lease.job, epoch = lease.epoch, "job lease taken over");
-                crate::jobs::take(gw, lease).await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot claim expired job leases"),
+
+    fn least_loaded(&self, mine: u32) -> String {
+        Control::least_loaded(self, mine)
+    }
+
+    fn peer_addr(&self, id: &str) -> Option<String> {
+        Control::peer_addr(self, id)
+    }
+
+    fn alone(&self) -> bool {
+        self.peers().is_empty()
     }
 }

@@ -7,9 +7,8 @@ pub mod body;
 pub mod cluster;
 pub mod control;
 pub mod error;
-pub mod jobs;
+pub mod jobs_api;
 pub mod limits;
-pub mod membership;
 pub mod nodes;
 pub mod s3;
 
@@ -103,8 +102,8 @@ pub struct Gateway {
     pub nodes: Arc<NodeSet>,
     pub repair: cluster::RepairStats,
     pub inflight: Arc<cluster::InflightBlobs>,
-    pub jobs: jobs::Supervisor,
-    pub control: control::Control,
+    pub jobs: Arc<insitu_jobs::Supervisor>,
+    pub control: Arc<control::Control>,
     pub config: GatewayConfig,
 }
 
@@ -149,13 +148,27 @@ impl Gateway {
             nodes.set_node(&n.id, &n.addr);
             nodes.set_draining(&n.id, n.draining);
         }
+        let inflight: Arc<cluster::InflightBlobs> = Default::default();
+        let control = Arc::new(control::Control::new(config.lease_timeout));
+        let jobs = insitu_jobs::Supervisor::new(insitu_jobs::SupervisorParts {
+            catalog: catalog.clone(),
+            nodes: Arc::new(nodes::TaskClient::new(nodes.clone())),
+            holds: Arc::new(cluster::JobHolds(inflight.clone())),
+            peers: control.clone(),
+            config: insitu_jobs::SupervisorConfig {
+                replicas: config.replicas,
+                task_slots: config.task_slots,
+                tenant_max_tasks: config.tenant_max_tasks,
+                tenant_max_jobs: config.tenant_max_jobs,
+            },
+        });
         Ok(Arc::new(Self {
             catalog,
             nodes,
             repair: Default::default(),
-            inflight: Default::default(),
-            jobs: Default::default(),
-            control: control::Control::new(config.lease_timeout),
+            inflight,
+            jobs,
+            control,
             config,
         }))
     }

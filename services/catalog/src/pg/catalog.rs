@@ -1,7 +1,7 @@
 //! `PgCatalog` as the catalog's domain traits.
 
 use async_trait::async_trait;
-use insitu_jobs::records::{
+use insitu_job_model::records::{
     ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 

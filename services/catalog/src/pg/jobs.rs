@@ -2,7 +2,7 @@
 //! `job_items`, keyed by kind and an order key (a big-endian sequence
 //! number, or phase and reducer numbers).
 
-use insitu_jobs::records::{JobRecord, TaskRecord};
+use insitu_job_model::records::{JobRecord, TaskRecord};
 
 use super::ops::{delete_object_in, in_tx, put_object_into};
 use super::{pg_err, PgCatalog};

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use insitu_jobs::records::JobRecord;
+use insitu_job_model::records::JobRecord;
 
 use super::RocksCatalog;
 use crate::api::{JobChange, JobStore};

@@ -14,7 +14,7 @@
 //! | `f`  | seq                             | `InputRecord` (inputs whose task failed) |
 //! | `x`  | `bucket/key`                    | empty: the input is in the job |
 
-use insitu_jobs::records::{JobRecord, TaskRecord};
+use insitu_job_model::records::{JobRecord, TaskRecord};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::core::{db_err, object_key, RocksCore, CF_JOBS, CF_JOB_ITEMS, CF_OBJECTS};

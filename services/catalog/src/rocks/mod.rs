@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use insitu_jobs::records::{
+use insitu_job_model::records::{
     ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 

@@ -13,11 +13,7 @@ pub fn is_owner(p: &Principal, bucket: &BucketRecord) -> bool {
 }
 
 pub fn acl_allows_read(p: &Principal, acl: CannedAcl) -> bool {
-    match acl {
-        CannedAcl::PublicRead | CannedAcl::PublicReadWrite => true,
-        CannedAcl::AuthenticatedRead => matches!(p, Principal::User { .. }),
-        CannedAcl::Private => false,
-    }
+    acl.lets_read(matches!(p, Principal::User { .. }))
 }
 
 /// Loads a bucket, failing with `NoSuchBucket`.

@@ -10,23 +10,21 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use insitu_jobs::records::JobRecord;
-
-use super::JobList;
-use insitu_jobs::{JobSpec, PhaseKind};
+use insitu_jobs::{JobError, JobList, JobSpec, PhaseKind};
 use serde_json::{json, Value};
 
-use super::JobError;
 use crate::Gateway;
 
 /// Default and largest page of a list.
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
 
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub const OPENAPI: &str = include_str!("jobs_openapi.json");
 
-impl IntoResponse for JobError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+/// The one mapping from job errors to the API's JSON errors.
+fn error_response(err: JobError) -> Response {
+    {
+        let (status, code) = match &err {
             JobError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgumentError"),
             JobError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundError"),
             JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
@@ -36,17 +34,17 @@ impl IntoResponse for JobError {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError")
             }
             JobError::Catalog(e) if e.is_retryable() => {
-                tracing::warn!(error = %self, "jobs API: catalog unavailable");
+                tracing::warn!(error = %err, "jobs API: catalog unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError")
             }
             JobError::Catalog(_) => {
-                tracing::error!(error = %self, "jobs API failure");
+                tracing::error!(error = %err, "jobs API failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
             }
         };
         let message = match status {
             StatusCode::INTERNAL_SERVER_ERROR => "internal error".to_string(),
-            _ => self.to_string(),
+            _ => err.to_string(),
         };
         (status, Json(json!({ "code": code, "message": message }))).into_response()
     }
@@ -89,7 +87,7 @@ pub async fn handle(
     match route(gw, tenant, method, path, raw_query, body).await {
         Ok(r) => r,
         Err(JobError::Elsewhere(peer)) => forward(gw, &peer, tenant, path, body).await,
-        Err(e) => e.into_response(),
+        Err(e) => error_response(e),
     }
 }
 
@@ -153,8 +151,9 @@ async fn forward(gw: &Gateway, peer: &str, tenant: &str, path: &[&str], body: &[
     let url = format!("{peer}{FORWARD_PATH}{rest}");
     let time = chrono::Utc::now().timestamp();
     let Some(signature) = forward_signature(gw, time, tenant, &rest, body) else {
-        return JobError::Unavailable("cannot sign the call for its gateway".into())
-            .into_response();
+        return error_response(JobError::Unavailable(
+            "cannot sign the call for its gateway".into(),
+        ));
     };
     let sent = gw
         .control
@@ -169,8 +168,9 @@ async fn forward(gw: &Gateway, peer: &str, tenant: &str, path: &[&str], body: &[
         .await;
     let unavailable = |why: String| {
         tracing::warn!(peer = %peer, error = %why, "cannot forward a job call to its gateway");
-        JobError::Unavailable("the gateway that drives this job did not answer; retry".into())
-            .into_response()
+        error_response(JobError::Unavailable(
+            "the gateway that drives this job did not answer; retry".into(),
+        ))
     };
     let resp = match sent {
         Ok(r) => r,
@@ -204,14 +204,14 @@ pub async fn handle_forwarded(
 ) -> Response {
     let allowed = matches!(path, [_, "inputs"] | [_, "inputs", "end"] | [_, "cancel"]);
     if !allowed {
-        return JobError::NotFound("no such forwarded call".into()).into_response();
+        return error_response(JobError::NotFound("no such forwarded call".into()));
     }
     match route(gw, tenant, Method::POST, path, "", body).await {
         Ok(r) => r,
-        Err(JobError::Elsewhere(_)) => {
-            JobError::Unavailable("the job is changing gateways; retry".into()).into_response()
-        }
-        Err(e) => e.into_response(),
+        Err(JobError::Elsewhere(_)) => error_response(JobError::Unavailable(
+            "the job is changing gateways; retry".into(),
+        )),
+        Err(e) => error_response(e),
     }
 }
 
@@ -227,13 +227,15 @@ async fn route(
     match (method, path) {
         (Method::POST, []) => {
             let spec = JobSpec::parse(body).map_err(|e| JobError::Invalid(e.to_string()))?;
-            let rec = super::create(gw, tenant, spec).await?;
+            let rec = gw.jobs.create(tenant, spec).await?;
             Ok((StatusCode::CREATED, Json(status_json(&rec, &[], &[]))).into_response())
         }
         (Method::GET, []) => {
             let limit = limit_of(&q)?;
-            let (jobs, more) =
-                super::list_jobs(gw, tenant, q.get("after").map(String::as_str), limit).await?;
+            let (jobs, more) = gw
+                .jobs
+                .list_jobs(tenant, q.get("after").map(String::as_str), limit)
+                .await?;
             let next = more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
             let jobs: Vec<Value> = jobs
                 .iter()
@@ -248,29 +250,29 @@ async fn route(
             Ok(Json(json!({ "jobs": jobs, "next": next })).into_response())
         }
         (Method::GET, [id]) => {
-            let rec = super::get(gw, tenant, id).await?;
-            let (running, preparing) = super::running(gw, id);
+            let rec = gw.jobs.get(tenant, id).await?;
+            let (running, preparing) = gw.jobs.running(id);
             let mut status = status_json(&rec, &running, &preparing);
-            status["waiting"] = json!(super::waiting(gw, id));
+            status["waiting"] = json!(gw.jobs.waiting(id));
             Ok(Json(status).into_response())
         }
         (Method::POST, [id, "inputs"]) => {
             let inputs = parse_input_body(body)?;
-            let added = super::add(gw, tenant, id, &inputs).await?;
+            let added = gw.jobs.add(tenant, id, &inputs).await?;
             Ok(Json(json!({ "added": added })).into_response())
         }
         (Method::POST, [id, "inputs", "end"]) => {
-            let rec = super::end_input(gw, tenant, id).await?;
-            let (running, preparing) = super::running(gw, id);
+            let rec = gw.jobs.end_input(tenant, id).await?;
+            let (running, preparing) = gw.jobs.running(id);
             Ok(Json(status_json(&rec, &running, &preparing)).into_response())
         }
         (Method::POST, [id, "cancel"]) => {
-            let rec = super::cancel(gw, tenant, id).await?;
+            let rec = gw.jobs.cancel(tenant, id).await?;
             Ok(Json(status_json(&rec, &[], &[])).into_response())
         }
         (Method::GET, [id, list @ ("outputs" | "errors" | "inputs" | "failures")]) => {
             // The job must be the tenant's.
-            super::get(gw, tenant, id).await?;
+            gw.jobs.get(tenant, id).await?;
             let (limit, after) = (limit_of(&q)?, after_of(&q)?);
             let (items, next) = match *list {
                 "outputs" => page(gw, id, JobList::Outputs, after, limit).await?,
@@ -294,7 +296,7 @@ async fn page(
     after: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<Value>, Option<String>), JobError> {
-    let (items, more) = super::list_items(gw, job, list, after, limit).await?;
+    let (items, more) = gw.jobs.list_items(job, list, after, limit).await?;
     let next = more
         .then(|| items.last().map(|(seq, _)| seq.to_string()))
         .flatten();

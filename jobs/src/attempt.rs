@@ -1,0 +1,498 @@
+//! One attempt of a task on one node: its image made available, the task
+//! run, and what it produced replicated; a map task's attempts across the
+//! holders of its input.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use insitu_catalog::BlobRef;
+use insitu_job_model::plan;
+use insitu_job_model::records::{ErrorRecord, TaskRecord};
+use insitu_job_model::{ImageRef, JobErrorCode, PhaseSpec};
+use insitu_node_api::{TaskEndReport, TaskRequest, TaskResponse};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use crate::active::*;
+use crate::host::*;
+use crate::inputs::*;
+use crate::node_client::*;
+use crate::placement::*;
+use crate::Supervisor;
+
+/// Attempts per task: the first and at most two retries.
+/// Image objects copied to nodes (a node that does not hold an image
+/// object's blob gets a copy, once).
+#[derive(Default)]
+pub(crate) struct ImageCopies {
+    /// (node, copy id) pairs already there.
+    pub(crate) on_nodes: std::sync::Mutex<HashSet<(String, String)>>,
+    /// One copy at a time, so two tasks never copy the same image.
+    pub(crate) copying: Mutex<()>,
+}
+
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
+
+/// Time allowed beyond a task's own timeout (image pull or load, copies).
+pub(crate) const DEADLINE_SLACK: Duration = Duration::from_secs(900);
+
+/// A blob a task produced, and the nodes holding it.
+#[derive(Debug, Clone)]
+pub(crate) struct Blob {
+    pub(crate) id: String,
+    pub(crate) size: u64,
+    pub(crate) md5: String,
+    pub(crate) replicas: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Success {
+        stdout: Option<Blob>,
+        pieces: Vec<(u32, Blob)>,
+    },
+    Failed {
+        code: JobErrorCode,
+        message: String,
+        stderr: Option<Blob>,
+    },
+    /// Not run: no holder of the input is reachable now.
+    Requeue,
+}
+
+pub(crate) fn failed(code: JobErrorCode, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        code,
+        message: message.into(),
+        stderr: None,
+    }
+}
+
+pub(crate) struct Finished {
+    pub(crate) task: TaskRecord,
+    pub(crate) outcome: Outcome,
+    pub(crate) retries: u64,
+    pub(crate) bytes_local: u64,
+    pub(crate) bytes_remote: u64,
+    /// Inputs a reducer was refused when it came to read them.
+    pub(crate) refused: Vec<ErrorRecord>,
+    /// Keep the task's blobs from the orphan sweep until committed.
+    pub(crate) _leases: Vec<BlobHold>,
+}
+
+/// What one attempt of a task needs to know about its job.
+#[derive(Clone)]
+pub(crate) struct TaskCtx {
+    pub(crate) active: Arc<ActiveJob>,
+    pub(crate) job: String,
+    pub(crate) tenant: String,
+    pub(crate) phase: u32,
+    pub(crate) spec: PhaseSpec,
+    pub(crate) split: Option<u32>,
+}
+
+pub(crate) enum AttemptError {
+    /// An internal failure: worth another attempt elsewhere.
+    Retry(String),
+    Fail(JobErrorCode, String),
+}
+
+pub(crate) async fn run_map(
+    sv: Arc<Supervisor>,
+    ctx: TaskCtx,
+    mut task: TaskRecord,
+    run: MapRun,
+) -> Finished {
+    let span = tracing::info_span!("task", tenant = %ctx.tenant, job = %ctx.job, task = %task.id, phase = ctx.phase);
+    async move {
+        let mut leases = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        let MapRun {
+            slot: first_slot,
+            holders,
+            input,
+            input_lease,
+        } = run;
+        leases.push(input_lease);
+        let mut node = Some(first_slot.node.clone());
+        let mut placed = Some(first_slot);
+        let mut retries = 0;
+        let input_key = task.input.clone().unwrap_or_default();
+        loop {
+            let Some(n) = node.clone() else {
+                // No reachable holder now: back to the queue until one is
+                // (a returning node, or repair's new replica).
+                return finished(task, Outcome::Requeue, retries, 0, 0, leases);
+            };
+            let _slot = match placed.take() {
+                Some(s) => s,
+                None => Slot::take(&sv, &n, &ctx.tenant),
+            };
+            task.attempts += 1;
+            task.node = Some(n.clone());
+            let input_blob = (input.size > 0).then(|| input.id.clone());
+            let id = attempt_id(&task);
+            match attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await {
+                Ok(outcome) => return finished(task, outcome, retries, input.size, 0, leases),
+                Err(AttemptError::Fail(code, message)) => {
+                    return finished(task, failed(code, message), retries, 0, 0, leases)
+                }
+                Err(AttemptError::Retry(why)) => {
+                    tracing::warn!(node = %n, error = %why, "task attempt failed; trying another holder");
+                    if never_started(&sv, &n) {
+                        task.attempts -= 1;
+                    }
+                    tried.push(n);
+                    node = plan::choose_node(&holders, &tried, |x| sv.load.tasks_on(x), u32::MAX)
+                        .filter(|x| sv.nodes.is_up(x));
+                    if task.attempts >= MAX_ATTEMPTS {
+                        let outcome = failed(
+                            JobErrorCode::InternalError,
+                            format!("task failed after {} attempts: {why}", task.attempts),
+                        );
+                        return finished(task, outcome, retries, 0, 0, leases);
+                    }
+                    retries += 1;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+pub(crate) fn finished(
+    task: TaskRecord,
+    outcome: Outcome,
+    retries: u64,
+    bytes_local: u64,
+    bytes_remote: u64,
+    leases: Vec<BlobHold>,
+) -> Finished {
+    Finished {
+        task,
+        outcome,
+        retries,
+        bytes_local,
+        bytes_remote,
+        refused: Vec::new(),
+        _leases: leases,
+    }
+}
+
+/// The image a task runs in: a name, or an image tarball object made
+/// available on the node (returned as the blob to load).
+pub(crate) async fn image_for(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    node: &str,
+) -> Result<(String, Option<String>), AttemptError> {
+    let object = match &ctx.spec.image {
+        ImageRef::Name(n) => return Ok((n.clone(), None)),
+        ImageRef::Object { object } => object.clone(),
+    };
+    let (bucket, key) = split(object.strip_prefix("s3://").unwrap_or(&object));
+    let not_found = || {
+        AttemptError::Fail(
+            JobErrorCode::ImageNotFoundError,
+            format!("image object {object} does not exist"),
+        )
+    };
+    let b = sv
+        .catalog
+        .get_bucket(&bucket)
+        .await
+        .map_err(|e| AttemptError::Retry(e.to_string()))?
+        .ok_or_else(not_found)?;
+    let obj = sv
+        .catalog
+        .get_object(&bucket, &key)
+        .await
+        .map_err(|e| AttemptError::Retry(e.to_string()))?
+        .ok_or_else(not_found)?;
+    if !may_read(&ctx.tenant, &b, &obj) {
+        return Err(AttemptError::Fail(
+            JobErrorCode::AccessDeniedError,
+            format!("tenant {} may not read image {object}", ctx.tenant),
+        ));
+    }
+    let label = format!("image object {object}");
+    if obj.blob.replicas.iter().any(|n| n == node) {
+        return Ok((label, Some(obj.blob.id)));
+    }
+    let copy_id = format!("img-{}", obj.blob.id);
+    let pair = (node.to_string(), copy_id.clone());
+    let _one_at_a_time = sv.images.copying.lock().await;
+    let present = sv
+        .images
+        .on_nodes
+        .lock()
+        .map(|s| s.contains(&pair))
+        .unwrap_or(false);
+    if !present {
+        let lease = sv.holds.hold(&copy_id);
+        match sv.nodes.copy_to(&obj.blob, node, &copy_id).await {
+            Ok(_) => {}
+            // Already there from an earlier job.
+            Err(NodeCallError::Status { status: 409, .. }) => {}
+            Err(e) => return Err(AttemptError::Retry(format!("copying the image: {e}"))),
+        }
+        if let Some(job) = sv.active(&ctx.job) {
+            if let Ok(mut l) = job.image_leases.lock() {
+                l.push(lease);
+            }
+        }
+        if let Ok(mut s) = sv.images.on_nodes.lock() {
+            s.insert(pair);
+        }
+    }
+    Ok((label, Some(copy_id)))
+}
+
+/// One attempt of a task on one node: run it, then replicate what it
+/// produced.
+/// A task id for one attempt on a node, unique even across gateway
+/// restarts (an earlier gateway's attempt may still be running there).
+pub(crate) fn attempt_id(task: &TaskRecord) -> String {
+    format!(
+        "{}-a{}-{:06x}",
+        task.id,
+        task.attempts,
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn attempt(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    task: &TaskRecord,
+    attempt_id: &str,
+    node: &str,
+    input_blob: Option<String>,
+    input_key: &str,
+    leases: &mut Vec<BlobHold>,
+) -> Result<Outcome, AttemptError> {
+    let (image, image_blob) = image_for(sv, ctx, node).await?;
+    let stdout_blob = new_blob_id();
+    let stderr_blob = new_blob_id();
+    leases.push(sv.holds.hold(&stdout_blob));
+    leases.push(sv.holds.hold(&stderr_blob));
+    if let Some(n) = ctx.split {
+        for r in 0..n {
+            leases.push(sv.holds.hold(&format!("{stdout_blob}-r{r}")));
+        }
+    }
+    let mut env: Vec<(String, String)> = ctx
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (in_bucket, in_key) = input_key.split_once('/').unwrap_or(("", input_key));
+    env.push(("INSITU_INPUT_BUCKET".into(), in_bucket.to_string()));
+    env.push(("INSITU_INPUT_KEY".into(), in_key.to_string()));
+    env.push(("INSITU_JOB_ID".into(), ctx.job.clone()));
+    env.push(("INSITU_PHASE".into(), ctx.phase.to_string()));
+    env.push(("INSITU_TASK_ID".into(), task.id.clone()));
+    if let Some(r) = task.reducer {
+        env.push(("INSITU_REDUCER".into(), r.to_string()));
+    }
+    let req = TaskRequest {
+        tenant: ctx.tenant.clone(),
+        job: ctx.job.clone(),
+        phase: ctx.phase,
+        image,
+        image_blob,
+        runtime: ctx.spec.runtime.clone(),
+        memory_mb: ctx.spec.memory_mb(),
+        cpus: ctx.spec.cpus(),
+        disk_mb: ctx.spec.disk_mb(),
+        output_mb: ctx.spec.output_mb(),
+        timeout_s: ctx.spec.timeout_s(),
+        task_id: attempt_id.to_string(),
+        exec: ctx.spec.exec.clone(),
+        init: ctx.spec.init.clone(),
+        input_blob,
+        env,
+        stdout_blob: stdout_blob.clone(),
+        stderr_blob: stderr_blob.clone(),
+        split: ctx.split,
+        input_stream: task.reducer.is_some(),
+    };
+    // The image first, once per (phase, node): a pull or load is its own
+    // state, not part of the task's time.
+    let key = (ctx.phase, node.to_string());
+    let ready = ctx
+        .active
+        .prepared
+        .lock()
+        .map(|p| p.contains(&key))
+        .unwrap_or(false);
+    if !ready {
+        adjust(&ctx.active.preparing, ctx.phase, 1);
+        let prepared = sv.nodes.prepare_image(node, &req, DEADLINE_SLACK).await;
+        adjust(&ctx.active.preparing, ctx.phase, -1);
+        match prepared {
+            Ok(()) => {
+                if let Ok(mut p) = ctx.active.prepared.lock() {
+                    p.insert(key);
+                }
+            }
+            Err(e) => {
+                // A copied image object may have been swept from the node
+                // since: copy it again next time.
+                if let (Some(blob), Ok(mut copies)) = (&req.image_blob, sv.images.on_nodes.lock()) {
+                    copies.remove(&(node.to_string(), blob.clone()));
+                }
+                return Err(node_failure(e));
+            }
+        }
+    }
+    // A reducer's clock starts when its input ends, which may be long after
+    // the call; the node enforces its timeout, and the node's liveness is
+    // watched anyway.
+    let deadline = match req.input_stream {
+        true => Duration::from_secs(366 * 24 * 3600),
+        false => Duration::from_secs(ctx.spec.timeout_s()) + DEADLINE_SLACK,
+    };
+    let resp: TaskResponse = match sv.nodes.run_task(node, &req, deadline).await {
+        Ok(r) => r,
+        Err(e) => return Err(node_failure(e)),
+    };
+    let on_node = |id: String, size: u64, md5: String| Blob {
+        id,
+        size,
+        md5,
+        replicas: vec![node.to_string()],
+    };
+    match resp.end {
+        TaskEndReport::Exited { code: 0 } => {
+            if ctx.split.is_some() {
+                let mut pieces = Vec::new();
+                for p in resp.pieces {
+                    let blob = replicate(sv, on_node(p.blob, p.size, p.md5)).await;
+                    pieces.push((p.reducer, blob));
+                }
+                Ok(Outcome::Success {
+                    stdout: None,
+                    pieces,
+                })
+            } else {
+                let blob = on_node(stdout_blob, resp.stdout_size, resp.stdout_md5);
+                Ok(Outcome::Success {
+                    stdout: Some(replicate(sv, blob).await),
+                    pieces: Vec::new(),
+                })
+            }
+        }
+        end => {
+            let _ = sv.nodes.delete(node, &stdout_blob).await;
+            let stderr = if resp.stderr_kept {
+                Some(replicate(sv, on_node(stderr_blob, resp.stderr_size, String::new())).await)
+            } else {
+                None
+            };
+            let last_line = resp
+                .stderr_preview
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .chars()
+                .take(512)
+                .collect::<String>();
+            let (code, message) = match end {
+                TaskEndReport::Exited { code } => (
+                    JobErrorCode::UserTaskError,
+                    format!("exec exited with status {code}: {last_line}"),
+                ),
+                TaskEndReport::Killed { resource } => (
+                    JobErrorCode::TaskKilledError,
+                    format!("the task exceeded its {resource} limit and was killed"),
+                ),
+                TaskEndReport::TimedOut => (
+                    JobErrorCode::TaskTimeoutError,
+                    format!(
+                        "the task ran longer than its {} s timeout",
+                        ctx.spec.timeout_s()
+                    ),
+                ),
+            };
+            Ok(Outcome::Failed {
+                code,
+                message,
+                stderr,
+            })
+        }
+    }
+}
+
+/// What a node's refusal means for a task: its own failure (bad image,
+/// bad spec, failed `init`), or an internal one worth another attempt.
+pub(crate) fn node_failure(e: NodeCallError) -> AttemptError {
+    match e {
+        NodeCallError::Status {
+            status: 400 | 404 | 422,
+            body,
+            ..
+        } => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let message = v["message"].as_str().unwrap_or(&body).to_string();
+            match v["code"].as_str() {
+                Some("ImageNotFoundError") => {
+                    AttemptError::Fail(JobErrorCode::ImageNotFoundError, message)
+                }
+                Some("UserTaskError") => AttemptError::Fail(JobErrorCode::UserTaskError, message),
+                Some("InvalidArgumentError") => {
+                    AttemptError::Fail(JobErrorCode::InvalidArgumentError, message)
+                }
+                // The input replica vanished from that node.
+                _ => AttemptError::Retry(message),
+            }
+        }
+        e => AttemptError::Retry(e.to_string()),
+    }
+}
+
+/// Copies a task's blob from its node to R-1 more. A copy that fails is
+/// left to repair, which restores every committed blob to R replicas.
+pub(crate) async fn replicate(sv: &Arc<Supervisor>, mut blob: Blob) -> Blob {
+    let want = sv.config.replicas.saturating_sub(1);
+    if want == 0 {
+        return blob;
+    }
+    let targets = match sv
+        .nodes
+        .place_more(&blob.id, want, blob.size, &blob.replicas)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(blob = %blob.id, error = %e, "task output left under-replicated; repair will copy it");
+            return blob;
+        }
+    };
+    let source = BlobRef {
+        id: blob.id.clone(),
+        size: blob.size,
+        replicas: blob.replicas.clone(),
+    };
+    let copies = targets
+        .iter()
+        .map(|t| sv.nodes.copy_to(&source, t, &blob.id));
+    for (t, r) in targets.iter().zip(futures::future::join_all(copies).await) {
+        match r {
+            Ok(_) => blob.replicas.push(t.clone()),
+            Err(e) => {
+                tracing::warn!(blob = %blob.id, node = %t, error = %e, "copy of a task output failed; repair will retry")
+            }
+        }
+    }
+    blob
+}
+
+/// A new blob id for a task's output.
+fn new_blob_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,360 @@
+//! Outcomes committed atomically with the job's state: outputs, successors,
+//! counters and errors; and the ends of a job (done, cancelled) with their
+//! cleanup.
+
+use std::sync::Arc;
+
+use insitu_catalog::{
+    now_ms, BlobRef, CannedAcl, JobChange, ListQuery, ObjectHeaders, ObjectRecord,
+};
+use insitu_job_model::plan::{self, Downstream, OutputPlace};
+use insitu_job_model::records::{
+    ErrorRecord, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
+};
+use insitu_job_model::JobErrorCode;
+
+use crate::active::*;
+use crate::attempt::*;
+use crate::inputs::*;
+use crate::Supervisor;
+
+pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
+    ObjectRecord {
+        size: blob.size,
+        etag: blob.md5.clone(),
+        last_modified_ms: now_ms(),
+        owner: tenant.to_string(),
+        headers: ObjectHeaders::default(),
+        acl: CannedAcl::Private,
+        blob: BlobRef {
+            id: blob.id.clone(),
+            size: blob.size,
+            replicas: blob.replicas.clone(),
+        },
+        parts_count: 0,
+        part_sizes: Vec::new(),
+    }
+}
+
+/// Records a task's outcome: its output objects, its successors, its
+/// counters and its own state, in one atomic batch.
+/// Commits finished tasks in one atomic batch; if that fails (an output
+/// bucket is gone), one by one, so each failure is recorded on its own.
+pub(crate) async fn commit_all(sv: &Arc<Supervisor>, job: &ActiveJob, fins: Vec<Finished>) {
+    if fins.len() > 1 {
+        let mut rec = job.record.lock().await;
+        if rec.state.is_final() {
+            return;
+        }
+        let mut current = rec.clone();
+        let mut merged = JobChange::default();
+        let mut built = true;
+        for fin in &fins {
+            match build_commit(sv, &current, fin, true).await {
+                Ok((step, new)) => {
+                    merged.merge(step);
+                    current = new;
+                }
+                Err(_) => {
+                    built = false;
+                    break;
+                }
+            }
+        }
+        if built && job.commit(sv, merged).await.is_ok() {
+            *rec = current;
+            return;
+        }
+    }
+    for fin in fins {
+        commit(sv, job, fin).await;
+    }
+}
+
+pub(crate) async fn commit(sv: &Arc<Supervisor>, job: &ActiveJob, fin: Finished) {
+    let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return;
+    }
+    let first_try = build_commit(sv, &rec, &fin, true).await;
+    let result = match first_try {
+        Ok((step, new)) => job.commit(sv, step).await.map(|_| new),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(new) => *rec = new,
+        // Another gateway drives the job: nothing of this is recorded.
+        Err(insitu_catalog::CatalogError::Fenced(_)) => {}
+        Err(e) => {
+            // The output bucket is gone (or the catalog refused): the task
+            // fails with an internal error rather than lose its record.
+            tracing::error!(task = %fin.task.id, error = %e, "committing task output failed");
+            let fail = Finished {
+                task: fin.task.clone(),
+                outcome: failed(
+                    JobErrorCode::InternalError,
+                    format!("committing the output failed: {e}"),
+                ),
+                retries: fin.retries,
+                bytes_local: fin.bytes_local,
+                bytes_remote: fin.bytes_remote,
+                refused: fin.refused.clone(),
+                _leases: Vec::new(),
+            };
+            if let Ok((step, new)) = build_commit(sv, &rec, &fail, false).await {
+                if job.commit(sv, step).await.is_ok() {
+                    *rec = new;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn build_commit(
+    sv: &Supervisor,
+    rec: &JobRecord,
+    fin: &Finished,
+    with_objects: bool,
+) -> Result<(JobChange, JobRecord), insitu_catalog::CatalogError> {
+    let mut new = rec.clone();
+    let mut step = JobChange::default();
+    let phase = fin.task.phase as usize;
+    let last = phase + 1 == rec.spec.phases.len();
+    let out = OutputPlace::of(&rec.spec);
+    let mut task = fin.task.clone();
+    new.counters.retries += fin.retries;
+    new.phases[phase].bytes_local += fin.bytes_local;
+    new.phases[phase].bytes_remote += fin.bytes_remote;
+    for refused in &fin.refused {
+        add_error(&mut step, &mut new, refused.clone());
+    }
+    let bucket = if with_objects {
+        Some(
+            output_bucket(sv.catalog.as_ref(), &rec.tenant, &rec.spec)
+                .await
+                .map_err(|e| insitu_catalog::CatalogError::Corrupt(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    match (&fin.outcome, bucket) {
+        (Outcome::Success { stdout, pieces }, Some(bucket)) => {
+            task.state = TaskState::Done;
+            new.phases[phase].done += 1;
+            if let Some(blob) = stdout {
+                let key = out.output_key(
+                    &rec.id,
+                    fin.task.phase,
+                    last,
+                    &task.id,
+                    task.input.as_deref(),
+                    task.reducer,
+                );
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
+                let loc = format!("{}/{key}", bucket.name);
+                match plan::downstream(&rec.spec, phase) {
+                    Downstream::None => {
+                        step.add_output(
+                            &rec.id,
+                            new.seq.output,
+                            OutputRecord {
+                                phase: fin.task.phase,
+                                task: task.id.clone(),
+                                object: loc,
+                                size: blob.size,
+                            },
+                        );
+                        new.seq.output += 1;
+                        new.counters.outputs += 1;
+                    }
+                    Downstream::Map => add_map_task(&mut step, &mut new, fin.task.phase + 1, loc),
+                    Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
+                        let r = plan::reducer_for_name(&loc, count);
+                        step.add_piece(
+                            &rec.id,
+                            fin.task.phase + 1,
+                            r,
+                            new.seq.piece,
+                            PieceRecord {
+                                bucket: bucket.name.clone(),
+                                key,
+                                size: blob.size,
+                            },
+                        );
+                        new.seq.piece += 1;
+                    }
+                }
+            }
+            for (r, blob) in pieces {
+                let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
+                step.add_piece(
+                    &rec.id,
+                    fin.task.phase + 1,
+                    *r,
+                    new.seq.piece,
+                    PieceRecord {
+                        bucket: bucket.name.clone(),
+                        key,
+                        size: blob.size,
+                    },
+                );
+                new.seq.piece += 1;
+            }
+        }
+        (outcome, bucket) => {
+            let (code, message, stderr) = match outcome {
+                Outcome::Failed {
+                    code,
+                    message,
+                    stderr,
+                } => (*code, message.clone(), stderr.as_ref()),
+                Outcome::Success { .. } | Outcome::Requeue => (
+                    JobErrorCode::InternalError,
+                    "the output bucket is gone".to_string(),
+                    None,
+                ),
+            };
+            task.state = TaskState::Failed;
+            new.phases[phase].failed += 1;
+            let mut stderr_loc = None;
+            if let (Some(blob), Some(bucket)) = (stderr, bucket) {
+                let key = OutputPlace::stderr_key(&rec.id, &task.id, task.attempts);
+                stderr_loc = Some(format!("{}/{key}", bucket.name));
+                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
+            }
+            let input = match (&task.input, task.reducer) {
+                (Some(i), _) => i.clone(),
+                (None, Some(r)) => format!("reducer {r}"),
+                _ => String::new(),
+            };
+            add_error(
+                &mut step,
+                &mut new,
+                ErrorRecord {
+                    phase: fin.task.phase,
+                    task: task.id.clone(),
+                    input,
+                    code,
+                    message,
+                    stderr: stderr_loc,
+                    node: task.node.clone(),
+                },
+            );
+        }
+    }
+    match task.reducer {
+        Some(_) => step.put_reducer(&rec.id, task),
+        None => {
+            let seq = plan::map_task_seq(&task.id).ok_or_else(|| {
+                insitu_catalog::CatalogError::Corrupt(format!("map task id {}", task.id))
+            })?;
+            step.put_task(&rec.id, seq, task);
+        }
+    }
+    step.put_job(&new);
+    Ok((step, new))
+}
+
+/// The job is complete: record it, remove intermediate objects, and end
+/// the job's containers on every node.
+pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
+    // Containers and intermediate outputs go first, so that a job seen as
+    // done has nothing left running and nothing left over (a crash in
+    // between repeats this, which is harmless).
+    let snapshot = job.record.lock().await.clone();
+    cleanup(sv, job, &snapshot).await;
+    let mut rec = job.record.lock().await;
+    if rec.state.is_final() {
+        return;
+    }
+    let mut new = rec.clone();
+    new.state = JobState::Done;
+    new.done_ms = Some(now_ms());
+    let mut step = JobChange::default();
+    step.put_job(&new);
+    step.release_lease(&new.id);
+    if let Err(e) = job.commit(sv, step).await {
+        tracing::error!(error = %e, "cannot record the job as done");
+        return;
+    }
+    *rec = new.clone();
+    tracing::info!(
+        outputs = new.counters.outputs,
+        errors = new.counters.errors,
+        retries = new.counters.retries,
+        "job done"
+    );
+}
+
+pub(crate) async fn cancelled(sv: &Arc<Supervisor>, job: &ActiveJob, aborted: Vec<TaskRecord>) {
+    let rec = {
+        let mut rec = job.record.lock().await;
+        let mut new = rec.clone();
+        let mut step = JobChange::default();
+        for task in aborted {
+            add_error(
+                &mut step,
+                &mut new,
+                ErrorRecord {
+                    phase: task.phase,
+                    task: task.id.clone(),
+                    input: task
+                        .input
+                        .clone()
+                        .unwrap_or_else(|| format!("reducer {}", task.reducer.unwrap_or(0))),
+                    code: JobErrorCode::JobCancelledError,
+                    message: "the job was cancelled while the task ran".into(),
+                    stderr: None,
+                    node: task.node.clone(),
+                },
+            );
+        }
+        step.put_job(&new);
+        if job.commit(sv, step).await.is_ok() {
+            *rec = new;
+        }
+        rec.clone()
+    };
+    cleanup(sv, job, &rec).await;
+    // Now nothing of the job is left to do: its lease goes.
+    let mut step = JobChange::default();
+    step.release_lease(&rec.id);
+    if let Err(e) = job.commit(sv, step).await {
+        tracing::warn!(error = %e, "cannot release the cancelled job's lease; its next owner will");
+    }
+}
+
+pub(crate) async fn cleanup(sv: &Arc<Supervisor>, job: &ActiveJob, rec: &JobRecord) {
+    for node in sv.nodes.node_ids() {
+        for phase in 0..rec.spec.phases.len() as u32 {
+            if let Err(e) = sv.nodes.end_group(&node, &rec.tenant, &rec.id, phase).await {
+                tracing::debug!(node = %node, error = %e, "ending task group");
+            }
+        }
+    }
+    // Intermediate outputs served their purpose; saved stderr stays.
+    let out = OutputPlace::of(&rec.spec);
+    let prefix = format!("{}p", OutputPlace::job_prefix(&rec.id));
+    let query = ListQuery {
+        prefix,
+        delimiter: None,
+        start_after: None,
+        max: 1000,
+    };
+    while let Ok(page) = sv.catalog.list_objects(&out.bucket, &query).await {
+        if page.objects.is_empty() {
+            break;
+        }
+        let mut step = JobChange::default();
+        for (k, _) in page.objects {
+            step.delete_object(&out.bucket, &k);
+        }
+        if job.commit(sv, step).await.is_err() {
+            break;
+        }
+    }
+    if let Ok(mut l) = job.image_leases.lock() {
+        l.clear();
+    }
+}

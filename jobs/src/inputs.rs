@@ -1,0 +1,193 @@
+//! A job's inputs: adding them (as map tasks or reducer pieces), and the
+//! read check made on the version that is read.
+
+use insitu_catalog::{BucketRecord, Catalog, CatalogError, JobChange, ObjectRecord};
+use insitu_job_model::plan::{self, OutputPlace};
+use insitu_job_model::records::{self, InputRecord, JobRecord, PieceRecord, TaskRecord, TaskState};
+use insitu_job_model::{JobSpec, PhaseKind};
+
+use crate::error::*;
+
+/// Splits `bucket/key`.
+pub(crate) fn split(loc: &str) -> (String, String) {
+    match loc.split_once('/') {
+        Some((b, k)) => (b.to_string(), k.to_string()),
+        None => (loc.to_string(), String::new()),
+    }
+}
+
+/// The output bucket, which the tenant must own.
+pub(crate) async fn output_bucket(
+    catalog: &dyn Catalog,
+    tenant: &str,
+    spec: &JobSpec,
+) -> Result<BucketRecord, JobError> {
+    let out = OutputPlace::of(spec);
+    let bucket = catalog.get_bucket(&out.bucket).await?.ok_or_else(|| {
+        JobError::Invalid(format!("output: bucket {} does not exist", out.bucket))
+    })?;
+    if bucket.owner != tenant {
+        return Err(JobError::AccessDenied(format!(
+            "output: bucket {} belongs to another tenant",
+            out.bucket
+        )));
+    }
+    Ok(bucket)
+}
+
+/// Adds inputs to a job record being built into `step`: a map task each
+/// when the first phase is a map, or a reducer piece each when it is a
+/// reduce (routed by the input's name; checked here, since no map task
+/// checks it). An input already in the job is not added again: its output
+/// would have the same name.
+pub(crate) async fn add_inputs(
+    catalog: &dyn Catalog,
+    step: &mut JobChange,
+    rec: &mut JobRecord,
+    inputs: &[(String, String, u64)],
+) -> Result<(), CatalogError> {
+    let first = rec.spec.phases[0].clone();
+    let mut batch = std::collections::HashSet::new();
+    for (bucket, key, size) in inputs {
+        let loc = format!("{bucket}/{key}");
+        let known = !batch.insert(loc.clone()) || catalog.job_has_input(&rec.id, &loc).await?;
+        if known {
+            continue;
+        }
+        step.add_input(&rec.id, rec.seq.input, InputRecord { input: loc.clone() });
+        rec.seq.input += 1;
+        rec.counters.inputs += 1;
+        match first.kind {
+            PhaseKind::Map => add_map_task(step, rec, 0, loc),
+            PhaseKind::Reduce => {
+                let refused = match check_input(catalog, &rec.tenant, bucket, key).await {
+                    Ok(checked) => {
+                        let r = plan::reducer_for_name(&loc, first.reducers());
+                        step.add_piece(
+                            &rec.id,
+                            0,
+                            r,
+                            rec.seq.piece,
+                            PieceRecord {
+                                bucket: bucket.clone(),
+                                key: key.clone(),
+                                size: checked.size,
+                            },
+                        );
+                        rec.seq.piece += 1;
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                };
+                if let Some((code, message)) = refused {
+                    add_error(
+                        step,
+                        rec,
+                        records::ErrorRecord {
+                            phase: 0,
+                            task: String::new(),
+                            input: loc,
+                            code,
+                            message,
+                            stderr: None,
+                            node: None,
+                        },
+                    );
+                }
+                let _ = size;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Queues a map task of `phase` over `input` (`bucket/key`) in a step.
+pub(crate) fn add_map_task(step: &mut JobChange, rec: &mut JobRecord, phase: u32, input: String) {
+    let task = TaskRecord {
+        id: plan::map_task_id(rec.seq.task),
+        phase,
+        input: Some(input),
+        reducer: None,
+        state: TaskState::Queued,
+        node: None,
+        attempts: 0,
+    };
+    step.put_task(&rec.id, rec.seq.task, task);
+    rec.seq.task += 1;
+    rec.phases[phase as usize].tasks += 1;
+}
+
+/// Whether the tenant may read `bucket/key` as a job input: the object
+/// record that was checked (read that version, and no other: the key may
+/// be overwritten with other permissions meanwhile), or the error the
+/// input gets (answered as S3 would: a missing key is only reported as
+/// missing to someone who may list the bucket).
+pub(crate) async fn check_input(
+    catalog: &dyn Catalog,
+    tenant: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<insitu_catalog::ObjectRecord, (insitu_job_model::JobErrorCode, String)> {
+    use insitu_job_model::JobErrorCode;
+    let loc = format!("{bucket}/{key}");
+    let internal = |e: CatalogError| (JobErrorCode::InternalError, e.to_string());
+    let Some(b) = catalog.get_bucket(bucket).await.map_err(internal)? else {
+        return Err((
+            JobErrorCode::ResourceNotFoundError,
+            format!("bucket {bucket} does not exist"),
+        ));
+    };
+    match catalog.get_object(bucket, key).await.map_err(internal)? {
+        Some(o) if may_read(tenant, &b, &o) => Ok(o),
+        None if may_list(tenant, &b) => Err((
+            JobErrorCode::ResourceNotFoundError,
+            format!("object {loc} does not exist"),
+        )),
+        _ => Err((
+            JobErrorCode::AccessDeniedError,
+            format!("tenant {tenant} may not read {loc}"),
+        )),
+    }
+}
+
+/// Records an error (and, for a job input, a failed input) in a step.
+pub(crate) fn add_error(step: &mut JobChange, rec: &mut JobRecord, err: records::ErrorRecord) {
+    if err.phase == 0 && !err.input.is_empty() {
+        step.add_failed_input(
+            &rec.id,
+            rec.seq.failed_input,
+            InputRecord {
+                input: err.input.clone(),
+            },
+        );
+        rec.seq.failed_input += 1;
+    }
+    step.add_error(&rec.id, rec.seq.error, err);
+    rec.seq.error += 1;
+    rec.counters.errors += 1;
+}
+
+/// Parses `bucket/key` inputs given to the API.
+pub(crate) fn parse_inputs(inputs: &[String]) -> Result<Vec<(String, String, u64)>, JobError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            insitu_job_model::spec::split_location(&format!("inputs[{i}]"), s, false)
+                .map(|(b, k)| (b, k, 0))
+                .map_err(|e| JobError::Invalid(e.to_string()))
+        })
+        .collect()
+}
+
+/// Whether the tenant may read an input object: as S3's GET, it owns the
+/// bucket, or the object's ACL lets authenticated users read it.
+pub(crate) fn may_read(tenant: &str, bucket: &BucketRecord, obj: &ObjectRecord) -> bool {
+    bucket.owner == tenant || obj.acl.lets_read(true)
+}
+
+/// Whether the tenant may list a bucket (and so learn that a key is
+/// missing): it owns it, or the bucket's ACL lets authenticated users read.
+pub(crate) fn may_list(tenant: &str, bucket: &BucketRecord) -> bool {
+    bucket.owner == tenant || bucket.acl.lets_read(true)
+}

@@ -1,0 +1,160 @@
+//! Where a task runs: the up holders of its input with a free slot, within
+//! its tenant's share; and why a task waits when none will do.
+
+use std::sync::Arc;
+
+use insitu_catalog::BlobRef;
+use insitu_job_model::plan;
+use insitu_job_model::records::{JobRecord, TaskRecord};
+use insitu_job_model::JobErrorCode;
+
+use crate::host::*;
+use crate::inputs::*;
+use crate::Supervisor;
+
+/// A task slot on a node, released when dropped.
+pub(crate) struct Slot {
+    pub(crate) sv: Arc<Supervisor>,
+    pub(crate) node: String,
+    pub(crate) tenant: String,
+}
+
+impl Slot {
+    pub(crate) fn take(sv: &Arc<Supervisor>, node: &str, tenant: &str) -> Self {
+        sv.load.take_slot(node, tenant);
+        Self {
+            sv: sv.clone(),
+            node: node.to_string(),
+            tenant: tenant.to_string(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sv.load.release_slot(&self.node, &self.tenant);
+    }
+}
+
+pub(crate) enum Place {
+    Run(MapRun),
+    Wait(Waiting),
+    Fail(JobErrorCode, String),
+}
+
+/// Where a map task runs and what it reads.
+pub(crate) struct MapRun {
+    /// The slot taken on the chosen node, at placement, so that one
+    /// dispatch pass cannot overfill a node.
+    pub(crate) slot: Slot,
+    pub(crate) holders: Vec<String>,
+    pub(crate) input: BlobRef,
+    /// The version checked is the version read: GC keeps its blob while
+    /// the task waits for its image and runs, even if the key is
+    /// overwritten meanwhile.
+    pub(crate) input_lease: BlobHold,
+}
+
+/// Why a queued task is not running yet (reported in the job's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Waiting {
+    /// Its nodes' slots are taken.
+    NodeBusy,
+    /// Other tenants wait too, and this tenant has its share of the slots
+    /// (or its cap).
+    TenantShare,
+    /// No node holding a replica of its input is up.
+    NoLiveReplica,
+    /// The catalog could not be read; tried again shortly.
+    Catalog,
+}
+
+impl Waiting {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::NodeBusy => "node_busy",
+            Self::TenantShare => "tenant_share",
+            Self::NoLiveReplica => "no_live_replica",
+            Self::Catalog => "catalog",
+        }
+    }
+}
+
+pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &TaskRecord) -> Place {
+    let loc = task.input.clone().unwrap_or_default();
+    let (bucket, key) = split(&loc);
+    // The version checked is the version read: the key may be overwritten
+    // with other permissions at any moment.
+    let obj = match check_input(sv.catalog.as_ref(), &rec.tenant, &bucket, &key).await {
+        Ok(o) => o,
+        Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
+        Err((code, message)) => return Place::Fail(code, message),
+    };
+    let slots = sv.config.task_slots;
+    let up = |n: &String| sv.nodes.is_up(n);
+    // With no bytes there is nothing to be local to: any up node will do.
+    let holders: Vec<String> = if obj.blob.size == 0 {
+        sv.nodes.node_ids().into_iter().filter(up).collect()
+    } else {
+        obj.blob
+            .replicas
+            .iter()
+            .filter(|n| up(n))
+            .cloned()
+            .collect()
+    };
+    if holders.is_empty() {
+        // Repair or a returning node will make a replica available.
+        return Place::Wait(Waiting::NoLiveReplica);
+    }
+    // The share first: a tenant over its share waits for that reason,
+    // whether or not a slot happens to be free at this moment.
+    let total = (sv.nodes.node_ids().into_iter().filter(up).count() as u32) * slots;
+    if !sv
+        .load
+        .may_start(&rec.tenant, total, sv.config.tenant_max_tasks)
+    {
+        sv.load.note_waiting(&rec.tenant);
+        return Place::Wait(Waiting::TenantShare);
+    }
+    let Some(node) = plan::choose_node(&holders, &[], |n| sv.load.tasks_on(n), slots) else {
+        sv.load.note_waiting(&rec.tenant);
+        return Place::Wait(Waiting::NodeBusy);
+    };
+    Place::Run(MapRun {
+        slot: Slot::take(sv, &node, &rec.tenant),
+        holders,
+        input_lease: sv.holds.hold(&obj.blob.id),
+        input: obj.blob,
+    })
+}
+
+/// A reducer placed on a node, counted until dropped (reducers wait for
+/// input, so they do not take task slots, or maps could never run).
+pub(crate) struct ReducerPlace {
+    pub(crate) sv: Arc<Supervisor>,
+    pub(crate) node: String,
+}
+
+impl ReducerPlace {
+    pub(crate) fn take(sv: &Arc<Supervisor>, node: &str) -> Self {
+        sv.load.add_reducer(node, 1);
+        Self {
+            sv: sv.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for ReducerPlace {
+    fn drop(&mut self) {
+        self.sv.load.add_reducer(&self.node, -1);
+    }
+}
+
+/// A failed call to a node now marked unreachable never started the task
+/// (a stale address after a restart, a node that just died): it does not
+/// count against the task's attempts.
+pub(crate) fn never_started(sv: &Supervisor, node: &str) -> bool {
+    !sv.nodes.is_up(node)
+}

@@ -1,0 +1,545 @@
+//! The supervisor's state machine against a fake node client and a real
+//! embedded catalog: placement by locality, retries, task errors, reducer
+//! feeding, access checks and cancellation, with no HTTP and no Docker.
+//! (The same paths run end to end, with real nodes and containers, in
+//! `tests/tests/jobs.rs`.)
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use insitu_catalog::{BlobRef, CannedAcl, Catalog, ObjectHeaders, ObjectRecord};
+use insitu_jobs::records::{JobRecord, JobState};
+use insitu_jobs::{
+    BlobHold, BlobHolds, JobList, JobSpec, NodeCallError, NodeClient, NodeResult, Peers,
+    Supervisor, SupervisorConfig, SupervisorParts,
+};
+use insitu_node_api::{TaskEndReport, TaskRequest, TaskResponse};
+
+/// What a fake node does when asked to run a map task.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// Exits 0 with 10 bytes of stdout.
+    Succeed,
+    /// The call fails without an answer (a connection reset).
+    Drop,
+    /// Exits with status 1.
+    Exit1,
+    /// Never answers (the task runs on).
+    Hang,
+}
+
+#[derive(Default)]
+struct Calls {
+    /// (node, input blob) of each map task run.
+    maps: Vec<(String, Option<String>)>,
+    /// (node, stream, blob) appended to a reducer's input, in order.
+    appends: Vec<(String, String, String)>,
+    ended: HashSet<String>,
+    groups_ended: Vec<(String, String, u32)>,
+}
+
+struct FakeNodes {
+    nodes: Vec<String>,
+    behaviour: HashMap<String, Behaviour>,
+    calls: Mutex<Calls>,
+    stream_ended: tokio::sync::Notify,
+}
+
+impl FakeNodes {
+    fn new(nodes: &[&str]) -> Self {
+        Self {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            behaviour: HashMap::new(),
+            calls: Mutex::default(),
+            stream_ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn with(mut self, node: &str, b: Behaviour) -> Self {
+        self.behaviour.insert(node.to_string(), b);
+        self
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap()
+    }
+}
+
+fn exited(code: i64, stdout_size: u64) -> TaskResponse {
+    TaskResponse {
+        end: TaskEndReport::Exited { code },
+        stdout_size,
+        stdout_md5: "0123456789abcdef0123456789abcdef".into(),
+        pieces: Vec::new(),
+        stderr_kept: false,
+        stderr_size: 0,
+        stderr_preview: if code == 0 {
+            String::new()
+        } else {
+            "boom\n".into()
+        },
+    }
+}
+
+#[async_trait]
+impl NodeClient for FakeNodes {
+    fn node_ids(&self) -> Vec<String> {
+        self.nodes.clone()
+    }
+
+    fn is_up(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n == node)
+    }
+
+    fn place_more(&self, _: &str, _: usize, _: u64, _: &[String]) -> NodeResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    async fn copy_to(&self, _: &BlobRef, _: &str, _: &str) -> NodeResult<()> {
+        Ok(())
+    }
+
+    async fn delete(&self, _: &str, _: &str) -> NodeResult<()> {
+        Ok(())
+    }
+
+    async fn prepare_image(&self, _: &str, _: &TaskRequest, _: Duration) -> NodeResult<()> {
+        Ok(())
+    }
+
+    async fn run_task(
+        &self,
+        node: &str,
+        req: &TaskRequest,
+        _: Duration,
+    ) -> NodeResult<TaskResponse> {
+        if req.input_stream {
+            // A reducer: it answers once its input has ended.
+            let stream = format!("{}/{}/{}", req.tenant, req.job, req.task_id);
+            loop {
+                let wait = self.stream_ended.notified();
+                if self.calls().ended.contains(&stream) {
+                    return Ok(exited(0, 5));
+                }
+                wait.await;
+            }
+        }
+        self.calls()
+            .maps
+            .push((node.to_string(), req.input_blob.clone()));
+        match self
+            .behaviour
+            .get(node)
+            .copied()
+            .unwrap_or(Behaviour::Succeed)
+        {
+            Behaviour::Succeed => Ok(exited(0, 10)),
+            Behaviour::Exit1 => Ok(exited(1, 0)),
+            Behaviour::Drop => Err(NodeCallError::Failed("connection reset".into())),
+            Behaviour::Hang => futures::future::pending().await,
+        }
+    }
+
+    async fn stream_append_blob(&self, node: &str, stream: &str, blob: &str) -> NodeResult<()> {
+        self.calls()
+            .appends
+            .push((node.into(), stream.into(), blob.into()));
+        Ok(())
+    }
+
+    async fn stream_append_copy(&self, node: &str, stream: &str, blob: &BlobRef) -> NodeResult<()> {
+        self.stream_append_blob(node, stream, &blob.id).await
+    }
+
+    async fn stream_end(&self, _: &str, stream: &str) -> NodeResult<()> {
+        self.calls().ended.insert(stream.to_string());
+        self.stream_ended.notify_waiters();
+        Ok(())
+    }
+
+    async fn end_group(&self, node: &str, _: &str, job: &str, phase: u32) -> NodeResult<()> {
+        self.calls()
+            .groups_ended
+            .push((node.into(), job.into(), phase));
+        Ok(())
+    }
+}
+
+/// A gateway that sees no live peer (the leases tell it of the others).
+struct Alone {
+    id: String,
+    lease_ms: i64,
+}
+
+impl Peers for Alone {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+    fn least_loaded(&self, _: u32) -> String {
+        self.id.clone()
+    }
+    fn peer_addr(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn alone(&self) -> bool {
+        true
+    }
+}
+
+struct NoHolds;
+
+impl BlobHolds for NoHolds {
+    fn hold(&self, _: &str) -> BlobHold {
+        BlobHold::new(())
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    catalog: Arc<dyn Catalog>,
+    nodes: Arc<FakeNodes>,
+    sv: Arc<Supervisor>,
+}
+
+/// A catalog with tenants alice and bob, alice's buckets `src` and `out`,
+/// and bob's private bucket `secret`.
+async fn setup(nodes: FakeNodes) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = insitu_catalog::open_rocksdb(&dir.path().join("catalog")).unwrap();
+    for t in ["alice", "bob"] {
+        catalog.create_tenant(t).await.unwrap();
+    }
+    for (b, owner) in [("src", "alice"), ("out", "alice"), ("secret", "bob")] {
+        catalog
+            .create_bucket(b, owner, CannedAcl::Private)
+            .await
+            .unwrap();
+    }
+    let nodes = Arc::new(nodes);
+    let sv = supervisor(&catalog, nodes.clone(), "gw-a", 10_000);
+    Setup {
+        _dir: dir,
+        catalog,
+        nodes,
+        sv,
+    }
+}
+
+fn supervisor(
+    catalog: &Arc<dyn Catalog>,
+    nodes: Arc<FakeNodes>,
+    id: &str,
+    lease_ms: i64,
+) -> Arc<Supervisor> {
+    Supervisor::new(SupervisorParts {
+        catalog: catalog.clone(),
+        nodes,
+        holds: Arc::new(NoHolds),
+        peers: Arc::new(Alone {
+            id: id.into(),
+            lease_ms,
+        }),
+        config: SupervisorConfig {
+            replicas: 1,
+            task_slots: 4,
+            tenant_max_tasks: 0,
+            tenant_max_jobs: 0,
+        },
+    })
+}
+
+async fn put(catalog: &dyn Catalog, bucket: &str, key: &str, blob: &str, replicas: &[&str]) {
+    let owner = if bucket == "secret" { "bob" } else { "alice" };
+    let rec = ObjectRecord {
+        size: 100,
+        etag: "0123456789abcdef0123456789abcdef".into(),
+        last_modified_ms: 1,
+        owner: owner.into(),
+        headers: ObjectHeaders::default(),
+        acl: CannedAcl::Private,
+        blob: BlobRef {
+            id: blob.into(),
+            size: 100,
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+        },
+        parts_count: 0,
+        part_sizes: Vec::new(),
+    };
+    catalog.put_object(bucket, key, &rec).await.unwrap();
+}
+
+fn spec(phases: &str, inputs: &[&str]) -> JobSpec {
+    let json = format!(
+        r#"{{ "phases": {phases}, "inputs": {}, "output": "out/res/" }}"#,
+        serde_json::to_string(inputs).unwrap()
+    );
+    JobSpec::parse(json.as_bytes()).unwrap()
+}
+
+const MAP: &str = r#"[{ "type": "map", "image": "img", "exec": "wc -l" }]"#;
+const MAP_REDUCE: &str = r#"[{ "type": "map", "image": "img", "exec": "wc -l" },
+    { "type": "reduce", "image": "img", "count": 1, "exec": "cat" }]"#;
+
+async fn until_ended(sv: &Supervisor, id: &str) -> JobRecord {
+    for _ in 0..400 {
+        let rec = sv.get("alice", id).await.unwrap();
+        if rec.state.is_final() {
+            return rec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} did not end within 20 s");
+}
+
+async fn list(sv: &Supervisor, id: &str, which: JobList) -> Vec<serde_json::Value> {
+    let (page, more) = sv.list_items(id, which, None, 100).await.unwrap();
+    assert!(!more);
+    page.into_iter().map(|(_, v)| v).collect()
+}
+
+#[tokio::test]
+async fn map_tasks_run_on_a_holder_of_their_input_and_commit_one_output_each() {
+    let s = setup(FakeNodes::new(&["n1", "n2", "n3"])).await;
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1"]).await;
+    put(s.catalog.as_ref(), "src", "b", "blob-b", &["n3"]).await;
+    let job =
+        s.sv.create("alice", spec(MAP, &["src/a", "src/b"]))
+            .await
+            .unwrap();
+    let rec = until_ended(&s.sv, &job.id).await;
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(
+        (
+            rec.counters.outputs,
+            rec.counters.errors,
+            rec.counters.retries
+        ),
+        (2, 0, 0)
+    );
+    let mut maps = s.nodes.calls().maps.clone();
+    maps.sort();
+    assert_eq!(
+        maps,
+        vec![
+            ("n1".to_string(), Some("blob-a".to_string())),
+            ("n3".to_string(), Some("blob-b".to_string())),
+        ]
+    );
+    // Each output is an object of the output bucket, on the node that ran it.
+    for out in list(&s.sv, &job.id, JobList::Outputs).await {
+        let loc = out["object"].as_str().unwrap();
+        let key = loc.strip_prefix("out/").unwrap();
+        let obj = s.catalog.get_object("out", key).await.unwrap().unwrap();
+        assert_eq!(obj.size, 10);
+        assert_eq!(obj.owner, "alice");
+        assert_eq!(obj.blob.replicas.len(), 1);
+    }
+    // Done: its containers are ended on every node.
+    let groups = s.nodes.calls().groups_ended.len();
+    assert_eq!(groups, 3);
+}
+
+#[tokio::test]
+async fn an_internal_failure_is_retried_on_another_holder_and_counted() {
+    let nodes = FakeNodes::new(&["n1", "n2"]).with("n1", Behaviour::Drop);
+    let s = setup(nodes).await;
+    // Held by both; n1 wins placement by name on a tie, and drops the call.
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1", "n2"]).await;
+    let job = s.sv.create("alice", spec(MAP, &["src/a"])).await.unwrap();
+    let rec = until_ended(&s.sv, &job.id).await;
+    assert_eq!(
+        (rec.counters.outputs, rec.counters.errors),
+        (1, 0),
+        "{rec:?}"
+    );
+    let maps: Vec<String> = s.nodes.calls().maps.iter().map(|m| m.0.clone()).collect();
+    assert!(maps.ends_with(&["n2".to_string()]), "{maps:?}");
+    assert_eq!(rec.counters.retries, (maps.len() - 1) as u64);
+    assert!(rec.counters.retries >= 1);
+}
+
+#[tokio::test]
+async fn a_task_that_exits_non_zero_fails_with_its_own_error_and_is_not_retried() {
+    let s = setup(FakeNodes::new(&["n1"]).with("n1", Behaviour::Exit1)).await;
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1"]).await;
+    let job = s.sv.create("alice", spec(MAP, &["src/a"])).await.unwrap();
+    let rec = until_ended(&s.sv, &job.id).await;
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(
+        (
+            rec.counters.outputs,
+            rec.counters.errors,
+            rec.counters.retries
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(s.nodes.calls().maps.len(), 1);
+    let errors = list(&s.sv, &job.id, JobList::Errors).await;
+    assert_eq!(errors[0]["code"], "UserTaskError");
+    assert_eq!(errors[0]["input"], "src/a");
+    assert!(errors[0]["message"].as_str().unwrap().contains("boom"));
+    let failed = list(&s.sv, &job.id, JobList::FailedInputs).await;
+    assert_eq!(failed.len(), 1);
+}
+
+#[tokio::test]
+async fn a_reducer_is_fed_every_map_output_and_then_sees_the_end_of_its_input() {
+    let s = setup(FakeNodes::new(&["n1", "n2"])).await;
+    for (i, n) in ["n1", "n2", "n1"].iter().enumerate() {
+        put(
+            s.catalog.as_ref(),
+            "src",
+            &format!("k{i}"),
+            &format!("blob-{i}"),
+            &[n],
+        )
+        .await;
+    }
+    let job =
+        s.sv.create("alice", spec(MAP_REDUCE, &["src/k0", "src/k1", "src/k2"]))
+            .await
+            .unwrap();
+    let rec = until_ended(&s.sv, &job.id).await;
+    assert_eq!(
+        (rec.counters.outputs, rec.counters.errors),
+        (1, 0),
+        "{rec:?}"
+    );
+    {
+        let calls = s.nodes.calls();
+        assert_eq!(calls.maps.len(), 3);
+        // One reducer, one stream: all three map outputs, then its end.
+        let streams: HashSet<&String> = calls.appends.iter().map(|a| &a.1).collect();
+        assert_eq!(streams.len(), 1);
+        assert_eq!(calls.appends.len(), 3);
+        assert!(calls.ended.contains(*streams.iter().next().unwrap()));
+    }
+    let out = list(&s.sv, &job.id, JobList::Outputs).await;
+    assert_eq!(out[0]["phase"], 1);
+    assert_eq!(out[0]["size"], 5);
+}
+
+#[tokio::test]
+async fn an_input_the_tenant_may_not_read_fails_with_access_denied_and_never_runs() {
+    let s = setup(FakeNodes::new(&["n1"])).await;
+    put(s.catalog.as_ref(), "secret", "x", "blob-x", &["n1"]).await;
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1"]).await;
+    let job =
+        s.sv.create("alice", spec(MAP, &["secret/x", "src/a", "src/missing"]))
+            .await
+            .unwrap();
+    let rec = until_ended(&s.sv, &job.id).await;
+    assert_eq!((rec.counters.outputs, rec.counters.errors), (1, 2));
+    let maps = s.nodes.calls().maps.clone();
+    assert_eq!(maps, vec![("n1".to_string(), Some("blob-a".to_string()))]);
+    let mut codes: Vec<(String, String)> = list(&s.sv, &job.id, JobList::Errors)
+        .await
+        .iter()
+        .map(|e| (e["input"].to_string(), e["code"].to_string()))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![
+            (r#""secret/x""#.into(), r#""AccessDeniedError""#.into()),
+            (
+                r#""src/missing""#.into(),
+                r#""ResourceNotFoundError""#.into()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_records_its_aborted_tasks_and_ends_its_containers() {
+    let s = setup(FakeNodes::new(&["n1", "n2"]).with("n1", Behaviour::Hang)).await;
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1"]).await;
+    let job = s.sv.create("alice", spec(MAP, &["src/a"])).await.unwrap();
+    for _ in 0..200 {
+        if !s.nodes.calls().maps.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(s.nodes.calls().maps.len(), 1, "the task never started");
+    let rec = s.sv.cancel("alice", &job.id).await.unwrap();
+    assert_eq!(rec.state, JobState::Cancelled);
+    // Cancelling again is refused: the job has ended.
+    assert!(s.sv.cancel("alice", &job.id).await.is_err());
+    for _ in 0..200 {
+        if s.nodes.calls().groups_ended.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let nodes: HashSet<String> = s
+        .nodes
+        .calls()
+        .groups_ended
+        .iter()
+        .map(|g| g.0.clone())
+        .collect();
+    assert_eq!(nodes.len(), 2, "containers ended on every node");
+    let errors = list(&s.sv, &job.id, JobList::Errors).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "JobCancelledError");
+    // Another tenant cannot see it.
+    assert!(s.sv.get("bob", &job.id).await.is_err());
+}
+
+#[tokio::test]
+async fn a_job_whose_lease_expires_is_taken_over_and_the_old_driver_is_fenced() {
+    // Gateway A's node never answers, and A never renews its lease.
+    let s = setup(FakeNodes::new(&["n1"]).with("n1", Behaviour::Hang)).await;
+    let a = supervisor(&s.catalog, s.nodes.clone(), "gw-a", 300);
+    put(s.catalog.as_ref(), "src", "a", "blob-a", &["n1"]).await;
+    let job = a.create("alice", spec(MAP, &["src/a"])).await.unwrap();
+    for _ in 0..200 {
+        if !s.nodes.calls().maps.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(a.drives(&job.id));
+    // Gateway B, whose node answers, claims the expired lease and resumes.
+    let b_nodes = Arc::new(FakeNodes::new(&["n1"]));
+    let b = supervisor(&s.catalog, b_nodes.clone(), "gw-b", 10_000);
+    let mut rec = None;
+    for _ in 0..400 {
+        b.own_jobs().await;
+        let r = s.catalog.job("alice", &job.id).await.unwrap().unwrap();
+        if r.state.is_final() {
+            rec = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = rec.expect("gateway B did not finish the job");
+    assert_eq!(rec.state, JobState::Done);
+    // The attempt A started counts as a retry; the output is B's, once.
+    assert_eq!(
+        (
+            rec.counters.outputs,
+            rec.counters.errors,
+            rec.counters.retries
+        ),
+        (1, 0, 1)
+    );
+    assert_eq!(b_nodes.calls().maps.len(), 1);
+    assert_eq!(list(&b, &job.id, JobList::Outputs).await.len(), 1);
+    // A learns at its next commit, or its next ownership turn, that the
+    // job moved, and stops driving it.
+    a.own_jobs().await;
+    for _ in 0..100 {
+        if !a.drives(&job.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!a.drives(&job.id), "the fenced driver still runs");
+}
