@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use insitu_catalog::{
-    now_ms, BlobRef, CannedAcl, JobChange, ListQuery, ObjectHeaders, ObjectRecord,
+    now_ms, BlobRef, CannedAcl, CatalogError, JobChange, ListQuery, ObjectHeaders, ObjectRecord,
 };
 use insitu_job_model::plan::{self, Downstream, OutputPlace};
 use insitu_job_model::records::{
@@ -16,7 +16,7 @@ use insitu_job_model::JobErrorCode;
 use crate::active::*;
 use crate::attempt::*;
 use crate::inputs::*;
-use crate::Supervisor;
+use crate::{JobError, Supervisor};
 
 pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
     ObjectRecord {
@@ -36,15 +36,24 @@ pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
     }
 }
 
-/// Records a task's outcome: its output objects, its successors, its
-/// counters and its own state, in one atomic batch.
-/// Commits finished tasks in one atomic batch; if that fails (an output
-/// bucket is gone), one by one, so each failure is recorded on its own.
-pub(crate) async fn commit_all(sv: &Arc<Supervisor>, job: &ActiveJob, fins: Vec<Finished>) {
+/// Commits finished tasks in one atomic change, each task's outcome (its
+/// output objects, its successors, its counters and its own state) with
+/// the job's record; if that fails (an output bucket is gone), one by one,
+/// so each failure is recorded on its own.
+///
+/// Returns the tasks whose commit must be tried again: the catalog was
+/// unavailable. Trying again is safe whether or not the failed attempt was
+/// applied: the change is the same (the job's record is locked meanwhile,
+/// and every write in it is keyed), so it lands once.
+pub(crate) async fn commit_all(
+    sv: &Arc<Supervisor>,
+    job: &ActiveJob,
+    fins: Vec<Finished>,
+) -> Vec<Finished> {
     if fins.len() > 1 {
         let mut rec = job.record.lock().await;
         if rec.state.is_final() {
-            return;
+            return Vec::new();
         }
         let mut current = rec.clone();
         let mut merged = JobChange::default();
@@ -61,20 +70,37 @@ pub(crate) async fn commit_all(sv: &Arc<Supervisor>, job: &ActiveJob, fins: Vec<
                 }
             }
         }
-        if built && job.commit(sv, merged).await.is_ok() {
-            *rec = current;
-            return;
+        if built {
+            match job.commit(sv, merged).await {
+                Ok(()) => {
+                    *rec = current;
+                    return Vec::new();
+                }
+                Err(CatalogError::Fenced(_)) => return Vec::new(),
+                Err(e) if e.is_retryable() => return fins,
+                Err(_) => {}
+            }
         }
     }
+    let mut again = Vec::new();
     for fin in fins {
-        commit(sv, job, fin).await;
+        if let Some(fin) = commit(sv, job, fin).await {
+            again.push(fin);
+        }
     }
+    again
 }
 
-pub(crate) async fn commit(sv: &Arc<Supervisor>, job: &ActiveJob, fin: Finished) {
+/// Commits one finished task; gives it back when the catalog was
+/// unavailable (see [`commit_all`]).
+pub(crate) async fn commit(
+    sv: &Arc<Supervisor>,
+    job: &ActiveJob,
+    fin: Finished,
+) -> Option<Finished> {
     let mut rec = job.record.lock().await;
     if rec.state.is_final() {
-        return;
+        return None;
     }
     let first_try = build_commit(sv, &rec, &fin, true).await;
     let result = match first_try {
@@ -84,10 +110,15 @@ pub(crate) async fn commit(sv: &Arc<Supervisor>, job: &ActiveJob, fin: Finished)
     match result {
         Ok(new) => *rec = new,
         // Another gateway drives the job: nothing of this is recorded.
-        Err(insitu_catalog::CatalogError::Fenced(_)) => {}
+        Err(CatalogError::Fenced(_)) => {}
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(task = %fin.task.id, error = %e, "catalog unavailable; the task's commit waits");
+            return Some(fin);
+        }
         Err(e) => {
-            // The output bucket is gone (or the catalog refused): the task
-            // fails with an internal error rather than lose its record.
+            // The output bucket is gone (or the catalog refused the
+            // change): the task fails with an internal error rather than
+            // lose its record.
             tracing::error!(task = %fin.task.id, error = %e, "committing task output failed");
             let fail = Finished {
                 task: fin.task.clone(),
@@ -101,13 +132,18 @@ pub(crate) async fn commit(sv: &Arc<Supervisor>, job: &ActiveJob, fin: Finished)
                 refused: fin.refused.clone(),
                 _leases: Vec::new(),
             };
-            if let Ok((step, new)) = build_commit(sv, &rec, &fail, false).await {
-                if job.commit(sv, step).await.is_ok() {
-                    *rec = new;
-                }
+            match build_commit(sv, &rec, &fail, false).await {
+                Ok((step, new)) => match job.commit(sv, step).await {
+                    Ok(()) => *rec = new,
+                    Err(e) if e.is_retryable() => return Some(fail),
+                    Err(_) => {}
+                },
+                Err(e) if e.is_retryable() => return Some(fail),
+                Err(_) => {}
             }
         }
     }
+    None
 }
 
 pub(crate) async fn build_commit(
@@ -132,7 +168,11 @@ pub(crate) async fn build_commit(
         Some(
             output_bucket(sv.catalog.as_ref(), &rec.tenant, &rec.spec)
                 .await
-                .map_err(|e| insitu_catalog::CatalogError::Corrupt(e.to_string()))?,
+                .map_err(|e| match e {
+                    // Unavailable stays retryable.
+                    JobError::Catalog(e) => e,
+                    e => CatalogError::Corrupt(e.to_string()),
+                })?,
         )
     } else {
         None

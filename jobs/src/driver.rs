@@ -66,19 +66,30 @@ impl Drop for ActiveEntry {
     }
 }
 
-pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
-    {
-        let mut rec = job.record.lock().await;
-        if rec.state == JobState::Queued {
-            let mut new = rec.clone();
-            new.state = JobState::Running;
-            let mut step = JobChange::default();
-            step.put_job(&new);
-            if job.commit(&sv, step).await.is_ok() {
-                *rec = new;
-            }
+/// Records a queued job as running; false if the catalog did not take it
+/// (the driver tries again on its next turn).
+async fn mark_running(sv: &Arc<Supervisor>, job: &ActiveJob) -> bool {
+    let mut rec = job.record.lock().await;
+    if rec.state != JobState::Queued {
+        return true;
+    }
+    let mut new = rec.clone();
+    new.state = JobState::Running;
+    let mut step = JobChange::default();
+    step.put_job(&new);
+    match job.commit(sv, step).await {
+        Ok(()) => {
+            *rec = new;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record the job as running; will retry");
+            false
         }
     }
+}
+
+pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
     let phases = job.record.lock().await.spec.phases.len();
     let mut cursor: Option<u64> = None;
     let mut backlog: VecDeque<TaskRecord> = VecDeque::new();
@@ -86,16 +97,28 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
     let mut in_flight_tasks: HashMap<String, TaskRecord> = HashMap::new();
     let mut reducers_started = vec![false; phases];
     let mut reducers_running: std::collections::HashSet<(usize, u32)> = Default::default();
+    // Finished tasks whose commit waits for the catalog to come back.
+    let mut uncommitted: Vec<Finished> = Vec::new();
     loop {
         if job.is_lost() {
             // Another gateway drives the job now; what runs here is
             // abandoned (its outputs can no longer be committed).
             break;
         }
+        if !mark_running(&sv, &job).await {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        if !uncommitted.is_empty() {
+            // Tried again every turn, while tasks in flight go on.
+            uncommitted = commit_all(&sv, &job, std::mem::take(&mut uncommitted)).await;
+        }
         let rec = job.record.lock().await.clone();
         if rec.state == JobState::Cancelled {
             drop(inflight);
-            cancelled(&sv, &job, in_flight_tasks.into_values().collect()).await;
+            let aborted = in_flight_tasks.into_values();
+            let unrecorded = uncommitted.into_iter().map(|f| f.task);
+            cancelled(&sv, &job, aborted.chain(unrecorded).collect()).await;
             break;
         }
         if rec.prefix_cursor.is_some() && backlog.len() < BACKLOG {
@@ -139,7 +162,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                         refused: Vec::new(),
                         _leases: Vec::new(),
                     };
-                    commit(&sv, &job, fin).await;
+                    uncommitted.extend(commit(&sv, &job, fin).await);
                 }
                 Place::Run(run) => {
                     let Some(task) = backlog.remove(i) else { break };
@@ -205,7 +228,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                 inflight.push(run_reducer(sv.clone(), job.clone(), ctx, task).boxed());
             }
         }
-        if inflight.is_empty() && backlog.is_empty() {
+        if inflight.is_empty() && backlog.is_empty() && uncommitted.is_empty() {
             let rec = job.record.lock().await.clone();
             if rec.state == JobState::Running && rec.upstream_done(phases) {
                 finish(&sv, &job).await;
@@ -229,7 +252,8 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                         to_commit.push(fin);
                     }
                 }
-                commit_all(&sv, &job, to_commit).await;
+                let again = commit_all(&sv, &job, to_commit).await;
+                uncommitted.extend(again);
             }
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}

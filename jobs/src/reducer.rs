@@ -126,15 +126,31 @@ pub(crate) async fn feed_reducer(
     let stream = format!("{}/{}/{attempt_id}", ctx.tenant, ctx.job);
     let mut after: Option<u64> = None;
     let mut fed = Fed::default();
+    // Since when the catalog has been unavailable to the feed.
+    let mut away: Option<tokio::time::Instant> = None;
     loop {
         // Looked at before the scan: once every earlier task has committed
         // (pieces are committed with their task), an empty scan is final.
         let complete = job.record.lock().await.upstream_done(ctx.phase as usize);
-        let page = sv
+        let page = match sv
             .catalog
             .job_pieces(&ctx.job, ctx.phase, reducer, after, 100)
             .await
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(p) => p,
+            // The catalog is away: the reducer waits for it, up to a
+            // point, rather than fail an attempt.
+            Err(e)
+                if e.is_retryable()
+                    && tokio::time::Instant::now() < catalog_patience(&mut away) =>
+            {
+                tracing::debug!(error = %e, "reducer feed waits for the catalog");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        away = None;
         if page.is_empty() {
             if complete {
                 with_patience(|| sv.nodes.stream_end(node, &stream))
@@ -150,7 +166,20 @@ pub(crate) async fn feed_reducer(
             // Access is checked again on the version read: a job input
             // of another tenant's may have been overwritten as private
             // since it was added.
-            let o = match check_input(sv.catalog.as_ref(), &ctx.tenant, &p.bucket, &p.key).await {
+            let checked = loop {
+                match check_input(sv.catalog.as_ref(), &ctx.tenant, &p.bucket, &p.key).await {
+                    // Only the catalog fails this way: wait for it.
+                    Err((JobErrorCode::InternalError, e))
+                        if tokio::time::Instant::now() < catalog_patience(&mut away) =>
+                    {
+                        tracing::debug!(error = %e, "reducer feed waits for the catalog");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    other => break other,
+                }
+            };
+            away = None;
+            let o = match checked {
                 Ok(o) => o,
                 Err((JobErrorCode::InternalError, e)) => return Err(e),
                 Err((JobErrorCode::AccessDeniedError, message)) => {
@@ -188,6 +217,14 @@ pub(crate) async fn feed_reducer(
             }
         }
     }
+}
+
+/// How long the feed waits for an unavailable catalog before the attempt
+/// fails: as long as the catalog is away, counted from the first failure.
+const CATALOG_PATIENCE: Duration = Duration::from_secs(900);
+
+fn catalog_patience(away: &mut Option<tokio::time::Instant>) -> tokio::time::Instant {
+    *away.get_or_insert_with(tokio::time::Instant::now) + CATALOG_PATIENCE
 }
 
 /// Retries a call to a task's input while the task has not opened it yet

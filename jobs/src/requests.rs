@@ -91,8 +91,12 @@ impl Supervisor {
 
     /// The job as stored (or, while it runs, as its driver has it).
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
-        if let Some(job) = self.active(id) {
-            let rec = job.record.lock().await.clone();
+        // Not behind a commit in progress (which waits while the catalog
+        // is away): then the catalog has what is committed.
+        if let Some(rec) = self
+            .active(id)
+            .and_then(|j| j.record.try_lock().ok().map(|r| r.clone()))
+        {
             if rec.tenant == tenant {
                 return Ok(rec);
             }

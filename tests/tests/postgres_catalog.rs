@@ -182,3 +182,88 @@ async fn puts_streaming_through_a_database_outage_lose_no_acknowledged_object() 
         assert_eq!(r.text().await.unwrap(), format!("{key} body\n"));
     }
 }
+
+/// A job whose tasks finish while the database is down waits for it: each
+/// commit is tried again once the database is back, and the job ends with
+/// every output exactly once and no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_pauses_through_a_database_outage_and_commits_each_output_once() {
+    use insitu_e2e::job_cli;
+    let pg = TestPostgres::start().expect("throwaway PostgreSQL (scripts/setup)");
+    let url = pg.url("postgres");
+    let cluster =
+        Cluster::start_with_args(2, None, &["--catalog", &url]).expect("cluster on PostgreSQL");
+    let t = cluster.create_tenant("pgjobs").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let bucket = unique("pgjob");
+    c.create_bucket(&bucket).await.expect("bucket");
+    for i in 0..8 {
+        let r = c
+            .send(
+                "PUT",
+                &format!("/{bucket}/in/k{i}"),
+                &[],
+                &[],
+                format!("line {i}\nmore\n").into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": "sleep 3; wc -l" }],
+        "input_prefix": format!("{bucket}/in/"),
+        "output": format!("{bucket}/out/"),
+    });
+    let file = cluster.dir.path().join("outage-spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = job_cli(&cluster, &t, &["run", "--spec", &file.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The first tasks are running; they finish while the database is down.
+    let started = insitu_e2e::wait_until(std::time::Duration::from_secs(60), || {
+        let s = job_cli(&cluster, &t, &["status", &id]);
+        let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+        v["counters"]["tasks"]["running"].as_u64() > Some(0)
+    });
+    assert!(started, "no task started");
+    pg.stop().expect("stop PostgreSQL");
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    // Meanwhile the jobs API answers 503, and the job has not failed.
+    let s = job_cli(&cluster, &t, &["status", &id]);
+    assert!(!s.status.success(), "status while the database is down");
+    pg.restart().expect("restart PostgreSQL");
+    let mut status = serde_json::Value::Null;
+    let ended = insitu_e2e::wait_until(std::time::Duration::from_secs(120), || {
+        let s = job_cli(&cluster, &t, &["status", &id]);
+        status = serde_json::from_slice(&s.stdout).unwrap_or_default();
+        status["state"] == "done" || status["state"] == "cancelled"
+    });
+    assert!(ended, "the job did not end after the outage: {status}");
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["counters"]["errors"], 0, "{status}");
+    assert_eq!(status["counters"]["outputs"], 8, "{status}");
+    let outputs = job_cli(&cluster, &t, &["outputs", &id]);
+    let mut lines: Vec<String> = String::from_utf8_lossy(&outputs.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 8, "each output once: {lines:?}");
+    for l in &lines {
+        let key = l.strip_prefix(&format!("{bucket}/")).unwrap();
+        let r = c
+            .send("GET", &format!("/{bucket}/{key}"), &[], &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap().trim(), "2");
+    }
+}
