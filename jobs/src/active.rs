@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use insitu_catalog::{CatalogError, JobChange};
 use insitu_job_model::records::JobRecord;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::host::*;
 use crate::placement::*;
@@ -21,6 +21,10 @@ pub struct ActiveJob {
     /// Set when a commit was refused for a stale epoch: the driver stops,
     /// leaving the job to its new owner.
     pub(crate) lost: std::sync::atomic::AtomicBool,
+    /// Set when a commit's outcome is unknown (the catalog went away
+    /// during it): it may have landed, so `record` may be behind the
+    /// catalog's until [`ActiveJob::lock_settled`] reads it again.
+    pub(crate) unsettled: std::sync::atomic::AtomicBool,
     pub record: Mutex<JobRecord>,
     /// Wakes the driver: inputs added or ended, job cancelled.
     pub wake: Notify,
@@ -45,10 +49,40 @@ impl ActiveJob {
     ) -> Result<(), CatalogError> {
         step.fence(&self.id, sv.peers.id(), self.epoch);
         let result = sv.catalog.job_commit(step).await;
-        if let Err(CatalogError::Fenced(_)) = &result {
-            self.lose();
+        match &result {
+            Err(CatalogError::Fenced(_)) => self.lose(),
+            Err(e) if e.is_retryable() => {
+                self.unsettled
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            _ => {}
         }
         result
+    }
+
+    /// Locks the job's record for a change, first reading it again from
+    /// the catalog if an earlier commit's outcome is unknown: every commit
+    /// writes the record, so the catalog's copy says what landed. Fails
+    /// (retryable) while the catalog is away.
+    pub(crate) async fn lock_settled(
+        &self,
+        sv: &Supervisor,
+    ) -> Result<MutexGuard<'_, JobRecord>, CatalogError> {
+        let mut rec = self.record.lock().await;
+        if self.unsettled.load(std::sync::atomic::Ordering::SeqCst) {
+            match sv.catalog.job(&self.tenant, &self.id).await? {
+                Some(stored) => *rec = stored,
+                None => {
+                    return Err(CatalogError::Corrupt(format!(
+                        "job {} is no longer in the catalog",
+                        self.id
+                    )))
+                }
+            }
+            self.unsettled
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(rec)
     }
 
     /// Another gateway drives the job now.

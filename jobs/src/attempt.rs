@@ -79,6 +79,9 @@ pub(crate) struct Finished {
     pub(crate) refused: Vec<ErrorRecord>,
     /// Keep the task's blobs from the orphan sweep until committed.
     pub(crate) _leases: Vec<BlobHold>,
+    /// A commit of it was tried and its outcome is unknown: it may have
+    /// landed.
+    pub(crate) retried: bool,
 }
 
 /// What one attempt of a task needs to know about its job.
@@ -178,6 +181,7 @@ pub(crate) fn finished(
         bytes_remote,
         refused: Vec::new(),
         _leases: leases,
+        retried: false,
     }
 }
 

@@ -42,23 +42,45 @@ pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
 /// so each failure is recorded on its own.
 ///
 /// Returns the tasks whose commit must be tried again: the catalog was
-/// unavailable. Trying again is safe whether or not the failed attempt was
-/// applied: the change is the same (the job's record is locked meanwhile,
-/// and every write in it is keyed), so it lands once.
+/// unavailable. Whether such a commit landed is unknown, so the next
+/// change to the job first reads its record again (`lock_settled`), and a
+/// task tried again whose outcome the catalog already has is not
+/// committed twice.
 pub(crate) async fn commit_all(
     sv: &Arc<Supervisor>,
     job: &ActiveJob,
     fins: Vec<Finished>,
 ) -> Vec<Finished> {
-    if fins.len() > 1 {
-        let mut rec = job.record.lock().await;
-        if rec.state.is_final() {
+    let mut rec = match job.lock_settled(sv).await {
+        Ok(rec) => rec,
+        Err(e) if e.is_retryable() => return fins,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the job back; its finished tasks are dropped");
             return Vec::new();
         }
+    };
+    if rec.state.is_final() {
+        return Vec::new();
+    }
+    let mut pending = Vec::with_capacity(fins.len());
+    for fin in fins {
+        if !fin.retried {
+            pending.push(fin);
+            continue;
+        }
+        match landed(sv, &rec.id, &fin.task).await {
+            Ok(true) => {
+                tracing::info!(task = %fin.task.id, "an earlier commit of the task had landed")
+            }
+            Ok(false) => pending.push(fin),
+            Err(_) => return retried(std::iter::once(fin).chain(pending).collect()),
+        }
+    }
+    if pending.len() > 1 {
         let mut current = rec.clone();
         let mut merged = JobChange::default();
         let mut built = true;
-        for fin in &fins {
+        for fin in &pending {
             match build_commit(sv, &current, fin, true).await {
                 Ok((step, new)) => {
                     merged.merge(step);
@@ -77,18 +99,19 @@ pub(crate) async fn commit_all(
                     return Vec::new();
                 }
                 Err(CatalogError::Fenced(_)) => return Vec::new(),
-                Err(e) if e.is_retryable() => return fins,
+                Err(e) if e.is_retryable() => return retried(pending),
                 Err(_) => {}
             }
         }
     }
-    let mut again = Vec::new();
-    for fin in fins {
-        if let Some(fin) = commit(sv, job, fin).await {
-            again.push(fin);
+    let mut pending = pending.into_iter();
+    while let Some(fin) = pending.next() {
+        if let Err(again) = commit_one(sv, job, &mut rec, fin).await {
+            // The catalog is away: the rest wait too, untried.
+            return std::iter::once(again).chain(pending).collect();
         }
     }
-    again
+    Vec::new()
 }
 
 /// Commits one finished task; gives it back when the catalog was
@@ -98,23 +121,58 @@ pub(crate) async fn commit(
     job: &ActiveJob,
     fin: Finished,
 ) -> Option<Finished> {
-    let mut rec = job.record.lock().await;
-    if rec.state.is_final() {
-        return None;
+    commit_all(sv, job, vec![fin]).await.pop()
+}
+
+fn retried(mut fins: Vec<Finished>) -> Vec<Finished> {
+    for f in &mut fins {
+        f.retried = true;
     }
-    let first_try = build_commit(sv, &rec, &fin, true).await;
+    fins
+}
+
+/// Whether the catalog already has the task's outcome (an earlier commit
+/// of it landed although its answer was lost).
+async fn landed(sv: &Supervisor, job: &str, task: &TaskRecord) -> Result<bool, CatalogError> {
+    let stored = match task.reducer {
+        Some(r) => sv.catalog.job_reducer(job, task.phase, r).await?,
+        None => {
+            let seq = plan::map_task_seq(&task.id)
+                .ok_or_else(|| CatalogError::Corrupt(format!("map task id {}", task.id)))?;
+            sv.catalog
+                .job_tasks(job, seq.checked_sub(1), 1)
+                .await?
+                .into_iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, t)| t)
+        }
+    };
+    Ok(stored.is_some_and(|t| t.state != TaskState::Queued))
+}
+
+/// Commits one task's outcome under the job's locked record; the task
+/// back (marked as tried) when the catalog was unavailable.
+async fn commit_one(
+    sv: &Arc<Supervisor>,
+    job: &ActiveJob,
+    rec: &mut JobRecord,
+    fin: Finished,
+) -> Result<(), Finished> {
+    let first_try = build_commit(sv, rec, &fin, true).await;
     let result = match first_try {
-        Ok((step, new)) => job.commit(sv, step).await.map(|_| new),
+        Ok((step, new)) => match job.commit(sv, step).await {
+            Ok(()) => Ok(new),
+            Err(e) if e.is_retryable() => return Err(retried(vec![fin]).remove(0)),
+            Err(e) => Err(e),
+        },
+        // Not tried: the change could not be built (the catalog is away).
+        Err(e) if e.is_retryable() => return Err(fin),
         Err(e) => Err(e),
     };
     match result {
         Ok(new) => *rec = new,
         // Another gateway drives the job: nothing of this is recorded.
         Err(CatalogError::Fenced(_)) => {}
-        Err(e) if e.is_retryable() => {
-            tracing::warn!(task = %fin.task.id, error = %e, "catalog unavailable; the task's commit waits");
-            return Some(fin);
-        }
         Err(e) => {
             // The output bucket is gone (or the catalog refused the
             // change): the task fails with an internal error rather than
@@ -131,19 +189,20 @@ pub(crate) async fn commit(
                 bytes_remote: fin.bytes_remote,
                 refused: fin.refused.clone(),
                 _leases: Vec::new(),
+                retried: false,
             };
-            match build_commit(sv, &rec, &fail, false).await {
+            match build_commit(sv, rec, &fail, false).await {
                 Ok((step, new)) => match job.commit(sv, step).await {
                     Ok(()) => *rec = new,
-                    Err(e) if e.is_retryable() => return Some(fail),
+                    Err(e) if e.is_retryable() => return Err(retried(vec![fail]).remove(0)),
                     Err(_) => {}
                 },
-                Err(e) if e.is_retryable() => return Some(fail),
+                Err(e) if e.is_retryable() => return Err(fail),
                 Err(_) => {}
             }
         }
     }
-    None
+    Ok(())
 }
 
 pub(crate) async fn build_commit(
@@ -304,7 +363,14 @@ pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
     // between repeats this, which is harmless).
     let snapshot = job.record.lock().await.clone();
     cleanup(sv, job, &snapshot).await;
-    let mut rec = job.record.lock().await;
+    let mut rec = match job.lock_settled(sv).await {
+        Ok(rec) => rec,
+        Err(e) => {
+            // The driver ends; the next lease turn resumes the job.
+            tracing::warn!(error = %e, "cannot record the job as done yet");
+            return;
+        }
+    };
     if rec.state.is_final() {
         return;
     }
@@ -328,8 +394,14 @@ pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
 }
 
 pub(crate) async fn cancelled(sv: &Arc<Supervisor>, job: &ActiveJob, aborted: Vec<TaskRecord>) {
-    let rec = {
-        let mut rec = job.record.lock().await;
+    let rec = 'record: {
+        let mut rec = match job.lock_settled(sv).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the tasks the cancel cut short");
+                break 'record job.record.lock().await.clone();
+            }
+        };
         let mut new = rec.clone();
         let mut step = JobChange::default();
         for task in aborted {

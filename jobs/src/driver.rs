@@ -69,7 +69,12 @@ impl Drop for ActiveEntry {
 /// Records a queued job as running; false if the catalog did not take it
 /// (the driver tries again on its next turn).
 async fn mark_running(sv: &Arc<Supervisor>, job: &ActiveJob) -> bool {
-    let mut rec = job.record.lock().await;
+    if job.record.lock().await.state != JobState::Queued {
+        return true;
+    }
+    let Ok(mut rec) = job.lock_settled(sv).await else {
+        return false;
+    };
     if rec.state != JobState::Queued {
         return true;
     }
@@ -109,18 +114,18 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        if !uncommitted.is_empty() {
-            // Tried again every turn, while tasks in flight go on.
-            uncommitted = commit_all(&sv, &job, std::mem::take(&mut uncommitted)).await;
-        }
-        let rec = job.record.lock().await.clone();
-        if rec.state == JobState::Cancelled {
+        if job.record.lock().await.state == JobState::Cancelled {
             drop(inflight);
             let aborted = in_flight_tasks.into_values();
             let unrecorded = uncommitted.into_iter().map(|f| f.task);
             cancelled(&sv, &job, aborted.chain(unrecorded).collect()).await;
             break;
         }
+        if !uncommitted.is_empty() {
+            // Tried again every turn, while tasks in flight go on.
+            uncommitted = commit_all(&sv, &job, std::mem::take(&mut uncommitted)).await;
+        }
+        let rec = job.record.lock().await.clone();
         if rec.prefix_cursor.is_some() && backlog.len() < BACKLOG {
             if let Err(e) = expand_prefix_page(&sv, &job).await {
                 tracing::error!(error = %e, "listing the input prefix failed; will retry");
@@ -161,6 +166,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                         bytes_remote: 0,
                         refused: Vec::new(),
                         _leases: Vec::new(),
+                        retried: false,
                     };
                     uncommitted.extend(commit(&sv, &job, fin).await);
                 }
@@ -270,7 +276,9 @@ pub(crate) async fn record_starts(
     job: &ActiveJob,
     tasks: &[&TaskRecord],
 ) -> bool {
-    let mut rec = job.record.lock().await;
+    let Ok(mut rec) = job.lock_settled(sv).await else {
+        return false;
+    };
     let mut new = rec.clone();
     let mut step = JobChange::default();
     for task in tasks {
@@ -340,7 +348,7 @@ pub(crate) async fn refill(
 
 /// Lists one page of the job's input prefix into inputs.
 pub(crate) async fn expand_prefix_page(sv: &Supervisor, job: &ActiveJob) -> Result<(), JobError> {
-    let mut rec = job.record.lock().await;
+    let mut rec = job.lock_settled(sv).await?;
     let Some(cursor) = rec.prefix_cursor.clone() else {
         return Ok(());
     };

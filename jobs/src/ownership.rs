@@ -54,6 +54,7 @@ pub(crate) fn start(sv: &Arc<Supervisor>, rec: JobRecord, epoch: u64) {
         tenant: rec.tenant.clone(),
         epoch,
         lost: Default::default(),
+        unsettled: Default::default(),
         running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         preparing: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         prepared: Default::default(),

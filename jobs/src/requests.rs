@@ -137,7 +137,7 @@ impl Supervisor {
     ) -> Result<u64, JobError> {
         let parsed = parse_inputs(inputs)?;
         let job = here(running_job(self, tenant, id).await?).map_err(elsewhere)?;
-        let mut rec = job.record.lock().await;
+        let mut rec = job.lock_settled(self).await.map_err(lost)?;
         if rec.state.is_final() {
             return Err(JobError::Conflict(format!("job {id} has already ended")));
         }
@@ -164,7 +164,7 @@ impl Supervisor {
         id: &str,
     ) -> Result<JobRecord, JobError> {
         let job = here(running_job(self, tenant, id).await?).map_err(elsewhere)?;
-        let mut rec = job.record.lock().await;
+        let mut rec = job.lock_settled(self).await.map_err(lost)?;
         if !rec.input_closed {
             let mut new = rec.clone();
             new.input_closed = true;
@@ -181,7 +181,7 @@ impl Supervisor {
 
     pub async fn cancel(self: &Arc<Self>, tenant: &str, id: &str) -> Result<JobRecord, JobError> {
         let job = here(running_job(self, tenant, id).await?).map_err(elsewhere)?;
-        let mut rec = job.record.lock().await;
+        let mut rec = job.lock_settled(self).await.map_err(lost)?;
         if rec.state.is_final() {
             return Err(JobError::Conflict(format!("job {id} has already ended")));
         }
