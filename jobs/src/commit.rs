@@ -470,3 +470,234 @@ pub(crate) async fn cleanup(sv: &Arc<Supervisor>, job: &ActiveJob, rec: &JobReco
         l.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A commit that landed although its answer was lost (a connection cut
+    //! after the database committed), and one that did not land: either
+    //! way the task's outcome is in the catalog exactly once.
+
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use insitu_catalog::Catalog;
+    use insitu_job_model::records::{JobCounters, PhaseCounters, Seqs, TaskRecord};
+    use insitu_job_model::JobSpec;
+    use insitu_node_api::{TaskRequest, TaskResponse};
+
+    use super::*;
+    use crate::host::*;
+    use crate::node_client::*;
+    use crate::SupervisorConfig;
+
+    struct NoNodes;
+
+    #[async_trait]
+    impl NodeClient for NoNodes {
+        fn node_ids(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn is_up(&self, _: &str) -> bool {
+            false
+        }
+        fn place_more(&self, _: &str, _: usize, _: u64, _: &[String]) -> NodeResult<Vec<String>> {
+            Ok(Vec::new())
+        }
+        async fn copy_to(&self, _: &BlobRef, _: &str, _: &str) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn delete(&self, _: &str, _: &str) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn prepare_image(&self, _: &str, _: &TaskRequest, _: Duration) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn run_task(
+            &self,
+            _: &str,
+            _: &TaskRequest,
+            _: Duration,
+        ) -> NodeResult<TaskResponse> {
+            unreachable!()
+        }
+        async fn stream_append_blob(&self, _: &str, _: &str, _: &str) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn stream_append_copy(&self, _: &str, _: &str, _: &BlobRef) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn stream_end(&self, _: &str, _: &str) -> NodeResult<()> {
+            unreachable!()
+        }
+        async fn end_group(&self, _: &str, _: &str, _: &str, _: u32) -> NodeResult<()> {
+            unreachable!()
+        }
+    }
+
+    struct Me;
+
+    impl Peers for Me {
+        fn id(&self) -> &str {
+            "gw-a"
+        }
+        fn lease_ms(&self) -> i64 {
+            60_000
+        }
+        fn least_loaded(&self, _: u32) -> String {
+            "gw-a".into()
+        }
+        fn peer_addr(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn alone(&self) -> bool {
+            true
+        }
+    }
+
+    struct NoHolds;
+
+    impl BlobHolds for NoHolds {
+        fn hold(&self, _: &str) -> BlobHold {
+            BlobHold::new(())
+        }
+    }
+
+    /// A job with one queued map task, committed, and its driver's state
+    /// (no driver runs: the test makes its commits).
+    async fn one_task_job(dir: &std::path::Path) -> (Arc<Supervisor>, ActiveJob, Finished) {
+        let catalog = insitu_catalog::open_rocksdb(&dir.join("catalog")).unwrap();
+        catalog.create_tenant("alice").await.unwrap();
+        for b in ["src", "out"] {
+            catalog
+                .create_bucket(b, "alice", CannedAcl::Private)
+                .await
+                .unwrap();
+        }
+        let sv = Supervisor::new(SupervisorParts {
+            catalog: catalog.clone(),
+            nodes: Arc::new(NoNodes),
+            holds: Arc::new(NoHolds),
+            peers: Arc::new(Me),
+            config: SupervisorConfig {
+                replicas: 1,
+                task_slots: 1,
+                tenant_max_tasks: 0,
+                tenant_max_jobs: 0,
+            },
+        });
+        let spec = JobSpec::parse(
+            br#"{ "phases": [{ "type": "map", "image": "img", "exec": "wc -l" }],
+                  "inputs": ["src/a"], "output": "out/res/" }"#,
+        )
+        .unwrap();
+        let task = TaskRecord {
+            id: plan::map_task_id(0),
+            phase: 0,
+            input: Some("src/a".into()),
+            reducer: None,
+            state: TaskState::Queued,
+            node: None,
+            attempts: 1,
+        };
+        let rec = JobRecord {
+            id: "j1".into(),
+            tenant: "alice".into(),
+            spec,
+            state: JobState::Running,
+            created_ms: 1,
+            done_ms: None,
+            input_closed: true,
+            prefix_cursor: None,
+            seq: Seqs {
+                task: 1,
+                input: 1,
+                ..Seqs::default()
+            },
+            phases: vec![PhaseCounters {
+                tasks: 1,
+                ..PhaseCounters::default()
+            }],
+            counters: JobCounters {
+                inputs: 1,
+                ..JobCounters::default()
+            },
+        };
+        let mut step = JobChange::default();
+        step.put_task("j1", 0, task.clone());
+        step.put_job(&rec);
+        step.lease_new_job("alice", "j1", "gw-a", 60_000);
+        catalog.job_commit(step).await.unwrap();
+        let job = ActiveJob {
+            id: "j1".into(),
+            tenant: "alice".into(),
+            epoch: 1,
+            lost: Default::default(),
+            unsettled: Default::default(),
+            record: tokio::sync::Mutex::new(rec),
+            wake: Default::default(),
+            image_leases: Default::default(),
+            running: Default::default(),
+            preparing: Default::default(),
+            prepared: Default::default(),
+            waiting: Default::default(),
+        };
+        let blob = Blob {
+            id: "out-blob".into(),
+            size: 3,
+            md5: "0123456789abcdef0123456789abcdef".into(),
+            replicas: vec!["n1".into()],
+        };
+        let fin = Finished {
+            task,
+            outcome: Outcome::Success {
+                stdout: Some(blob),
+                pieces: Vec::new(),
+            },
+            retries: 0,
+            bytes_local: 0,
+            bytes_remote: 0,
+            refused: Vec::new(),
+            _leases: Vec::new(),
+            retried: true,
+        };
+        (sv, job, fin)
+    }
+
+    async fn outputs(sv: &Supervisor) -> usize {
+        sv.catalog.job_outputs("j1", None, 10).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_landed_unanswered_is_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sv, job, fin) = one_task_job(dir.path()).await;
+        // The change lands, but its answer is lost: this gateway's record
+        // stays as it was, and its outcome is unknown.
+        let (step, _) = build_commit(&sv, &*job.record.lock().await, &fin, true)
+            .await
+            .unwrap();
+        job.commit(&sv, step).await.unwrap();
+        job.unsettled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(commit_all(&sv, &job, vec![fin]).await.is_empty());
+        assert_eq!(outputs(&sv).await, 1);
+        let here = job.record.lock().await.clone();
+        let stored = sv.catalog.job("alice", "j1").await.unwrap().unwrap();
+        assert_eq!(here.counters.outputs, 1);
+        assert_eq!(here.phases[0].done, 1);
+        assert_eq!(here.seq, stored.seq);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_did_not_land_is_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sv, job, fin) = one_task_job(dir.path()).await;
+        job.unsettled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(commit_all(&sv, &job, vec![fin]).await.is_empty());
+        assert_eq!(outputs(&sv).await, 1);
+        let stored = sv.catalog.job("alice", "j1").await.unwrap().unwrap();
+        assert_eq!(stored.counters.outputs, 1);
+        assert_eq!(stored.phases[0].done, 1);
+    }
+}
