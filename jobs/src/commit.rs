@@ -480,7 +480,6 @@ mod tests {
     use std::time::Duration;
 
     use async_trait::async_trait;
-    use insitu_catalog::Catalog;
     use insitu_job_model::records::{JobCounters, PhaseCounters, Seqs, TaskRecord};
     use insitu_job_model::JobSpec;
     use insitu_node_api::{TaskRequest, TaskResponse};
