@@ -374,6 +374,23 @@ fn several_gateways_on_the_embedded_catalog_are_refused_before_anything_is_writt
     assert!(!data.exists(), "nothing was created");
 }
 
+#[test]
+fn an_unreachable_catalog_fails_dev_in_one_line_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(insitu_bin())
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--catalog", "postgresql://insitu:pw@127.0.0.1:1/insitu"])
+        .output()
+        .expect("insitu dev");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("catalog"), "{stderr}");
+    assert!(!data.exists(), "nothing was created");
+}
+
 async fn post_json(c: &RawClient, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let r = c
         .send(

@@ -491,6 +491,15 @@ pub async fn run_dev(args: DevArgs) -> Result<()> {
     if replicas == 0 || replicas > args.nodes {
         bail!("--replicas must be between 1 and --nodes ({})", args.nodes);
     }
+    if shared {
+        // A database that cannot be reached (or holds a newer schema) fails
+        // the start before anything is written to the data directory.
+        if let Some(url) = args.catalog.as_deref() {
+            insitu_catalog::open(url, 1)
+                .await
+                .map_err(|e| anyhow!("catalog: {e}"))?;
+        }
+    }
     private_dir(&args.data_dir)?;
     let (root, generated) = root_credentials(&args.root, &args.data_dir)?;
     let secret = persistent_secret(&args.data_dir.join("cluster-secret"), || random_string(48))?;
