@@ -582,6 +582,7 @@ mod tests {
                 task_slots: 1,
                 tenant_max_tasks: 0,
                 tenant_max_jobs: 0,
+                task_maxima: Default::default(),
             },
         });
         let spec = JobSpec::parse(

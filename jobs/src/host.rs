@@ -45,6 +45,8 @@ pub struct SupervisorConfig {
     pub tenant_max_tasks: u32,
     /// Jobs one tenant may have that have not ended (0: no cap).
     pub tenant_max_jobs: u32,
+    /// What one task may ask for where its tenant's policy sets no maximum.
+    pub task_maxima: crate::TaskMaxima,
 }
 
 /// Everything the supervisor is built from.

@@ -51,7 +51,7 @@ pub use active::ActiveJob;
 pub use error::JobError;
 pub use host::{BlobHold, BlobHolds, Peers, SupervisorConfig, SupervisorParts};
 pub use node_client::{NodeCallError, NodeClient, NodeResult};
-pub use policy::check_policy;
+pub use policy::{check_policy, TaskMaxima};
 pub use requests::JobList;
 
 use insitu_catalog::{Catalog, GatewayLoad};

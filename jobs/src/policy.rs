@@ -64,6 +64,42 @@ pub fn check_policy(p: &insitu_catalog::TenantPolicy) -> Result<(), String> {
     Ok(())
 }
 
+/// The most one task may ask for where its tenant's policy sets no
+/// maximum (`insitu gateway --task-max-*`). Modest by default: scratch
+/// space and outputs fill the nodes' disks, and memory their RAM. An
+/// operator's tenant policy may set more, up to the limits of the spec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskMaxima {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub disk_mb: u64,
+    pub output_mb: u64,
+}
+
+impl Default for TaskMaxima {
+    fn default() -> Self {
+        Self {
+            memory_mb: 4 * 1024,
+            cpus: 4.0,
+            disk_mb: 10 * 1024,
+            output_mb: 10 * 1024,
+        }
+    }
+}
+
+impl TaskMaxima {
+    /// The policy a tenant's jobs run under: its own, with these maxima
+    /// where it sets none.
+    pub(crate) fn under(&self, p: &insitu_catalog::TenantPolicy) -> insitu_catalog::TenantPolicy {
+        let mut p = p.clone();
+        p.max_memory_mb = p.max_memory_mb.or(Some(self.memory_mb));
+        p.max_cpus = p.max_cpus.or(Some(self.cpus));
+        p.max_disk_mb = p.max_disk_mb.or(Some(self.disk_mb));
+        p.max_output_mb = p.max_output_mb.or(Some(self.output_mb));
+        p
+    }
+}
+
 /// Applies the tenant's policy to a spec: a value beyond a maximum is
 /// refused, an omitted one is held to it, and a `runsc` policy puts every
 /// phase under gVisor.

@@ -27,9 +27,13 @@ impl Supervisor {
         spec: JobSpec,
     ) -> Result<JobRecord, JobError> {
         let mut spec = spec;
-        if let Some(t) = self.catalog.get_tenant(tenant).await? {
-            apply_policy(&mut spec, &t.policy)?;
-        }
+        let policy = self
+            .catalog
+            .get_tenant(tenant)
+            .await?
+            .map(|t| t.policy)
+            .unwrap_or_default();
+        apply_policy(&mut spec, &self.config.task_maxima.under(&policy))?;
         output_bucket(self.catalog.as_ref(), tenant, &spec).await?;
         let cap = self.config.tenant_max_jobs;
         if cap > 0 && self.running_jobs(tenant) >= cap as usize {

@@ -249,6 +249,7 @@ fn supervisor(
             task_slots: 4,
             tenant_max_tasks: 0,
             tenant_max_jobs: 0,
+            task_maxima: Default::default(),
         },
     })
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -83,6 +83,19 @@ pub enum BlobError {
     Io(#[from] io::Error),
 }
 
+/// Room held in a store by `BlobStore::reserve`, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    bytes: u64,
+    pool: Arc<AtomicU64>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlobInfo {
     pub id: String,
@@ -94,6 +107,9 @@ pub struct BlobStore {
     /// Optional cap on stored bytes, below the filesystem's own size.
     capacity: Option<u64>,
     used: AtomicU64,
+    /// Room held for what the node writes beside its blobs on the same
+    /// filesystem (tasks' scratch space), see `reserve`.
+    reserved: Arc<AtomicU64>,
     count: AtomicU64,
     /// Blobs found corrupt by a read or the scrubber, reported to the
     /// gateway in heartbeats until it repairs them.
@@ -178,6 +194,7 @@ impl BlobStore {
             root: root.to_path_buf(),
             capacity,
             used: AtomicU64::new(used),
+            reserved: Arc::new(AtomicU64::new(0)),
             count: AtomicU64::new(count),
             corrupt: Mutex::new(BTreeSet::new()),
         })
@@ -189,6 +206,11 @@ impl BlobStore {
 
     /// Capacity, use and free space, counting the filesystem's own limit.
     pub fn usage(&self) -> Usage {
+        self.usage_with(self.reserved.load(Ordering::SeqCst))
+    }
+
+    /// `usage`, with `reserved` bytes of the room held.
+    fn usage_with(&self, reserved: u64) -> Usage {
         let used = self.used.load(Ordering::SeqCst);
         // statvfs field types differ between platforms, hence the casts.
         #[allow(clippy::unnecessary_cast)]
@@ -202,12 +224,53 @@ impl BlobStore {
             Some(c) => (c, c.saturating_sub(used).min(fs_free)),
             None => (fs_total, fs_free),
         };
+        let free = free.saturating_sub(reserved);
         Usage {
             capacity_bytes: capacity,
             used_bytes: used,
             free_bytes: free,
             blob_count: self.count.load(Ordering::SeqCst),
         }
+    }
+
+    /// Holds `bytes` of the store's room until the returned guard is
+    /// dropped: for space the node fills beside its blobs (a task's scratch
+    /// space), so that blobs and tasks together stay within the capacity.
+    /// `Full` when that much is not free.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation, BlobError> {
+        let mut held = self.reserved.load(Ordering::SeqCst);
+        loop {
+            let free = self.usage_with(held).free_bytes;
+            if bytes > free {
+                return Err(BlobError::Full {
+                    needed: bytes,
+                    free,
+                });
+            }
+            match self.reserved.compare_exchange(
+                held,
+                held + bytes,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        bytes,
+                        pool: self.reserved.clone(),
+                    })
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Refuses a blob of `size` bytes that the store has no room for.
+    fn check_room(&self, size: u64) -> Result<(), BlobError> {
+        let free = self.usage().free_bytes;
+        if size > free {
+            return Err(BlobError::Full { needed: size, free });
+        }
+        Ok(())
     }
 
     pub fn corrupt_blobs(&self) -> Vec<String> {
@@ -436,6 +499,11 @@ impl BlobStore {
                 })?;
             sources.push((p.clone(), path, crcs));
         }
+        let mut total = 0u64;
+        for (_, path, _) in &sources {
+            total = total.saturating_add(fs::metadata(path).await?.len());
+        }
+        self.check_room(total)?;
         let tmp = self.temp_path(id);
         let tmp2 = tmp.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u32>), BlobError> {
@@ -510,6 +578,8 @@ impl BlobStore {
         if fs::try_exists(&final_path).await? {
             return Err(BlobError::Exists(id.to_string()));
         }
+        // Written outside the store's accounting: it counts from now.
+        self.check_room(file.metadata()?.len())?;
         let tmp = self.temp_path(id);
         let tmp2 = tmp.clone();
         let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>, String)> {
@@ -952,5 +1022,37 @@ mod tests {
         ));
         assert_eq!(s.usage().free_bytes, 5);
         assert_eq!(s.temp_files().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn reservations_and_task_outputs_count_against_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::open(dir.path(), Some(10)).await.unwrap();
+        let held = s.reserve(6).unwrap();
+        assert_eq!(s.usage().free_bytes, 4);
+        assert!(matches!(s.reserve(5), Err(BlobError::Full { .. })));
+        assert!(matches!(
+            s.put("b1", chunks(&[b"12345"]), Some(5)).await,
+            Err(BlobError::Full { .. })
+        ));
+        // A task's output larger than the room is not adopted.
+        let out = dir.path().join("task-out");
+        std::fs::write(&out, b"12345").unwrap();
+        let f = std::fs::File::open(&out).unwrap();
+        assert!(matches!(
+            s.adopt("b2", f).await,
+            Err(BlobError::Full { .. })
+        ));
+        drop(held);
+        assert_eq!(s.usage().free_bytes, 10);
+        let f = std::fs::File::open(&out).unwrap();
+        s.adopt("b2", f).await.unwrap();
+        s.put("b3", chunks(&[b"123"]), Some(3)).await.unwrap();
+        // Composing needs room for the whole: 8 more bytes, 2 free.
+        assert!(matches!(
+            s.compose("b4", &["b2".into(), "b3".into()]).await,
+            Err(BlobError::Full { .. })
+        ));
+        assert_eq!(s.usage().free_bytes, 2);
     }
 }

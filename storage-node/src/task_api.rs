@@ -216,7 +216,11 @@ impl TaskService {
             match &*slot {
                 Some(g) => g.clone(),
                 None => {
-                    let g = self.runner.start_group(&spec).await?;
+                    // The scratch space is a file on the store's disk: its
+                    // room is held while the container lives.
+                    let room = store.reserve(spec.limits.scratch_mb.saturating_mul(1 << 20))?;
+                    let mut g = self.runner.start_group(&spec).await?;
+                    g.room = Some(Arc::new(room));
                     if let Some(init) = &req.init {
                         self.run_init(&g, init, &req).await?;
                     }

@@ -175,6 +175,9 @@ pub struct Group {
     running: Arc<std::sync::atomic::AtomicUsize>,
     /// Under gVisor, the task processes' limit inside the sandbox.
     guest_nproc: Option<u64>,
+    /// The node's room held for this container's scratch space, given
+    /// back when the last handle on the group goes.
+    pub(crate) room: Option<Arc<crate::blob_store::Reservation>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -218,6 +221,9 @@ type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<Answe
 /// strays are removed where the host cannot see the task processes (gVisor).
 /// `__count-<n>` answers how many processes the container runs, also with
 /// builtins only, so it answers even when a fork bomb holds every slot.
+/// `__seal-<task>` kills every process that still holds the task's stdout
+/// or stderr open (how `seal_outputs` works under gVisor), answering how
+/// many it found.
 const LAUNCHER: &str = r#"insitu_count() {
   INSITU_N=0
   for INSITU_P in /proc/[0-9]*; do INSITU_N=$((INSITU_N + 1)); done
@@ -233,6 +239,18 @@ while read -r INSITU_T; do
   fi
   case "$INSITU_T" in __count-*)
     insitu_count; echo "$INSITU_T 0 $INSITU_N"
+    continue
+  esac
+  case "$INSITU_T" in __seal-*)
+    INSITU_D=/insitu/out/${INSITU_T#__seal-}
+    INSITU_N=0
+    for INSITU_F in /proc/[0-9]*/fd/*; do
+      if [ "$INSITU_F" -ef "$INSITU_D/stdout" ] || [ "$INSITU_F" -ef "$INSITU_D/stderr" ]; then
+        INSITU_P=${INSITU_F#/proc/}; INSITU_P=${INSITU_P%%/*}
+        [ "$INSITU_P" = 1 ] || [ "$INSITU_P" = $$ ] || { kill -9 "$INSITU_P" 2>/dev/null; INSITU_N=$((INSITU_N + 1)); }
+      fi
+    done
+    echo "$INSITU_T 0 $INSITU_N"
     continue
   esac
   INSITU_D=/insitu/out/$INSITU_T
@@ -733,6 +751,7 @@ impl TaskRunner {
             activity: Default::default(),
             running: Default::default(),
             guest_nproc,
+            room: None,
         })
     }
 
@@ -878,6 +897,54 @@ impl TaskRunner {
         }
     }
 
+    /// Makes sure nothing of an ended task can still change its stdout or
+    /// stderr before the node reads them: the files are closed to new
+    /// opens, and every process still holding one open (a background
+    /// process the task left, which may run on while other tasks of the
+    /// container do) is killed, until none is left. A container where
+    /// that cannot be made sure goes, with everything in it.
+    async fn seal_outputs(
+        &self,
+        group: &Group,
+        task_id: &str,
+        task_out: &Path,
+    ) -> Result<(), TaskError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mut files = Vec::new();
+        for name in ["stdout", "stderr"] {
+            let path = task_out.join(name);
+            let m = std::fs::symlink_metadata(&path)?;
+            if m.is_file() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+            }
+            files.push((m.dev(), m.ino()));
+        }
+        const PASSES: usize = 200;
+        for _ in 0..PASSES {
+            let found = match &group.strays {
+                Some((procs, keep)) => kill_holders(procs, keep, &files),
+                None => {
+                    let ask = format!("__seal-{task_id}");
+                    ask_launcher(group, &ask, Duration::from_secs(5))
+                        .await
+                        .and_then(|a| a.procs)
+                }
+            };
+            match found {
+                Some(0) => return Ok(()),
+                Some(n) => {
+                    tracing::info!(group = %group.group_id, task = %task_id, killed = n, "killed processes still holding an ended task's output");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                None => break,
+            }
+        }
+        self.remove(&group.container_id).await;
+        Err(TaskError::Runtime(
+            "processes of the task kept its output open; its container was removed".into(),
+        ))
+    }
+
     /// Runs one task in its group's container and waits for it.
     pub async fn run_task(&self, group: &Group, task: &TaskSpec) -> Result<TaskOutcome, TaskError> {
         check_token("task", &task.task_id)?;
@@ -939,12 +1006,16 @@ impl TaskRunner {
             // must not read the file before this one is done.
             f.flush().await?;
         }
+        // Root's, and writable by others only: the task may open them to
+        // write, but never to read (so never to map them) nor change their
+        // mode, and `seal_outputs` closes them to new opens when it ends.
         for name in ["stdout", "stderr"] {
+            use std::os::unix::fs::PermissionsExt;
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(task_out.join(name))?;
-            std::os::unix::fs::fchown(&f, Some(TASK_UID), Some(TASK_UID))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o622))?;
         }
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
@@ -1082,6 +1153,9 @@ impl TaskRunner {
                 }
             }
         };
+        if matches!(end, TaskEnd::Exited(_)) {
+            self.seal_outputs(group, &task.task_id, &task_out).await?;
+        }
         let stderr_preview = read_preview(&task_out.join("stderr")).await;
         Ok(TaskOutcome {
             end,
@@ -1229,6 +1303,41 @@ fn at_guest_limit(group: &Group, procs: Option<u64>) -> bool {
 }
 
 /// The OOM-kill counter file of the memory cgroup of process `pid`.
+/// Kills every process of a container (`cgroup.procs`, host pids) but
+/// `keep` whose file table holds one of `files` (device, inode), looking
+/// at each thread's table (a thread may have its own). Returns how many
+/// it found; `None` when the container's list cannot be read.
+fn kill_holders(procs: &Path, keep: &[i32], files: &[(u64, u64)]) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(procs).ok()?;
+    let holds = |fd_dir: &Path| {
+        std::fs::read_dir(fd_dir).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                // Follows the descriptor to the open file itself.
+                std::fs::metadata(fd.path()).is_ok_and(|m| files.contains(&(m.dev(), m.ino())))
+            })
+        })
+    };
+    let mut found = 0;
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if keep.contains(&pid) {
+            continue;
+        }
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        let held = holds(&base.join("fd"))
+            || std::fs::read_dir(base.join("task"))
+                .is_ok_and(|ts| ts.flatten().any(|t| holds(&t.path().join("fd"))));
+        if held {
+            found += 1;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Some(found)
+}
+
 fn oom_counter_file(pid: i64) -> Option<PathBuf> {
     cgroup_file(
         pid,

@@ -62,6 +62,8 @@ pub struct GatewayConfig {
     pub tenant_max_tasks: u32,
     /// Most jobs of one tenant that have not ended (0: no cap).
     pub tenant_max_jobs: u32,
+    /// What one task may ask for where its tenant's policy sets no maximum.
+    pub task_maxima: insitu_jobs::TaskMaxima,
     /// What the gateway's HTTP server lets clients hold.
     pub server: insitu_node_api::http_server::ServerLimits,
     /// How long a job or leader lease lasts unrenewed: a gateway that
@@ -160,6 +162,7 @@ impl Gateway {
                 task_slots: config.task_slots,
                 tenant_max_tasks: config.tenant_max_tasks,
                 tenant_max_jobs: config.tenant_max_jobs,
+                task_maxima: config.task_maxima,
             },
         });
         Ok(Arc::new(Self {

@@ -89,6 +89,19 @@ pub struct ClusterTuning {
     /// Most jobs of one tenant that have not ended [default: 0, no cap].
     #[arg(long)]
     tenant_max_jobs: Option<u32>,
+    /// Most memory (MiB) one task may ask for where its tenant's policy
+    /// sets no maximum [default: 4096].
+    #[arg(long)]
+    task_max_memory_mb: Option<u64>,
+    /// Most CPUs one task may ask for, likewise [default: 4].
+    #[arg(long)]
+    task_max_cpus: Option<f64>,
+    /// Most scratch space (MiB) one task may ask for, likewise [default: 10240].
+    #[arg(long)]
+    task_max_disk_mb: Option<u64>,
+    /// Most output (MiB) one task may write, likewise [default: 10240].
+    #[arg(long)]
+    task_max_output_mb: Option<u64>,
     /// Client connections the gateway keeps open at once [default: 4096].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -118,6 +131,10 @@ impl ClusterTuning {
             task_slots: self.task_slots.or(file.task_slots),
             tenant_max_tasks: self.tenant_max_tasks.or(file.tenant_max_tasks),
             tenant_max_jobs: self.tenant_max_jobs.or(file.tenant_max_jobs),
+            task_max_memory_mb: self.task_max_memory_mb.or(file.task_max_memory_mb),
+            task_max_cpus: self.task_max_cpus.or(file.task_max_cpus),
+            task_max_disk_mb: self.task_max_disk_mb.or(file.task_max_disk_mb),
+            task_max_output_mb: self.task_max_output_mb.or(file.task_max_output_mb),
             max_connections: self.max_connections.or(file.max_connections),
             http_header_timeout_ms: self.http_header_timeout_ms.or(file.http_header_timeout_ms),
             http_body_idle_ms: self.http_body_idle_ms.or(file.http_body_idle_ms),
@@ -150,6 +167,10 @@ impl ClusterTuning {
             "task-slots" => t.task_slots,
             "tenant-max-tasks" => t.tenant_max_tasks,
             "tenant-max-jobs" => t.tenant_max_jobs,
+            "task-max-memory-mb" => t.task_max_memory_mb,
+            "task-max-cpus" => t.task_max_cpus,
+            "task-max-disk-mb" => t.task_max_disk_mb,
+            "task-max-output-mb" => t.task_max_output_mb,
             "max-connections" => t.max_connections,
             "http-header-timeout-ms" => t.http_header_timeout_ms,
             "http-body-idle-ms" => t.http_body_idle_ms,
@@ -197,6 +218,15 @@ fn gateway_config(
         task_slots: t.task_slots.unwrap_or(4).max(1),
         tenant_max_tasks: t.tenant_max_tasks.unwrap_or(0),
         tenant_max_jobs: t.tenant_max_jobs.unwrap_or(0),
+        task_maxima: {
+            let d = insitu_jobs::TaskMaxima::default();
+            insitu_jobs::TaskMaxima {
+                memory_mb: t.task_max_memory_mb.unwrap_or(d.memory_mb),
+                cpus: t.task_max_cpus.unwrap_or(d.cpus),
+                disk_mb: t.task_max_disk_mb.unwrap_or(d.disk_mb),
+                output_mb: t.task_max_output_mb.unwrap_or(d.output_mb),
+            }
+        },
         server: {
             let d = ServerLimits::default();
             let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
