@@ -33,6 +33,7 @@ pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
         },
         parts_count: 0,
         part_sizes: Vec::new(),
+        upload_id: None,
     }
 }
 

@@ -270,6 +270,7 @@ async fn put(catalog: &dyn Catalog, bucket: &str, key: &str, blob: &str, replica
         },
         parts_count: 0,
         part_sizes: Vec::new(),
+        upload_id: None,
     };
     catalog.put_object(bucket, key, &rec).await.unwrap();
 }

@@ -279,9 +279,14 @@ def _():
     expect_error("BucketAlreadyExists", 409, s3b.create_bucket, Bucket=BKT)
 
 
-@check("bucket: A creating its own again -> BucketAlreadyOwnedByYou")
+@check("bucket: A creating its own again in us-east-1 -> 200, nothing changes; with another ACL -> BucketAlreadyExists")
 def _():
-    expect_error("BucketAlreadyOwnedByYou", 409, s3a.create_bucket, Bucket=BKT)
+    before = [o["Key"] for o in s3a.list_objects_v2(Bucket=BKT).get("Contents", [])]
+    r = s3a.create_bucket(Bucket=BKT)
+    eq(status_of(r), 200, "create_bucket again")
+    after = [o["Key"] for o in s3a.list_objects_v2(Bucket=BKT).get("Contents", [])]
+    eq(after, before, "objects after creating the bucket again")
+    expect_error("BucketAlreadyExists", 409, s3a.create_bucket, Bucket=BKT, ACL="public-read")
 
 
 @check("bucket: delete_bucket non-empty -> BucketNotEmpty, empty -> ok")

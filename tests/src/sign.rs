@@ -191,3 +191,13 @@ pub fn chunked_body(signed: &Signed, data: &[u8], chunk: usize) -> Vec<u8> {
     }
     out
 }
+
+/// SigV2, written from AWS's documentation: base64 HMAC-SHA1 of the
+/// string to sign (method, Content-MD5, Content-Type, date or expiry,
+/// the `x-amz-*` headers, the resource with its sub-resources).
+pub fn sign_v2(secret: &str, string_to_sign: &str) -> String {
+    use base64::Engine;
+    let mut m = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("any key length");
+    m.update(string_to_sign.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
+}

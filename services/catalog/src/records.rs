@@ -194,6 +194,10 @@ pub struct ObjectRecord {
     /// Byte sizes of the original parts, for `partNumber` reads.
     #[serde(default)]
     pub part_sizes: Vec<u64>,
+    /// The multipart upload that made the object, so that completing it
+    /// again answers as the first completion did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 impl Record for ObjectRecord {
     const KIND: &'static str = "object";

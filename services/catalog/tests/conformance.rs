@@ -55,6 +55,7 @@ fn obj(id: &str) -> ObjectRecord {
         },
         parts_count: 0,
         part_sizes: vec![],
+        upload_id: None,
     }
 }
 

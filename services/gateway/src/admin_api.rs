@@ -187,6 +187,7 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
         headers: &parts.headers,
         now: chrono::Utc::now().timestamp(),
         body_sha256,
+        host_bucket: None,
     };
     // Who is asking is settled before the body is read wherever the
     // request says its body's hash (SDKs, presigned URLs); only a client

@@ -269,6 +269,19 @@ impl Gateway {
     }
 
     /// Splits a request into (bucket, key) by virtual host or path.
+    /// The bucket a virtual-hosted request's `Host` names, under the
+    /// configured domain.
+    fn host_bucket<'h>(&self, host: Option<&'h str>) -> Option<&'h str> {
+        let (domain, host) = (self.config.domain.as_ref()?, host?);
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        host.strip_suffix(domain.as_str())
+            .and_then(|b| b.strip_suffix('.'))
+            .filter(|b| !b.is_empty())
+    }
+
     fn bucket_and_key(
         &self,
         host: Option<&str>,
@@ -276,20 +289,9 @@ impl Gateway {
     ) -> (Option<String>, Option<String>) {
         let path = auth::sigv4::uri_decode(raw_path);
         let path = path.strip_prefix('/').unwrap_or(&path);
-        if let (Some(domain), Some(host)) = (&self.config.domain, host) {
-            let host = host
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host, |(h, _)| h);
-            if let Some(bucket) = host
-                .strip_suffix(domain.as_str())
-                .and_then(|b| b.strip_suffix('.'))
-            {
-                if !bucket.is_empty() {
-                    let key = (!path.is_empty()).then(|| path.to_string());
-                    return (Some(bucket.to_string()), key);
-                }
-            }
+        if let Some(bucket) = self.host_bucket(host) {
+            let key = (!path.is_empty()).then(|| path.to_string());
+            return (Some(bucket.to_string()), key);
         }
         match path.split_once('/') {
             None if path.is_empty() => (None, None),
@@ -365,6 +367,7 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
             // A client that signs without sending x-amz-content-sha256 (curl)
             // signed the hash of its body; with no body, that is known.
             body_sha256: (!has_body).then(|| auth::sigv4::EMPTY_SHA256.to_string()),
+            host_bucket: gw.host_bucket(host.as_deref()),
         };
         match authenticator.authenticate(&signed).await {
             Ok(a) => a,

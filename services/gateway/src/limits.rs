@@ -38,3 +38,6 @@ pub const MAX_TRAILER_LINES: usize = 16;
 /// The shortest cluster secret accepted: it is the only proof a node or a
 /// gateway has on the internal plane.
 pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;
+
+/// Buckets in one ListBuckets page (S3's own maximum for `max-buckets`).
+pub const MAX_LIST_BUCKETS: usize = 10_000;

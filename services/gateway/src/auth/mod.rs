@@ -4,6 +4,7 @@
 pub mod chunked;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod sigv2;
 pub mod sigv4;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,22 @@ pub struct SignedRequest<'a> {
     /// SHA-256 of an already-read body, for clients (curl) that sign the
     /// payload hash without sending `x-amz-content-sha256`.
     pub body_sha256: Option<String>,
+    /// The bucket the `Host` header names (virtual-hosted style), which
+    /// SigV2 signs as the start of the resource.
+    pub host_bucket: Option<&'a str>,
+}
+
+/// A request time as SigV2 clients send it: an HTTP date (RFC 1123, with
+/// `GMT` or a numeric zone) or an ISO 8601 basic one; seconds since the
+/// epoch.
+fn parse_request_date(v: &str) -> Option<i64> {
+    if let Ok(t) = httpdate::parse_http_date(v) {
+        return Some(chrono::DateTime::<chrono::Utc>::from(t).timestamp());
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc2822(v) {
+        return Some(t.timestamp());
+    }
+    sigv4::parse_amz_date(v)
 }
 
 fn err(code: S3ErrorCode, msg: &str) -> S3Error {
@@ -152,16 +169,16 @@ impl Authenticator<'_> {
                     "The authorization header is malformed.",
                 )
             })?;
+            if auth.starts_with("AWS ") {
+                return self.v2_header_auth(req, auth, &query).await;
+            }
             return self.header_auth(req, auth).await;
         }
         if query.contains_key("X-Amz-Algorithm") || query.contains_key("X-Amz-Signature") {
             return self.presigned_auth(req, &query).await;
         }
-        if query.contains_key("Signature") && query.contains_key("AWSAccessKeyId") {
-            return Err(err(
-                S3ErrorCode::InvalidRequest,
-                "Signature Version 2 is not supported; use SigV4.",
-            ));
+        if query.contains_key("Signature") || query.contains_key("AWSAccessKeyId") {
+            return self.v2_query_auth(req, &query).await;
         }
         Ok(Authenticated {
             principal: Principal::Anonymous,
@@ -346,6 +363,104 @@ impl Authenticator<'_> {
         })
     }
 
+    /// `Authorization: AWS KEY:SIGNATURE` (SigV2).
+    async fn v2_header_auth(
+        &self,
+        req: &SignedRequest<'_>,
+        auth: &str,
+        query: &BTreeMap<String, String>,
+    ) -> S3Result<Authenticated> {
+        let (akid, signature) = sigv2::parse_authorization(auth).ok_or_else(|| {
+            err(
+                S3ErrorCode::AuthorizationHeaderMalformed,
+                "The authorization header is malformed.",
+            )
+        })?;
+        let (principal, secret) = self.lookup(akid).await?;
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let amz_date = header("x-amz-date");
+        let date = header("date");
+        let t = amz_date
+            .or(date)
+            .and_then(parse_request_date)
+            .ok_or_else(|| {
+                err(
+                    S3ErrorCode::AccessDenied,
+                    "AWS authentication requires a valid Date or x-amz-date header",
+                )
+            })?;
+        if (req.now - t).abs() > MAX_CLOCK_SKEW_SECS {
+            return Err(err(
+                S3ErrorCode::RequestTimeTooSkewed,
+                "The difference between the request time and the current time is too large.",
+            ));
+        }
+        // With x-amz-date, that header is signed among the amz headers and
+        // the date line stays empty.
+        let date_line = if amz_date.is_some() {
+            ""
+        } else {
+            date.unwrap_or("")
+        };
+        let resource = sigv2::canonical_resource(req.host_bucket, req.raw_path, query);
+        let sts = sigv2::string_to_sign(req.method, req.headers, date_line.trim(), &resource);
+        self.v2_check(&secret, &sts, signature)?;
+        Ok(Authenticated {
+            principal,
+            payload: PayloadCheck::Unsigned,
+            credential: None,
+        })
+    }
+
+    /// A SigV2 presigned URL: `AWSAccessKeyId`, `Expires` (seconds since
+    /// the epoch) and `Signature` in the query.
+    async fn v2_query_auth(
+        &self,
+        req: &SignedRequest<'_>,
+        q: &BTreeMap<String, String>,
+    ) -> S3Result<Authenticated> {
+        let missing = |name: &str| {
+            err(
+                S3ErrorCode::AccessDenied,
+                &format!("Query-string authentication requires the Signature, Expires and AWSAccessKeyId parameters ({name} is missing)"),
+            )
+        };
+        let akid = q
+            .get("AWSAccessKeyId")
+            .ok_or_else(|| missing("AWSAccessKeyId"))?;
+        let signature = q.get("Signature").ok_or_else(|| missing("Signature"))?;
+        let expires_text = q.get("Expires").ok_or_else(|| missing("Expires"))?;
+        let expires: i64 = expires_text.parse().map_err(|_| {
+            err(
+                S3ErrorCode::AccessDenied,
+                "Expires must be a number of seconds since the epoch",
+            )
+        })?;
+        let (principal, secret) = self.lookup(akid).await?;
+        if req.now > expires {
+            return Err(err(S3ErrorCode::AccessDenied, "Request has expired"));
+        }
+        let resource = sigv2::canonical_resource(req.host_bucket, req.raw_path, q);
+        let sts = sigv2::string_to_sign(req.method, req.headers, expires_text, &resource);
+        self.v2_check(&secret, &sts, signature)?;
+        Ok(Authenticated {
+            principal,
+            payload: PayloadCheck::Unsigned,
+            credential: None,
+        })
+    }
+
+    fn v2_check(&self, secret: &str, string_to_sign: &str, signature: &str) -> S3Result<()> {
+        if !sigv4::signatures_match(&sigv2::sign(secret, string_to_sign), signature) {
+            tracing::debug!(string_to_sign = %string_to_sign, "SigV2 signature mismatch");
+            return Err(err(
+                S3ErrorCode::SignatureDoesNotMatch,
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            ));
+        }
+        Ok(())
+    }
+
     async fn presigned_auth(
         &self,
         req: &SignedRequest<'_>,
@@ -375,8 +490,12 @@ impl Authenticator<'_> {
             .get("X-Amz-Expires")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad("X-Amz-Expires must be a number of seconds"))?;
+        // Out of range is refused as S3 gateways refuse an expired URL.
         if !(1..=MAX_PRESIGN_EXPIRES_SECS).contains(&expires) {
-            return Err(bad("X-Amz-Expires must be between 1 and 604800 seconds"));
+            return Err(err(
+                S3ErrorCode::AccessDenied,
+                "X-Amz-Expires must be between 1 and 604800 seconds",
+            ));
         }
         let signed = q
             .get("X-Amz-SignedHeaders")

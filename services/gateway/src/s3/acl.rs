@@ -30,10 +30,8 @@ fn grant_group(out: &mut String, uri: &str, permission: &str) {
 fn policy_xml(owner: &str, acl: CannedAcl) -> String {
     let mut out = format!("{}<AccessControlPolicy xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::owner(&mut out, owner);
-    out.push_str("<AccessControlList><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"CanonicalUser\">");
-    xml::elem(&mut out, "ID", owner);
-    xml::elem(&mut out, "DisplayName", owner);
-    out.push_str("</Grantee><Permission>FULL_CONTROL</Permission></Grant>");
+    // The groups' grants first, then the owner's, as RGW lists them.
+    out.push_str("<AccessControlList>");
     match acl {
         CannedAcl::Private => {}
         CannedAcl::PublicRead => grant_group(&mut out, ALL_USERS, "READ"),
@@ -43,6 +41,10 @@ fn policy_xml(owner: &str, acl: CannedAcl) -> String {
         }
         CannedAcl::AuthenticatedRead => grant_group(&mut out, AUTHENTICATED_USERS, "READ"),
     }
+    out.push_str("<Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"CanonicalUser\">");
+    xml::elem(&mut out, "ID", owner);
+    xml::elem(&mut out, "DisplayName", owner);
+    out.push_str("</Grantee><Permission>FULL_CONTROL</Permission></Grant>");
     out.push_str("</AccessControlList></AccessControlPolicy>");
     out
 }

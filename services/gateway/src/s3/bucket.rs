@@ -12,7 +12,7 @@ use super::access::{owned_bucket, writable_bucket};
 use super::{empty_response, xml, xml_response, S3Request};
 use crate::auth::Principal;
 use crate::error::{xml_escape, S3Error, S3ErrorCode, S3Result};
-use crate::limits::{MAX_DELETE_KEYS, MAX_XML_BODY_BYTES};
+use crate::limits::{MAX_DELETE_KEYS, MAX_LIST_BUCKETS, MAX_XML_BODY_BYTES};
 use crate::Gateway;
 
 /// S3 bucket naming rules: 3–63 characters of lower-case letters, digits,
@@ -79,8 +79,43 @@ pub fn require_user(req: &S3Request) -> S3Result<&str> {
 }
 
 pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let tenant = require_user(req)?;
-    let buckets = gw.catalog.list_buckets(tenant).await?;
+    let max = match req.query("max-buckets") {
+        None => MAX_LIST_BUCKETS,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_BUCKETS).contains(n))
+            .ok_or_else(|| {
+                S3Error::invalid_argument(format!(
+                    "max-buckets must be an integer between 1 and {MAX_LIST_BUCKETS}"
+                ))
+            })?,
+    };
+    let prefix = req.query("prefix").unwrap_or("");
+    // The token is the last name a page gave, opaque to the client.
+    let after = match req.query("continuation-token") {
+        None | Some("") => None,
+        Some(t) => Some(
+            b64.decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| S3Error::invalid_argument("The continuation token is not valid."))?,
+        ),
+    };
+    let mut buckets: Vec<_> = gw
+        .catalog
+        .list_buckets(tenant)
+        .await?
+        .into_iter()
+        .filter(|b| b.name.starts_with(prefix))
+        .filter(|b| after.as_ref().is_none_or(|a| b.name.as_str() > a.as_str()))
+        .collect();
+    buckets.sort_by(|a, b| a.name.cmp(&b.name));
+    let more = buckets.len() > max;
+    buckets.truncate(max);
     let mut out = format!(
         "{}<ListAllMyBucketsResult xmlns=\"{}\">",
         xml::HEADER,
@@ -88,13 +123,20 @@ pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     );
     xml::owner(&mut out, tenant);
     out.push_str("<Buckets>");
-    for b in buckets {
+    for b in &buckets {
         out.push_str("<Bucket>");
         xml::elem(&mut out, "Name", &b.name);
         xml::elem(&mut out, "CreationDate", &xml::iso8601(b.created_ms));
         out.push_str("</Bucket>");
     }
-    out.push_str("</Buckets></ListAllMyBucketsResult>");
+    out.push_str("</Buckets>");
+    if let (true, Some(last)) = (more, buckets.last()) {
+        xml::elem(&mut out, "ContinuationToken", &b64.encode(&last.name));
+    }
+    if !prefix.is_empty() {
+        xml::elem(&mut out, "Prefix", prefix);
+    }
+    out.push_str("</ListAllMyBucketsResult>");
     Ok(xml_response(StatusCode::OK, out))
 }
 
@@ -122,11 +164,28 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
         }
     }
     match gw.catalog.create_bucket(&name, &tenant, acl).await {
-        Ok(_) => {}
-        // S3 (outside us-east-1 legacy) reports a repeat create by the owner.
+        Ok(_) => tracing::info!(bucket = %name, tenant = %tenant, "bucket created"),
+        // In us-east-1, S3 lets the owner create its bucket again: nothing
+        // changes (its objects stay). A different ACL would be a change,
+        // which is refused as S3 gateways refuse it. Elsewhere, S3 reports
+        // the repeat.
+        Err(insitu_catalog::CatalogError::BucketAlreadyOwnedByYou(_))
+            if gw.config.region == "us-east-1" =>
+        {
+            let same_acl = gw
+                .catalog
+                .get_bucket(&name)
+                .await?
+                .is_some_and(|b| b.owner == tenant && b.acl == acl);
+            if !same_acl {
+                return Err(S3Error::new(
+                    S3ErrorCode::BucketAlreadyExists,
+                    "The requested bucket name is not available; you own it, with another ACL.",
+                ));
+            }
+        }
         Err(e) => return Err(e.into()),
     }
-    tracing::info!(bucket = %name, tenant = %tenant, "bucket created");
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::LOCATION, format!("/{name}"))
@@ -169,20 +228,122 @@ pub async fn delete_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> 
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// A DeleteObjects body (`DeleteRequest::parse`).
 pub(super) struct DeleteRequest {
-    #[serde(default)]
     quiet: bool,
-    #[serde(default, rename = "Object")]
     objects: Vec<DeleteEntry>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 struct DeleteEntry {
     key: String,
     version_id: Option<String>,
+}
+
+impl DeleteRequest {
+    /// Reads a DeleteObjects body. Keys keep their text exactly as sent:
+    /// an S3 key may begin or end with spaces, which a serde reading of
+    /// the XML would trim (and then delete another key, or none).
+    pub(super) fn parse(body: &[u8]) -> S3Result<Self> {
+        use quick_xml::events::Event;
+        let malformed = || {
+            S3Error::new(
+                S3ErrorCode::MalformedXml,
+                "The XML you provided was not well-formed or did not validate against our published schema",
+            )
+        };
+        let mut reader = quick_xml::Reader::from_reader(body);
+        let mut path: Vec<Vec<u8>> = Vec::new();
+        let mut text = String::new();
+        let mut out = DeleteRequest {
+            quiet: false,
+            objects: Vec::new(),
+        };
+        let mut entry: Option<(Option<String>, Option<String>)> = None;
+        let mut seen_root = false;
+        loop {
+            let event = reader.read_event().map_err(|_| malformed())?;
+            match event {
+                Event::Start(e) => {
+                    let name = e.local_name().as_ref().to_vec();
+                    if path.is_empty() {
+                        if seen_root || name != b"Delete" {
+                            return Err(malformed());
+                        }
+                        seen_root = true;
+                    }
+                    path.push(name);
+                    text.clear();
+                    if path_is(&path, &[b"Delete", b"Object"]) {
+                        entry = Some((None, None));
+                    }
+                }
+                Event::Empty(e) => {
+                    let name = e.local_name().as_ref().to_vec();
+                    if path.is_empty() {
+                        if seen_root || name != b"Delete" {
+                            return Err(malformed());
+                        }
+                        seen_root = true;
+                        continue;
+                    }
+                    path.push(name);
+                    text.clear();
+                    end_element(&path, &text, &mut out, &mut entry).map_err(|_| malformed())?;
+                    path.pop();
+                }
+                Event::Text(t) => {
+                    let t = t.unescape().map_err(|_| malformed())?;
+                    text.push_str(&t);
+                }
+                Event::CData(c) => {
+                    text.push_str(std::str::from_utf8(&c).map_err(|_| malformed())?);
+                }
+                Event::End(_) => {
+                    end_element(&path, &text, &mut out, &mut entry).map_err(|_| malformed())?;
+                    path.pop();
+                    text.clear();
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        if !seen_root || !path.is_empty() {
+            return Err(malformed());
+        }
+        Ok(out)
+    }
+}
+
+fn path_is(path: &[Vec<u8>], want: &[&[u8]]) -> bool {
+    path.len() == want.len() && path.iter().zip(want).all(|(a, b)| a.as_slice() == *b)
+}
+
+/// What the end of the element at `path`, whose text is `text`, adds to
+/// a DeleteObjects request.
+fn end_element(
+    path: &[Vec<u8>],
+    text: &str,
+    out: &mut DeleteRequest,
+    entry: &mut Option<(Option<String>, Option<String>)>,
+) -> Result<(), ()> {
+    if path_is(path, &[b"Delete", b"Quiet"]) {
+        out.quiet = match text.trim() {
+            "true" => true,
+            "false" | "" => false,
+            _ => return Err(()),
+        };
+    } else if path_is(path, &[b"Delete", b"Object", b"Key"]) {
+        entry.as_mut().ok_or(())?.0 = Some(text.to_string());
+    } else if path_is(path, &[b"Delete", b"Object", b"VersionId"]) {
+        entry.as_mut().ok_or(())?.1 = Some(text.trim().to_string());
+    } else if path_is(path, &[b"Delete", b"Object"]) {
+        let (key, version_id) = entry.take().ok_or(())?;
+        out.objects.push(DeleteEntry {
+            key: key.ok_or(())?,
+            version_id,
+        });
+    }
+    Ok(())
 }
 
 pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
@@ -196,7 +357,7 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
         return Err(e.clone());
     }
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
-    let parsed: DeleteRequest = xml::parse(&body)?;
+    let parsed = DeleteRequest::parse(&body)?;
     if parsed.objects.is_empty() || parsed.objects.len() > MAX_DELETE_KEYS {
         return Err(S3Error::new(
             S3ErrorCode::MalformedXml,

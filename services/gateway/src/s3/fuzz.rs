@@ -11,7 +11,7 @@ use super::{acl, bucket, multipart, post_object, xml};
 /// Every XML request body parser, on the same bytes.
 pub fn xml_bodies(data: &[u8]) {
     let _ = xml::parse::<multipart::CompleteRequest>(data);
-    let _ = xml::parse::<bucket::DeleteRequest>(data);
+    let _ = bucket::DeleteRequest::parse(data);
     let _ = xml::parse::<bucket::CreateBucketConfiguration>(data);
     let _ = acl::canned_from_policy(data, "owner");
 }

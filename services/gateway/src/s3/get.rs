@@ -218,18 +218,20 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
             )
         })?;
         if obj.parts_count == 0 {
+            // A plain object is its own part 1; any other part is
+            // `InvalidPart` (400), as S3 answers, not a range error.
             if n != 1 {
                 return Err(S3Error::new(
-                    S3ErrorCode::InvalidRange,
-                    "The requested partnumber is not satisfiable",
+                    S3ErrorCode::InvalidPart,
+                    "The requested part number is not one of the object's parts",
                 ));
             }
         } else {
             let idx = (n - 1) as usize;
             let size = *obj.part_sizes.get(idx).ok_or_else(|| {
                 S3Error::new(
-                    S3ErrorCode::InvalidRange,
-                    "The requested partnumber is not satisfiable",
+                    S3ErrorCode::InvalidPart,
+                    "The requested part number is not one of the object's parts",
                 )
             })?;
             let start: u64 = obj.part_sizes[..idx].iter().sum();

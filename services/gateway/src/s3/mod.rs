@@ -198,6 +198,23 @@ fn operation_name(req: &S3Request) -> &'static str {
     }
 }
 
+/// `x-amz-expected-bucket-owner`: a request made on the belief that the
+/// bucket is someone's fails if it is not (a bucket deleted and created
+/// again by another tenant gets none of the caller's data).
+async fn check_expected_owner(gw: &Gateway, req: &S3Request) -> S3Result<()> {
+    let Some(expected) = req.header("x-amz-expected-bucket-owner") else {
+        return Ok(());
+    };
+    let owner = gw.catalog.get_bucket(req.bucket()?).await?.map(|b| b.owner);
+    match owner {
+        Some(owner) if owner != expected => Err(S3Error::new(
+            S3ErrorCode::AccessDenied,
+            "The bucket is not owned by the expected owner.",
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
     let has_key = req.key.is_some();
     let has_bucket = req.bucket.is_some();
@@ -211,6 +228,7 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
             )),
         };
     }
+    check_expected_owner(gw, &req).await?;
     if !has_key {
         return match m {
             Method::PUT if req.has_query("acl") => acl::put_bucket_acl(gw, req).await,

@@ -157,7 +157,10 @@ fn copy_range(value: &str, size: u64) -> S3Result<ByteRange> {
         .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
     match parsed {
         Some((start, end)) if start <= end && end < size => Ok(ByteRange { start, end }),
-        Some(_) => Err(S3Error::invalid_argument(format!("Range specified is not valid for source object of size: {size}"))),
+        Some(_) => Err(S3Error::new(
+            S3ErrorCode::InvalidRange,
+            format!("Range specified is not valid for source object of size: {size}"),
+        )),
         None => Err(S3Error::invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy")),
     }
 }
@@ -232,7 +235,15 @@ pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
 
 pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     writable_bucket(gw, req.principal(), req.bucket()?).await?;
-    let up = upload(gw, &req).await?;
+    let up = match upload(gw, &req).await {
+        Ok(up) => up,
+        Err(e) if e.code == S3ErrorCode::NoSuchUpload => {
+            // Read (and check) the body the client sent all the same.
+            req.read_verified_body(MAX_XML_BODY_BYTES).await?;
+            return completed_before(gw, &req).await;
+        }
+        Err(e) => return Err(e),
+    };
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let requested: CompleteRequest = xml::parse(&body)?;
     let mut stored = Vec::new();
@@ -313,6 +324,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         },
         parts_count: parts.len() as u32,
         part_sizes: parts.iter().map(|p| p.blob.size).collect(),
+        upload_id: Some(up.upload_id.clone()),
     };
     if let Err(e) = gw
         .catalog
@@ -323,17 +335,36 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         return Err(e.into());
     }
     tracing::debug!(key = %up.key, size, parts = parts.len(), "multipart upload completed");
+    Ok(completed(&up.bucket, &up.key, &etag))
+}
+
+fn completed(bucket: &str, key: &str, etag: &str) -> Response {
     let mut out = format!(
         "{}<CompleteMultipartUploadResult xmlns=\"{}\">",
         xml::HEADER,
         xml::NS
     );
-    xml::elem(&mut out, "Location", &format!("/{}/{}", up.bucket, up.key));
-    xml::elem(&mut out, "Bucket", &up.bucket);
-    xml::elem(&mut out, "Key", &up.key);
+    xml::elem(&mut out, "Location", &format!("/{bucket}/{key}"));
+    xml::elem(&mut out, "Bucket", bucket);
+    xml::elem(&mut out, "Key", key);
     xml::elem(&mut out, "ETag", &format!("\"{etag}\""));
     out.push_str("</CompleteMultipartUploadResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    xml_response(StatusCode::OK, out)
+}
+
+/// A Complete for an upload that is no longer open: if the object at its
+/// key is the one that upload made, the first completion's answer again
+/// (as S3 does, so a client that lost the answer can retry); otherwise
+/// `NoSuchUpload`.
+async fn completed_before(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
+    let (bucket, key) = (req.bucket()?, req.key()?);
+    let upload_id = req.query("uploadId").unwrap_or_default();
+    match gw.catalog.get_object(bucket, key).await? {
+        Some(obj) if obj.upload_id.as_deref() == Some(upload_id) => {
+            Ok(completed(bucket, key, &obj.etag))
+        }
+        _ => Err(insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into()),
+    }
 }
 
 pub async fn abort_upload(gw: &Gateway, req: &S3Request) -> S3Result<Response> {

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::access::writable_bucket;
 use super::put::{commit_object, store_body, validate_key};
 use super::{xml, xml_response, S3Request};
+use crate::auth::sigv2;
 use crate::auth::sigv4::{self, SigningKey};
 use crate::auth::{Authenticator, Principal};
 use crate::body::BodyExpectations;
@@ -144,7 +145,15 @@ async fn authenticate_form(
     fields: &BTreeMap<String, String>,
     now: i64,
 ) -> S3Result<(Principal, (u64, u64))> {
+    let auth = Authenticator {
+        catalog: gw.catalog.as_ref(),
+        root: &gw.config.root,
+        region: &gw.config.region,
+    };
     let Some(signature) = fields.get("x-amz-signature") else {
+        if let Some(akid) = fields.get("awsaccesskeyid") {
+            return authenticate_form_v2(&auth, akid, fields, now).await;
+        }
         if fields.contains_key("policy") {
             return Err(malformed("A policy was given without x-amz-signature."));
         }
@@ -161,11 +170,6 @@ async fn authenticate_form(
     let policy_b64 = fields
         .get("policy")
         .ok_or_else(|| malformed("policy is missing"))?;
-    let auth = Authenticator {
-        catalog: gw.catalog.as_ref(),
-        root: &gw.config.root,
-        region: &gw.config.region,
-    };
     auth.check_scope(&scope, S3ErrorCode::InvalidArgument)?;
     let (principal, secret) = auth.lookup(&akid).await?;
     let key = SigningKey::derive(&secret, &scope)
@@ -176,6 +180,42 @@ async fn authenticate_form(
             "The request signature we calculated does not match the signature you provided.",
         ));
     }
+    let range = checked_policy(policy_b64, fields, now)?;
+    Ok((principal, range))
+}
+
+/// A SigV2 form: `AWSAccessKeyId`, `policy`, and `signature`, the base64
+/// HMAC-SHA1 of the policy as sent.
+async fn authenticate_form_v2(
+    auth: &Authenticator<'_>,
+    akid: &str,
+    fields: &BTreeMap<String, String>,
+    now: i64,
+) -> S3Result<(Principal, (u64, u64))> {
+    let policy_b64 = fields
+        .get("policy")
+        .ok_or_else(|| malformed("policy is missing"))?;
+    let signature = fields
+        .get("signature")
+        .ok_or_else(|| malformed("signature is missing"))?;
+    let (principal, secret) = auth.lookup(akid).await?;
+    if !sigv4::signatures_match(&sigv2::sign(&secret, policy_b64), signature) {
+        return Err(S3Error::new(
+            S3ErrorCode::SignatureDoesNotMatch,
+            "The request signature we calculated does not match the signature you provided.",
+        ));
+    }
+    let range = checked_policy(policy_b64, fields, now)?;
+    Ok((principal, range))
+}
+
+/// The policy document decoded and checked against the form's fields:
+/// the allowed content length.
+fn checked_policy(
+    policy_b64: &str,
+    fields: &BTreeMap<String, String>,
+    now: i64,
+) -> S3Result<(u64, u64)> {
     let policy_json = base64::engine::general_purpose::STANDARD
         .decode(policy_b64.trim())
         .ok()
@@ -186,8 +226,7 @@ async fn authenticate_form(
                 "Invalid Policy: the policy is not base64-encoded JSON.",
             )
         })?;
-    let range = check_policy(&policy_json, fields, now)?;
-    Ok((principal, range))
+    check_policy(&policy_json, fields, now)
 }
 
 pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {

@@ -353,6 +353,7 @@ pub async fn commit_object(
         blob: stored.blob.clone(),
         parts_count: 0,
         part_sizes: vec![],
+        upload_id: None,
     };
     if let Err(e) = gw.catalog.put_object_checked(bucket, key, &rec, cond).await {
         gw.nodes
