@@ -94,6 +94,26 @@ pub struct SignedRequest<'a> {
     pub host_bucket: Option<&'a str>,
 }
 
+/// The strings a SigV2 request may have signed: with its resource as
+/// sent, and, for a bucket named in the path with nothing after it, also
+/// with a trailing slash (`/bucket/`, as botocore signs bucket requests).
+fn v2_strings(
+    req: &SignedRequest<'_>,
+    query: &BTreeMap<String, String>,
+    date: &str,
+) -> Vec<String> {
+    let sts = |path: &str| {
+        let resource = sigv2::canonical_resource(req.host_bucket, path, query);
+        sigv2::string_to_sign(req.method, req.headers, date, &resource)
+    };
+    let mut out = vec![sts(req.raw_path)];
+    let rest = req.raw_path.trim_start_matches('/');
+    if req.host_bucket.is_none() && !rest.is_empty() && !rest.contains('/') {
+        out.push(sts(&format!("{}/", req.raw_path)));
+    }
+    out
+}
+
 /// A request time as SigV2 clients send it: an HTTP date (RFC 1123, with
 /// `GMT` or a numeric zone) or an ISO 8601 basic one; seconds since the
 /// epoch.
@@ -402,8 +422,7 @@ impl Authenticator<'_> {
         } else {
             date.unwrap_or("")
         };
-        let resource = sigv2::canonical_resource(req.host_bucket, req.raw_path, query);
-        let sts = sigv2::string_to_sign(req.method, req.headers, date_line.trim(), &resource);
+        let sts = v2_strings(req, query, date_line.trim());
         self.v2_check(&secret, &sts, signature)?;
         Ok(Authenticated {
             principal,
@@ -440,8 +459,7 @@ impl Authenticator<'_> {
         if req.now > expires {
             return Err(err(S3ErrorCode::AccessDenied, "Request has expired"));
         }
-        let resource = sigv2::canonical_resource(req.host_bucket, req.raw_path, q);
-        let sts = sigv2::string_to_sign(req.method, req.headers, expires_text, &resource);
+        let sts = v2_strings(req, q, expires_text);
         self.v2_check(&secret, &sts, signature)?;
         Ok(Authenticated {
             principal,
@@ -450,9 +468,13 @@ impl Authenticator<'_> {
         })
     }
 
-    fn v2_check(&self, secret: &str, string_to_sign: &str, signature: &str) -> S3Result<()> {
-        if !sigv4::signatures_match(&sigv2::sign(secret, string_to_sign), signature) {
-            tracing::debug!(string_to_sign = %string_to_sign, "SigV2 signature mismatch");
+    /// Whether `signature` signs one of the strings.
+    fn v2_check(&self, secret: &str, strings: &[String], signature: &str) -> S3Result<()> {
+        let matched = strings.iter().fold(false, |m, s| {
+            sigv4::signatures_match(&sigv2::sign(secret, s), signature) | m
+        });
+        if !matched {
+            tracing::debug!(string_to_sign = ?strings, "SigV2 signature mismatch");
             return Err(err(
                 S3ErrorCode::SignatureDoesNotMatch,
                 "The request signature we calculated does not match the signature you provided. Check your key and signing method.",

@@ -99,13 +99,7 @@ impl S3Request {
     /// Reads a small body (XML requests) whole, with the same checks as an
     /// object body: signed SHA-256, Content-MD5, length, checksums.
     pub async fn read_verified_body(&mut self, max: usize) -> S3Result<Vec<u8>> {
-        let expect = match put::body_expectations(self, max as u64) {
-            Ok(e) => e,
-            Err(e) if e.code == S3ErrorCode::MissingContentLength => {
-                put::body_expectations_unsized(self, max as u64)?
-            }
-            Err(e) => return Err(e),
-        };
+        let expect = put::body_expectations(self, max as u64)?;
         let (mut stream, outcome) = crate::body::verify(self.take_body(), expect);
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {

@@ -146,7 +146,9 @@ pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
             .map(str::trim)
             .filter(|t| !t.is_empty() && *t != "aws-chunked")
             .collect();
-        (!rest.is_empty()).then(|| rest.join(","))
+        // The client's own list, spacing as sent: only the transfer
+        // framing is taken out.
+        (!rest.is_empty()).then(|| rest.join(", "))
     });
     let mut h = ObjectHeaders {
         content_type: get("content-type"),
@@ -182,43 +184,24 @@ pub fn object_headers(req: &S3Request) -> S3Result<ObjectHeaders> {
 
 /// What the request claims about its body: length, MD5, SHA-256, checksum.
 pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpectations> {
-    expectations(req, max_length, true)
-}
-
-fn expectations(
-    req: &S3Request,
-    max_length: u64,
-    require_length: bool,
-) -> S3Result<BodyExpectations> {
     let chunked = matches!(req.auth.payload, PayloadCheck::Chunked { .. });
     let length_header = if chunked {
         "x-amz-decoded-content-length"
     } else {
         "content-length"
     };
-    let length = match req.header(length_header) {
-        Some(v) => {
-            Some(v.parse::<u64>().map_err(|_| {
+    let length =
+        match req.header(length_header) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
                 S3Error::invalid_argument(format!("{length_header} must be a number"))
-            })?)
-        }
-        None if chunked => {
-            return Err(S3Error::new(
-                S3ErrorCode::MissingContentLength,
-                "You must provide x-amz-decoded-content-length.",
-            ))
-        }
-        None if !require_length && req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
-            None
-        }
-        None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => {
-            return Err(S3Error::new(
-                S3ErrorCode::MissingContentLength,
-                "You must provide the Content-Length HTTP header.",
-            ))
-        }
-        None => Some(0),
-    };
+            })?),
+            // A body of unknown length (`Transfer-Encoding: chunked`, or
+            // aws-chunked framing that does not say its decoded length) is
+            // streamed to its end, within `max_length`; its checks hold all
+            // the same, and nothing is visible before they pass.
+            None if chunked || req.headers.contains_key(http::header::TRANSFER_ENCODING) => None,
+            None => Some(0),
+        };
     if let Some(len) = length {
         if len > max_length {
             return Err(S3Error::new(
@@ -271,12 +254,6 @@ fn expectations(
         trailers: req.trailers.clone(),
         max_length,
     })
-}
-
-/// Expectations for a small body that may come without a length
-/// (chunked transfer encoding); it is still capped at `max_length`.
-pub fn body_expectations_unsized(req: &S3Request, max_length: u64) -> S3Result<BodyExpectations> {
-    expectations(req, max_length, false)
 }
 
 /// Streams a body to `replicas` new replicas and waits until all are
