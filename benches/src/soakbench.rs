@@ -490,6 +490,7 @@ async fn main() -> Result<()> {
         "lost_total": load(&n.lost),
         "rss": {
             "samples": gateway_rss.len(),
+            "gateway_series_mib": gateway_rss.iter().step_by(4).map(|r| r.round()).collect::<Vec<_>>(),
             "gateway": { "first_third_mib": g0, "last_third_mib": g1 },
             "nodes": nodes,
         },

@@ -78,6 +78,9 @@ pub(super) fn part_key(upload_id: &str, part_number: u32) -> Vec<u8> {
     k
 }
 
+/// What the embedded catalog's memtables may hold, all together.
+const MEMTABLE_BYTES: usize = 32 << 20;
+
 pub(super) struct RocksCore {
     pub(super) db: DB,
     write_lock: Mutex<()>,
@@ -88,9 +91,18 @@ impl RocksCore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Memtables of all column families together stay within
+        // MEMTABLE_BYTES (by default each of them could take 2 x 64 MiB):
+        // the gateway's memory does not grow with the number of writes.
+        opts.set_db_write_buffer_size(MEMTABLE_BYTES);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_write_buffer_size(MEMTABLE_BYTES / 4);
+            o
+        };
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
         Ok(Self {
             db,
