@@ -574,6 +574,27 @@ impl BlobStore {
         id: &str,
         file: std::fs::File,
     ) -> Result<(BlobInfo, String), BlobError> {
+        self.take_over(id, file, true).await
+    }
+
+    /// `adopt`, but the bytes are copied into a new file of the node's
+    /// own: for an output that something of its task may still hold
+    /// open, so that nothing can change the blob once its checksums are
+    /// taken.
+    pub async fn adopt_copy(
+        &self,
+        id: &str,
+        file: std::fs::File,
+    ) -> Result<(BlobInfo, String), BlobError> {
+        self.take_over(id, file, false).await
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        file: std::fs::File,
+        link: bool,
+    ) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
         if fs::try_exists(&final_path).await? {
             return Err(BlobError::Exists(id.to_string()));
@@ -584,18 +605,24 @@ impl BlobStore {
         let tmp2 = tmp.clone();
         let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>, String)> {
             use md5::Digest;
+            use std::io::Write;
             use std::io::{Read, Seek};
             use std::os::fd::AsRawFd;
             let mut f = file;
-            let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-            nix::unistd::linkat(
-                None,
-                source.as_path(),
-                None,
-                tmp2.as_path(),
-                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-            )
-            .map_err(io::Error::from)?;
+            let mut copy = if link {
+                let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    source.as_path(),
+                    None,
+                    tmp2.as_path(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(io::Error::from)?;
+                None
+            } else {
+                Some(std::fs::File::create(&tmp2)?)
+            };
             f.seek(io::SeekFrom::Start(0))?;
             let mut md5 = md5::Md5::new();
             let mut blocks = BlockCrcs::default();
@@ -609,8 +636,14 @@ impl BlobStore {
                 size += n as u64;
                 blocks.update(&buf[..n]);
                 md5.update(&buf[..n]);
+                if let Some(c) = copy.as_mut() {
+                    c.write_all(&buf[..n])?;
+                }
             }
-            f.sync_all()?;
+            match copy {
+                Some(c) => c.sync_all()?,
+                None => f.sync_all()?,
+            }
             let digest: [u8; 16] = md5.finalize().into();
             let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
             Ok((size, blocks.finish(), hex))

@@ -343,7 +343,11 @@ impl TaskService {
                 (total, String::new(), pieces)
             }
             _ => {
-                let (info, md5) = store.adopt(&req.stdout_blob, stdout_file).await?;
+                let (info, md5) = if outcome.alone {
+                    store.adopt(&req.stdout_blob, stdout_file).await?
+                } else {
+                    store.adopt_copy(&req.stdout_blob, stdout_file).await?
+                };
                 (info.size, md5, Vec::new())
             }
         };
@@ -351,7 +355,7 @@ impl TaskService {
         let stderr_size = if failed {
             match open_output(&stderr_file).await {
                 Ok(f) => store
-                    .adopt(&req.stderr_blob, f)
+                    .adopt_copy(&req.stderr_blob, f)
                     .await
                     .ok()
                     .map(|(info, _)| info.size),

@@ -299,6 +299,12 @@ pub struct TaskOutcome {
     /// The task's stdout, a file on this node.
     pub stdout: PathBuf,
     pub stderr_preview: String,
+    /// Every process the task may have left was killed before its outputs
+    /// are read (it ended alone, and the container was swept, or the
+    /// container is gone). When false, other tasks still run beside what
+    /// it left: its outputs must be copied, not linked, since a descriptor
+    /// in flight in a Unix socket is in no process's table.
+    pub alone: bool,
 }
 
 pub struct TaskRunner {
@@ -920,9 +926,21 @@ impl TaskRunner {
             files.push((m.dev(), m.ino()));
         }
         const PASSES: usize = 200;
+        let deadline = std::time::Instant::now() + SEAL_BUDGET;
         for _ in 0..PASSES {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
             let found = match &group.strays {
-                Some((procs, keep)) => kill_holders(procs, keep, &files),
+                Some((procs, keep)) => {
+                    let (procs, keep, files) = (procs.clone(), keep.clone(), files.clone());
+                    tokio::task::spawn_blocking(move || {
+                        kill_holders(&procs, &keep, &files, deadline)
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }
                 None => {
                     let ask = format!("__seal-{task_id}");
                     ask_launcher(group, &ask, Duration::from_secs(5))
@@ -960,10 +978,17 @@ impl TaskRunner {
             outcome
         };
         // The last task out sweeps; a task starting meanwhile waits for it.
-        if let Ok(_alone) = group.activity.try_write() {
-            self.sweep_strays(group).await;
-        }
-        outcome
+        let swept = match group.activity.try_write() {
+            Ok(_alone) => {
+                self.sweep_strays(group).await;
+                true
+            }
+            Err(_) => false,
+        };
+        outcome.map(|mut o| {
+            o.alone = swept || !matches!(o.end, TaskEnd::Exited(_));
+            o
+        })
     }
 
     async fn run_task_inner(
@@ -1161,6 +1186,7 @@ impl TaskRunner {
             end,
             stdout,
             stderr_preview,
+            alone: false,
         })
     }
 
@@ -1303,11 +1329,20 @@ fn at_guest_limit(group: &Group, procs: Option<u64>) -> bool {
 }
 
 /// The OOM-kill counter file of the memory cgroup of process `pid`.
+/// How long sealing a task's outputs may take before its container is
+/// removed instead.
+const SEAL_BUDGET: Duration = Duration::from_secs(5);
+
 /// Kills every process of a container (`cgroup.procs`, host pids) but
 /// `keep` whose file table holds one of `files` (device, inode), looking
 /// at each thread's table (a thread may have its own). Returns how many
 /// it found; `None` when the container's list cannot be read.
-fn kill_holders(procs: &Path, keep: &[i32], files: &[(u64, u64)]) -> Option<u64> {
+fn kill_holders(
+    procs: &Path,
+    keep: &[i32],
+    files: &[(u64, u64)],
+    deadline: std::time::Instant,
+) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let text = std::fs::read_to_string(procs).ok()?;
     let holds = |fd_dir: &Path| {
@@ -1322,6 +1357,11 @@ fn kill_holders(procs: &Path, keep: &[i32], files: &[(u64, u64)]) -> Option<u64>
     for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         if keep.contains(&pid) {
             continue;
+        }
+        // A task with very many threads or descriptors cannot hold the
+        // node up: past the budget the container goes instead.
+        if std::time::Instant::now() > deadline {
+            return None;
         }
         let base = PathBuf::from(format!("/proc/{pid}"));
         let held = holds(&base.join("fd"))

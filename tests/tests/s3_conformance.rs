@@ -285,6 +285,71 @@ async fn signature_v2_header_query_and_post_forms() {
     let r = http.get(acl).send().await.unwrap();
     assert_eq!(r.status(), 403, "the acl sub-resource is signed");
 
+    // An Expires more than 7 days ahead is refused, as for SigV4.
+    let r = http
+        .get(presign(now + 8 * 24 * 3600, &path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A sub-resource value that would sign as other sub-resources: a
+    // signature made for UploadPart cannot be replayed as a plain PUT.
+    let up_path = format!("/{bucket}/replayed");
+    let resource = format!("{}?partNumber=1&uploadId=u1", encode(&up_path, true));
+    let sts = format!("PUT\n\n\n{date}\n{resource}");
+    let r = http
+        .put(format!(
+            "{}{}?partNumber=1%26uploadId%3Du1",
+            cluster.endpoint,
+            encode(&up_path, true)
+        ))
+        .header("date", &date)
+        .header(
+            "authorization",
+            format!("AWS {akid}:{}", sign_v2(&secret, &sts)),
+        )
+        .body("overwritten")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http.get(presign(now + 300, &up_path)).send().await.unwrap();
+    assert_eq!(r.status(), 404, "nothing was written");
+    // DeleteObjects signed with SigV2 (no payload hash) needs its MD5.
+    let body = "<Delete><Object><Key>v2 key</Key></Object></Delete>".to_string();
+    let delete = |md5: Option<String>| {
+        let sts = format!(
+            "POST\n{}\n\n{date}\n/{bucket}/?delete",
+            md5.clone().unwrap_or_default()
+        );
+        let mut r = http
+            .post(format!("{}/{bucket}/?delete", cluster.endpoint))
+            .header("date", &date)
+            .header(
+                "authorization",
+                format!("AWS {akid}:{}", sign_v2(&secret, &sts)),
+            )
+            .body(body.clone());
+        if let Some(m) = md5 {
+            r = r.header("content-md5", m);
+        }
+        r.send()
+    };
+    let r = delete(None).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.text().await.unwrap()), "InvalidRequest");
+    let md5 = {
+        use base64::Engine;
+        use md5::Digest;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()))
+    };
+    let r = delete(Some(md5)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("<Deleted>"));
+    // The object is gone: the POST form below writes another key.
+    let r = http.get(presign(now + 300, &path)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
     // POST form: the policy signed with HMAC-SHA1.
     use base64::Engine;
     let policy = serde_json::json!({

@@ -101,17 +101,38 @@ fn v2_strings(
     req: &SignedRequest<'_>,
     query: &BTreeMap<String, String>,
     date: &str,
-) -> Vec<String> {
+) -> S3Result<Vec<String>> {
+    if sigv2::ambiguous(query) {
+        return Err(err(
+            S3ErrorCode::AccessDenied,
+            "A signed sub-resource's value may not contain '&'",
+        ));
+    }
     let sts = |path: &str| {
         let resource = sigv2::canonical_resource(req.host_bucket, path, query);
         sigv2::string_to_sign(req.method, req.headers, date, &resource)
     };
     let mut out = vec![sts(req.raw_path)];
-    let rest = req.raw_path.trim_start_matches('/');
+    let rest = sigv4::uri_decode(req.raw_path.trim_start_matches('/'));
     if req.host_bucket.is_none() && !rest.is_empty() && !rest.contains('/') {
         out.push(sts(&format!("{}/", req.raw_path)));
     }
-    out
+    Ok(out)
+}
+
+/// What a SigV2 request's body is checked against: SigV2 signs no payload
+/// hash, but an `x-amz-content-sha256` it sends is signed with the other
+/// `x-amz-*` headers, and then binds the body.
+fn v2_payload(headers: &HeaderMap) -> PayloadCheck {
+    match headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            PayloadCheck::Sha256(h.to_ascii_lowercase())
+        }
+        _ => PayloadCheck::Unsigned,
+    }
 }
 
 /// A request time as SigV2 clients send it: an HTTP date (RFC 1123, with
@@ -422,11 +443,11 @@ impl Authenticator<'_> {
         } else {
             date.unwrap_or("")
         };
-        let sts = v2_strings(req, query, date_line.trim());
+        let sts = v2_strings(req, query, date_line.trim())?;
         self.v2_check(&secret, &sts, signature)?;
         Ok(Authenticated {
             principal,
-            payload: PayloadCheck::Unsigned,
+            payload: v2_payload(req.headers),
             credential: None,
         })
     }
@@ -459,11 +480,18 @@ impl Authenticator<'_> {
         if req.now > expires {
             return Err(err(S3ErrorCode::AccessDenied, "Request has expired"));
         }
-        let sts = v2_strings(req, q, expires_text);
+        // As long as a SigV4 URL may last, and no longer.
+        if expires - req.now > MAX_PRESIGN_EXPIRES_SECS {
+            return Err(err(
+                S3ErrorCode::AccessDenied,
+                "Expires may be at most 604800 seconds (7 days) ahead",
+            ));
+        }
+        let sts = v2_strings(req, q, expires_text)?;
         self.v2_check(&secret, &sts, signature)?;
         Ok(Authenticated {
             principal,
-            payload: PayloadCheck::Unsigned,
+            payload: v2_payload(req.headers),
             credential: None,
         })
     }

@@ -93,6 +93,16 @@ pub fn canonical_resource(
     out
 }
 
+/// Whether the signed resource could stand for another query: a signed
+/// sub-resource whose value holds a `&` (`partNumber=2%26uploadId%3Du1`
+/// signs as `partNumber=2&uploadId=u1`, the string a real UploadPart
+/// signs, yet routes as a plain PUT). Such a request is refused.
+pub fn ambiguous(query: &BTreeMap<String, String>) -> bool {
+    query
+        .iter()
+        .any(|(k, v)| SUBRESOURCES.contains(&k.as_str()) && v.contains('&'))
+}
+
 /// `x-amz-*` headers as signed: lower-case names in order, each with its
 /// values joined by commas, one per line.
 fn canonical_amz_headers(headers: &HeaderMap) -> String {
@@ -166,6 +176,20 @@ mod tests {
             sign("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", &sts),
             "qgk2+6Sv9/oM7G3qLEjTH1a1l1g="
         );
+    }
+
+    #[test]
+    fn a_subresource_value_cannot_stand_for_others() {
+        let mut q = BTreeMap::new();
+        q.insert("partNumber".to_string(), "2&uploadId=u1".to_string());
+        assert!(ambiguous(&q));
+        let mut q = BTreeMap::new();
+        q.insert(
+            "response-content-disposition".to_string(),
+            "attachment; filename=\"a=b\"".to_string(),
+        );
+        q.insert("prefix".to_string(), "a&b".to_string());
+        assert!(!ambiguous(&q));
     }
 
     #[test]

@@ -356,6 +356,20 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
     if let (Err(e), Principal::Anonymous) = (&allowed, &principal) {
         return Err(e.clone());
     }
+    // A body nothing else binds (SigV2, UNSIGNED-PAYLOAD) must carry its
+    // MD5 or a checksum, as S3 requires: otherwise a captured request
+    // could be replayed with another list of keys.
+    let unsigned = matches!(req.auth.payload, crate::auth::PayloadCheck::Unsigned);
+    let has_digest = req.header("content-md5").is_some()
+        || req.headers.keys().any(|k| {
+            k.as_str().starts_with("x-amz-checksum-") && k.as_str() != "x-amz-checksum-algorithm"
+        });
+    if unsigned && !has_digest {
+        return Err(S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            "Missing required header for this request: Content-MD5",
+        ));
+    }
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     let parsed = DeleteRequest::parse(&body)?;
     if parsed.objects.is_empty() || parsed.objects.len() > MAX_DELETE_KEYS {
