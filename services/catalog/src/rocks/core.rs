@@ -80,6 +80,8 @@ pub(super) fn part_key(upload_id: &str, part_number: u32) -> Vec<u8> {
 
 /// What the embedded catalog's memtables may hold, all together.
 const MEMTABLE_BYTES: usize = 32 << 20;
+/// The embedded catalog's block cache, index and filter blocks included.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 pub(super) struct RocksCore {
     pub(super) db: DB,
@@ -95,9 +97,17 @@ impl RocksCore {
         // MEMTABLE_BYTES (by default each of them could take 2 x 64 MiB):
         // the gateway's memory does not grow with the number of writes.
         opts.set_db_write_buffer_size(MEMTABLE_BYTES);
+        // One block cache for every column family, holding the index and
+        // filter blocks too (by default those sit outside any cache and
+        // grow with the files on disk).
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
         let cf_opts = || {
             let mut o = Options::default();
             o.set_write_buffer_size(MEMTABLE_BYTES / 4);
+            o.set_block_based_table_factory(&table);
             o
         };
         let cfs = ALL_CFS
