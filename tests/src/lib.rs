@@ -745,3 +745,13 @@ pub fn run_job(
         .collect();
     (status, errors)
 }
+
+/// Whether Docker here has gVisor's `runsc` runtime (scripts/setup
+/// registers it); tests of it say so and pass where it is missing.
+pub fn gvisor_installed() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
+        .unwrap_or(false)
+}

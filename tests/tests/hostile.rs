@@ -94,19 +94,11 @@ async fn hostile_tasks_fail_and_the_node_stays_healthy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_tasks_fail_under_gvisor_too() {
-    if !gvisor_installed() {
+    if !insitu_e2e::gvisor_installed() {
         eprintln!("runsc is not registered with Docker here; gVisor is covered where it is");
         return;
     }
     hostile_suite(Some("runsc")).await;
-}
-
-fn gvisor_installed() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{json .Runtimes}}"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
-        .unwrap_or(false)
 }
 
 async fn hostile_suite(runtime: Option<&str>) {
@@ -473,11 +465,7 @@ async fn an_operator_policy_bounds_a_tenants_jobs() {
         .await
         .unwrap();
     // gVisor where it is installed (scripts/setup registers it with Docker).
-    let gvisor = Command::new("docker")
-        .args(["info", "--format", "{{json .Runtimes}}"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
-        .unwrap_or(false);
+    let gvisor = insitu_e2e::gvisor_installed();
     let mut args = vec![
         "tenant",
         "policy",
@@ -587,7 +575,7 @@ fn task_leftovers(tasks_dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_node_leaves_nothing_of_its_tasks_behind() {
     crash_and_restart(None).await;
-    if gvisor_installed() {
+    if insitu_e2e::gvisor_installed() {
         crash_and_restart(Some("runsc")).await;
     }
 }

@@ -927,12 +927,7 @@ async fn a_left_process_cannot_change_an_ended_tasks_output_under_runc() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_left_process_cannot_change_an_ended_tasks_output_under_gvisor() {
-    let gvisor = Command::new("docker")
-        .args(["info", "--format", "{{json .Runtimes}}"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
-        .unwrap_or(false);
-    if !gvisor {
+    if !insitu_e2e::gvisor_installed() {
         eprintln!("runsc is not registered with Docker here; gVisor is covered where it is");
         return;
     }

@@ -152,6 +152,24 @@ fn err(code: S3ErrorCode, msg: &str) -> S3Error {
     S3Error::new(code, msg)
 }
 
+fn no_date() -> S3Error {
+    err(
+        S3ErrorCode::AccessDenied,
+        "AWS authentication requires a valid Date or x-amz-date header",
+    )
+}
+
+/// A header-signed request must be made within the allowed clock skew.
+fn check_skew(now: i64, t: i64) -> S3Result<()> {
+    if (now - t).abs() > MAX_CLOCK_SKEW_SECS {
+        return Err(err(
+            S3ErrorCode::RequestTimeTooSkewed,
+            "The difference between the request time and the current time is too large.",
+        ));
+    }
+    Ok(())
+}
+
 /// `x-amz-*` headers that may come unsigned because nothing reads them
 /// (SDKs leave `x-amz-user-agent` out of presigned requests), or, for a
 /// presigned URL, because the query carries what they would say: its body
@@ -322,24 +340,9 @@ impl Authenticator<'_> {
                         .to_string(),
                 )
             })
-            .ok_or_else(|| {
-                err(
-                    S3ErrorCode::AccessDenied,
-                    "AWS authentication requires a valid Date or x-amz-date header",
-                )
-            })?;
-        let t = sigv4::parse_amz_date(&amz_date).ok_or_else(|| {
-            err(
-                S3ErrorCode::AccessDenied,
-                "AWS authentication requires a valid Date or x-amz-date header",
-            )
-        })?;
-        if (req.now - t).abs() > MAX_CLOCK_SKEW_SECS {
-            return Err(err(
-                S3ErrorCode::RequestTimeTooSkewed,
-                "The difference between the request time and the current time is too large.",
-            ));
-        }
+            .ok_or_else(no_date)?;
+        let t = sigv4::parse_amz_date(&amz_date).ok_or_else(no_date)?;
+        check_skew(req.now, t)?;
         if !amz_date.starts_with(&parsed.scope.date) {
             return Err(err(
                 S3ErrorCode::SignatureDoesNotMatch,
@@ -424,18 +427,8 @@ impl Authenticator<'_> {
         let t = amz_date
             .or(date)
             .and_then(parse_request_date)
-            .ok_or_else(|| {
-                err(
-                    S3ErrorCode::AccessDenied,
-                    "AWS authentication requires a valid Date or x-amz-date header",
-                )
-            })?;
-        if (req.now - t).abs() > MAX_CLOCK_SKEW_SECS {
-            return Err(err(
-                S3ErrorCode::RequestTimeTooSkewed,
-                "The difference between the request time and the current time is too large.",
-            ));
-        }
+            .ok_or_else(no_date)?;
+        check_skew(req.now, t)?;
         // With x-amz-date, that header is signed among the amz headers and
         // the date line stays empty.
         let date_line = if amz_date.is_some() {
