@@ -708,3 +708,147 @@ async fn content_encoding_is_kept_verbatim() {
         assert_eq!(got.as_deref(), kept, "{sent}");
     }
 }
+
+/// `If-Match` and `If-None-Match` on PUT and CompleteMultipartUpload, as
+/// S3 answers them: 412 when the condition fails, and 404 `NoSuchKey` for
+/// an `If-Match` with no object under the key. A failed Complete leaves the
+/// upload open.
+#[tokio::test]
+async fn conditional_puts_and_completes_follow_s3() {
+    let (_cluster, _t, c, bucket) = cluster_with_bucket(1, "cond", "cond").await;
+    let key = format!("/{bucket}/obj");
+    let put = |cond: &'static str, v: &str| conditional_put(&c, &key, cond, v.to_string());
+    let (s, etag, _) = put("if-none-match", "*").await;
+    assert_eq!(s, 200);
+    let etag = etag.unwrap();
+    let etag = etag.as_str();
+    let (s, _, text) = put("if-none-match", "*").await;
+    assert_eq!((s, error_code(&text).as_str()), (412, "PreconditionFailed"));
+    let (s, _, text) = put("if-none-match", etag).await;
+    assert_eq!((s, error_code(&text).as_str()), (412, "PreconditionFailed"));
+    assert_eq!(put("if-none-match", "\"badetag\"").await.0, 200);
+    assert_eq!(put("if-match", etag).await.0, 200);
+    assert_eq!(put("if-match", "*").await.0, 200);
+    let (s, _, text) = put("if-match", "\"badetag\"").await;
+    assert_eq!((s, error_code(&text).as_str()), (412, "PreconditionFailed"));
+    let r = c.send("DELETE", &key, &[], &[], Vec::new()).await.unwrap();
+    assert_eq!(r.status(), 204);
+    for v in ["*", "\"badetag\""] {
+        let (s, _, text) = put("if-match", v).await;
+        assert_eq!(
+            (s, error_code(&text).as_str()),
+            (404, "NoSuchKey"),
+            "If-Match: {v}"
+        );
+    }
+    let r = c.send("GET", &key, &[], &[], Vec::new()).await.unwrap();
+    assert_eq!(r.status(), 404, "a failed conditional PUT wrote nothing");
+
+    // CompleteMultipartUpload.
+    let r = c
+        .send("POST", &key, &[("uploads", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let id = between(&text, "<UploadId>", "</UploadId>")
+        .unwrap()
+        .to_string();
+    let r = c
+        .send(
+            "PUT",
+            &key,
+            &[("partNumber", "1"), ("uploadId", &id)],
+            &[],
+            b"part".to_vec(),
+        )
+        .await
+        .unwrap();
+    let part = r.headers()["etag"].to_str().unwrap().to_string();
+    let xml = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let q = [("uploadId", id.as_str())];
+    let r = c
+        .send(
+            "POST",
+            &key,
+            &q,
+            &[("if-match", "*")],
+            xml.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.text().await.unwrap()), "NoSuchKey");
+    let r = c
+        .send(
+            "POST",
+            &key,
+            &q,
+            &[("if-none-match", "*")],
+            xml.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the upload stayed open");
+    let text = r.text().await.unwrap();
+    let completed = between(&text, "<ETag>", "</ETag>")
+        .unwrap()
+        .replace("&quot;", "\"");
+    let r = c.send("GET", &key, &[], &[], Vec::new()).await.unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), completed);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"part");
+
+    // A second upload over the completed object: If-None-Match its ETag fails.
+    let r = c
+        .send("POST", &key, &[("uploads", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let id = between(&text, "<UploadId>", "</UploadId>")
+        .unwrap()
+        .to_string();
+    let r = c
+        .send(
+            "PUT",
+            &key,
+            &[("partNumber", "1"), ("uploadId", &id)],
+            &[],
+            b"part".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let q = [("uploadId", id.as_str())];
+    let r = c
+        .send(
+            "POST",
+            &key,
+            &q,
+            &[("if-none-match", completed.as_str())],
+            xml.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(error_code(&r.text().await.unwrap()), "PreconditionFailed");
+}
+
+/// A PUT with one condition header: its status, ETag and body.
+async fn conditional_put(
+    c: &insitu_e2e::RawClient,
+    key: &str,
+    cond: &str,
+    value: String,
+) -> (u16, Option<String>, String) {
+    let r = c
+        .send("PUT", key, &[], &[(cond, &value)], b"data".to_vec())
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|e| e.to_str().unwrap().to_string());
+    (status, etag, r.text().await.unwrap())
+}

@@ -9,27 +9,42 @@ use insitu_job_model::records::{
 };
 
 use crate::records::*;
-use crate::Result;
+use crate::{CatalogError, Result};
 
-/// A condition checked atomically with a write (`If-None-Match: *`,
-/// `If-Match` on PUT).
+/// A condition checked atomically with a write (`If-None-Match` and
+/// `If-Match` on PUT, copy and CompleteMultipartUpload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteCondition {
     None,
-    /// Only if no object exists under the key.
+    /// Only if no object exists under the key (`If-None-Match: *`).
     IfNoneMatchAny,
+    /// Only if the current object, if any, does not have this ETag.
+    IfNoneMatch(String),
+    /// Only if some object exists under the key (`If-Match: *`).
+    IfMatchAny,
     /// Only if the current object has this ETag.
     IfMatch(String),
 }
 
 impl WriteCondition {
-    /// Whether the condition holds for the object now under the key.
-    pub fn holds(&self, existing: Option<&ObjectRecord>) -> bool {
-        match (self, existing) {
+    /// Whether the condition holds for the object now under `key`. As in
+    /// S3, an `If-Match` with no object there is `NoSuchKey`; any other
+    /// failure is `PreconditionFailed`.
+    pub fn check(&self, key: &str, existing: Option<&ObjectRecord>) -> Result<()> {
+        let holds = match (self, existing) {
             (Self::None, _) => true,
-            (Self::IfNoneMatchAny, e) => e.is_none(),
+            (Self::IfMatchAny | Self::IfMatch(_), None) => {
+                return Err(CatalogError::NoSuchKey(key.to_string()))
+            }
+            (Self::IfMatchAny, Some(_)) => true,
             (Self::IfMatch(etag), Some(e)) => e.etag == *etag,
-            (Self::IfMatch(_), None) => false,
+            (Self::IfNoneMatchAny, e) => e.is_none(),
+            (Self::IfNoneMatch(etag), e) => e.is_none_or(|e| e.etag != *etag),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(CatalogError::PreconditionFailed)
         }
     }
 }
@@ -178,14 +193,16 @@ pub trait MultipartStore: Send + Sync {
         max: usize,
     ) -> Result<(Vec<PartRecord>, bool)>;
     async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()>;
-    /// Atomically publishes the assembled object and forgets the upload. All
-    /// part blobs are queued for collection: the object has its own blob.
+    /// Atomically publishes the assembled object and forgets the upload,
+    /// if `cond` holds for the object now under the key. All part blobs are
+    /// queued for collection: the object has its own blob.
     async fn complete_upload(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         rec: &ObjectRecord,
+        cond: &WriteCondition,
     ) -> Result<()>;
     async fn list_uploads(&self, bucket: &str, q: &UploadQuery) -> Result<UploadPage>;
 }

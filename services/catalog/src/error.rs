@@ -39,6 +39,9 @@ pub enum CatalogError {
     /// A job change made under a lease another gateway has taken since.
     #[error("job {0} is now driven by another gateway")]
     Fenced(String),
+    /// A conditional write (`If-Match`) found no object under the key.
+    #[error("no object under the key {0}")]
+    NoSuchKey(String),
     #[error("a write precondition did not hold")]
     PreconditionFailed,
     /// The database was written by a newer insitu: refused untouched.

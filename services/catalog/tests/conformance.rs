@@ -200,10 +200,33 @@ async fn conditional_writes_hold_atomically() {
                 .await,
             Err(CatalogError::PreconditionFailed)
         ));
+        let same = WriteCondition::IfNoneMatch("etag-one".into());
+        assert!(matches!(
+            c.put_object_checked(&bucket, "k", &obj("two"), &same).await,
+            Err(CatalogError::PreconditionFailed)
+        ));
         let right = WriteCondition::IfMatch("etag-one".into());
         c.put_object_checked(&bucket, "k", &obj("two"), &right)
             .await
             .unwrap();
+        let other = WriteCondition::IfNoneMatch("etag-one".into());
+        c.put_object_checked(&bucket, "k", &obj("two"), &other)
+            .await
+            .unwrap();
+        c.put_object_checked(&bucket, "k", &obj("two"), &WriteCondition::IfMatchAny)
+            .await
+            .unwrap();
+        // If-Match with no object under the key is NoSuchKey, as in S3.
+        for cond in [
+            WriteCondition::IfMatchAny,
+            WriteCondition::IfMatch("etag-two".into()),
+        ] {
+            assert!(matches!(
+                c.put_object_checked(&bucket, "absent", &obj("x"), &cond)
+                    .await,
+                Err(CatalogError::NoSuchKey(_))
+            ));
+        }
         assert_eq!(
             c.get_object("b", "k").await.unwrap().unwrap().blob.id,
             "two"
@@ -383,9 +406,22 @@ async fn multipart_parts_replace_list_and_complete() {
             c.put_part("b", "big", "nope", &part(1, "x")).await,
             Err(CatalogError::NoSuchUpload(_))
         ));
-        c.complete_upload("b", "big", "u1", &obj("whole"))
-            .await
-            .unwrap();
+        // A condition that fails leaves the upload open.
+        assert!(matches!(
+            c.complete_upload("b", "big", "u1", &obj("whole"), &WriteCondition::IfMatchAny)
+                .await,
+            Err(CatalogError::NoSuchKey(_))
+        ));
+        assert!(c.get_upload("b", "big", "u1").await.unwrap().is_some());
+        c.complete_upload(
+            "b",
+            "big",
+            "u1",
+            &obj("whole"),
+            &WriteCondition::IfNoneMatchAny,
+        )
+        .await
+        .unwrap();
         assert!(c.get_upload("b", "big", "u1").await.unwrap().is_none());
         assert_eq!(
             c.get_object("b", "big").await.unwrap().unwrap().blob.id,

@@ -191,6 +191,7 @@ impl From<CatalogError> for S3Error {
                 "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
             )
             .with_resource(u),
+            CatalogError::NoSuchKey(k) => S3Error::no_such_key(&k),
             CatalogError::PreconditionFailed => {
                 S3Error::new(PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
             }

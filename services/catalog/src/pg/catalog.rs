@@ -131,8 +131,10 @@ impl MultipartStore for PgCatalog {
         key: &str,
         upload_id: &str,
         rec: &ObjectRecord,
+        cond: &WriteCondition,
     ) -> Result<()> {
-        self.finish_upload(bucket, key, upload_id, Some(rec)).await
+        self.finish_upload(bucket, key, upload_id, Some((rec, cond)))
+            .await
     }
     async fn list_uploads(&self, bucket: &str, q: &UploadQuery) -> Result<UploadPage> {
         PgCatalog::list_uploads(self, bucket, q).await

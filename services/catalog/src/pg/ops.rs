@@ -217,9 +217,7 @@ pub(super) async fn put_object_into<C: GenericClient + Sync>(
         return Err(CatalogError::NoSuchBucket(bucket.to_string()));
     }
     let existing = lock_object(c, bucket, key).await?;
-    if !cond.holds(existing.as_ref()) {
-        return Err(CatalogError::PreconditionFailed);
-    }
+    cond.check(key, existing.as_ref())?;
     if let Some(old) = &existing {
         if old.blob.id != rec.blob.id {
             queue_gc(c, &old.blob).await?;
@@ -665,14 +663,14 @@ impl PgCatalog {
         bucket: &str,
         key: &str,
         upload_id: &str,
-        publish: Option<&ObjectRecord>,
+        publish: Option<(&ObjectRecord, &WriteCondition)>,
     ) -> Result<()> {
         in_tx!(self, |tx| {
             if get_upload(&tx, bucket, key, upload_id).await?.is_none() {
                 return Err(CatalogError::NoSuchUpload(upload_id.to_string()));
             }
-            if let Some(rec) = publish {
-                put_object_into(&tx, bucket, key, rec, None, &WriteCondition::None).await?;
+            if let Some((rec, cond)) = publish {
+                put_object_into(&tx, bucket, key, rec, None, cond).await?;
             }
             abort_into(&tx, upload_id).await?;
             exec(

@@ -358,15 +358,7 @@ impl RocksCore {
             return Err(CatalogError::NoSuchBucket(bucket.to_string()));
         }
         let existing = self.get::<ObjectRecord>(CF_OBJECTS, &object_key(bucket, key))?;
-        let holds = match (cond, &existing) {
-            (WriteCondition::None, _) => true,
-            (WriteCondition::IfNoneMatchAny, e) => e.is_none(),
-            (WriteCondition::IfMatch(etag), Some(e)) => e.etag == *etag,
-            (WriteCondition::IfMatch(_), None) => false,
-        };
-        if !holds {
-            return Err(CatalogError::PreconditionFailed);
-        }
+        cond.check(key, existing.as_ref())?;
         let k = object_key(bucket, key);
         if let Some(old) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? {
             if old.blob.id != rec.blob.id {
@@ -564,6 +556,7 @@ impl RocksCore {
         key: &str,
         upload_id: &str,
         rec: &ObjectRecord,
+        cond: &WriteCondition,
     ) -> Result<()> {
         let _g = self.lock()?;
         let uk = upload_key(bucket, key, upload_id);
@@ -571,7 +564,7 @@ impl RocksCore {
             return Err(CatalogError::NoSuchUpload(upload_id.to_string()));
         }
         let mut b = WriteBatch::default();
-        self.put_object_into(&mut b, bucket, key, rec, None, &WriteCondition::None)?;
+        self.put_object_into(&mut b, bucket, key, rec, None, cond)?;
         self.abort_into(&mut b, upload_id)?;
         b.delete_cf(self.cf(CF_UPLOADS)?, uk);
         self.commit(b)

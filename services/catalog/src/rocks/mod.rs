@@ -172,8 +172,9 @@ impl MultipartStore for RocksCatalog {
         key: &str,
         upload_id: &str,
         rec: &ObjectRecord,
+        cond: &WriteCondition,
     ) -> Result<()> {
-        blocking!(self, complete_upload(bucket, key, upload_id, rec))
+        blocking!(self, complete_upload(bucket, key, upload_id, rec, cond))
     }
     async fn list_uploads(&self, bucket: &str, q: &UploadQuery) -> Result<UploadPage> {
         blocking!(self, list_uploads(bucket, q))

@@ -235,6 +235,7 @@ pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
 
 pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let cond = super::put::write_condition(&req)?;
     let up = match upload(gw, &req).await {
         Ok(up) => up,
         Err(e) if e.code == S3ErrorCode::NoSuchUpload => {
@@ -328,7 +329,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     };
     if let Err(e) = gw
         .catalog
-        .complete_upload(&up.bucket, &up.key, &up.upload_id, &rec)
+        .complete_upload(&up.bucket, &up.key, &up.upload_id, &rec, &cond)
         .await
     {
         gw.nodes.delete_everywhere(&blob_id, &stored_on).await;

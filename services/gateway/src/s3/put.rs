@@ -81,17 +81,18 @@ pub fn node_error(e: NodeError) -> S3Error {
     }
 }
 
-/// `If-None-Match: *` and `If-Match` on a write, checked atomically with
-/// the commit.
+/// `If-None-Match` and `If-Match` on a write, checked atomically with the
+/// commit. Both at once is refused, as S3 does.
 pub fn write_condition(req: &S3Request) -> S3Result<WriteCondition> {
+    let etag = |v: &str| v.trim().trim_matches('"').to_string();
     match (req.header("if-none-match"), req.header("if-match")) {
-        (Some(v), _) if v.trim() == "*" => Ok(WriteCondition::IfNoneMatchAny),
-        (Some(_), _) => Err(S3Error::not_implemented(
-            "If-None-Match with an ETag on writes",
+        (Some(_), Some(_)) => Err(S3Error::not_implemented(
+            "A write with both If-Match and If-None-Match",
         )),
-        (None, Some(v)) => Ok(WriteCondition::IfMatch(
-            v.trim().trim_matches('"').to_string(),
-        )),
+        (Some(v), None) if v.trim() == "*" => Ok(WriteCondition::IfNoneMatchAny),
+        (Some(v), None) => Ok(WriteCondition::IfNoneMatch(etag(v))),
+        (None, Some(v)) if v.trim() == "*" => Ok(WriteCondition::IfMatchAny),
+        (None, Some(v)) => Ok(WriteCondition::IfMatch(etag(v))),
         (None, None) => Ok(WriteCondition::None),
     }
 }
