@@ -745,25 +745,7 @@ async fn conditional_puts_and_completes_follow_s3() {
     assert_eq!(r.status(), 404, "a failed conditional PUT wrote nothing");
 
     // CompleteMultipartUpload.
-    let r = c
-        .send("POST", &key, &[("uploads", "")], &[], Vec::new())
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
-    let id = between(&text, "<UploadId>", "</UploadId>")
-        .unwrap()
-        .to_string();
-    let r = c
-        .send(
-            "PUT",
-            &key,
-            &[("partNumber", "1"), ("uploadId", &id)],
-            &[],
-            b"part".to_vec(),
-        )
-        .await
-        .unwrap();
-    let part = r.headers()["etag"].to_str().unwrap().to_string();
+    let (id, part) = upload_one_part(&c, &key, b"part").await;
     let xml = format!(
         "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part}</ETag></Part></CompleteMultipartUpload>"
     );
@@ -800,25 +782,7 @@ async fn conditional_puts_and_completes_follow_s3() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"part");
 
     // A second upload over the completed object: If-None-Match its ETag fails.
-    let r = c
-        .send("POST", &key, &[("uploads", "")], &[], Vec::new())
-        .await
-        .unwrap();
-    let text = r.text().await.unwrap();
-    let id = between(&text, "<UploadId>", "</UploadId>")
-        .unwrap()
-        .to_string();
-    let r = c
-        .send(
-            "PUT",
-            &key,
-            &[("partNumber", "1"), ("uploadId", &id)],
-            &[],
-            b"part".to_vec(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (id, _) = upload_one_part(&c, &key, b"part").await;
     let q = [("uploadId", id.as_str())];
     let r = c
         .send(
@@ -851,4 +815,30 @@ async fn conditional_put(
         .get("etag")
         .map(|e| e.to_str().unwrap().to_string());
     (status, etag, r.text().await.unwrap())
+}
+
+/// Starts a multipart upload of `key` and uploads its part 1: the upload
+/// id and the part's ETag.
+async fn upload_one_part(c: &insitu_e2e::RawClient, key: &str, part: &[u8]) -> (String, String) {
+    let r = c
+        .send("POST", key, &[("uploads", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let id = between(&text, "<UploadId>", "</UploadId>")
+        .unwrap()
+        .to_string();
+    let r = c
+        .send(
+            "PUT",
+            key,
+            &[("partNumber", "1"), ("uploadId", &id)],
+            &[],
+            part.to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    (id, etag)
 }
