@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use insitu_catalog::{
-    now_ms, BlobRef, CannedAcl, CatalogError, JobChange, ListQuery, ObjectHeaders, ObjectRecord,
+    now_ms, Acl, BlobRef, CannedAcl, CatalogError, JobChange, ListQuery, ObjectHeaders,
+    ObjectRecord,
 };
 use insitu_job_model::plan::{self, Downstream, OutputPlace};
 use insitu_job_model::records::{
@@ -25,7 +26,7 @@ pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
         last_modified_ms: now_ms(),
         owner: tenant.to_string(),
         headers: ObjectHeaders::default(),
-        acl: CannedAcl::Private,
+        acl: Acl::Canned(CannedAcl::Private),
         blob: BlobRef {
             id: blob.id.clone(),
             size: blob.size,
@@ -34,6 +35,7 @@ pub(crate) fn object_record(tenant: &str, blob: &Blob) -> ObjectRecord {
         parts_count: 0,
         part_sizes: Vec::new(),
         upload_id: None,
+        checksum: None,
     }
 }
 
@@ -569,7 +571,7 @@ mod tests {
         catalog.create_tenant("alice").await.unwrap();
         for b in ["src", "out"] {
             catalog
-                .create_bucket(b, "alice", CannedAcl::Private)
+                .create_bucket(b, "alice", Acl::Canned(CannedAcl::Private))
                 .await
                 .unwrap();
         }

@@ -1,7 +1,9 @@
 //! A job's inputs: adding them (as map tasks or reducer pieces), and the
 //! read check made on the version that is read.
 
-use insitu_catalog::{BucketRecord, Catalog, CatalogError, JobChange, ObjectRecord};
+use insitu_catalog::{
+    access, BucketRecord, Catalog, CatalogError, JobChange, ObjectRecord, Requester,
+};
 use insitu_job_model::plan::{self, OutputPlace};
 use insitu_job_model::records::{self, InputRecord, JobRecord, PieceRecord, TaskRecord, TaskState};
 use insitu_job_model::{JobSpec, PhaseKind};
@@ -180,14 +182,14 @@ pub(crate) fn parse_inputs(inputs: &[String]) -> Result<Vec<(String, String, u64
         .collect()
 }
 
-/// Whether the tenant may read an input object: as S3's GET, it owns the
-/// bucket, or the object's ACL lets authenticated users read it.
+/// Whether the tenant may read an input object, by the rule S3's GET
+/// follows.
 pub(crate) fn may_read(tenant: &str, bucket: &BucketRecord, obj: &ObjectRecord) -> bool {
-    bucket.owner == tenant || obj.acl.lets_read(true)
+    access::may_read(Requester::Tenant(tenant), bucket, obj)
 }
 
 /// Whether the tenant may list a bucket (and so learn that a key is
-/// missing): it owns it, or the bucket's ACL lets authenticated users read.
+/// missing).
 pub(crate) fn may_list(tenant: &str, bucket: &BucketRecord) -> bool {
-    bucket.owner == tenant || bucket.acl.lets_read(true)
+    access::may_list(Requester::Tenant(tenant), bucket)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use insitu_catalog::{BlobRef, CannedAcl, Catalog, ObjectHeaders, ObjectRecord};
+use insitu_catalog::{Acl, BlobRef, CannedAcl, Catalog, ObjectHeaders, ObjectRecord};
 use insitu_jobs::records::{JobRecord, JobState};
 use insitu_jobs::{
     BlobHold, BlobHolds, JobList, JobSpec, NodeCallError, NodeClient, NodeResult, Peers,
@@ -216,7 +216,7 @@ async fn setup(nodes: FakeNodes) -> Setup {
     }
     for (b, owner) in [("src", "alice"), ("out", "alice"), ("secret", "bob")] {
         catalog
-            .create_bucket(b, owner, CannedAcl::Private)
+            .create_bucket(b, owner, Acl::Canned(CannedAcl::Private))
             .await
             .unwrap();
     }
@@ -262,7 +262,7 @@ async fn put(catalog: &dyn Catalog, bucket: &str, key: &str, blob: &str, replica
         last_modified_ms: 1,
         owner: owner.into(),
         headers: ObjectHeaders::default(),
-        acl: CannedAcl::Private,
+        acl: Acl::Canned(CannedAcl::Private),
         blob: BlobRef {
             id: blob.into(),
             size: 100,
@@ -271,6 +271,7 @@ async fn put(catalog: &dyn Catalog, bucket: &str, key: &str, blob: &str, replica
         parts_count: 0,
         part_sizes: Vec::new(),
         upload_id: None,
+        checksum: None,
     };
     catalog.put_object(bucket, key, &rec).await.unwrap();
 }

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 
 import boto3
 import botocore
@@ -1132,6 +1133,74 @@ def _():
     eq(body_of(anon.get_object(Bucket=BKT_PUB, Key="pub.txt")), b"public data", "public object body")
 
 
+
+def owner_of(client, **kw):
+    return (client.get_object_acl(**kw) if "Key" in kw else client.get_bucket_acl(**kw))["Owner"]["ID"]
+
+
+@check("acl grants: B writes bucket-owner-read into A's public-read-write bucket; B owns it, A gets READ")
+def _():
+    name = bname("grants")
+    s3a.create_bucket(Bucket=name, ACL="public-read-write")
+    a_id = owner_of(s3a, Bucket=name)
+    s3b.put_object(Bucket=name, Key="by-b", Body=b"from b", ACL="bucket-owner-read")
+    acl = s3b.get_object_acl(Bucket=name, Key="by-b")
+    b_id = acl["Owner"]["ID"]
+    if b_id == a_id:
+        fail("the writer should own the object")
+    eq(grants(acl), {("CanonicalUser", b_id, "FULL_CONTROL"), ("CanonicalUser", a_id, "READ")}, "grants")
+    for g in acl["Grants"]:
+        if g["Grantee"].get("DisplayName") != g["Grantee"].get("ID"):
+            fail(f"DisplayName missing: {g}")
+    s3b.put_object(Bucket=name, Key="by-b-full", Body=b"x", ACL="bucket-owner-full-control")
+    eq(grants(s3a.get_object_acl(Bucket=name, Key="by-b-full")),
+       {("CanonicalUser", b_id, "FULL_CONTROL"), ("CanonicalUser", a_id, "FULL_CONTROL")}, "full-control grants")
+    eq(body_of(s3b.get_object(Bucket=name, Key="by-b")), b"from b", "the writer reads its object")
+    expect_error("AccessDenied", 403, anon.get_object, Bucket=name, Key="by-b")
+
+
+@check("acl grants: explicit grants to a tenant by id and by x-amz-grant-read; unknown id, e-mail, revoke all")
+def _():
+    name = bname("grants2")
+    s3a.create_bucket(Bucket=name)
+    s3a.put_object(Bucket=name, Key="shared", Body=b"shared data")
+    a_id = owner_of(s3a, Bucket=name)
+    b_id = owner_of(s3b, Bucket=BKT_B)
+    expect_error("AccessDenied", 403, s3b.get_object, Bucket=name, Key="shared")
+    acl = s3a.get_object_acl(Bucket=name, Key="shared")
+    policy = {"Owner": acl["Owner"], "Grants": acl["Grants"] + [
+        {"Grantee": {"ID": b_id, "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}]}
+    s3a.put_object_acl(Bucket=name, Key="shared", AccessControlPolicy=policy)
+    eq(body_of(s3b.get_object(Bucket=name, Key="shared")), b"shared data", "B reads after the grant")
+    eq(grants(s3b.get_object_acl(Bucket=name, Key="shared")),
+       {("CanonicalUser", a_id, "FULL_CONTROL"), ("CanonicalUser", b_id, "FULL_CONTROL")}, "B reads the ACL")
+    # A FULL_CONTROL grant on the bucket lets B write into it, and copy.
+    bacl = s3a.get_bucket_acl(Bucket=name)
+    s3a.put_bucket_acl(Bucket=name, AccessControlPolicy={"Owner": bacl["Owner"], "Grants": bacl["Grants"] + [
+        {"Grantee": {"ID": b_id, "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}]})
+    s3b.copy_object(Bucket=name, Key="copied-by-b", CopySource={"Bucket": name, "Key": "shared"})
+    eq(owner_of(s3b, Bucket=name, Key="copied-by-b"), b_id, "the copier owns the copy")
+    s3a.put_bucket_acl(Bucket=name, ACL="private")
+    expect_error("AccessDenied", 403, s3b.put_object, Bucket=name, Key="again", Body=b"x")
+    # Header grants.
+    s3a.put_object(Bucket=name, Key="hdr", Body=b"hdr", GrantRead=f'id="{b_id}"')
+    eq(body_of(s3b.get_object(Bucket=name, Key="hdr")), b"hdr", "x-amz-grant-read")
+    expect_error("AccessDenied", 403, s3b.put_object_acl, Bucket=name, Key="hdr", ACL="public-read")
+    # Grants that name nobody.
+    bad = {"Owner": acl["Owner"], "Grants": [{"Grantee": {"ID": "_no-such-tenant", "Type": "CanonicalUser"},
+                                               "Permission": "FULL_CONTROL"}]}
+    expect_error("InvalidArgument", 400, s3a.put_bucket_acl, Bucket=name, AccessControlPolicy=bad)
+    bad["Grants"] = [{"Grantee": {"EmailAddress": "nobody@example.invalid", "Type": "AmazonCustomerByEmail"},
+                      "Permission": "READ"}]
+    expect_error("UnresolvableGrantByEmailAddress", 400, s3a.put_bucket_acl, Bucket=name, AccessControlPolicy=bad)
+    # Revoking every grant leaves an empty list; the owner can restore it.
+    old = s3a.get_bucket_acl(Bucket=name)
+    s3a.put_bucket_acl(Bucket=name, AccessControlPolicy={"Owner": old["Owner"], "Grants": []})
+    eq(s3a.get_bucket_acl(Bucket=name).get("Grants", []), [], "grants after revoking all")
+    s3a.put_bucket_acl(Bucket=name, AccessControlPolicy={"Owner": old["Owner"], "Grants": old["Grants"]})
+    eq(grants(s3a.get_bucket_acl(Bucket=name)), {("CanonicalUser", a_id, "FULL_CONTROL")}, "restored")
+
+
 # ---------------------------------------------------------------- versioning
 
 
@@ -1416,6 +1485,145 @@ def _():
     s3a.create_bucket(Bucket=bname("empty"))
     b_refused(s3b.delete_bucket, Bucket=bname("empty"))
     eq(status_of(s3a.head_bucket(Bucket=bname("empty"))), 200, "A's empty bucket survives")
+
+
+# ---------------------------------------------------------------- checksums
+
+def b64(raw):
+    return base64.b64encode(raw).decode()
+
+
+def sha256_b64(data):
+    return b64(hashlib.sha256(data).digest())
+
+
+def crc32_b64(data):
+    return b64(zlib.crc32(data).to_bytes(4, "big"))
+
+
+@check("checksum: put_object keeps ChecksumSHA256; returned in checksum mode only, not for a range; wrong -> BadDigest")
+def _():
+    body = b"A" * 1024
+    want = sha256_b64(body)
+    r = s3a.put_object(Bucket=BKT, Key="ck-sha", Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=want)
+    eq(r.get("ChecksumSHA256"), want, "put ChecksumSHA256")
+    h = s3a.head_object(Bucket=BKT, Key="ck-sha")
+    if "ChecksumSHA256" in h:
+        fail("HEAD without ChecksumMode returned the checksum")
+    h = s3a.head_object(Bucket=BKT, Key="ck-sha", ChecksumMode="ENABLED")
+    eq(h.get("ChecksumSHA256"), want, "head ChecksumSHA256")
+    eq(h.get("ChecksumType"), "FULL_OBJECT", "head ChecksumType")
+    g = s3a.get_object(Bucket=BKT, Key="ck-sha", ChecksumMode="ENABLED")
+    eq(g.get("ChecksumSHA256"), want, "get ChecksumSHA256")
+    eq(body_of(g), body, "get body")
+    g = s3a.get_object(Bucket=BKT, Key="ck-sha", ChecksumMode="ENABLED", Range="bytes=0-9")
+    if "ChecksumSHA256" in g:
+        fail("a range read returned the whole object's checksum")
+    eq(body_of(g), body[:10], "range body")
+    expect_error("BadDigest", 400, s3a.put_object, Bucket=BKT, Key="ck-sha", Body=body,
+                 ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_b64(b"other"))
+    eq(body_of(s3a.get_object(Bucket=BKT, Key="ck-sha")), body, "object unchanged after BadDigest")
+    a = s3a.get_object_attributes(Bucket=BKT, Key="ck-sha",
+                                  ObjectAttributes=["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"])
+    eq(a.get("ETag"), md5_hex(body), "attributes ETag")
+    eq(a.get("Checksum", {}).get("ChecksumSHA256"), want, "attributes Checksum")
+    eq(a.get("ObjectSize"), len(body), "attributes ObjectSize")
+    eq(a.get("StorageClass"), "STANDARD", "attributes StorageClass")
+    if "ObjectParts" in a:
+        fail(f"a single PUT has no parts: {a['ObjectParts']}")
+
+
+@check("checksum: get_object_attributes of a plain object, and of another tenant's -> AccessDenied")
+def _():
+    s3a.put_object(Bucket=BKT, Key="attr-plain", Body=b"foo", ChecksumAlgorithm="CRC32")
+    a = s3a.get_object_attributes(Bucket=BKT, Key="attr-plain", ObjectAttributes=["ETag", "ObjectSize"])
+    eq(a.get("ETag"), md5_hex(b"foo"), "ETag")
+    eq(a.get("ObjectSize"), 3, "ObjectSize")
+    for absent in ("Checksum", "StorageClass", "ObjectParts"):
+        if absent in a:
+            fail(f"{absent} returned though not asked for")
+    expect_error("AccessDenied", 403, s3b.get_object_attributes, Bucket=BKT, Key="attr-plain",
+                 ObjectAttributes=["ETag"])
+    expect_error("NoSuchKey", 404, s3a.get_object_attributes, Bucket=BKT, Key="attr-missing",
+                 ObjectAttributes=["ETag"])
+
+
+CK1 = b"A" * (5 * MIB)
+CK2 = b"B" * (5 * MIB)
+CK3 = b"the last part"
+
+
+def upload_parts(key, algorithm, checksum_type=None, parts=(CK1, CK2, CK3)):
+    args = {"ChecksumType": checksum_type} if checksum_type else {}
+    r = s3a.create_multipart_upload(Bucket=BKT_MPU, Key=key, ChecksumAlgorithm=algorithm, **args)
+    eq(r.get("ChecksumAlgorithm"), algorithm, "create ChecksumAlgorithm")
+    uid = r["UploadId"]
+    listed = []
+    for n, body in enumerate(parts, start=1):
+        p = s3a.upload_part(Bucket=BKT_MPU, Key=key, UploadId=uid, PartNumber=n, Body=body,
+                            ChecksumAlgorithm=algorithm)
+        listed.append({"PartNumber": n, "ETag": p["ETag"], f"Checksum{algorithm}": p[f"Checksum{algorithm}"]})
+    return uid, listed
+
+
+@check("checksum: multipart SHA256 is COMPOSITE of the parts' checksums, per part on GET and in attributes")
+def _():
+    uid, listed = upload_parts("ck-composite", "SHA256")
+    sums = [sha256_b64(p) for p in (CK1, CK2, CK3)]
+    eq([p["ChecksumSHA256"] for p in listed], sums, "part checksums")
+    lp = s3a.list_parts(Bucket=BKT_MPU, Key="ck-composite", UploadId=uid)
+    eq([p.get("ChecksumSHA256") for p in lp["Parts"]], sums, "list_parts checksums")
+    want = sha256_b64(b"".join(base64.b64decode(s) for s in sums)) + "-3"
+    expect_error("BadDigest", 400, s3a.complete_multipart_upload, Bucket=BKT_MPU, Key="ck-composite",
+                 UploadId=uid, ChecksumSHA256=sha256_b64(b"wrong") + "-3", MultipartUpload={"Parts": listed})
+    wrong_part = [dict(listed[0], ChecksumSHA256=sums[1])] + listed[1:]
+    expect_error("InvalidPart", 400, s3a.complete_multipart_upload, Bucket=BKT_MPU, Key="ck-composite",
+                 UploadId=uid, MultipartUpload={"Parts": wrong_part})
+    # The parts' checksums may be left out of the list: the stored ones count.
+    bare = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed]
+    r = s3a.complete_multipart_upload(Bucket=BKT_MPU, Key="ck-composite", UploadId=uid,
+                                      ChecksumSHA256=want, MultipartUpload={"Parts": bare})
+    eq(r.get("ChecksumSHA256"), want, "complete ChecksumSHA256")
+    eq(r.get("ChecksumType"), "COMPOSITE", "complete ChecksumType")
+    again = s3a.complete_multipart_upload(Bucket=BKT_MPU, Key="ck-composite", UploadId=uid,
+                                          MultipartUpload={"Parts": bare})
+    eq((again.get("ETag"), again.get("ChecksumSHA256")), (r.get("ETag"), want), "completed again")
+    h = s3a.head_object(Bucket=BKT_MPU, Key="ck-composite", ChecksumMode="ENABLED")
+    eq((h.get("ChecksumSHA256"), h.get("ChecksumType")), (want, "COMPOSITE"), "head checksum")
+    for n, body in enumerate((CK1, CK2, CK3), start=1):
+        g = s3a.get_object(Bucket=BKT_MPU, Key="ck-composite", PartNumber=n, ChecksumMode="ENABLED")
+        eq(g.get("ChecksumSHA256"), sums[n - 1], f"part {n} checksum")
+        if body_of(g) != body:
+            fail(f"part {n} body mismatch")
+    attrs = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    a = s3a.get_object_attributes(Bucket=BKT_MPU, Key="ck-composite", ObjectAttributes=attrs)
+    eq(a.get("Checksum", {}).get("ChecksumSHA256"), want, "attributes Checksum")
+    eq(a.get("ObjectSize"), len(CK1) + len(CK2) + len(CK3), "attributes ObjectSize")
+    parts = a["ObjectParts"]
+    eq(parts.get("TotalPartsCount", parts.get("PartsCount")), 3, "TotalPartsCount")
+    eq([(p["PartNumber"], p["Size"], p.get("ChecksumSHA256")) for p in parts["Parts"]],
+       [(1, len(CK1), sums[0]), (2, len(CK2), sums[1]), (3, len(CK3), sums[2])], "attributes Parts")
+    a = s3a.get_object_attributes(Bucket=BKT_MPU, Key="ck-composite", ObjectAttributes=attrs,
+                                  MaxParts=1, PartNumberMarker=1)
+    parts = a["ObjectParts"]
+    eq((parts.get("IsTruncated"), parts.get("NextPartNumberMarker"), parts.get("MaxParts"),
+        parts.get("PartNumberMarker")), (True, 2, 1, 1), "paged attributes")
+    eq([p["PartNumber"] for p in parts["Parts"]], [2], "paged part")
+
+
+@check("checksum: multipart CRC32 FULL_OBJECT is the CRC of the whole object, checked by boto3 on GET")
+def _():
+    uid, listed = upload_parts("ck-full", "CRC32", "FULL_OBJECT")
+    want = crc32_b64(CK1 + CK2 + CK3)
+    r = s3a.complete_multipart_upload(Bucket=BKT_MPU, Key="ck-full", UploadId=uid,
+                                      ChecksumCRC32=want, MultipartUpload={"Parts": listed})
+    eq((r.get("ChecksumCRC32"), r.get("ChecksumType")), (want, "FULL_OBJECT"), "complete checksum")
+    g = s3a.get_object(Bucket=BKT_MPU, Key="ck-full", ChecksumMode="ENABLED")
+    eq((g.get("ChecksumCRC32"), g.get("ChecksumType")), (want, "FULL_OBJECT"), "get checksum")
+    if body_of(g) != CK1 + CK2 + CK3:
+        fail("body mismatch")
+    expect_error("InvalidRequest", 400, s3a.create_multipart_upload, Bucket=BKT_MPU, Key="ck-bad",
+                 ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
 
 
 # ---------------------------------------------------------------- cleanup

@@ -842,3 +842,405 @@ async fn upload_one_part(c: &insitu_e2e::RawClient, key: &str, part: &[u8]) -> (
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     (id, etag)
 }
+
+/// The `Access-Control-*` headers of a response, by name, for comparison.
+fn cors_headers(r: &reqwest::Response) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("access-control-") || k.as_str() == "vary")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn header_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// CORS as a browser uses it: the owner sets rules; a preflight OPTIONS
+/// (with no credentials, also on a presigned URL) is answered from the
+/// first rule allowing its origin, method and headers; real answers,
+/// errors included, carry the headers of the rule that allows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_rules_answer_preflights_and_decorate_responses() {
+    let (cluster, _t, c, bucket) = cluster_with_bucket(1, "cors", "cors").await;
+    let anon = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", cluster.endpoint);
+    let cors_path = format!("/{bucket}");
+    let r = c
+        .send("GET", &cors_path, &[("cors", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        error_code(&r.text().await.unwrap()),
+        "NoSuchCORSConfiguration"
+    );
+
+    let refused = "<CORSConfiguration><CORSRule><AllowedMethod>PATCH</AllowedMethod><AllowedOrigin>*</AllowedOrigin></CORSRule></CORSConfiguration>";
+    let r = c
+        .send("PUT", &cors_path, &[("cors", "")], &[], refused.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.text().await.unwrap()), "InvalidRequest");
+
+    let config = "<CORSConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+        <CORSRule><ID>pages</ID><AllowedMethod>GET</AllowedMethod><AllowedMethod>HEAD</AllowedMethod>\
+        <AllowedOrigin>https://*.app.example</AllowedOrigin><ExposeHeader>ETag</ExposeHeader>\
+        <MaxAgeSeconds>600</MaxAgeSeconds></CORSRule>\
+        <CORSRule><AllowedMethod>PUT</AllowedMethod><AllowedOrigin>*</AllowedOrigin>\
+        <AllowedHeader>content-*</AllowedHeader><AllowedHeader>X-Amz-*</AllowedHeader></CORSRule>\
+        </CORSConfiguration>";
+    let r = c
+        .send("PUT", &cors_path, &[("cors", "")], &[], config.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = c
+        .send("GET", &cors_path, &[("cors", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for part in [
+        "<ID>pages</ID>",
+        "<AllowedMethod>GET</AllowedMethod><AllowedMethod>HEAD</AllowedMethod>",
+        "<AllowedOrigin>https://*.app.example</AllowedOrigin>",
+        "<AllowedHeader>content-*</AllowedHeader><AllowedHeader>X-Amz-*</AllowedHeader>",
+        "<ExposeHeader>ETag</ExposeHeader>",
+        "<MaxAgeSeconds>600</MaxAgeSeconds>",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+
+    // Another tenant may neither read nor change the rules.
+    let other = cluster.create_tenant("cors-other").unwrap();
+    let oc = insitu_e2e::RawClient::new(&cluster.endpoint, &other);
+    for (method, body) in [("GET", ""), ("PUT", config), ("DELETE", "")] {
+        let r = oc
+            .send(method, &cors_path, &[("cors", "")], &[], body.into())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{method} ?cors by another tenant");
+    }
+
+    let obj = format!("/{bucket}/page.html");
+    let r = c
+        .send(
+            "PUT",
+            &obj,
+            &[],
+            &[("x-amz-acl", "public-read")],
+            b"<p>".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A real answer, from a page of an allowed origin and of another.
+    let r = anon
+        .get(url(&obj))
+        .header("origin", "https://web.app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first_rule = [
+        ("access-control-allow-credentials", "true"),
+        ("access-control-allow-methods", "GET, HEAD"),
+        ("access-control-allow-origin", "https://web.app.example"),
+        ("access-control-expose-headers", "ETag"),
+        ("access-control-max-age", "600"),
+        ("vary", "Origin"),
+    ];
+    assert_eq!(cors_headers(&r), header_pairs(&first_rule));
+    let r = anon
+        .get(url(&obj))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cors_headers(&r), vec![], "no rule allows GET from there");
+    // A refused request still tells the page why: the PUT rule allows any
+    // origin, so the browser may read the 403.
+    let r = anon
+        .put(url(&obj))
+        .header("origin", "https://evil.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        cors_headers(&r),
+        header_pairs(&[
+            ("access-control-allow-methods", "PUT"),
+            ("access-control-allow-origin", "*"),
+            ("vary", "Origin"),
+        ])
+    );
+
+    // Preflights, with no credentials.
+    let preflight = |path: String, headers: Vec<(&'static str, &'static str)>| {
+        let mut req = anon.request(reqwest::Method::OPTIONS, path);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let r = preflight(
+        url(&obj),
+        vec![
+            ("origin", "https://web.app.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut want = first_rule.to_vec();
+    want.retain(|(k, _)| *k != "vary");
+    want.push((
+        "vary",
+        "Origin, Access-Control-Request-Headers, Access-Control-Request-Method",
+    ));
+    assert_eq!(cors_headers(&r), header_pairs(&want));
+    let r = preflight(
+        url(&obj),
+        vec![
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "Content-Type, x-amz-date"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = cors_headers(&r);
+    assert!(
+        got.contains(&(
+            "access-control-allow-headers".into(),
+            "content-type, x-amz-date".into()
+        )),
+        "{got:?}"
+    );
+    for (headers, status, code) in [
+        (
+            vec![
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "authorization"),
+            ],
+            403,
+            "AccessForbidden",
+        ),
+        (
+            vec![
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "GET"),
+            ],
+            403,
+            "AccessForbidden",
+        ),
+        (
+            vec![("access-control-request-method", "GET")],
+            400,
+            "BadRequest",
+        ),
+        (
+            vec![("origin", "https://web.app.example")],
+            400,
+            "BadRequest",
+        ),
+    ] {
+        let r = preflight(url(&obj), headers.clone()).await.unwrap();
+        assert_eq!(r.status(), status, "{headers:?}");
+        assert_eq!(cors_headers(&r), vec![], "{headers:?}");
+        assert_eq!(error_code(&r.text().await.unwrap()), code, "{headers:?}");
+    }
+
+    // A browser uploading with a presigned URL: the preflight goes to the
+    // same URL, and the upload's answer carries the headers too.
+    let presigned = c.signer.presign(
+        &cluster.endpoint,
+        "PUT",
+        &format!("/{bucket}/upload.bin"),
+        300,
+        chrono::Utc::now(),
+    );
+    let r = preflight(
+        presigned.clone(),
+        vec![
+            ("origin", "https://web.app.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = anon
+        .put(&presigned)
+        .header("origin", "https://web.app.example")
+        .body("uploaded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"].to_str().unwrap(),
+        "*"
+    );
+
+    // Deleting the rules ends it.
+    let r = c
+        .send("DELETE", &cors_path, &[("cors", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .send("GET", &cors_path, &[("cors", "")], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = preflight(
+        url(&obj),
+        vec![
+            ("origin", "https://web.app.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = anon
+        .get(url(&obj))
+        .header("origin", "https://web.app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cors_headers(&r), vec![]);
+}
+
+/// `curl --aws-sigv4` (Debian 12's 7.88) signs the SHA-256 of the body it
+/// sends with `--data-binary` but sends no `x-amz-content-sha256`. The
+/// signature is then checked over the body's hash as it streams (a PUT, an
+/// UploadPart) or once the small body is read (an ACL); nothing lands if it
+/// fails, and a request that merely carries a body is never taken as
+/// authenticated before that check. (`curl -T` signs the hash of an empty
+/// body whatever it uploads, so its uploads are refused: nothing binds
+/// their bytes.)
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_uploads_are_checked_over_the_hash_of_their_body() {
+    let (cluster, t, c, bucket) = cluster_with_bucket(1, "curl", "curl").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let curl = |secret: &str, args: &[&str]| -> (u16, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/stderr", "-w", "%{http_code}"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3"])
+            .args(["--user", &format!("{}:{secret}", t.access_key_id)])
+            .args(args)
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = format!("{}/{bucket}/from-curl.bin", cluster.endpoint);
+    let at_file = format!("@{}", file.display());
+    let (status, body) = curl(
+        &t.secret_access_key,
+        &["-X", "PUT", "--data-binary", &at_file, &url],
+    );
+    assert_eq!(status, 200, "{body}");
+    let r = c
+        .send("GET", &format!("/{bucket}/from-curl.bin"), &[], &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap() == data,
+        "the uploaded bytes read back"
+    );
+
+    // A wrong secret: the body streams, the signature fails at its end,
+    // and nothing is visible.
+    for (secret, how) in [
+        ("not-the-secret", "--data-binary"),
+        (t.secret_access_key.as_str(), "-T"),
+    ] {
+        let target = format!("{url}.{how}");
+        let args: Vec<&str> = if how == "-T" {
+            vec!["-T", file.to_str().unwrap(), &target]
+        } else {
+            vec!["-X", "PUT", "--data-binary", &at_file, &target]
+        };
+        let (status, body) = curl(secret, &args);
+        assert_eq!(status, 403, "{how}: {body}");
+        assert_eq!(error_code(&body), "SignatureDoesNotMatch", "{how}");
+        let r = c
+            .send(
+                "HEAD",
+                &format!("/{bucket}/from-curl.bin.{how}"),
+                &[],
+                &[],
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{how}: a refused upload left nothing");
+    }
+
+    // A small body (an ACL) is read, then checked, before anything acts:
+    // a forged one changes nothing.
+    let acl_url = format!("{url}?acl");
+    let policy = format!(
+        "<AccessControlPolicy><Owner><ID>{0}</ID></Owner><AccessControlList><Grant>\
+         <Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"Group\">\
+         <URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission>\
+         </Grant><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"CanonicalUser\">\
+         <ID>{0}</ID></Grantee><Permission>FULL_CONTROL</Permission></Grant></AccessControlList></AccessControlPolicy>",
+        t.tenant
+    );
+    let (status, body) = curl(
+        "not-the-secret",
+        &["-X", "PUT", "--data-binary", &policy, &acl_url],
+    );
+    assert_eq!(status, 403, "{body}");
+    let anon = reqwest::Client::new();
+    assert_eq!(anon.get(&url).send().await.unwrap().status(), 403);
+    // (curl 7.88 signs a valueless sub-resource as `acl`, not `acl=`, so
+    // its genuine ACL requests do not verify either; a forged one must.)
+
+    // A GET that carries a body and a forged signature is refused: its
+    // body is read and the signature checked before the read happens.
+    let r = anon
+        .get(format!("{}/{bucket}/from-curl.bin", cluster.endpoint))
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+                t.access_key_id,
+                chrono::Utc::now().format("%Y%m%d"),
+                "0".repeat(64)
+            ),
+        )
+        .header("x-amz-date", chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
+        .body("a body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -129,9 +129,11 @@ pub trait TenantStore: Send + Sync {
 
 #[async_trait]
 pub trait BucketStore: Send + Sync {
-    async fn create_bucket(&self, name: &str, owner: &str, acl: CannedAcl) -> Result<BucketRecord>;
+    async fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord>;
     async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
-    async fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()>;
+    /// Changes one of an existing bucket's settings (its ACL, its CORS
+    /// rules); `NoSuchBucket` if there is none.
+    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()>;
     /// Deletes an empty bucket. Unfinished multipart uploads do not keep a
     /// bucket alive: they are aborted and their parts queued for collection.
     async fn delete_bucket(&self, name: &str) -> Result<()>;
@@ -157,7 +159,7 @@ pub trait ObjectStore: Send + Sync {
         cond: &WriteCondition,
     ) -> Result<()>;
     /// Replaces only the ACL of an existing object; false if there is none.
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: CannedAcl) -> Result<bool>;
+    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool>;
     /// Removes an object; returns whether it existed.
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool>;
     /// Lists keys of `bucket` in byte order, grouping by the delimiter after

@@ -6,6 +6,7 @@
 //! derived indexes (the blob owner index and the GC queue), which it keeps
 //! in the same atomic write as the change that implies them.
 
+mod acl;
 mod api;
 mod control;
 mod error;
@@ -19,6 +20,7 @@ pub mod testing;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use acl::{access, Acl, Grant, Grantee, Permission, Requester};
 pub use api::*;
 pub use control::*;
 pub use error::{CatalogError, Result};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::acl::Acl;
 use crate::CatalogError;
 
 /// A record kept in the catalog. `VERSION` is written before every encoded
@@ -40,7 +41,8 @@ pub trait Record: Serialize + DeserializeOwned {
     }
 }
 
-/// Canned access control lists, the only ACL form insitu supports.
+/// The canned access control lists that need no name but the owner's;
+/// `bucket-owner-*` ones become explicit grants (see [`crate::Acl`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum CannedAcl {
@@ -68,11 +70,6 @@ impl CannedAcl {
             "public-read" => Some(Self::PublicRead),
             "public-read-write" => Some(Self::PublicReadWrite),
             "authenticated-read" => Some(Self::AuthenticatedRead),
-            // Within one tenant's bucket the bucket owner is the writer, so
-            // these grant nothing beyond private.
-            "bucket-owner-full-control" | "bucket-owner-read" | "aws-exec-read" => {
-                Some(Self::Private)
-            }
             _ => None,
         }
     }
@@ -150,11 +147,146 @@ pub struct BucketRecord {
     pub name: String,
     pub owner: String,
     pub created_ms: i64,
-    pub acl: CannedAcl,
+    pub acl: Acl,
+    /// The bucket's CORS rules, if any were set (PutBucketCors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
 }
 impl Record for BucketRecord {
     const KIND: &'static str = "bucket";
     const VERSION: u8 = 1;
+}
+
+/// A bucket's CORS configuration: the rules in the order they were given;
+/// the first rule that matches a request answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CorsConfig {
+    pub rules: Vec<CorsRule>,
+}
+
+/// One CORS rule, as PutBucketCors gives it. Origins and allowed headers may
+/// hold one `*` wildcard each; methods are upper-case HTTP methods.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CorsRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u32>,
+}
+
+/// A change to a bucket's settings, applied atomically to its record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BucketUpdate {
+    Acl(Acl),
+    /// `None` removes the CORS configuration.
+    Cors(Option<CorsConfig>),
+}
+
+impl BucketUpdate {
+    pub fn apply(self, rec: &mut BucketRecord) {
+        match self {
+            Self::Acl(acl) => rec.acl = acl,
+            Self::Cors(cors) => rec.cors = cors,
+        }
+    }
+}
+
+/// Flexible checksum algorithms (`x-amz-checksum-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumAlgorithm {
+    Crc32,
+    Crc32c,
+    Crc64nvme,
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: [Self; 5] = [
+        Self::Crc32,
+        Self::Crc32c,
+        Self::Crc64nvme,
+        Self::Sha1,
+        Self::Sha256,
+    ];
+
+    /// The lower-case name S3 puts after `x-amz-checksum-`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Crc32 => "crc32",
+            Self::Crc32c => "crc32c",
+            Self::Crc64nvme => "crc64nvme",
+            Self::Sha1 => "sha1",
+            Self::Sha256 => "sha256",
+        }
+    }
+
+    /// Parses a name in any case (`SHA256`, `crc32c`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+    }
+
+    /// A whole-object checksum of a multipart upload can only be computed
+    /// from the parts' ones for the CRCs, which combine.
+    pub fn combines(self) -> bool {
+        matches!(self, Self::Crc32 | Self::Crc32c | Self::Crc64nvme)
+    }
+}
+
+/// How a multipart object's checksum was made: of the parts' checksums
+/// (`-N` at the end), or of the whole object's bytes (CRCs only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChecksumType {
+    Composite,
+    FullObject,
+}
+
+impl ChecksumType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Composite => "COMPOSITE",
+            Self::FullObject => "FULL_OBJECT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "COMPOSITE" => Some(Self::Composite),
+            "FULL_OBJECT" => Some(Self::FullObject),
+            _ => None,
+        }
+    }
+}
+
+/// The checksum a multipart upload was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub kind: ChecksumType,
+}
+
+/// An object's flexible checksum, kept so that GET, HEAD and
+/// GetObjectAttributes can return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub kind: ChecksumType,
+    /// base64; a composite checksum ends in `-N`.
+    pub value: String,
+    /// The parts' own checksums (base64), in part order, for an object
+    /// made by a multipart upload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 /// Where a blob lives: its id (the file name on each node) and the nodes
@@ -187,7 +319,7 @@ pub struct ObjectRecord {
     pub last_modified_ms: i64,
     pub owner: String,
     pub headers: ObjectHeaders,
-    pub acl: CannedAcl,
+    pub acl: Acl,
     pub blob: BlobRef,
     /// Number of multipart parts, 0 for a single PUT.
     pub parts_count: u32,
@@ -198,6 +330,9 @@ pub struct ObjectRecord {
     /// again answers as the first completion did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// The flexible checksum the client sent or asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<ObjectChecksum>,
 }
 impl Record for ObjectRecord {
     const KIND: &'static str = "object";
@@ -212,10 +347,14 @@ pub struct UploadRecord {
     pub owner: String,
     pub initiated_ms: i64,
     pub headers: ObjectHeaders,
-    pub acl: CannedAcl,
+    pub acl: Acl,
     /// All parts of an upload go to these nodes so Complete can concatenate
     /// them locally into one plain file.
     pub nodes: Vec<String>,
+    /// The checksum every part gets and the object's is made of, if the
+    /// upload was created with one (`x-amz-checksum-algorithm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<UploadChecksum>,
 }
 impl Record for UploadRecord {
     const KIND: &'static str = "multipart upload";
@@ -228,6 +367,9 @@ pub struct PartRecord {
     pub etag: String,
     pub last_modified_ms: i64,
     pub blob: BlobRef,
+    /// The part's checksum (base64) in its upload's algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 impl Record for PartRecord {
     const KIND: &'static str = "part";

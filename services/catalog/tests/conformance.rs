@@ -47,7 +47,7 @@ fn obj(id: &str) -> ObjectRecord {
         last_modified_ms: 0,
         owner: "t".into(),
         headers: ObjectHeaders::default(),
-        acl: CannedAcl::Private,
+        acl: Acl::Canned(CannedAcl::Private),
         blob: BlobRef {
             id: id.into(),
             size: 1,
@@ -56,12 +56,15 @@ fn obj(id: &str) -> ObjectRecord {
         parts_count: 0,
         part_sizes: vec![],
         upload_id: None,
+        checksum: None,
     }
 }
 
 async fn with_bucket(c: &dyn Catalog) -> BucketRecord {
     c.create_tenant("t").await.unwrap();
-    c.create_bucket("b", "t", CannedAcl::Private).await.unwrap()
+    c.create_bucket("b", "t", Acl::Canned(CannedAcl::Private))
+        .await
+        .unwrap()
 }
 
 fn query(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max: usize) -> ListQuery {
@@ -70,6 +73,45 @@ fn query(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max: usize)
         delimiter: delimiter.map(Into::into),
         start_after: after.map(Into::into),
         max,
+    }
+}
+
+#[tokio::test]
+async fn bucket_settings_change_one_at_a_time() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        with_bucket(c).await;
+        let cors = CorsConfig {
+            rules: vec![CorsRule {
+                id: Some("r1".into()),
+                allowed_methods: vec!["GET".into(), "PUT".into()],
+                allowed_origins: vec!["https://*.example".into()],
+                allowed_headers: vec!["*".into()],
+                expose_headers: vec!["etag".into()],
+                max_age_seconds: Some(600),
+            }],
+        };
+        c.update_bucket("b", BucketUpdate::Cors(Some(cors.clone())))
+            .await
+            .unwrap();
+        c.update_bucket("b", BucketUpdate::Acl(Acl::Canned(CannedAcl::PublicRead)))
+            .await
+            .unwrap();
+        let rec = c.get_bucket("b").await.unwrap().unwrap();
+        assert_eq!(rec.acl, Acl::Canned(CannedAcl::PublicRead));
+        assert_eq!(rec.cors.as_ref(), Some(&cors), "an ACL change keeps CORS");
+        c.update_bucket("b", BucketUpdate::Cors(None))
+            .await
+            .unwrap();
+        let rec = c.get_bucket("b").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.acl, rec.cors),
+            (Acl::Canned(CannedAcl::PublicRead), None)
+        );
+        assert!(matches!(
+            c.update_bucket("nope", BucketUpdate::Cors(None)).await,
+            Err(CatalogError::NoSuchBucket(_))
+        ));
     }
 }
 
@@ -130,7 +172,7 @@ async fn listing_orders_groups_and_pages() {
         assert_eq!(p.common_prefixes, ["c/x/"]);
         assert_eq!(p.objects.len(), 1);
         // Another bucket's keys never leak into a listing.
-        c.create_bucket("b2", "t", CannedAcl::Private)
+        c.create_bucket("b2", "t", Acl::Canned(CannedAcl::Private))
             .await
             .unwrap();
         c.put_object("b2", "a/1", &obj("other")).await.unwrap();
@@ -168,13 +210,17 @@ async fn overwrite_and_delete_queue_old_blobs_and_keep_the_owner_index() {
         c.remove_gc("one").await.unwrap();
         assert!(!c.is_gc_queued("one").await.unwrap());
         c.delete_bucket("b").await.unwrap();
-        c.create_bucket("b", "t", CannedAcl::Private).await.unwrap();
+        c.create_bucket("b", "t", Acl::Canned(CannedAcl::Private))
+            .await
+            .unwrap();
         assert!(matches!(
-            c.create_bucket("b", "u", CannedAcl::Private).await,
+            c.create_bucket("b", "u", Acl::Canned(CannedAcl::Private))
+                .await,
             Err(CatalogError::BucketAlreadyExists(_))
         ));
         assert!(matches!(
-            c.create_bucket("b", "t", CannedAcl::Private).await,
+            c.create_bucket("b", "t", Acl::Canned(CannedAcl::Private))
+                .await,
             Err(CatalogError::BucketAlreadyOwnedByYou(_))
         ));
     }
@@ -235,7 +281,9 @@ async fn conditional_writes_hold_atomically() {
         c.delete_object("b", "k").await.unwrap();
         c.delete_bucket("b").await.unwrap();
         c.create_tenant("u").await.unwrap();
-        c.create_bucket("b", "u", CannedAcl::Private).await.unwrap();
+        c.create_bucket("b", "u", Acl::Canned(CannedAcl::Private))
+            .await
+            .unwrap();
         assert!(matches!(
             c.put_object_checked(&bucket, "k", &obj("three"), &WriteCondition::None)
                 .await,
@@ -369,8 +417,9 @@ async fn multipart_parts_replace_list_and_complete() {
             owner: "t".into(),
             initiated_ms: 0,
             headers: ObjectHeaders::default(),
-            acl: CannedAcl::Private,
+            acl: Acl::Canned(CannedAcl::Private),
             nodes: vec!["node-0".into()],
+            checksum: None,
         };
         c.create_upload(&up).await.unwrap();
         let part = |n: u32, id: &str| PartRecord {
@@ -378,6 +427,7 @@ async fn multipart_parts_replace_list_and_complete() {
             etag: format!("p{n}"),
             blob: obj(id).blob,
             last_modified_ms: 0,
+            checksum: None,
         };
         for n in [3, 1, 2] {
             c.put_part("b", "big", "u1", &part(n, &format!("part-{n}")))
@@ -719,7 +769,7 @@ async fn state_survives_reopen() {
     {
         let c = open_rocksdb(dir.path()).unwrap();
         c.create_tenant("t").await.unwrap();
-        c.create_bucket("b", "t", CannedAcl::PublicRead)
+        c.create_bucket("b", "t", Acl::Canned(CannedAcl::PublicRead))
             .await
             .unwrap();
         c.put_object("b", "k", &obj("one")).await.unwrap();
@@ -727,7 +777,7 @@ async fn state_survives_reopen() {
     let c = open_rocksdb(dir.path()).unwrap();
     assert_eq!(
         c.get_bucket("b").await.unwrap().unwrap().acl,
-        CannedAcl::PublicRead
+        Acl::Canned(CannedAcl::PublicRead)
     );
     assert_eq!(
         c.get_object("b", "k").await.unwrap().unwrap().blob.id,

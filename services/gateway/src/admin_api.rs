@@ -221,6 +221,10 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
                 .await
                 .map_err(ApiError::Auth)?,
         };
+        if matches!(a.payload, crate::auth::PayloadCheck::Deferred(_)) {
+            // Unreachable: the body's hash was known when this was signed.
+            return Err(ApiError::Auth(crate::auth::DeferredSignature::mismatch()));
+        }
         if let crate::auth::PayloadCheck::Sha256(h) = &a.payload {
             if *h != sigv4::sha256_hex(&bytes) {
                 return Err(ApiError::Auth(S3Error::new(

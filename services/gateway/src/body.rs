@@ -7,88 +7,29 @@
 
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
+use insitu_catalog::ChecksumAlgorithm;
+
 use crate::auth::chunked::Trailers;
+use crate::auth::DeferredSignature;
+use crate::checksum::{self, Checksummer};
 use crate::error::{S3Error, S3ErrorCode};
 
-/// Flexible checksum algorithms (`x-amz-checksum-*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksumAlgorithm {
-    Crc32,
-    Crc32c,
-    Crc64Nvme,
-    Sha1,
-    Sha256,
-}
-
-impl ChecksumAlgorithm {
-    pub fn from_header_name(name: &str) -> Option<Self> {
-        match name.strip_prefix("x-amz-checksum-")? {
-            "crc32" => Some(Self::Crc32),
-            "crc32c" => Some(Self::Crc32c),
-            "crc64nvme" => Some(Self::Crc64Nvme),
-            "sha1" => Some(Self::Sha1),
-            "sha256" => Some(Self::Sha256),
-            _ => None,
-        }
-    }
-
-    pub fn header_name(self) -> &'static str {
-        match self {
-            Self::Crc32 => "x-amz-checksum-crc32",
-            Self::Crc32c => "x-amz-checksum-crc32c",
-            Self::Crc64Nvme => "x-amz-checksum-crc64nvme",
-            Self::Sha1 => "x-amz-checksum-sha1",
-            Self::Sha256 => "x-amz-checksum-sha256",
-        }
-    }
-}
-
-enum Checksummer {
-    Crc32(crc32fast::Hasher),
-    Crc32c(u32),
-    Crc64(crc64fast_nvme::Digest),
-    Sha1(sha1::Sha1),
-    Sha256(Sha256),
-}
-
-impl Checksummer {
-    fn new(alg: ChecksumAlgorithm) -> Self {
-        match alg {
-            ChecksumAlgorithm::Crc32 => Self::Crc32(crc32fast::Hasher::new()),
-            ChecksumAlgorithm::Crc32c => Self::Crc32c(0),
-            ChecksumAlgorithm::Crc64Nvme => Self::Crc64(crc64fast_nvme::Digest::new()),
-            ChecksumAlgorithm::Sha1 => Self::Sha1(sha1::Sha1::new()),
-            ChecksumAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Self::Crc32(h) => h.update(data),
-            Self::Crc32c(c) => *c = crc32c::crc32c_append(*c, data),
-            Self::Crc64(h) => h.write(data),
-            Self::Sha1(h) => h.update(data),
-            Self::Sha256(h) => h.update(data),
-        }
-    }
-
-    fn finish_base64(self) -> String {
-        let bytes = match self {
-            Self::Crc32(h) => h.finalize().to_be_bytes().to_vec(),
-            Self::Crc32c(c) => c.to_be_bytes().to_vec(),
-            Self::Crc64(h) => h.sum64().to_be_bytes().to_vec(),
-            Self::Sha1(h) => h.finalize().to_vec(),
-            Self::Sha256(h) => h.finalize().to_vec(),
-        };
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    }
+/// Where a flexible checksum's claimed value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChecksumClaim {
+    /// Sent as a header before the body.
+    Header(String),
+    /// Declared in `x-amz-trailer`, sent after the body.
+    Trailer,
+    /// Nothing claimed: computed and reported (a part of an upload that
+    /// was created with a checksum algorithm).
+    Compute,
 }
 
 /// What the client claimed about the body.
@@ -100,12 +41,20 @@ pub struct BodyExpectations {
     pub md5: Option<[u8; 16]>,
     /// x-amz-content-sha256 when it is a real hash.
     pub sha256: Option<String>,
-    /// A flexible checksum and its value if sent as a header; `None` value
-    /// means it arrives as a trailer.
-    pub checksum: Option<(ChecksumAlgorithm, Option<String>)>,
+    /// A signature over the body's SHA-256, which was not sent (curl).
+    pub deferred: Option<DeferredSignature>,
+    /// A flexible checksum and where its claimed value comes from.
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumClaim)>,
     pub trailers: Trailers,
     /// Largest acceptable body.
     pub max_length: u64,
+}
+
+impl BodyExpectations {
+    /// Whether the checksum is to come as a trailer of the body itself.
+    pub fn trailers_declared(&self) -> bool {
+        matches!(self.checksum, Some((_, ChecksumClaim::Trailer)))
+    }
 }
 
 /// The result of a streamed body, filled in when the stream ends.
@@ -159,47 +108,48 @@ impl Verifier {
                 ));
             }
         }
-        if let (Some(h), Some(claimed)) = (self.sha256.take(), &self.expect.sha256) {
-            if &hex::encode(h.finalize()) != claimed {
+        let sha256 = self.sha256.take().map(|h| hex::encode(h.finalize()));
+        if let (Some(computed), Some(claimed)) = (&sha256, &self.expect.sha256) {
+            if computed != claimed {
                 return Err(S3Error::new(
                     S3ErrorCode::XAmzContentSha256Mismatch,
                     "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 ));
             }
         }
+        if let Some(d) = &self.expect.deferred {
+            if !sha256.as_deref().is_some_and(|h| d.verify(h)) {
+                return Err(DeferredSignature::mismatch());
+            }
+        }
         let mut checksum_result = None;
-        if let (Some(c), Some((alg, value))) = (self.checksum.take(), self.expect.checksum.clone())
+        if let (Some(c), Some((alg, claim))) = (self.checksum.take(), self.expect.checksum.clone())
         {
-            let claimed = match value {
-                Some(v) => Some(v),
-                None => self.expect.trailers.lock().ok().and_then(|t| {
-                    t.iter()
-                        .find(|(n, _)| n == alg.header_name())
-                        .map(|(_, v)| v.clone())
-                }),
+            let name = checksum::header_name(alg);
+            let claimed = match claim {
+                ChecksumClaim::Header(v) => Some(v),
+                ChecksumClaim::Compute => None,
+                ChecksumClaim::Trailer => {
+                    let sent =
+                        self.expect.trailers.lock().ok().and_then(|t| {
+                            t.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+                        });
+                    Some(sent.ok_or_else(|| {
+                        S3Error::new(
+                            S3ErrorCode::IncompleteBody,
+                            format!("The trailer {name} was declared but never sent."),
+                        )
+                    })?)
+                }
             };
             let computed = c.finish_base64();
-            let Some(claimed) = claimed else {
+            if claimed.is_some_and(|c| c != computed) {
                 return Err(S3Error::new(
-                    S3ErrorCode::IncompleteBody,
-                    format!(
-                        "The trailer {} was declared but never sent.",
-                        alg.header_name()
-                    ),
+                    S3ErrorCode::BadDigest,
+                    format!("The {name} you specified did not match the calculated checksum."),
                 ));
-            };
-            match Some(claimed) {
-                Some(claimed) if claimed != computed => {
-                    return Err(S3Error::new(
-                        S3ErrorCode::BadDigest,
-                        format!(
-                            "The {} you specified did not match the calculated checksum.",
-                            alg.header_name()
-                        ),
-                    ))
-                }
-                _ => checksum_result = Some((alg, computed)),
             }
+            checksum_result = Some((alg, computed));
         }
         if let Ok(mut o) = self.outcome.lock() {
             o.length = self.length;
@@ -268,7 +218,7 @@ pub fn verify(
     let outcome = SharedOutcome::default();
     let v = Verifier {
         input,
-        sha256: expect.sha256.as_ref().map(|_| Sha256::new()),
+        sha256: (expect.sha256.is_some() || expect.deferred.is_some()).then(Sha256::new),
         checksum: expect
             .checksum
             .as_ref()
@@ -356,10 +306,16 @@ mod tests {
         );
 
         let mut e = base();
-        e.checksum = Some((ChecksumAlgorithm::Crc32, Some("NhCmhg==".into())));
+        e.checksum = Some((
+            ChecksumAlgorithm::Crc32,
+            ChecksumClaim::Header("NhCmhg==".into()),
+        ));
         assert!(run(b"hello", e).await.1.error.is_none());
         let mut e = base();
-        e.checksum = Some((ChecksumAlgorithm::Crc32, Some("AAAAAA==".into())));
+        e.checksum = Some((
+            ChecksumAlgorithm::Crc32,
+            ChecksumClaim::Header("AAAAAA==".into()),
+        ));
         assert_eq!(
             run(b"hello", e).await.1.error.unwrap().code,
             S3ErrorCode::BadDigest

@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod auth;
 pub mod body;
+pub mod checksum;
 pub mod cluster;
 pub mod control;
 pub mod error;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::TryStreamExt;
 use insitu_catalog::{Catalog, CatalogError, NodeRecord};
 
 use thiserror::Error;
@@ -309,7 +311,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v != "0");
-    let mut resp = route_request(gw, req).await;
+    let cors = cors_context(&gw, &req);
+    let mut resp = route_request(gw.clone(), req).await;
+    if let Some((bucket, method, headers)) = cors {
+        s3::cors::decorate(&gw, &bucket, &method, &headers, &mut resp).await;
+    }
     let failed = resp.status().is_client_error() || resp.status().is_server_error();
     let headers = resp.headers_mut();
     // A request refused before its body was read leaves the connection in
@@ -333,6 +339,25 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     resp
 }
 
+/// A request from a browser page names its origin; the bucket's CORS rules
+/// then say which headers let the page see the answer. A preflight gets its
+/// headers where it is answered.
+fn cors_context(gw: &Gateway, req: &Request) -> Option<(String, http::Method, http::HeaderMap)> {
+    if req.method() == http::Method::OPTIONS
+        || !req.headers().contains_key(http::header::ORIGIN)
+        || req.uri().path().starts_with("/_insitu/")
+    {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let (bucket, _) = gw.bucket_and_key(host.as_deref(), req.uri().path());
+    Some((bucket?, req.method().clone(), req.headers().clone()))
+}
+
 async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_string();
@@ -352,6 +377,13 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         .and_then(|h| h.to_str().ok())
         .map(str::to_ascii_lowercase);
     let (bucket, key) = gw.bucket_and_key(host.as_deref(), &raw_path);
+    // A browser's preflight carries no credentials: it is answered from
+    // the bucket's CORS rules alone.
+    if parts.method == http::Method::OPTIONS {
+        if let Some(bucket) = &bucket {
+            return s3::cors::preflight(&gw, bucket, &parts.headers).await;
+        }
+    }
     let auth = {
         let authenticator = Authenticator {
             catalog: gw.catalog.as_ref(),
@@ -374,6 +406,33 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
             Err(e) => return e.into_response(),
         }
     };
+    // A signature over a body hash that was not sent is checked here, on
+    // the body read whole, unless the request streams its body into a new
+    // blob (PutObject, UploadPart): that body is checked as it passes, and
+    // the blob is committed only if the signature holds.
+    let (auth, body) = match auth.payload {
+        auth::PayloadCheck::Deferred(ref d)
+            if !streams_body(&parts.method, key.as_deref(), &parts.headers, &raw_query) =>
+        {
+            let raw = body
+                .into_data_stream()
+                .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
+            let bytes = match body::read_small(Box::pin(raw), limits::MAX_XML_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            };
+            let hash = auth::sigv4::sha256_hex(&bytes);
+            if !d.verify(&hash) {
+                return auth::DeferredSignature::mismatch().into_response();
+            }
+            let verified = auth::Authenticated {
+                payload: auth::PayloadCheck::Sha256(hash),
+                ..auth
+            };
+            (verified, axum::body::Body::from(bytes))
+        }
+        _ => (auth, body),
+    };
     if let Some(k) = &key {
         if k.len() > limits::MAX_KEY_BYTES {
             return S3Error::new(
@@ -394,6 +453,22 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
         trailers: Default::default(),
     };
     s3::dispatch(gw, req).await
+}
+
+/// Whether a request is a PutObject or an UploadPart, whose body streams
+/// into a new blob that becomes visible only after every check on it.
+fn streams_body(
+    method: &http::Method,
+    key: Option<&str>,
+    headers: &http::HeaderMap,
+    raw_query: &str,
+) -> bool {
+    *method == http::Method::PUT
+        && key.is_some()
+        && !headers.contains_key("x-amz-copy-source")
+        && auth::query_map(raw_query)
+            .keys()
+            .all(|k| k == "uploadId" || k == "partNumber")
 }
 
 /// The least GC grace on a shared catalog: about six times the time a

@@ -19,6 +19,8 @@ pub const MAX_DELETE_KEYS: usize = 1000;
 /// XML request bodies (Complete, DeleteObjects, ACL) are small; refuse more
 /// than this so a hostile body cannot exhaust memory.
 pub const MAX_XML_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Grants in one ACL, as in S3.
+pub const MAX_ACL_GRANTS: usize = 100;
 /// Total request header bytes; hyper refuses larger header sections.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Allowed difference between a request's signing time and ours.

@@ -6,6 +6,12 @@ mod dev;
 mod job;
 mod signed_client;
 
+/// jemalloc rather than glibc malloc: a long-running gateway's many threads
+/// fragmented glibc's per-thread arenas, and its RSS crept up under steady
+/// load (docs/PERFORMANCE.md, soak runs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -38,15 +38,15 @@ impl TenantStore for PgCatalog {
 
 #[async_trait]
 impl BucketStore for PgCatalog {
-    async fn create_bucket(&self, name: &str, owner: &str, acl: CannedAcl) -> Result<BucketRecord> {
+    async fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord> {
         PgCatalog::create_bucket(self, name, owner, acl).await
     }
     async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
         self.read_one("SELECT rec FROM buckets WHERE name = $1", &[&name])
             .await
     }
-    async fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()> {
-        PgCatalog::set_bucket_acl(self, name, acl).await
+    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
+        PgCatalog::update_bucket(self, name, update).await
     }
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         PgCatalog::delete_bucket(self, name).await
@@ -81,7 +81,7 @@ impl ObjectStore for PgCatalog {
     ) -> Result<()> {
         PgCatalog::put_object(self, &bucket.name, key, rec, Some(bucket), cond).await
     }
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: CannedAcl) -> Result<bool> {
+    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
         PgCatalog::set_object_acl(self, bucket, key, acl).await
     }
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool> {

@@ -409,7 +409,7 @@ impl PgCatalog {
         &self,
         name: &str,
         owner: &str,
-        acl: CannedAcl,
+        acl: Acl,
     ) -> Result<BucketRecord> {
         in_tx!(self, |tx| {
             if let Some(existing) = get_bucket(&tx, name).await? {
@@ -423,7 +423,8 @@ impl PgCatalog {
                 name: name.to_string(),
                 owner: owner.to_string(),
                 created_ms: now_ms(),
-                acl,
+                acl: acl.clone(),
+                cors: None,
             };
             exec(
                 &tx,
@@ -435,12 +436,12 @@ impl PgCatalog {
         })
     }
 
-    pub(super) async fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()> {
+    pub(super) async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
         in_tx!(self, |tx| {
             let mut rec = get_bucket(&tx, name)
                 .await?
                 .ok_or_else(|| CatalogError::NoSuchBucket(name.to_string()))?;
-            rec.acl = acl;
+            update.clone().apply(&mut rec);
             exec(
                 &tx,
                 "UPDATE buckets SET rec = $2 WHERE name = $1",
@@ -497,17 +498,12 @@ impl PgCatalog {
         })
     }
 
-    pub(super) async fn set_object_acl(
-        &self,
-        bucket: &str,
-        key: &str,
-        acl: CannedAcl,
-    ) -> Result<bool> {
+    pub(super) async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
         in_tx!(self, |tx| {
             let Some(mut rec) = get_object(&tx, bucket, key).await? else {
                 return Ok(false);
             };
-            rec.acl = acl;
+            rec.acl = acl.clone();
             exec(
                 &tx,
                 "UPDATE objects SET rec = $3 WHERE bucket = $1 AND key = $2",

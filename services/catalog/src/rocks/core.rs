@@ -238,12 +238,7 @@ impl RocksCore {
 
     // ---- buckets ----------------------------------------------------------
 
-    pub(super) fn create_bucket(
-        &self,
-        name: &str,
-        owner: &str,
-        acl: CannedAcl,
-    ) -> Result<BucketRecord> {
+    pub(super) fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord> {
         let _g = self.lock()?;
         if let Some(existing) = self.get::<BucketRecord>(CF_BUCKETS, name.as_bytes())? {
             return Err(if existing.owner == owner {
@@ -257,6 +252,7 @@ impl RocksCore {
             owner: owner.to_string(),
             created_ms: now_ms(),
             acl,
+            cors: None,
         };
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_BUCKETS)?, name.as_bytes(), rec.encode());
@@ -268,12 +264,12 @@ impl RocksCore {
         self.get(CF_BUCKETS, name.as_bytes())
     }
 
-    pub(super) fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()> {
+    pub(super) fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
         let _g = self.lock()?;
         let mut rec = self
             .get::<BucketRecord>(CF_BUCKETS, name.as_bytes())?
             .ok_or_else(|| CatalogError::NoSuchBucket(name.to_string()))?;
-        rec.acl = acl;
+        update.apply(&mut rec);
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_BUCKETS)?, name.as_bytes(), rec.encode());
         self.commit(b)
@@ -378,7 +374,7 @@ impl RocksCore {
     }
 
     /// Replaces only the ACL of an existing object.
-    pub(super) fn set_object_acl(&self, bucket: &str, key: &str, acl: CannedAcl) -> Result<bool> {
+    pub(super) fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
         let _g = self.lock()?;
         let k = object_key(bucket, key);
         let Some(mut rec) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? else {

@@ -82,16 +82,16 @@ impl TenantStore for RocksCatalog {
 
 #[async_trait]
 impl BucketStore for RocksCatalog {
-    async fn create_bucket(&self, name: &str, owner: &str, acl: CannedAcl) -> Result<BucketRecord> {
+    async fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord> {
         let (name, owner) = (name.to_owned(), owner.to_owned());
         self.run(move |c| c.create_bucket(&name, &owner, acl)).await
     }
     async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
         blocking!(self, get_bucket(name))
     }
-    async fn set_bucket_acl(&self, name: &str, acl: CannedAcl) -> Result<()> {
+    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
         let name = name.to_owned();
-        self.run(move |c| c.set_bucket_acl(&name, acl)).await
+        self.run(move |c| c.update_bucket(&name, update)).await
     }
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         blocking!(self, delete_bucket(name))
@@ -118,7 +118,7 @@ impl ObjectStore for RocksCatalog {
     ) -> Result<()> {
         blocking!(self, put_object_checked(bucket, key, rec, cond))
     }
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: CannedAcl) -> Result<bool> {
+    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
         self.run(move |c| c.set_object_acl(&bucket, &key, acl))
             .await

@@ -53,6 +53,41 @@ pub enum PayloadCheck {
         signing: Option<ChunkSigning>,
         trailer: bool,
     },
+    /// The signature covers the SHA-256 of a body whose hash was not sent
+    /// (curl signs it without an `x-amz-content-sha256` header): it is
+    /// checked when the body has been read, and until then the request is
+    /// not authenticated. Nothing the request does may become visible
+    /// before that check passes.
+    Deferred(DeferredSignature),
+}
+
+/// A SigV4 signature waiting for its body's SHA-256.
+#[derive(Clone)]
+pub struct DeferredSignature {
+    key: SigningKey,
+    amz_date: String,
+    scope: String,
+    /// The canonical request up to, not including, the payload hash.
+    canonical_head: String,
+    signature: String,
+}
+
+impl DeferredSignature {
+    /// Whether the signature holds for a body with this SHA-256 (hex).
+    pub fn verify(&self, body_sha256_hex: &str) -> bool {
+        let creq = format!("{}{body_sha256_hex}", self.canonical_head);
+        let expected = self
+            .key
+            .sign(&sigv4::string_to_sign(&self.amz_date, &self.scope, &creq));
+        sigv4::signatures_match(&expected, &self.signature)
+    }
+
+    pub fn mismatch() -> S3Error {
+        err(
+            S3ErrorCode::SignatureDoesNotMatch,
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        )
+    }
 }
 
 pub struct Authenticated {
@@ -349,11 +384,13 @@ impl Authenticator<'_> {
                 "The credential date does not match the request date.",
             ));
         }
-        let content_sha = req
+        let sent_sha = req
             .headers
             .get("x-amz-content-sha256")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+            .map(str::to_string);
+        let content_sha = sent_sha
+            .clone()
             .or_else(|| req.body_sha256.clone())
             .unwrap_or_else(|| "UNSIGNED-PAYLOAD".to_string());
         let headers = Self::canonical_headers(req.headers, &parsed.signed_headers, false)?;
@@ -374,6 +411,25 @@ impl Authenticator<'_> {
         })?;
         let expected = key.sign(&sigv4::string_to_sign(&amz_date, &scope, &creq));
         if !sigv4::signatures_match(&expected, &parsed.signature) {
+            // No hash sent and a body to come: the client may have signed
+            // the body's own hash, which is known only once it is read.
+            if sent_sha.is_none() && req.body_sha256.is_none() {
+                let canonical_head = creq
+                    .strip_suffix(content_sha.as_str())
+                    .unwrap_or(&creq)
+                    .to_string();
+                return Ok(Authenticated {
+                    principal,
+                    payload: PayloadCheck::Deferred(DeferredSignature {
+                        key,
+                        amz_date,
+                        scope,
+                        canonical_head,
+                        signature: parsed.signature.clone(),
+                    }),
+                    credential: Some((parsed.access_key_id, parsed.scope)),
+                });
+            }
             tracing::debug!(canonical_request = %creq, "signature mismatch");
             return Err(err(
                 S3ErrorCode::SignatureDoesNotMatch,

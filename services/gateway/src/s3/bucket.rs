@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use insitu_catalog::CannedAcl;
 use serde::Deserialize;
 
 use super::access::{owned_bucket, writable_bucket};
@@ -60,18 +59,6 @@ pub fn validate_bucket_name(name: &str) -> S3Result<()> {
         return Err(bad("bucket names must not use a reserved prefix or suffix"));
     }
     Ok(())
-}
-
-pub fn canned_acl_header(req: &S3Request) -> S3Result<Option<CannedAcl>> {
-    match req.header("x-amz-acl") {
-        None => Ok(None),
-        Some(v) => CannedAcl::parse(v).map(Some).ok_or_else(|| {
-            S3Error::new(
-                S3ErrorCode::InvalidArgument,
-                format!("Unsupported canned ACL {v:?}"),
-            )
-        }),
-    }
 }
 
 pub fn require_user(req: &S3Request) -> S3Result<&str> {
@@ -150,7 +137,9 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
     let tenant = require_user(&req)?.to_string();
     let name = req.bucket()?.to_string();
     validate_bucket_name(&name)?;
-    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let acl = super::acl::header_acl(gw, &req, &tenant, &tenant)
+        .await?
+        .unwrap_or_default();
     let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let conf: CreateBucketConfiguration = xml::parse(&body)?;
@@ -163,7 +152,7 @@ pub async fn create_bucket(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Re
             }
         }
     }
-    match gw.catalog.create_bucket(&name, &tenant, acl).await {
+    match gw.catalog.create_bucket(&name, &tenant, acl.clone()).await {
         Ok(_) => tracing::info!(bucket = %name, tenant = %tenant, "bucket created"),
         // In us-east-1, S3 lets the owner create its bucket again: nothing
         // changes (its objects stay). A different ACL would be a change,

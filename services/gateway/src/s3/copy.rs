@@ -6,15 +6,14 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{StreamExt, TryStreamExt};
-use insitu_catalog::ObjectRecord;
+use insitu_catalog::{ChecksumAlgorithm, ObjectRecord};
 
 use super::access::{readable_object, writable_bucket};
-use super::bucket::canned_acl_header;
 use super::get::{evaluate_preconditions, ByteRange, Precondition};
 use super::put::{commit_object, node_error, object_headers, store_body, validate_key, StoredBody};
 use super::{xml, xml_response, S3Request};
 use crate::auth::sigv4::uri_decode;
-use crate::body::BodyExpectations;
+use crate::body::{BodyExpectations, ChecksumClaim};
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::MAX_OBJECT_BYTES;
 use crate::Gateway;
@@ -78,6 +77,7 @@ pub async fn copy_bytes(
     src: &ObjectRecord,
     range: Option<ByteRange>,
     nodes: Option<Vec<String>>,
+    checksum: Option<ChecksumAlgorithm>,
 ) -> S3Result<StoredBody> {
     let len = range.map_or(src.size, |r| r.end - r.start + 1);
     let reading = gw.inflight.hold(&src.blob.id);
@@ -98,6 +98,7 @@ pub async fn copy_bytes(
     let expect = BodyExpectations {
         length: Some(len),
         max_length: MAX_OBJECT_BYTES,
+        checksum: checksum.map(|a| (a, ChecksumClaim::Compute)),
         ..Default::default()
     };
     store_body(gw, body, expect, nodes).await
@@ -129,10 +130,21 @@ pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response
     } else {
         src.object.headers.clone()
     };
-    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let owner = super::acl::writer(&req, &dest.owner);
+    let acl = super::acl::header_acl(gw, &req, &owner, &dest.owner)
+        .await?
+        .unwrap_or_default();
     let cond = super::put::write_condition(&req)?;
-    let stored = copy_bytes(gw, &src.object, None, None).await?;
-    let rec = commit_object(gw, &dest, &key, headers, acl, &stored, &cond).await?;
+    // The copy gets a checksum if asked for one, or the source's algorithm
+    // if the source has one (a multipart source's is of the whole copy).
+    let algorithm = match req.header("x-amz-checksum-algorithm") {
+        Some(name) => Some(ChecksumAlgorithm::parse(name).ok_or_else(|| {
+            S3Error::invalid_request(format!("Invalid x-amz-checksum-algorithm: {name}"))
+        })?),
+        None => src.object.checksum.as_ref().map(|c| c.algorithm),
+    };
+    let stored = copy_bytes(gw, &src.object, None, None, algorithm).await?;
+    let rec = commit_object(gw, &dest, &key, (owner, acl), headers, &stored, &cond).await?;
     let mut out = format!("{}<CopyObjectResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(
         &mut out,

@@ -1,19 +1,20 @@
 //! Entry points for fuzzing the parsers that read request bodies from the
-//! outside: the XML bodies (Complete, Delete, ACL, CreateBucket) and the
+//! outside: the XML bodies (Complete, Delete, ACL, CORS, CreateBucket) and the
 //! POST policy. The `cargo fuzz` targets under `fuzz/` call them, and the
 //! property tests below run them on stable Rust in CI. Each must answer
 //! any input with a value or an S3 error, never a panic.
 
 use std::collections::BTreeMap;
 
-use super::{acl, bucket, multipart, post_object, xml};
+use super::{acl, bucket, cors, multipart, post_object, xml};
 
 /// Every XML request body parser, on the same bytes.
 pub fn xml_bodies(data: &[u8]) {
     let _ = xml::parse::<multipart::CompleteRequest>(data);
     let _ = bucket::DeleteRequest::parse(data);
     let _ = xml::parse::<bucket::CreateBucketConfiguration>(data);
-    let _ = acl::canned_from_policy(data, "owner");
+    let _ = acl::parse_policy(data);
+    let _ = cors::parse_config(data);
 }
 
 /// A POST policy document (JSON) checked against form fields. The first

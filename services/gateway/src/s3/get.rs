@@ -4,10 +4,11 @@
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use insitu_catalog::ObjectRecord;
+use insitu_catalog::{ChecksumAlgorithm, ChecksumType, ObjectRecord};
 
 use super::access::readable_object;
 use super::{xml, S3Request};
+use crate::checksum;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::Gateway;
 
@@ -171,6 +172,29 @@ fn add_object_headers(
     r
 }
 
+/// The checksum a GET or HEAD in checksum mode returns: the object's for a
+/// whole read, a part's for a `partNumber` read of a multipart object, and
+/// none for a byte range (which no stored checksum covers).
+fn returned_checksum<'o>(
+    obj: &'o ObjectRecord,
+    req: &S3Request,
+    ranged: bool,
+) -> S3Result<Option<(ChecksumAlgorithm, ChecksumType, &'o str)>> {
+    let Some(c) = &obj.checksum else {
+        return Ok(None);
+    };
+    match req.query("partNumber") {
+        Some(n) if obj.parts_count > 0 => {
+            let idx = n.parse::<usize>().ok().and_then(|n| n.checked_sub(1));
+            Ok(idx
+                .and_then(|i| c.parts.get(i))
+                .map(|v| (c.algorithm, c.kind, v.as_str())))
+        }
+        _ if ranged => Ok(None),
+        _ => Ok(Some((c.algorithm, c.kind, c.value.as_str()))),
+    }
+}
+
 pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Result<Response> {
     let bucket = req.bucket()?;
     let key = req.key()?;
@@ -250,6 +274,16 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     let mut builder = add_object_headers(Response::builder(), &obj, req);
     if let Some(n) = parts_count {
         builder = builder.header("x-amz-mp-parts-count", n);
+    }
+    if req
+        .header("x-amz-checksum-mode")
+        .is_some_and(|m| m.eq_ignore_ascii_case("ENABLED"))
+    {
+        if let Some((alg, kind, value)) = returned_checksum(&obj, req, range.is_some())? {
+            builder = builder
+                .header(checksum::header_name(alg), value)
+                .header("x-amz-checksum-type", kind.as_str());
+        }
     }
     let (status, len) = match range {
         Some(r) => {

@@ -3,8 +3,10 @@
 
 pub(crate) mod access;
 mod acl;
+mod attributes;
 mod bucket;
 mod copy;
+pub mod cors;
 #[doc(hidden)]
 pub mod fuzz;
 mod get;
@@ -100,6 +102,20 @@ impl S3Request {
     /// object body: signed SHA-256, Content-MD5, length, checksums.
     pub async fn read_verified_body(&mut self, max: usize) -> S3Result<Vec<u8>> {
         let expect = put::body_expectations(self, max as u64)?;
+        self.read_checked(expect).await
+    }
+
+    /// A CompleteMultipartUpload body: its `x-amz-checksum-*` headers are
+    /// the object's checksum, not the XML's.
+    pub async fn read_complete_body(&mut self, max: usize) -> S3Result<Vec<u8>> {
+        let mut expect = put::body_expectations(self, max as u64)?;
+        if !expect.trailers_declared() {
+            expect.checksum = None;
+        }
+        self.read_checked(expect).await
+    }
+
+    async fn read_checked(&mut self, expect: crate::body::BodyExpectations) -> S3Result<Vec<u8>> {
         let (mut stream, outcome) = crate::body::verify(self.take_body(), expect);
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -224,6 +240,7 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
     if !has_key {
         return match m {
             Method::PUT if req.has_query("acl") => acl::put_bucket_acl(gw, req).await,
+            Method::PUT if req.has_query("cors") => cors::put_bucket_cors(gw, req).await,
             Method::PUT if req.has_query("versioning") => {
                 Err(S3Error::not_implemented("Bucket versioning"))
             }
@@ -232,6 +249,7 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
             }
             Method::PUT => bucket::create_bucket(gw, req).await,
             Method::GET if req.has_query("acl") => acl::get_bucket_acl(gw, &req).await,
+            Method::GET if req.has_query("cors") => cors::get_bucket_cors(gw, &req).await,
             Method::GET if req.has_query("location") => bucket::get_location(gw, &req).await,
             Method::GET if req.has_query("versioning") => {
                 versioning::get_versioning(gw, &req).await
@@ -245,6 +263,7 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
             }
             Method::GET => list::list_objects(gw, &req).await,
             Method::HEAD => bucket::head_bucket(gw, &req).await,
+            Method::DELETE if req.has_query("cors") => cors::delete_bucket_cors(gw, &req).await,
             Method::DELETE if unsupported_subresource(&req) => {
                 Err(S3Error::not_implemented(subresource(&req)))
             }
@@ -278,11 +297,10 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
         Method::PUT => put::put_object(gw, req).await,
         Method::GET if req.has_query("acl") => acl::get_object_acl(gw, &req).await,
         Method::GET if req.has_query("uploadId") => multipart::list_parts(gw, &req).await,
-        Method::GET
-            if req.has_query("tagging")
-                || req.has_query("attributes")
-                || req.has_query("torrent") =>
-        {
+        Method::GET if req.has_query("attributes") => {
+            attributes::get_object_attributes(gw, &req).await
+        }
+        Method::GET if req.has_query("tagging") || req.has_query("torrent") => {
             Err(S3Error::not_implemented(subresource(&req)))
         }
         Method::GET => get::get_object(gw, &req, false).await,
@@ -298,9 +316,8 @@ async fn route(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
     }
 }
 
-const UNSUPPORTED: [&str; 14] = [
+const UNSUPPORTED: [&str; 13] = [
     "policy",
-    "cors",
     "lifecycle",
     "tagging",
     "encryption",

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use insitu_catalog::{now_ms, ObjectRecord, PartRecord, UploadRecord};
+use insitu_catalog::{
+    now_ms, ChecksumAlgorithm, ChecksumType, ObjectChecksum, ObjectRecord, PartRecord,
+    UploadChecksum, UploadRecord,
+};
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
 use super::access::{owned_bucket, writable_bucket};
-use super::bucket::canned_acl_header;
 use super::copy::{copy_bytes, copy_source};
 use super::get::ByteRange;
 use super::put::{
@@ -19,6 +21,8 @@ use super::put::{
     StoredBody,
 };
 use super::{empty_response, xml, xml_response, S3Request};
+use crate::body::ChecksumClaim;
+use crate::checksum::{self, CombineError, PartSum};
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{
     MAX_LIST_KEYS, MAX_PART_NUMBER, MAX_PUT_BYTES, MAX_XML_BODY_BYTES, MIN_PART_BYTES,
@@ -50,6 +54,10 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     let key = req.key()?.to_string();
     validate_key(&key)?;
     let b = writable_bucket(gw, req.principal(), &bucket).await?;
+    let owner = super::acl::writer(&req, &b.owner);
+    let acl = super::acl::header_acl(gw, &req, &owner, &b.owner)
+        .await?
+        .unwrap_or_default();
     let upload_id = new_blob_id();
     let nodes = gw
         .nodes
@@ -63,11 +71,12 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
         upload_id: upload_id.clone(),
         bucket: bucket.clone(),
         key: key.clone(),
-        owner: b.owner,
+        owner,
         initiated_ms: now_ms(),
         headers: object_headers(&req)?,
-        acl: canned_acl_header(&req)?.unwrap_or_default(),
+        acl,
         nodes,
+        checksum: upload_checksum(&req)?,
     };
     gw.catalog.create_upload(&rec).await?;
     let mut out = format!(
@@ -79,7 +88,65 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
     xml::elem(&mut out, "Key", &key);
     xml::elem(&mut out, "UploadId", &upload_id);
     out.push_str("</InitiateMultipartUploadResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let mut resp = xml_response(StatusCode::OK, out);
+    if let Some(c) = rec.checksum {
+        let h = resp.headers_mut();
+        h.insert(
+            "x-amz-checksum-algorithm",
+            http::HeaderValue::from_static(algorithm_name(c.algorithm)),
+        );
+        h.insert(
+            "x-amz-checksum-type",
+            http::HeaderValue::from_static(c.kind.as_str()),
+        );
+    }
+    Ok(resp)
+}
+
+/// The upper-case name S3 uses for an algorithm in headers and XML.
+fn algorithm_name(alg: ChecksumAlgorithm) -> &'static str {
+    match alg {
+        ChecksumAlgorithm::Crc32 => "CRC32",
+        ChecksumAlgorithm::Crc32c => "CRC32C",
+        ChecksumAlgorithm::Crc64nvme => "CRC64NVME",
+        ChecksumAlgorithm::Sha1 => "SHA1",
+        ChecksumAlgorithm::Sha256 => "SHA256",
+    }
+}
+
+/// `x-amz-checksum-algorithm` and `x-amz-checksum-type` on
+/// CreateMultipartUpload: every part then gets that checksum, and the
+/// object's is made of theirs.
+fn upload_checksum(req: &S3Request) -> S3Result<Option<UploadChecksum>> {
+    let kind = match req.header("x-amz-checksum-type") {
+        None => None,
+        Some(t) => Some(ChecksumType::parse(&t.to_ascii_uppercase()).ok_or_else(|| {
+            S3Error::invalid_request(format!(
+                "Value for x-amz-checksum-type header is invalid: {t}"
+            ))
+        })?),
+    };
+    let Some(name) = req.header("x-amz-checksum-algorithm") else {
+        if kind.is_some() {
+            return Err(S3Error::invalid_request(
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.",
+            ));
+        }
+        return Ok(None);
+    };
+    let algorithm = ChecksumAlgorithm::parse(name).ok_or_else(|| {
+        S3Error::invalid_request(
+            "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]",
+        )
+    })?;
+    let kind = checksum::upload_type(algorithm, kind).ok_or_else(|| {
+        S3Error::invalid_request(format!(
+            "The {} checksum type cannot be used with the {} checksum algorithm.",
+            kind.map_or("", ChecksumType::as_str),
+            algorithm_name(algorithm)
+        ))
+    })?;
+    Ok(Some(UploadChecksum { algorithm, kind }))
 }
 
 /// Records a stored part; if the upload vanished meanwhile, its blob goes.
@@ -94,6 +161,10 @@ async fn commit_part(
         etag: stored.etag(),
         last_modified_ms: now_ms(),
         blob: stored.blob.clone(),
+        checksum: match (up.checksum, &stored.checksum) {
+            (Some(c), Some((alg, value))) if c.algorithm == *alg => Some(value.clone()),
+            _ => None,
+        },
     };
     if let Err(e) = gw
         .catalog
@@ -112,7 +183,20 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
     writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let number = part_number(&req)?;
     let up = upload(gw, &req).await?;
-    let expect = body_expectations(&req, MAX_PUT_BYTES)?;
+    let mut expect = body_expectations(&req, MAX_PUT_BYTES)?;
+    if let Some(c) = up.checksum {
+        match &expect.checksum {
+            None => expect.checksum = Some((c.algorithm, ChecksumClaim::Compute)),
+            Some((alg, _)) if *alg == c.algorithm => {}
+            Some((alg, _)) => {
+                return Err(S3Error::invalid_request(format!(
+                    "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                    c.algorithm.name(),
+                    alg.name()
+                )))
+            }
+        }
+    }
     let body = req.take_body();
     let stored = store_body(gw, body, expect, Some(up.nodes.clone())).await?;
     let part = commit_part(gw, &up, number, &stored).await?;
@@ -120,7 +204,7 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         .status(StatusCode::OK)
         .header(http::header::ETAG, format!("\"{}\"", part.etag));
     if let Some((alg, v)) = &stored.checksum {
-        resp = resp.header(alg.header_name(), v);
+        resp = resp.header(checksum::header_name(*alg), v);
     }
     resp.body(Body::empty()).map_err(super::built_error)
 }
@@ -134,7 +218,8 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
         None => None,
         Some(r) => Some(copy_range(r, src.object.size)?),
     };
-    let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone())).await?;
+    let algorithm = up.checksum.map(|c| c.algorithm);
+    let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone()), algorithm).await?;
     let part = commit_part(gw, &up, number, &stored).await?;
     let mut out = format!("{}<CopyPartResult xmlns=\"{}\">", xml::HEADER, xml::NS);
     xml::elem(
@@ -143,6 +228,9 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
         &xml::iso8601(part.last_modified_ms),
     );
     xml::elem(&mut out, "ETag", &format!("\"{}\"", part.etag));
+    if let (Some(c), Some(v)) = (up.checksum, &part.checksum) {
+        xml::elem(&mut out, checksum::xml_name(c.algorithm), v);
+    }
     out.push_str("</CopyPartResult>");
     Ok(xml_response(StatusCode::OK, out))
 }
@@ -177,6 +265,31 @@ struct CompletePart {
     part_number: u32,
     #[serde(rename = "ETag")]
     etag: String,
+    #[serde(rename = "ChecksumCRC32")]
+    crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C")]
+    crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME")]
+    crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1")]
+    sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256")]
+    sha256: Option<String>,
+}
+
+impl CompletePart {
+    /// The part checksums the client listed, by algorithm.
+    fn checksums(&self) -> impl Iterator<Item = (ChecksumAlgorithm, &str)> {
+        [
+            (ChecksumAlgorithm::Crc32, &self.crc32),
+            (ChecksumAlgorithm::Crc32c, &self.crc32c),
+            (ChecksumAlgorithm::Crc64nvme, &self.crc64nvme),
+            (ChecksumAlgorithm::Sha1, &self.sha1),
+            (ChecksumAlgorithm::Sha256, &self.sha256),
+        ]
+        .into_iter()
+        .filter_map(|(a, v)| Some((a, v.as_deref()?.trim())))
+    }
 }
 
 /// Checks the client's part list against the stored parts and returns the
@@ -205,6 +318,15 @@ fn select_parts(requested: &[CompletePart], stored: &[PartRecord]) -> S3Result<V
                     format!("One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag. (part {})", p.part_number),
                 )
             })?;
+        // A part checksum given in the list must be the one the part got.
+        for (alg, value) in p.checksums() {
+            if found.checksum.as_deref() != Some(value) {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidPart,
+                    format!("One or more of the specified parts could not be found. The {} of part {} does not match the uploaded part's.", checksum::xml_name(alg), p.part_number),
+                ));
+            }
+        }
         chosen.push(found.clone());
     }
     let total = chosen
@@ -240,12 +362,12 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         Ok(up) => up,
         Err(e) if e.code == S3ErrorCode::NoSuchUpload => {
             // Read (and check) the body the client sent all the same.
-            req.read_verified_body(MAX_XML_BODY_BYTES).await?;
+            req.read_complete_body(MAX_XML_BODY_BYTES).await?;
             return completed_before(gw, &req).await;
         }
         Err(e) => return Err(e),
     };
-    let body = req.read_verified_body(MAX_XML_BODY_BYTES).await?;
+    let body = req.read_complete_body(MAX_XML_BODY_BYTES).await?;
     let requested: CompleteRequest = xml::parse(&body)?;
     let mut stored = Vec::new();
     let mut marker = 0;
@@ -262,6 +384,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
     }
     let parts = select_parts(&requested.parts, &stored)?;
     let etag = multipart_etag(&parts)?;
+    let object_checksum = object_checksum(&req, &up, &parts)?;
     let blob_id = new_blob_id();
     let _inflight = gw.inflight.hold(&blob_id);
     let part_ids: Vec<String> = parts.iter().map(|p| p.blob.id.clone()).collect();
@@ -317,7 +440,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         last_modified_ms: now_ms(),
         owner: up.owner.clone(),
         headers: up.headers.clone(),
-        acl: up.acl,
+        acl: up.acl.clone(),
         blob: insitu_catalog::BlobRef {
             id: blob_id.clone(),
             size,
@@ -326,6 +449,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         parts_count: parts.len() as u32,
         part_sizes: parts.iter().map(|p| p.blob.size).collect(),
         upload_id: Some(up.upload_id.clone()),
+        checksum: object_checksum,
     };
     if let Err(e) = gw
         .catalog
@@ -336,10 +460,64 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         return Err(e.into());
     }
     tracing::debug!(key = %up.key, size, parts = parts.len(), "multipart upload completed");
-    Ok(completed(&up.bucket, &up.key, &etag))
+    Ok(completed(&up.bucket, &up.key, &rec))
 }
 
-fn completed(bucket: &str, key: &str, etag: &str) -> Response {
+/// The object checksum of an upload created with one, made of its parts'
+/// checksums; if the client sent the value it expects on Complete
+/// (`x-amz-checksum-<alg>`), it must be this one.
+fn object_checksum(
+    req: &S3Request,
+    up: &UploadRecord,
+    parts: &[PartRecord],
+) -> S3Result<Option<ObjectChecksum>> {
+    let claimed = ChecksumAlgorithm::ALL
+        .into_iter()
+        .find_map(|a| Some((a, req.header(checksum::header_name(a))?)));
+    let Some(c) = up.checksum else {
+        return match claimed {
+            Some((alg, _)) => Err(S3Error::invalid_request(format!(
+                "The upload was created without a checksum; {} cannot be checked.",
+                checksum::header_name(alg)
+            ))),
+            None => Ok(None),
+        };
+    };
+    let sums: Vec<PartSum> = parts
+        .iter()
+        .map(|p| PartSum {
+            number: p.part_number,
+            size: p.blob.size,
+            checksum: p.checksum.as_deref(),
+        })
+        .collect();
+    let value = checksum::combine(c.algorithm, c.kind, &sums).map_err(|e| match e {
+        CombineError::Missing(n) => S3Error::invalid_request(format!(
+            "The upload was created using a {} checksum. Part {n} was uploaded without one.",
+            algorithm_name(c.algorithm)
+        )),
+        CombineError::Corrupt(n) => S3Error::internal(format!("part {n} has a corrupt checksum")),
+    })?;
+    if let Some((alg, v)) = claimed {
+        if alg != c.algorithm || v.trim() != value {
+            return Err(S3Error::new(
+                S3ErrorCode::BadDigest,
+                format!(
+                    "The {} you specified did not match the calculated checksum.",
+                    checksum::header_name(alg)
+                ),
+            ));
+        }
+    }
+    Ok(Some(ObjectChecksum {
+        algorithm: c.algorithm,
+        kind: c.kind,
+        value,
+        parts: parts.iter().filter_map(|p| p.checksum.clone()).collect(),
+    }))
+}
+
+fn completed(bucket: &str, key: &str, obj: &ObjectRecord) -> Response {
     let mut out = format!(
         "{}<CompleteMultipartUploadResult xmlns=\"{}\">",
         xml::HEADER,
@@ -348,7 +526,11 @@ fn completed(bucket: &str, key: &str, etag: &str) -> Response {
     xml::elem(&mut out, "Location", &format!("/{bucket}/{key}"));
     xml::elem(&mut out, "Bucket", bucket);
     xml::elem(&mut out, "Key", key);
-    xml::elem(&mut out, "ETag", &format!("\"{etag}\""));
+    xml::elem(&mut out, "ETag", &format!("\"{}\"", obj.etag));
+    if let Some(c) = &obj.checksum {
+        xml::elem(&mut out, checksum::xml_name(c.algorithm), &c.value);
+        xml::elem(&mut out, "ChecksumType", c.kind.as_str());
+    }
     out.push_str("</CompleteMultipartUploadResult>");
     xml_response(StatusCode::OK, out)
 }
@@ -362,7 +544,7 @@ async fn completed_before(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let upload_id = req.query("uploadId").unwrap_or_default();
     match gw.catalog.get_object(bucket, key).await? {
         Some(obj) if obj.upload_id.as_deref() == Some(upload_id) => {
-            Ok(completed(bucket, key, &obj.etag))
+            Ok(completed(bucket, key, &obj))
         }
         _ => Err(insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into()),
     }
@@ -398,6 +580,10 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     out.push_str("</Initiator>");
     xml::owner(&mut out, &up.owner);
     xml::elem(&mut out, "StorageClass", "STANDARD");
+    if let Some(c) = up.checksum {
+        xml::elem(&mut out, "ChecksumAlgorithm", algorithm_name(c.algorithm));
+        xml::elem(&mut out, "ChecksumType", c.kind.as_str());
+    }
     xml::elem(&mut out, "PartNumberMarker", &marker.to_string());
     if let Some(last) = parts.last() {
         xml::elem(
@@ -418,6 +604,9 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
         xml::elem(&mut out, "LastModified", &xml::iso8601(p.last_modified_ms));
         xml::elem(&mut out, "ETag", &format!("\"{}\"", p.etag));
         xml::elem(&mut out, "Size", &p.blob.size.to_string());
+        if let (Some(c), Some(v)) = (up.checksum, &p.checksum) {
+            xml::elem(&mut out, checksum::xml_name(c.algorithm), v);
+        }
         out.push_str("</Part>");
     }
     out.push_str("</ListPartsResult>");

@@ -18,7 +18,8 @@ use super::{xml, xml_response, S3Request};
 use crate::auth::sigv2;
 use crate::auth::sigv4::{self, SigningKey};
 use crate::auth::{Authenticator, Principal};
-use crate::body::BodyExpectations;
+use crate::body::{BodyExpectations, ChecksumClaim};
+use crate::checksum;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{MAX_POST_FIELDS, MAX_POST_FIELD_BYTES, MAX_POST_FORM_BYTES, MAX_PUT_BYTES};
 use crate::Gateway;
@@ -34,12 +35,15 @@ fn policy_error(msg: impl Into<String>) -> S3Error {
     )
 }
 
-/// Fields that need no policy condition.
+/// Fields that need no policy condition. A checksum can only make the
+/// upload fail, so it grants nothing the policy would have to allow.
 fn exempt(name: &str) -> bool {
     matches!(
         name,
         "policy" | "x-amz-signature" | "file" | "awsaccesskeyid" | "signature"
     ) || name.starts_with("x-ignore-")
+        || checksum::from_header_name(name).is_some()
+        || name == "x-amz-checksum-algorithm"
 }
 
 /// Checks a decoded policy document against the form. Returns the allowed
@@ -290,9 +294,10 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         .ok_or_else(|| S3Error::invalid_argument("Bucket POST must contain a field named 'key'."))?
         .replace("${filename}", &filename);
     validate_key(&key)?;
+    let owner = principal.tenant().unwrap_or(&b.owner).to_string();
     let acl = match fields.get("acl") {
         None => Default::default(),
-        Some(a) => insitu_catalog::CannedAcl::parse(a)
+        Some(a) => insitu_catalog::Acl::from_canned(a, &owner, &b.owner)
             .ok_or_else(|| S3Error::invalid_argument(format!("Unsupported canned ACL {a:?}")))?,
     };
     let mut headers = ObjectHeaders {
@@ -339,8 +344,18 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             )
         })
         .boxed();
+    let mut claims = fields
+        .iter()
+        .filter_map(|(k, v)| Some((checksum::from_header_name(k)?, v.clone())));
+    let claim = claims.next();
+    if claims.next().is_some() {
+        return Err(S3Error::invalid_request(
+            "Expecting a single x-amz-checksum- field. Multiple checksum Types are not allowed.",
+        ));
+    }
     let expect = BodyExpectations {
         max_length: max_len,
+        checksum: claim.map(|(alg, v)| (alg, ChecksumClaim::Header(v))),
         ..Default::default()
     };
     let stored = store_body(gw, body, expect, None).await.map_err(|e| {
@@ -366,8 +381,8 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         gw,
         &b,
         &key,
+        (owner, acl),
         headers,
-        acl,
         &stored,
         &insitu_catalog::WriteCondition::None,
     )

@@ -8,13 +8,16 @@ use axum::response::Response;
 use base64::Engine;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use insitu_catalog::{now_ms, BlobRef, ObjectHeaders, ObjectRecord, WriteCondition};
+use insitu_catalog::{
+    now_ms, BlobRef, ChecksumAlgorithm, ChecksumType, ObjectChecksum, ObjectHeaders, ObjectRecord,
+    WriteCondition,
+};
 
 use super::access::writable_bucket;
-use super::bucket::canned_acl_header;
 use super::{empty_response, S3Request};
 use crate::auth::PayloadCheck;
-use crate::body::{self, BodyExpectations, ChecksumAlgorithm};
+use crate::body::{self, BodyExpectations, ChecksumClaim};
+use crate::checksum;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{MAX_KEY_BYTES, MAX_PUT_BYTES, MAX_USER_METADATA_BYTES};
 use crate::nodes::NodeError;
@@ -98,14 +101,12 @@ pub fn write_condition(req: &S3Request) -> S3Result<WriteCondition> {
 }
 
 /// Refuses request headers asking for features insitu does not have, rather
-/// than silently ignoring a promise (encryption, grants, tags, locks).
+/// than silently ignoring a promise (encryption, tags, locks).
 pub fn reject_unsupported(req: &S3Request) -> S3Result<()> {
     for (name, _) in &req.headers {
         let n = name.as_str();
         let what = if n.starts_with("x-amz-server-side-encryption") {
             "Server-side encryption"
-        } else if n.starts_with("x-amz-grant-") {
-            "Grants to individual users"
         } else if n == "x-amz-tagging" {
             "Object tagging"
         } else if n.starts_with("x-amz-object-lock-") {
@@ -231,30 +232,65 @@ pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpec
         PayloadCheck::Sha256(h) => Some(h.clone()),
         _ => None,
     };
-    let mut checksum = None;
-    for (name, value) in &req.headers {
-        if let Some(alg) = ChecksumAlgorithm::from_header_name(name.as_str()) {
-            checksum = Some((
-                alg,
-                Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-            ));
-        }
-    }
-    if let Some(trailer) = req.header("x-amz-trailer") {
-        for name in trailer.split(',') {
-            if let Some(alg) = ChecksumAlgorithm::from_header_name(name.trim()) {
-                checksum = Some((alg, None));
-            }
-        }
-    }
+    let deferred = match &req.auth.payload {
+        PayloadCheck::Deferred(d) => Some(d.clone()),
+        _ => None,
+    };
+    let checksum = checksum_claim(req)?;
     Ok(BodyExpectations {
         length,
         md5,
         sha256,
+        deferred,
         checksum,
         trailers: req.trailers.clone(),
         max_length,
     })
+}
+
+/// The flexible checksum a request claims for its body: a value in a
+/// `x-amz-checksum-<alg>` header, or a trailer named in `x-amz-trailer`.
+/// At most one may be sent, and it must be the algorithm that
+/// `x-amz-sdk-checksum-algorithm` names if that is sent too.
+pub fn checksum_claim(req: &S3Request) -> S3Result<Option<(ChecksumAlgorithm, ChecksumClaim)>> {
+    let mut claims = Vec::new();
+    for (name, value) in &req.headers {
+        if let Some(alg) = checksum::from_header_name(name.as_str()) {
+            let v = value.to_str().map_err(|_| bad_checksum(alg))?;
+            claims.push((alg, ChecksumClaim::Header(v.to_string())));
+        }
+    }
+    if let Some(trailer) = req.header("x-amz-trailer") {
+        for name in trailer.split(',') {
+            if let Some(alg) = checksum::from_header_name(name.trim()) {
+                claims.push((alg, ChecksumClaim::Trailer));
+            }
+        }
+    }
+    if claims.len() > 1 {
+        return Err(S3Error::invalid_request(
+            "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
+        ));
+    }
+    let claim = claims.pop();
+    if let (Some(named), Some((alg, _))) = (req.header("x-amz-sdk-checksum-algorithm"), &claim) {
+        if ChecksumAlgorithm::parse(named) != Some(*alg) {
+            return Err(S3Error::invalid_request(format!(
+                "Value for x-amz-sdk-checksum-algorithm header is invalid: {named}"
+            )));
+        }
+    }
+    Ok(claim)
+}
+
+fn bad_checksum(alg: ChecksumAlgorithm) -> S3Error {
+    S3Error::new(
+        S3ErrorCode::BadDigest,
+        format!(
+            "The {} you specified did not match the calculated checksum.",
+            checksum::header_name(alg)
+        ),
+    )
 }
 
 /// Streams a body to `replicas` new replicas and waits until all are
@@ -309,15 +345,16 @@ pub async fn store_body(
     })
 }
 
-/// Makes a stored body the visible object `key` of `bucket`, atomically,
-/// if `cond` holds and the bucket is still the one the caller was
-/// authorised for; otherwise the stored replicas are removed again.
+/// Makes a stored body the visible object `key` of `bucket`, owned by
+/// `owner` with `acl`, atomically, if `cond` holds and the bucket is still
+/// the one the caller was authorised for; otherwise the stored replicas are
+/// removed again.
 pub async fn commit_object(
     gw: &Gateway,
     bucket: &insitu_catalog::BucketRecord,
     key: &str,
+    (owner, acl): (String, insitu_catalog::Acl),
     headers: ObjectHeaders,
-    acl: insitu_catalog::CannedAcl,
     stored: &StoredBody,
     cond: &WriteCondition,
 ) -> S3Result<ObjectRecord> {
@@ -325,13 +362,19 @@ pub async fn commit_object(
         size: stored.blob.size,
         etag: stored.etag(),
         last_modified_ms: now_ms(),
-        owner: bucket.owner.clone(),
+        owner,
         headers,
         acl,
         blob: stored.blob.clone(),
         parts_count: 0,
         part_sizes: vec![],
         upload_id: None,
+        checksum: stored.checksum.as_ref().map(|(alg, value)| ObjectChecksum {
+            algorithm: *alg,
+            kind: ChecksumType::FullObject,
+            value: value.clone(),
+            parts: Vec::new(),
+        }),
     };
     if let Err(e) = gw.catalog.put_object_checked(bucket, key, &rec, cond).await {
         gw.nodes
@@ -347,19 +390,24 @@ pub async fn put_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Respo
     let key = req.key()?.to_string();
     validate_key(&key)?;
     let b = writable_bucket(gw, req.principal(), &bucket).await?;
-    let acl = canned_acl_header(&req)?.unwrap_or_default();
+    let owner = super::acl::writer(&req, &b.owner);
+    let acl = super::acl::header_acl(gw, &req, &owner, &b.owner)
+        .await?
+        .unwrap_or_default();
     let headers = object_headers(&req)?;
     let cond = write_condition(&req)?;
     let expect = body_expectations(&req, MAX_PUT_BYTES)?;
     let body = req.take_body();
     let stored = store_body(gw, body, expect, None).await?;
-    let rec = commit_object(gw, &b, &key, headers, acl, &stored, &cond).await?;
+    let rec = commit_object(gw, &b, &key, (owner, acl), headers, &stored, &cond).await?;
     tracing::debug!(key = %key, size = rec.size, "object stored");
     let mut resp = Response::builder()
         .status(StatusCode::OK)
         .header(http::header::ETAG, format!("\"{}\"", rec.etag));
     if let Some((alg, v)) = &stored.checksum {
-        resp = resp.header(alg.header_name(), v);
+        resp = resp
+            .header(checksum::header_name(*alg), v)
+            .header("x-amz-checksum-type", ChecksumType::FullObject.as_str());
     }
     resp.body(axum::body::Body::empty())
         .map_err(super::built_error)
