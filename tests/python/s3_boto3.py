@@ -1180,6 +1180,18 @@ def _():
         {"Grantee": {"ID": b_id, "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}]})
     s3b.copy_object(Bucket=name, Key="copied-by-b", CopySource={"Bucket": name, "Key": "shared"})
     eq(owner_of(s3b, Bucket=name, Key="copied-by-b"), b_id, "the copier owns the copy")
+    # A grant on the bucket lets B start uploads of its own and list all,
+    # not work on A's.
+    a_up = s3a.create_multipart_upload(Bucket=name, Key="a-upload")["UploadId"]
+    b_up = s3b.create_multipart_upload(Bucket=name, Key="b-upload")["UploadId"]
+    listed = {(u["Key"], u["Initiator"]["ID"]) for u in s3b.list_multipart_uploads(Bucket=name)["Uploads"]}
+    eq(listed, {("a-upload", a_id), ("b-upload", b_id)}, "uploads and their initiators")
+    expect_error("AccessDenied", 403, s3b.abort_multipart_upload, Bucket=name, Key="a-upload", UploadId=a_up)
+    expect_error("AccessDenied", 403, s3b.upload_part, Bucket=name, Key="a-upload", UploadId=a_up,
+                 PartNumber=1, Body=b"x")
+    expect_error("AccessDenied", 403, s3b.list_parts, Bucket=name, Key="a-upload", UploadId=a_up)
+    s3b.abort_multipart_upload(Bucket=name, Key="b-upload", UploadId=b_up)
+    s3a.abort_multipart_upload(Bucket=name, Key="a-upload", UploadId=a_up)
     s3a.put_bucket_acl(Bucket=name, ACL="private")
     expect_error("AccessDenied", 403, s3b.put_object, Bucket=name, Key="again", Body=b"x")
     # Header grants.

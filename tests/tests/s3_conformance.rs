@@ -1243,4 +1243,24 @@ async fn curl_uploads_are_checked_over_the_hash_of_their_body() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+
+    // A body whose request is not yet authenticated is bounded: 16 MiB.
+    let r = anon
+        .put(format!("{}/{bucket}/too-big", cluster.endpoint))
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+                t.access_key_id,
+                chrono::Utc::now().format("%Y%m%d"),
+                "0".repeat(64)
+            ),
+        )
+        .header("x-amz-date", chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
+        .body(vec![0u8; 17 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.text().await.unwrap()), "EntityTooLarge");
 }

@@ -131,9 +131,11 @@ pub trait TenantStore: Send + Sync {
 pub trait BucketStore: Send + Sync {
     async fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord>;
     async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>>;
-    /// Changes one of an existing bucket's settings (its ACL, its CORS
-    /// rules); `NoSuchBucket` if there is none.
-    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()>;
+    /// Changes one of a bucket's settings (its ACL, its CORS rules), only
+    /// if the bucket under that name is still `bucket`, the one the caller
+    /// was authorised for; `NoSuchBucket` otherwise (deleted, or deleted
+    /// and created again by anyone).
+    async fn update_bucket(&self, bucket: &BucketRecord, update: BucketUpdate) -> Result<()>;
     /// Deletes an empty bucket. Unfinished multipart uploads do not keep a
     /// bucket alive: they are aborted and their parts queued for collection.
     async fn delete_bucket(&self, name: &str) -> Result<()>;
@@ -158,8 +160,16 @@ pub trait ObjectStore: Send + Sync {
         rec: &ObjectRecord,
         cond: &WriteCondition,
     ) -> Result<()>;
-    /// Replaces only the ACL of an existing object; false if there is none.
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool>;
+    /// Replaces only the ACL of the object `key`, only if it is still the
+    /// one the caller was authorised for (its blob is `blob_id`, in the
+    /// very bucket `bucket`); false otherwise (gone, or replaced).
+    async fn set_object_acl(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        blob_id: &str,
+        acl: Acl,
+    ) -> Result<bool>;
     /// Removes an object; returns whether it existed.
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool>;
     /// Lists keys of `bucket` in byte order, grouping by the delimiter after

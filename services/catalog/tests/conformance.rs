@@ -80,7 +80,7 @@ fn query(prefix: &str, delimiter: Option<&str>, after: Option<&str>, max: usize)
 async fn bucket_settings_change_one_at_a_time() {
     for b in backends().await {
         let c = b.catalog.as_ref();
-        with_bucket(c).await;
+        let bucket = with_bucket(c).await;
         let cors = CorsConfig {
             rules: vec![CorsRule {
                 id: Some("r1".into()),
@@ -91,16 +91,19 @@ async fn bucket_settings_change_one_at_a_time() {
                 max_age_seconds: Some(600),
             }],
         };
-        c.update_bucket("b", BucketUpdate::Cors(Some(cors.clone())))
+        c.update_bucket(&bucket, BucketUpdate::Cors(Some(cors.clone())))
             .await
             .unwrap();
-        c.update_bucket("b", BucketUpdate::Acl(Acl::Canned(CannedAcl::PublicRead)))
-            .await
-            .unwrap();
+        c.update_bucket(
+            &bucket,
+            BucketUpdate::Acl(Acl::Canned(CannedAcl::PublicRead)),
+        )
+        .await
+        .unwrap();
         let rec = c.get_bucket("b").await.unwrap().unwrap();
         assert_eq!(rec.acl, Acl::Canned(CannedAcl::PublicRead));
         assert_eq!(rec.cors.as_ref(), Some(&cors), "an ACL change keeps CORS");
-        c.update_bucket("b", BucketUpdate::Cors(None))
+        c.update_bucket(&bucket, BucketUpdate::Cors(None))
             .await
             .unwrap();
         let rec = c.get_bucket("b").await.unwrap().unwrap();
@@ -108,10 +111,58 @@ async fn bucket_settings_change_one_at_a_time() {
             (rec.acl, rec.cors),
             (Acl::Canned(CannedAcl::PublicRead), None)
         );
+        let mut gone = bucket.clone();
+        gone.name = "nope".into();
         assert!(matches!(
-            c.update_bucket("nope", BucketUpdate::Cors(None)).await,
+            c.update_bucket(&gone, BucketUpdate::Cors(None)).await,
             Err(CatalogError::NoSuchBucket(_))
         ));
+        // A bucket deleted and created again (by another tenant) is not the
+        // one the caller was authorised for: nothing of its settings moves.
+        c.delete_bucket("b").await.unwrap();
+        c.create_bucket("b", "u", Acl::default()).await.unwrap();
+        assert!(matches!(
+            c.update_bucket(
+                &bucket,
+                BucketUpdate::Acl(Acl::Canned(CannedAcl::PublicRead))
+            )
+            .await,
+            Err(CatalogError::NoSuchBucket(_))
+        ));
+        assert_eq!(
+            c.get_bucket("b").await.unwrap().unwrap().acl,
+            Acl::default()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_object_acl_lands_only_on_the_object_that_was_checked() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        let bucket = with_bucket(c).await;
+        c.put_object("b", "k", &obj("first")).await.unwrap();
+        let public = Acl::Canned(CannedAcl::PublicRead);
+        assert!(c
+            .set_object_acl(&bucket, "k", "first", public.clone())
+            .await
+            .unwrap());
+        assert_eq!(c.get_object("b", "k").await.unwrap().unwrap().acl, public);
+        c.put_object("b", "k", &obj("second")).await.unwrap();
+        assert!(
+            !c.set_object_acl(&bucket, "k", "first", public.clone())
+                .await
+                .unwrap(),
+            "the object was replaced after the check"
+        );
+        assert_eq!(
+            c.get_object("b", "k").await.unwrap().unwrap().acl,
+            Acl::default()
+        );
+        assert!(!c
+            .set_object_acl(&bucket, "missing", "x", public)
+            .await
+            .unwrap());
     }
 }
 

@@ -144,25 +144,28 @@ pub fn combine(
         }
         ChecksumType::FullObject => {
             let crc = Crc::of(alg).ok_or(CombineError::Corrupt(0))?;
+            let width = crc.width;
+            let mut combiner = Combiner::new(crc);
             let mut whole: Option<u64> = None;
             for (p, raw) in parts.iter().zip(&raws) {
                 let value = raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b));
                 whole = Some(match whole {
                     None => value,
-                    Some(w) => crc.combine(w, value, p.size),
+                    Some(w) => combiner.combine(w, value, p.size),
                 });
             }
             let w = whole.unwrap_or(0);
             let bytes = w.to_be_bytes();
-            Ok(B64.encode(&bytes[8 - crc.width / 8..]))
+            Ok(B64.encode(&bytes[8 - width / 8..]))
         }
     }
 }
 
 /// A reflected CRC whose initial value and final XOR are all ones (CRC32,
 /// CRC32C and CRC64/NVME are), for which crc(A‖B) is crc(A) advanced over
-/// len(B) zero bytes, XOR crc(B). Advancing is a multiplication by a
-/// power of the GF(2) matrix of one zero bit, found by squaring.
+/// len(B) zero bytes, XOR crc(B). Advancing is a multiplication by a power
+/// of the GF(2) matrix of one zero bit, found by squaring; a matrix is the
+/// images of the basis vectors, one `u64` per bit of the CRC.
 struct Crc {
     poly: u64,
     width: usize,
@@ -200,40 +203,70 @@ impl Crc {
         out
     }
 
+    /// The matrix `a` after `b`: applying it is applying `b`, then `a`.
+    fn compose(&self, a: &[u64; 64], b: &[u64; 64]) -> [u64; 64] {
+        let mut out = [0u64; 64];
+        for (n, o) in out.iter_mut().enumerate().take(self.width) {
+            *o = self.times(a, b[n]);
+        }
+        out
+    }
+
+    /// The operator that advances a CRC over `len` zero bytes.
+    fn zeros(&self, mut len: u64) -> [u64; 64] {
+        let mut op = [0u64; 64];
+        for (n, o) in op.iter_mut().enumerate().take(self.width) {
+            *o = 1 << n;
+        }
+        // One zero bit, then squared to one zero byte (eight bits).
+        let mut power = [0u64; 64];
+        power[0] = self.poly;
+        for (n, p) in power.iter_mut().enumerate().take(self.width).skip(1) {
+            *p = 1 << (n - 1);
+        }
+        for _ in 0..3 {
+            power = self.square(&power);
+        }
+        while len != 0 {
+            if len & 1 != 0 {
+                op = self.compose(&power, &op);
+            }
+            len >>= 1;
+            if len != 0 {
+                power = self.square(&power);
+            }
+        }
+        op
+    }
+}
+
+/// Combines the CRCs of consecutive parts, computing the zero-byte operator
+/// once per distinct part size (parts mostly share one), so that even
+/// 10,000 parts cost little.
+struct Combiner {
+    crc: Crc,
+    operators: std::collections::HashMap<u64, [u64; 64]>,
+}
+
+impl Combiner {
+    fn new(crc: Crc) -> Self {
+        Self {
+            crc,
+            operators: std::collections::HashMap::new(),
+        }
+    }
+
     /// crc(A‖B) from crc(A), crc(B) and len(B) in bytes.
-    fn combine(&self, crc_a: u64, crc_b: u64, mut len_b: u64) -> u64 {
+    fn combine(&mut self, crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
         if len_b == 0 {
             return crc_a;
         }
-        // The operator for one zero bit, then two, then four.
-        let mut odd = [0u64; 64];
-        odd[0] = self.poly;
-        for (n, o) in odd.iter_mut().enumerate().take(self.width).skip(1) {
-            *o = 1 << (n - 1);
-        }
-        let mut even = self.square(&odd);
-        odd = self.square(&even);
-        let mut crc = crc_a;
-        // Apply len_b zero bytes: one squaring per bit of the length.
-        loop {
-            even = self.square(&odd);
-            if len_b & 1 != 0 {
-                crc = self.times(&even, crc);
-            }
-            len_b >>= 1;
-            if len_b == 0 {
-                break;
-            }
-            odd = self.square(&even);
-            if len_b & 1 != 0 {
-                crc = self.times(&odd, crc);
-            }
-            len_b >>= 1;
-            if len_b == 0 {
-                break;
-            }
-        }
-        crc ^ crc_b
+        let crc = &self.crc;
+        let op = self
+            .operators
+            .entry(len_b)
+            .or_insert_with(|| crc.zeros(len_b));
+        crc.times(op, crc_a) ^ crc_b
     }
 }
 

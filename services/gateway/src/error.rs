@@ -43,10 +43,12 @@ pub enum S3ErrorCode {
     NoSuchVersion,
     UnresolvableGrantByEmailAddress,
     NotImplemented,
+    OperationAborted,
     PreconditionFailed,
     RequestTimeTooSkewed,
     ServiceUnavailable,
     SignatureDoesNotMatch,
+    SlowDown,
     XAmzContentSha256Mismatch,
 }
 
@@ -90,10 +92,12 @@ impl S3ErrorCode {
             NoSuchVersion => "NoSuchVersion",
             UnresolvableGrantByEmailAddress => "UnresolvableGrantByEmailAddress",
             NotImplemented => "NotImplemented",
+            OperationAborted => "OperationAborted",
             PreconditionFailed => "PreconditionFailed",
             RequestTimeTooSkewed => "RequestTimeTooSkewed",
             ServiceUnavailable => "ServiceUnavailable",
             SignatureDoesNotMatch => "SignatureDoesNotMatch",
+            SlowDown => "SlowDown",
             XAmzContentSha256Mismatch => "XAmzContentSHA256Mismatch",
         }
     }
@@ -106,7 +110,9 @@ impl S3ErrorCode {
             | InvalidAccessKeyId
             | RequestTimeTooSkewed
             | SignatureDoesNotMatch => StatusCode::FORBIDDEN,
-            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
+            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty | OperationAborted => {
+                StatusCode::CONFLICT
+            }
             NoSuchBucket | NoSuchCorsConfiguration | NoSuchKey | NoSuchUpload | NoSuchVersion => {
                 StatusCode::NOT_FOUND
             }
@@ -116,7 +122,7 @@ impl S3ErrorCode {
             PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceUnavailable | SlowDown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }

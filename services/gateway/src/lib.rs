@@ -109,6 +109,9 @@ pub struct Gateway {
     pub jobs: Arc<insitu_jobs::Supervisor>,
     pub control: Arc<control::Control>,
     pub config: GatewayConfig,
+    /// Bodies read whole before their request is authenticated (a
+    /// signature over a payload hash that was not sent): few at a time.
+    pub unverified_bodies: tokio::sync::Semaphore,
 }
 
 impl Gateway {
@@ -175,6 +178,7 @@ impl Gateway {
             jobs,
             control,
             config,
+            unverified_bodies: tokio::sync::Semaphore::new(limits::MAX_UNVERIFIED_BODIES),
         }))
     }
 
@@ -406,18 +410,13 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
             Err(e) => return e.into_response(),
         }
     };
-    // A signature over a body hash that was not sent is checked here, on
-    // the body read whole, unless the request streams its body into a new
-    // blob (PutObject, UploadPart): that body is checked as it passes, and
-    // the blob is committed only if the signature holds.
+    // A signature over a body hash that was not sent (curl signs its
+    // body's hash without sending it) is checked here, on the body read
+    // whole, before the request does anything: until then nobody knows
+    // who sent it. Such bodies are small and few at a time.
     let (auth, body) = match auth.payload {
-        auth::PayloadCheck::Deferred(ref d)
-            if !streams_body(&parts.method, key.as_deref(), &parts.headers, &raw_query) =>
-        {
-            let raw = body
-                .into_data_stream()
-                .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
-            let bytes = match body::read_small(Box::pin(raw), limits::MAX_XML_BODY_BYTES).await {
+        auth::PayloadCheck::Deferred(ref d) => {
+            let bytes = match read_unverified_body(&gw, body).await {
                 Ok(b) => b,
                 Err(e) => return e.into_response(),
             };
@@ -455,20 +454,31 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     s3::dispatch(gw, req).await
 }
 
-/// Whether a request is a PutObject or an UploadPart, whose body streams
-/// into a new blob that becomes visible only after every check on it.
-fn streams_body(
-    method: &http::Method,
-    key: Option<&str>,
-    headers: &http::HeaderMap,
-    raw_query: &str,
-) -> bool {
-    *method == http::Method::PUT
-        && key.is_some()
-        && !headers.contains_key("x-amz-copy-source")
-        && auth::query_map(raw_query)
-            .keys()
-            .all(|k| k == "uploadId" || k == "partNumber")
+/// Reads a body whose request is not yet authenticated, within
+/// `MAX_UNVERIFIED_BODY_BYTES`, while one of the few permits for that is
+/// free (503 `SlowDown` otherwise).
+async fn read_unverified_body(gw: &Gateway, body: axum::body::Body) -> Result<Vec<u8>, S3Error> {
+    let _permit = gw.unverified_bodies.try_acquire().map_err(|_| {
+        S3Error::new(
+            S3ErrorCode::SlowDown,
+            "Too many requests signed without x-amz-content-sha256 at once; send that header, or retry.",
+        )
+    })?;
+    let raw = body
+        .into_data_stream()
+        .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
+    body::read_small(Box::pin(raw), limits::MAX_UNVERIFIED_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            if e.code == S3ErrorCode::MalformedXml {
+                S3Error::new(
+                    S3ErrorCode::EntityTooLarge,
+                    "A body signed without x-amz-content-sha256 may be at most 16 MiB; send that header (a SHA-256 or UNSIGNED-PAYLOAD) for larger ones.",
+                )
+            } else {
+                e
+            }
+        })
 }
 
 /// The least GC grace on a shared catalog: about six times the time a

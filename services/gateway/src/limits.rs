@@ -19,6 +19,11 @@ pub const MAX_DELETE_KEYS: usize = 1000;
 /// XML request bodies (Complete, DeleteObjects, ACL) are small; refuse more
 /// than this so a hostile body cannot exhaust memory.
 pub const MAX_XML_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// A body signed without `x-amz-content-sha256` (curl) is read whole
+/// before its request is authenticated, so it is small, and few are read
+/// at once: at most 64 MiB held for requests nobody has proved yet.
+pub const MAX_UNVERIFIED_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_UNVERIFIED_BODIES: usize = 4;
 /// Grants in one ACL, as in S3.
 pub const MAX_ACL_GRANTS: usize = 100;
 /// Total request header bytes; hyper refuses larger header sections.

@@ -45,8 +45,8 @@ impl BucketStore for PgCatalog {
         self.read_one("SELECT rec FROM buckets WHERE name = $1", &[&name])
             .await
     }
-    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
-        PgCatalog::update_bucket(self, name, update).await
+    async fn update_bucket(&self, bucket: &BucketRecord, update: BucketUpdate) -> Result<()> {
+        PgCatalog::update_bucket(self, bucket, update).await
     }
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         PgCatalog::delete_bucket(self, name).await
@@ -81,8 +81,14 @@ impl ObjectStore for PgCatalog {
     ) -> Result<()> {
         PgCatalog::put_object(self, &bucket.name, key, rec, Some(bucket), cond).await
     }
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
-        PgCatalog::set_object_acl(self, bucket, key, acl).await
+    async fn set_object_acl(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        blob_id: &str,
+        acl: Acl,
+    ) -> Result<bool> {
+        PgCatalog::set_object_acl(self, bucket, key, blob_id, acl).await
     }
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool> {
         PgCatalog::delete_object(self, bucket, key).await

@@ -147,6 +147,17 @@ async fn lock_bucket_shared<C: GenericClient + Sync>(
     .await
 }
 
+/// The bucket, held `FOR UPDATE` until the transaction ends: a change of
+/// its settings.
+async fn lock_bucket<C: GenericClient + Sync>(c: &C, name: &str) -> Result<Option<BucketRecord>> {
+    one(
+        c,
+        "SELECT rec FROM buckets WHERE name = $1 FOR UPDATE",
+        &[&name],
+    )
+    .await
+}
+
 /// The object, held `FOR UPDATE` until the transaction ends.
 async fn lock_object<C: GenericClient + Sync>(
     c: &C,
@@ -436,10 +447,16 @@ impl PgCatalog {
         })
     }
 
-    pub(super) async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
+    pub(super) async fn update_bucket(
+        &self,
+        bucket: &BucketRecord,
+        update: BucketUpdate,
+    ) -> Result<()> {
+        let name = bucket.name.as_str();
         in_tx!(self, |tx| {
-            let mut rec = get_bucket(&tx, name)
-                .await?
+            let current = lock_bucket(&tx, name).await?;
+            let mut rec = current
+                .filter(|c| crate::api::is_expected_bucket(Some(c), Some(bucket)))
                 .ok_or_else(|| CatalogError::NoSuchBucket(name.to_string()))?;
             update.clone().apply(&mut rec);
             exec(
@@ -498,16 +515,29 @@ impl PgCatalog {
         })
     }
 
-    pub(super) async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
+    pub(super) async fn set_object_acl(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        blob_id: &str,
+        acl: Acl,
+    ) -> Result<bool> {
         in_tx!(self, |tx| {
-            let Some(mut rec) = get_object(&tx, bucket, key).await? else {
+            let current = lock_bucket_shared(&tx, &bucket.name).await?;
+            if !crate::api::is_expected_bucket(current.as_ref(), Some(bucket)) {
+                return Ok(false);
+            }
+            let Some(mut rec) = lock_object(&tx, &bucket.name, key).await? else {
                 return Ok(false);
             };
+            if rec.blob.id != blob_id {
+                return Ok(false);
+            }
             rec.acl = acl.clone();
             exec(
                 &tx,
                 "UPDATE objects SET rec = $3 WHERE bucket = $1 AND key = $2",
-                &[&bucket, &key.as_bytes(), &rec.encode()],
+                &[&bucket.name, &key.as_bytes(), &rec.encode()],
             )
             .await?;
             Ok(true)

@@ -264,10 +264,12 @@ impl RocksCore {
         self.get(CF_BUCKETS, name.as_bytes())
     }
 
-    pub(super) fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
+    pub(super) fn update_bucket(&self, bucket: &BucketRecord, update: BucketUpdate) -> Result<()> {
         let _g = self.lock()?;
-        let mut rec = self
-            .get::<BucketRecord>(CF_BUCKETS, name.as_bytes())?
+        let name = bucket.name.as_str();
+        let current = self.get::<BucketRecord>(CF_BUCKETS, name.as_bytes())?;
+        let mut rec = current
+            .filter(|c| crate::api::is_expected_bucket(Some(c), Some(bucket)))
             .ok_or_else(|| CatalogError::NoSuchBucket(name.to_string()))?;
         update.apply(&mut rec);
         let mut b = WriteBatch::default();
@@ -374,12 +376,25 @@ impl RocksCore {
     }
 
     /// Replaces only the ACL of an existing object.
-    pub(super) fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
+    pub(super) fn set_object_acl(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        blob_id: &str,
+        acl: Acl,
+    ) -> Result<bool> {
         let _g = self.lock()?;
-        let k = object_key(bucket, key);
+        let current = self.get::<BucketRecord>(CF_BUCKETS, bucket.name.as_bytes())?;
+        if !crate::api::is_expected_bucket(current.as_ref(), Some(bucket)) {
+            return Ok(false);
+        }
+        let k = object_key(&bucket.name, key);
         let Some(mut rec) = self.get::<ObjectRecord>(CF_OBJECTS, &k)? else {
             return Ok(false);
         };
+        if rec.blob.id != blob_id {
+            return Ok(false);
+        }
         rec.acl = acl;
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(CF_OBJECTS)?, &k, rec.encode());

@@ -89,9 +89,9 @@ impl BucketStore for RocksCatalog {
     async fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
         blocking!(self, get_bucket(name))
     }
-    async fn update_bucket(&self, name: &str, update: BucketUpdate) -> Result<()> {
-        let name = name.to_owned();
-        self.run(move |c| c.update_bucket(&name, update)).await
+    async fn update_bucket(&self, bucket: &BucketRecord, update: BucketUpdate) -> Result<()> {
+        let bucket = bucket.clone();
+        self.run(move |c| c.update_bucket(&bucket, update)).await
     }
     async fn delete_bucket(&self, name: &str) -> Result<()> {
         blocking!(self, delete_bucket(name))
@@ -118,9 +118,15 @@ impl ObjectStore for RocksCatalog {
     ) -> Result<()> {
         blocking!(self, put_object_checked(bucket, key, rec, cond))
     }
-    async fn set_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<bool> {
-        let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.run(move |c| c.set_object_acl(&bucket, &key, acl))
+    async fn set_object_acl(
+        &self,
+        bucket: &BucketRecord,
+        key: &str,
+        blob_id: &str,
+        acl: Acl,
+    ) -> Result<bool> {
+        let (bucket, key, blob_id) = (bucket.clone(), key.to_owned(), blob_id.to_owned());
+        self.run(move |c| c.set_object_acl(&bucket, &key, &blob_id, acl))
             .await
     }
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool> {

@@ -159,8 +159,12 @@ async fn resolve(gw: &Gateway, named: Named) -> S3Result<Grantee> {
 }
 
 /// An explicit list equal to a canned ACL's expansion is kept as that
-/// canned ACL, which every reader understands.
-fn simplest(grants: Vec<Grant>, owner: &str) -> Acl {
+/// canned ACL, which every reader understands. Any other list keeps the
+/// groups' grants first, then the tenants', each in the order given, as
+/// canned ACLs read back.
+fn simplest(mut grants: Vec<Grant>, owner: &str) -> Acl {
+    grants.sort_by_key(|g| matches!(g.grantee, Grantee::Tenant(_)));
+    grants.dedup();
     [
         CannedAcl::Private,
         CannedAcl::PublicRead,
@@ -300,9 +304,7 @@ pub async fn put_bucket_acl(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respo
     let name = req.bucket()?.to_string();
     let b = acl_writable_bucket(gw, req.principal(), &name).await?;
     let acl = requested_acl(gw, req, &b.owner, &b.owner).await?;
-    gw.catalog
-        .update_bucket(&name, BucketUpdate::Acl(acl))
-        .await?;
+    gw.catalog.update_bucket(&b, BucketUpdate::Acl(acl)).await?;
     Ok(empty_response(StatusCode::OK))
 }
 
@@ -318,8 +320,13 @@ pub async fn put_object_acl(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respo
     let key = req.key()?.to_string();
     let (b, o) = acl_writable_object(gw, req.principal(), &bucket, &key).await?;
     let acl = requested_acl(gw, req, &o.owner, &b.owner).await?;
-    if !gw.catalog.set_object_acl(&bucket, &key, acl).await? {
-        return Err(S3Error::no_such_key(&key));
+    // Only the object that was checked gets the ACL: one written over it
+    // meanwhile (perhaps by its bucket's owner) is left alone.
+    if !gw.catalog.set_object_acl(&b, &key, &o.blob.id, acl).await? {
+        return Err(S3Error::new(
+            S3ErrorCode::OperationAborted,
+            "The object changed or went while its ACL was being set; please try again.",
+        ));
     }
     Ok(empty_response(StatusCode::OK))
 }
@@ -387,5 +394,23 @@ mod tests {
             Acl::Canned(CannedAcl::Private)
         );
         assert_eq!(simplest(vec![], "o"), Acl::Grants(vec![]));
+        assert_eq!(
+            simplest(
+                vec![
+                    owner_fc.clone(),
+                    Grant::new(Grantee::AllUsers, Permission::Read)
+                ],
+                "o"
+            ),
+            Acl::Canned(CannedAcl::PublicRead),
+            "the order grants are given in does not matter"
+        );
+        let alt = Grant::new(Grantee::Tenant("alt".into()), Permission::Read);
+        let group = Grant::new(Grantee::AuthenticatedUsers, Permission::Write);
+        assert_eq!(
+            simplest(vec![owner_fc.clone(), alt.clone(), group.clone()], "o"),
+            Acl::Grants(vec![group, owner_fc, alt]),
+            "groups first, then tenants in the order given"
+        );
     }
 }

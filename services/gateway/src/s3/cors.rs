@@ -147,11 +147,11 @@ fn config_xml(config: &CorsConfig) -> S3Result<String> {
 
 pub async fn put_bucket_cors(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
     let name = req.bucket()?.to_string();
-    owned_bucket(gw, req.principal(), &name).await?;
+    let b = owned_bucket(gw, req.principal(), &name).await?;
     let body = req.read_verified_body(MAX_CORS_BODY_BYTES).await?;
     let config = parse_config(&body)?;
     gw.catalog
-        .update_bucket(&name, BucketUpdate::Cors(Some(config)))
+        .update_bucket(&b, BucketUpdate::Cors(Some(config)))
         .await?;
     Ok(empty_response(StatusCode::OK))
 }
@@ -169,10 +169,9 @@ pub async fn get_bucket_cors(gw: &Gateway, req: &S3Request) -> S3Result<Response
 }
 
 pub async fn delete_bucket_cors(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    let name = req.bucket()?;
-    owned_bucket(gw, req.principal(), name).await?;
+    let b = owned_bucket(gw, req.principal(), req.bucket()?).await?;
     gw.catalog
-        .update_bucket(name, BucketUpdate::Cors(None))
+        .update_bucket(&b, BucketUpdate::Cors(None))
         .await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }

@@ -7,13 +7,13 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
 use insitu_catalog::{
-    now_ms, ChecksumAlgorithm, ChecksumType, ObjectChecksum, ObjectRecord, PartRecord,
-    UploadChecksum, UploadRecord,
+    now_ms, BucketRecord, ChecksumAlgorithm, ChecksumType, ObjectChecksum, ObjectRecord,
+    PartRecord, UploadChecksum, UploadRecord,
 };
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use super::access::{owned_bucket, writable_bucket};
+use super::access::{is_owner, readable_bucket, writable_bucket};
 use super::copy::{copy_bytes, copy_source};
 use super::get::ByteRange;
 use super::put::{
@@ -30,12 +30,26 @@ use crate::limits::{
 use crate::nodes::NodeState;
 use crate::Gateway;
 
-async fn upload(gw: &Gateway, req: &S3Request) -> S3Result<UploadRecord> {
+/// The upload a request names, if the caller may work on it: the tenant
+/// that started it, or the bucket's owner (a WRITE grant on the bucket lets
+/// a tenant start uploads of its own, not touch others').
+async fn upload(gw: &Gateway, req: &S3Request, bucket: &BucketRecord) -> S3Result<UploadRecord> {
     let upload_id = req.query("uploadId").unwrap_or_default();
-    gw.catalog
+    let up = gw
+        .catalog
         .get_upload(req.bucket()?, req.key()?, upload_id)
         .await?
-        .ok_or_else(|| insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into())
+        .ok_or_else(|| {
+            S3Error::from(insitu_catalog::CatalogError::NoSuchUpload(
+                upload_id.to_string(),
+            ))
+        })?;
+    let who = req.principal().tenant();
+    if who == Some(up.owner.as_str()) || is_owner(req.principal(), bucket) {
+        Ok(up)
+    } else {
+        Err(S3Error::access_denied())
+    }
 }
 
 fn part_number(req: &S3Request) -> S3Result<u32> {
@@ -180,9 +194,9 @@ async fn commit_part(
 }
 
 pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let b = writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let number = part_number(&req)?;
-    let up = upload(gw, &req).await?;
+    let up = upload(gw, &req, &b).await?;
     let mut expect = body_expectations(&req, MAX_PUT_BYTES)?;
     if let Some(c) = up.checksum {
         match &expect.checksum {
@@ -210,9 +224,9 @@ pub async fn upload_part(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
 }
 
 pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let b = writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let number = part_number(&req)?;
-    let up = upload(gw, &req).await?;
+    let up = upload(gw, &req, &b).await?;
     let src = copy_source(gw, &req).await?;
     let range = match req.header("x-amz-copy-source-range") {
         None => None,
@@ -356,9 +370,9 @@ pub fn multipart_etag(parts: &[PartRecord]) -> S3Result<String> {
 }
 
 pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let b = writable_bucket(gw, req.principal(), req.bucket()?).await?;
     let cond = super::put::write_condition(&req)?;
-    let up = match upload(gw, &req).await {
+    let up = match upload(gw, &req, &b).await {
         Ok(up) => up,
         Err(e) if e.code == S3ErrorCode::NoSuchUpload => {
             // Read (and check) the body the client sent all the same.
@@ -551,8 +565,8 @@ async fn completed_before(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 }
 
 pub async fn abort_upload(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?).await?;
-    let up = upload(gw, req).await?;
+    let b = writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let up = upload(gw, req, &b).await?;
     gw.catalog
         .abort_upload(&up.bucket, &up.key, &up.upload_id)
         .await?;
@@ -560,8 +574,8 @@ pub async fn abort_upload(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 }
 
 pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
-    writable_bucket(gw, req.principal(), req.bucket()?).await?;
-    let up = upload(gw, req).await?;
+    let b = writable_bucket(gw, req.principal(), req.bucket()?).await?;
+    let up = upload(gw, req, &b).await?;
     let max = super::list::max_keys(req, "max-parts")?;
     let marker: u32 = match req.query("part-number-marker") {
         None | Some("") => 0,
@@ -615,7 +629,8 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
 
 pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let bucket = req.bucket()?;
-    owned_bucket(gw, req.principal(), bucket).await?;
+    // Listing uploads is reading the bucket, as S3's READ grant allows.
+    readable_bucket(gw, req.principal(), bucket).await?;
     let e = super::list::Encoder::from_request(req)?;
     let prefix = req.query("prefix").unwrap_or("");
     let delimiter = req.query("delimiter").filter(|d| !d.is_empty());
