@@ -1320,6 +1320,17 @@ def _():
     eq(body_of(s3a.get_object(Bucket=BKT_POST, Key="post/name.txt")), b"named", "body")
 
 
+@check("post: the policy's conditions hold for the key after ${filename}")
+def _():
+    p = s3a.generate_presigned_post(
+        Bucket=BKT_POST, Key="${filename}", Conditions=[["starts-with", "$key", "foo"]], ExpiresIn=300)
+    st, _, body = post_form(p["url"], p["fields"], b"from the file name", filename="foo.txt")
+    eq(st, 204, f"POST status (body {body[:200]!r})")
+    eq(body_of(s3a.get_object(Bucket=BKT_POST, Key="foo.txt")), b"from the file name", "body")
+    expect_http_error(post_form(p["url"], p["fields"], b"x", filename="bar.txt"), 403, "AccessDenied")
+    expect_error("NoSuchKey", 404, s3a.get_object, Bucket=BKT_POST, Key="bar.txt")
+
+
 @check("post: tampered policy -> 403")
 def _():
     p = presigned_post("post/tampered.txt")

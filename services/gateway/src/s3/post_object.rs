@@ -56,6 +56,7 @@ pub(super) fn check_policy(
     let expiration = policy
         .get("expiration")
         .and_then(Value::as_str)
+        .filter(|e| is_iso8601_utc(e))
         .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
         .ok_or_else(|| {
             S3Error::new(
@@ -81,6 +82,12 @@ pub(super) fn check_policy(
     for c in conditions {
         match c {
             Value::Object(map) => {
+                if map.len() != 1 {
+                    return Err(S3Error::new(
+                        S3ErrorCode::InvalidPolicyDocument,
+                        "Invalid Policy: a condition object holds exactly one field.",
+                    ));
+                }
                 for (k, v) in map {
                     let k = k.to_ascii_lowercase();
                     let want = v.as_str().unwrap_or_default();
@@ -95,12 +102,15 @@ pub(super) fn check_policy(
             Value::Array(a) if a.len() == 3 => {
                 let op = a[0].as_str().unwrap_or_default().to_ascii_lowercase();
                 if op == "content-length-range" {
-                    let min = a[1]
-                        .as_u64()
-                        .ok_or_else(|| policy_error("bad content-length-range"))?;
-                    let max = a[2]
-                        .as_u64()
-                        .ok_or_else(|| policy_error("bad content-length-range"))?;
+                    let bound = |v: &Value| {
+                        v.as_u64().ok_or_else(|| {
+                            S3Error::new(
+                                S3ErrorCode::InvalidPolicyDocument,
+                                "Invalid Policy: content-length-range takes two non-negative integers.",
+                            )
+                        })
+                    };
+                    let (min, max) = (bound(&a[1])?, bound(&a[2])?);
                     range = (min, max.min(MAX_PUT_BYTES));
                     continue;
                 }
@@ -141,6 +151,14 @@ pub(super) fn check_policy(
         }
     }
     Ok(range)
+}
+
+/// S3's policy `expiration`: ISO 8601 in UTC, `2026-01-01T12:00:00Z` or
+/// with fractions of a second; other RFC 3339 spellings (a space for the
+/// `T`, an offset) are refused as S3 refuses them.
+fn is_iso8601_utc(e: &str) -> bool {
+    let b = e.as_bytes();
+    b.len() >= 20 && b[10] == b'T' && b[b.len() - 1] == b'Z'
 }
 
 /// Verifies the form's SigV4 policy signature and returns the signer.
@@ -284,15 +302,20 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
         fields.insert(name, String::from_utf8_lossy(&value).into_owned());
     };
     fields.insert("bucket".to_string(), bucket.clone());
+    // The key's `${filename}` is the file's name, and the policy's
+    // conditions hold for the key that results, as in S3.
+    let filename = file.file_name().unwrap_or_default().to_string();
+    if let Some(k) = fields.get_mut("key") {
+        *k = k.replace("${filename}", &filename);
+    }
     let now = chrono::Utc::now().timestamp();
     let (principal, (min_len, max_len)) = authenticate_form(gw, &fields, now).await?;
     let b = writable_bucket(gw, &principal, &bucket).await?;
 
-    let filename = file.file_name().unwrap_or_default().to_string();
     let key = fields
         .get("key")
         .ok_or_else(|| S3Error::invalid_argument("Bucket POST must contain a field named 'key'."))?
-        .replace("${filename}", &filename);
+        .clone();
     validate_key(&key)?;
     let owner = principal.tenant().unwrap_or(&b.owner).to_string();
     let acl = match fields.get("acl") {
@@ -459,5 +482,26 @@ mod tests {
         assert!(check_policy(&policy, &f, 0).is_err());
         let expired = serde_json::json!({"expiration": "2000-01-01T00:00:00Z", "conditions": []});
         assert!(check_policy(&expired, &BTreeMap::new(), 1_000_000_000_000).is_err());
+    }
+
+    /// What S3 refuses as a malformed policy (400), not as a failed
+    /// condition (403): another date spelling, an empty condition, a
+    /// negative length.
+    #[test]
+    fn malformed_policies_are_invalid_policy_documents() {
+        let mut f = BTreeMap::new();
+        f.insert("bucket".to_string(), "b".to_string());
+        f.insert("key".to_string(), "k".to_string());
+        for policy in [
+            serde_json::json!({"expiration": "2100-01-01 00:00:00+00:00", "conditions": [{"bucket": "b"}, {"key": "k"}]}),
+            serde_json::json!({"expiration": "2100-01-01T00:00:00Z", "conditions": [{}]}),
+            serde_json::json!({"expiration": "2100-01-01T00:00:00Z", "conditions": [{"bucket": "b"}, {"key": "k"}, ["content-length-range", -1, 0]]}),
+        ] {
+            let e = check_policy(&policy, &f, 0).unwrap_err();
+            assert_eq!(e.code, S3ErrorCode::InvalidPolicyDocument, "{policy}");
+            assert_eq!(e.code.status(), http::StatusCode::BAD_REQUEST);
+        }
+        let fine = serde_json::json!({"expiration": "2100-01-01T00:00:00.000Z", "conditions": [{"bucket": "b"}, {"key": "k"}]});
+        assert!(check_policy(&fine, &f, 0).is_ok());
     }
 }
