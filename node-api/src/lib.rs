@@ -3,7 +3,10 @@
 //! responses), and the bounded HTTP/1 server both of them run. The gateway
 //! links this crate, not the node's Docker and filesystem code.
 
+pub mod byte_range;
 pub mod http_server;
+
+pub use byte_range::ByteRange;
 
 use serde::{Deserialize, Serialize};
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob_store::{BlobError, BlobStore};
 
+use insitu_node_api::ByteRange;
 pub use insitu_node_api::{Health, EXPECTED_LENGTH_HEADER};
 
 pub struct NodeState {
@@ -198,11 +199,21 @@ async fn compose_blob(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-/// Parses the only range form the gateway sends: `bytes=START-END`, inclusive.
-fn parse_range(headers: &HeaderMap) -> Option<(u64, u64)> {
-    let v = headers.get(header::RANGE)?.to_str().ok()?;
-    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
+/// The only range form the gateway sends: `bytes=START-END`, inclusive;
+/// anything else in a `Range` header is refused, never read as "all".
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<ByteRange>, BlobError> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(ByteRange::parse_exact)
+        .map(Some)
+        .ok_or(BlobError::BadRange {
+            start: 0,
+            end: 0,
+            size,
+        })
 }
 
 async fn get_blob(
@@ -212,14 +223,12 @@ async fn get_blob(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let size = state.store.size(&id).await?;
-    let (status, start, end) = match parse_range(&headers) {
-        Some((s, e)) => {
-            if e < s || e >= size {
+    let (status, start, end) = match parse_range(&headers, size)? {
+        Some(ByteRange { start: s, end: e }) => {
+            if e >= size {
                 // The gateway asks only for ranges inside the recorded size: a
                 // shorter file is a damaged replica.
-                if e >= size {
-                    state.store.mark_corrupt(&id, size);
-                }
+                state.store.mark_corrupt(&id, size);
                 return Err(BlobError::BadRange {
                     start: s,
                     end: e,

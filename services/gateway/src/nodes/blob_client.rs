@@ -180,11 +180,10 @@ impl NodeSet {
         end: u64,
     ) -> Result<ByteStream, NodeError> {
         let url = self.url(node, &format!("/v1/blobs/{id}"))?;
-        let req = self
-            .http
-            .get(url)
-            .bearer_auth(&self.secret)
-            .header(http::header::RANGE, format!("bytes={start}-{end}"));
+        let req = self.http.get(url).bearer_auth(&self.secret).header(
+            http::header::RANGE,
+            insitu_node_api::ByteRange { start, end }.header_value(),
+        );
         let resp = Self::check(node, req.send().await).await?;
         Ok(resp.bytes_stream().map_err(std::io::Error::other).boxed())
     }

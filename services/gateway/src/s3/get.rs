@@ -12,65 +12,17 @@ use crate::checksum;
 use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::Gateway;
 
-/// A resolved byte range, inclusive.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub struct ByteRange {
-    pub start: u64,
-    pub end: u64,
-}
+pub use insitu_node_api::ByteRange;
 
-/// Parses one `bytes=` range against an object of `size` bytes. `Ok(None)`
-/// means "ignore the header", which is what S3 does with forms it does not
-/// support (several ranges, other units, garbage).
+/// A GET's `Range` against an object of `size` bytes (see
+/// [`ByteRange::parse_for_get`]), as an S3 error when unsatisfiable.
 pub fn parse_range(value: &str, size: u64) -> S3Result<Option<ByteRange>> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((a, b)) = spec.split_once('-') else {
-        return Ok(None);
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let unsatisfiable = || {
+    ByteRange::parse_for_get(value, size).map_err(|_| {
         S3Error::new(
             S3ErrorCode::InvalidRange,
             "The requested range is not satisfiable",
         )
-    };
-    let range = if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else {
-            return Ok(None);
-        };
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable());
-        }
-        ByteRange {
-            start: size.saturating_sub(n),
-            end: size - 1,
-        }
-    } else {
-        let Ok(start) = a.parse::<u64>() else {
-            return Ok(None);
-        };
-        let end = if b.is_empty() {
-            u64::MAX
-        } else {
-            match b.parse::<u64>() {
-                Ok(e) if e >= start => e,
-                _ => return Ok(None),
-            }
-        };
-        if start >= size {
-            return Err(unsatisfiable());
-        }
-        ByteRange {
-            start,
-            end: end.min(size - 1),
-        }
-    };
-    Ok(Some(range))
+    })
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -287,11 +239,8 @@ pub async fn get_object(gw: &Gateway, req: &S3Request, head_only: bool) -> S3Res
     }
     let (status, len) = match range {
         Some(r) => {
-            builder = builder.header(
-                http::header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end, obj.size),
-            );
-            (StatusCode::PARTIAL_CONTENT, r.end - r.start + 1)
+            builder = builder.header(http::header::CONTENT_RANGE, r.content_range(obj.size));
+            (StatusCode::PARTIAL_CONTENT, r.len())
         }
         None => (StatusCode::OK, obj.size),
     };
@@ -325,36 +274,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges() {
-        let r = |s: &str| parse_range(s, 100);
+    fn an_unsatisfiable_range_is_invalid_range() {
         assert_eq!(
-            r("bytes=0-9").unwrap(),
-            Some(ByteRange { start: 0, end: 9 })
-        );
-        assert_eq!(
-            r("bytes=90-").unwrap(),
-            Some(ByteRange { start: 90, end: 99 })
-        );
-        assert_eq!(
-            r("bytes=-10").unwrap(),
-            Some(ByteRange { start: 90, end: 99 })
-        );
-        assert_eq!(
-            r("bytes=-1000").unwrap(),
-            Some(ByteRange { start: 0, end: 99 })
-        );
-        assert_eq!(
-            r("bytes=50-1000").unwrap(),
-            Some(ByteRange { start: 50, end: 99 })
-        );
-        assert_eq!(r("bytes=100-").unwrap_err().code, S3ErrorCode::InvalidRange);
-        assert_eq!(r("bytes=-0").unwrap_err().code, S3ErrorCode::InvalidRange);
-        assert_eq!(r("bytes=0-1,5-6").unwrap(), None);
-        assert_eq!(r("items=0-1").unwrap(), None);
-        assert_eq!(r("bytes=5-2").unwrap(), None);
-        assert_eq!(
-            parse_range("bytes=0-0", 0).unwrap_err().code,
+            parse_range("bytes=100-", 100).unwrap_err().code,
             S3ErrorCode::InvalidRange
+        );
+        assert_eq!(
+            parse_range("bytes=0-9", 100).unwrap(),
+            Some(ByteRange { start: 0, end: 9 })
         );
     }
 

@@ -252,13 +252,8 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
 /// `x-amz-copy-source-range` is stricter than a GET range: only
 /// `bytes=first-last`, entirely inside the source, as in S3.
 fn copy_range(value: &str, size: u64) -> S3Result<ByteRange> {
-    let parsed = value
-        .trim()
-        .strip_prefix("bytes=")
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
-    match parsed {
-        Some((start, end)) if start <= end && end < size => Ok(ByteRange { start, end }),
+    match ByteRange::parse_exact(value) {
+        Some(r) if r.end < size => Ok(r),
         Some(_) => Err(S3Error::new(
             S3ErrorCode::InvalidRange,
             format!("Range specified is not valid for source object of size: {size}"),
