@@ -292,6 +292,20 @@ fn job(endpoint: &str, t: &Tenant, bucket: &str, round: u64, dir: &std::path::Pa
 }
 
 /// Resident set of a process, MiB.
+/// The sum of `insitu_catalog_memory_bytes` in the gateway's metrics, MiB
+/// (0 if they cannot be read).
+async fn catalog_memory_mib(url: &str) -> f64 {
+    let Ok(r) = reqwest::get(url).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("insitu_catalog_memory_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / (1024.0 * 1024.0)
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
@@ -416,6 +430,11 @@ async fn main() -> Result<()> {
     // Kills, restarts and RSS samples, from here.
     let warm_up = Duration::from_secs((secs / 6).min(300));
     let mut gateway_rss = Vec::new();
+    // What the embedded catalog holds (rocksdb's cache and buffers), from
+    // the gateway's metrics, sampled with its RSS: the rest is the
+    // gateway's own.
+    let mut catalog_mem = Vec::new();
+    let metrics_url = format!("{}/_insitu/v1/metrics", cluster.endpoint);
     let mut node_rss: HashMap<String, Vec<f64>> = HashMap::new();
     let mut kills = 0;
     let mut next_kill = start + Duration::from_secs(kill_every);
@@ -437,6 +456,7 @@ async fn main() -> Result<()> {
         if now >= next_sample {
             if let Some(r) = rss_mib(gateway) {
                 gateway_rss.push(r);
+                catalog_mem.push(catalog_memory_mib(&metrics_url).await);
             }
             for (id, pid) in &steady_nodes {
                 if let Some(r) = rss_mib(*pid) {
@@ -464,6 +484,13 @@ async fn main() -> Result<()> {
         list(&c, &bucket, w, keys, &n).await;
     }
     let (g0, g1) = drift(&gateway_rss);
+    let (c0, c1) = drift(&catalog_mem);
+    let own: Vec<f64> = gateway_rss
+        .iter()
+        .zip(&catalog_mem)
+        .map(|(r, c)| r - c)
+        .collect();
+    let (o0, o1) = drift(&own);
     let nodes: serde_json::Map<String, serde_json::Value> = node_rss
         .iter()
         .map(|(id, s)| {
@@ -492,6 +519,9 @@ async fn main() -> Result<()> {
             "samples": gateway_rss.len(),
             "gateway_series_mib": gateway_rss.iter().step_by(4).map(|r| r.round()).collect::<Vec<_>>(),
             "gateway": { "first_third_mib": g0, "last_third_mib": g1 },
+            "gateway_catalog_series_mib": catalog_mem.iter().step_by(4).map(|r| r.round()).collect::<Vec<_>>(),
+            "gateway_catalog": { "first_third_mib": c0, "last_third_mib": c1 },
+            "gateway_without_catalog": { "first_third_mib": o0, "last_third_mib": o1 },
             "nodes": nodes,
         },
     });

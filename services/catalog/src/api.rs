@@ -426,4 +426,10 @@ pub trait Catalog:
 {
     /// The backend's name and location, for logs (`rocksdb:/path`).
     fn describe(&self) -> String;
+
+    /// Memory the backend holds in this process, by kind (an embedded
+    /// engine's caches and buffers), for the metrics; none for a server.
+    fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

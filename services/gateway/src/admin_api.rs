@@ -449,6 +449,10 @@ fn metrics(gw: &Gateway) -> Response {
         gw.jobs.local_load().jobs
     );
     let _ = writeln!(out, "insitu_gateway_peers {}", gw.control.peers().len());
+    let _ = writeln!(out, "# TYPE insitu_catalog_memory_bytes gauge");
+    for (kind, bytes) in gw.catalog.memory_usage() {
+        let _ = writeln!(out, "insitu_catalog_memory_bytes{{kind=\"{kind}\"}} {bytes}");
+    }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out,

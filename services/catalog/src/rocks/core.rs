@@ -85,6 +85,7 @@ const BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 pub(super) struct RocksCore {
     pub(super) db: DB,
+    cache: rocksdb::Cache,
     write_lock: Mutex<()>,
 }
 
@@ -116,8 +117,28 @@ impl RocksCore {
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
         Ok(Self {
             db,
+            cache,
             write_lock: Mutex::new(()),
         })
+    }
+
+    /// What rocksdb holds in memory: the shared block cache (index and
+    /// filter blocks included), every memtable, and the table readers
+    /// outside the cache.
+    pub(super) fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        let mut memtables = 0;
+        let mut readers = 0;
+        for name in ALL_CFS {
+            let Ok(cf) = self.cf(name) else { continue };
+            let int = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten();
+            memtables += int("rocksdb.size-all-mem-tables").unwrap_or(0);
+            readers += int("rocksdb.estimate-table-readers-mem").unwrap_or(0);
+        }
+        vec![
+            ("block_cache", self.cache.get_usage() as u64),
+            ("memtables", memtables),
+            ("table_readers", readers),
+        ]
     }
 
     pub(super) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {

@@ -338,4 +338,8 @@ impl Catalog for RocksCatalog {
     fn describe(&self) -> String {
         format!("rocksdb:{}", self.path.display())
     }
+
+    fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        self.core.memory_usage()
+    }
 }
