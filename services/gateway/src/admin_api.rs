@@ -451,7 +451,10 @@ fn metrics(gw: &Gateway) -> Response {
     let _ = writeln!(out, "insitu_gateway_peers {}", gw.control.peers().len());
     let _ = writeln!(out, "# TYPE insitu_catalog_memory_bytes gauge");
     for (kind, bytes) in gw.catalog.memory_usage() {
-        let _ = writeln!(out, "insitu_catalog_memory_bytes{{kind=\"{kind}\"}} {bytes}");
+        let _ = writeln!(
+            out,
+            "insitu_catalog_memory_bytes{{kind=\"{kind}\"}} {bytes}"
+        );
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

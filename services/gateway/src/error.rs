@@ -231,24 +231,36 @@ impl From<CatalogError> for S3Error {
     }
 }
 
-pub fn xml_escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
+/// An S3 error body.
+#[derive(serde::Serialize)]
+#[serde(rename = "Error")]
+struct ErrorXml<'a> {
+    #[serde(rename = "Code")]
+    code: &'static str,
+    #[serde(rename = "Message")]
+    message: &'a str,
+    #[serde(rename = "Resource", skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
 }
 
 impl IntoResponse for S3Error {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        let resource = self
-            .resource
-            .as_deref()
-            .map(|r| format!("<Resource>{}</Resource>", xml_escape(r)))
-            .unwrap_or_default();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message>{resource}<RequestId>{request_id}</RequestId></Error>",
-            self.code.as_str(),
-            xml_escape(&self.message),
-        );
+        let wire = ErrorXml {
+            code: self.code.as_str(),
+            message: &self.message,
+            resource: self.resource.as_deref(),
+            request_id: &request_id,
+        };
+        // Strings always serialise; were that ever not so, the answer
+        // still names its code.
+        let body = match quick_xml::se::to_string(&wire) {
+            Ok(x) => format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{x}"),
+            Err(_) => format!("<Error><Code>{}</Code></Error>", self.code.as_str()),
+        };
         (
             status,
             [

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::access::{owned_bucket, writable_bucket};
-use super::{empty_response, xml, xml_response, S3Request};
+use super::{empty_response, xml, S3Request};
 use crate::auth::Principal;
-use crate::error::{xml_escape, S3Error, S3ErrorCode, S3Result};
+use crate::error::{S3Error, S3ErrorCode, S3Result};
 use crate::limits::{MAX_DELETE_KEYS, MAX_LIST_BUCKETS, MAX_XML_BODY_BYTES};
 use crate::Gateway;
 
@@ -103,28 +103,25 @@ pub async fn list_buckets(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     buckets.sort_by(|a, b| a.name.cmp(&b.name));
     let more = buckets.len() > max;
     buckets.truncate(max);
-    let mut out = format!(
-        "{}<ListAllMyBucketsResult xmlns=\"{}\">",
-        xml::HEADER,
-        xml::NS
-    );
-    xml::owner(&mut out, tenant);
-    out.push_str("<Buckets>");
-    for b in &buckets {
-        out.push_str("<Bucket>");
-        xml::elem(&mut out, "Name", &b.name);
-        xml::elem(&mut out, "CreationDate", &xml::iso8601(b.created_ms));
-        out.push_str("</Bucket>");
-    }
-    out.push_str("</Buckets>");
-    if let (true, Some(last)) = (more, buckets.last()) {
-        xml::elem(&mut out, "ContinuationToken", &b64.encode(&last.name));
-    }
-    if !prefix.is_empty() {
-        xml::elem(&mut out, "Prefix", prefix);
-    }
-    out.push_str("</ListAllMyBucketsResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let body = BucketsXml {
+        xmlns: xml::NS,
+        owner: xml::Principal::tenant(tenant),
+        buckets: BucketListXml {
+            buckets: buckets
+                .iter()
+                .map(|b| BucketXml {
+                    name: &b.name,
+                    creation_date: xml::iso8601(b.created_ms),
+                })
+                .collect(),
+        },
+        continuation_token: buckets
+            .last()
+            .filter(|_| more)
+            .map(|last| b64.encode(&last.name)),
+        prefix: (!prefix.is_empty()).then_some(prefix),
+    };
+    xml::to_response(StatusCode::OK, &body)
 }
 
 #[derive(Deserialize, Default)]
@@ -195,18 +192,17 @@ pub async fn get_location(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     owned_bucket(gw, req.principal(), req.bucket()?).await?;
     // us-east-1 is reported as an empty constraint, as S3 does.
     let region = if gw.config.region == "us-east-1" {
-        String::new()
+        ""
     } else {
-        xml_escape(&gw.config.region)
+        gw.config.region.as_str()
     };
-    Ok(xml_response(
+    xml::to_response(
         StatusCode::OK,
-        format!(
-            "{}<LocationConstraint xmlns=\"{}\">{region}</LocationConstraint>",
-            xml::HEADER,
-            xml::NS
-        ),
-    ))
+        &LocationXml {
+            xmlns: xml::NS,
+            region,
+        },
+    )
 }
 
 pub async fn delete_bucket(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
@@ -367,7 +363,7 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
             "A Delete request must name between 1 and 1000 objects.",
         ));
     }
-    let mut out = format!("{}<DeleteResult xmlns=\"{}\">", xml::HEADER, xml::NS);
+    let mut entries = Vec::new();
     for entry in parsed.objects {
         let result = match (&allowed, entry.version_id.as_deref()) {
             (Err(e), _) => Err(e.clone()),
@@ -382,27 +378,92 @@ pub async fn delete_objects(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<R
                 .map_err(S3Error::from),
         };
         match result {
-            Ok(_) => {
-                if !parsed.quiet {
-                    out.push_str("<Deleted>");
-                    xml::elem(&mut out, "Key", &entry.key);
-                    if let Some(v) = &entry.version_id {
-                        xml::elem(&mut out, "VersionId", v);
-                    }
-                    out.push_str("</Deleted>");
-                }
-            }
-            Err(e) => {
-                out.push_str("<Error>");
-                xml::elem(&mut out, "Key", &entry.key);
-                xml::elem(&mut out, "Code", e.code.as_str());
-                xml::elem(&mut out, "Message", &e.message);
-                out.push_str("</Error>");
-            }
+            Ok(_) if parsed.quiet => {}
+            Ok(_) => entries.push(DeleteEntryXml::Deleted {
+                key: entry.key,
+                version_id: entry.version_id,
+            }),
+            Err(e) => entries.push(DeleteEntryXml::Error {
+                key: entry.key,
+                code: e.code.as_str(),
+                message: e.message,
+            }),
         }
     }
-    out.push_str("</DeleteResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    xml::to_response(
+        StatusCode::OK,
+        &DeleteResultXml {
+            xmlns: xml::NS,
+            entries,
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename = "LocationConstraint")]
+struct LocationXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "$text")]
+    region: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "ListAllMyBucketsResult")]
+struct BucketsXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Owner")]
+    owner: xml::Principal,
+    #[serde(rename = "Buckets")]
+    buckets: BucketListXml<'a>,
+    #[serde(rename = "ContinuationToken", skip_serializing_if = "Option::is_none")]
+    continuation_token: Option<String>,
+    #[serde(rename = "Prefix", skip_serializing_if = "Option::is_none")]
+    prefix: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BucketListXml<'a> {
+    #[serde(rename = "Bucket")]
+    buckets: Vec<BucketXml<'a>>,
+}
+
+#[derive(Serialize)]
+struct BucketXml<'a> {
+    #[serde(rename = "Name")]
+    name: &'a str,
+    #[serde(rename = "CreationDate")]
+    creation_date: String,
+}
+
+/// A DeleteObjects answer: a `<Deleted>` or an `<Error>` per key, in the
+/// order the keys were given.
+#[derive(Serialize)]
+#[serde(rename = "DeleteResult")]
+struct DeleteResultXml {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "$value")]
+    entries: Vec<DeleteEntryXml>,
+}
+
+#[derive(Serialize)]
+enum DeleteEntryXml {
+    Deleted {
+        #[serde(rename = "Key")]
+        key: String,
+        #[serde(rename = "VersionId", skip_serializing_if = "Option::is_none")]
+        version_id: Option<String>,
+    },
+    Error {
+        #[serde(rename = "Key")]
+        key: String,
+        #[serde(rename = "Code")]
+        code: &'static str,
+        #[serde(rename = "Message")]
+        message: String,
+    },
 }
 
 #[cfg(test)]

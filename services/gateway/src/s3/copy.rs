@@ -11,7 +11,7 @@ use insitu_catalog::{ChecksumAlgorithm, ObjectRecord};
 use super::access::{readable_object, writable_bucket};
 use super::get::{evaluate_preconditions, ByteRange, Precondition};
 use super::put::{commit_object, node_error, object_headers, store_body, validate_key, StoredBody};
-use super::{xml, xml_response, S3Request};
+use super::{xml, S3Request};
 use crate::auth::sigv4::uri_decode;
 use crate::body::{BodyExpectations, ChecksumClaim};
 use crate::error::{S3Error, S3ErrorCode, S3Result};
@@ -145,13 +145,23 @@ pub async fn copy_object(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Response
     };
     let stored = copy_bytes(gw, &src.object, None, None, algorithm).await?;
     let rec = commit_object(gw, &dest, &key, (owner, acl), headers, &stored, &cond).await?;
-    let mut out = format!("{}<CopyObjectResult xmlns=\"{}\">", xml::HEADER, xml::NS);
-    xml::elem(
-        &mut out,
-        "LastModified",
-        &xml::iso8601(rec.last_modified_ms),
-    );
-    xml::elem(&mut out, "ETag", &format!("\"{}\"", rec.etag));
-    out.push_str("</CopyObjectResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    xml::to_response(
+        StatusCode::OK,
+        &CopyResultXml {
+            xmlns: xml::NS,
+            last_modified: xml::iso8601(rec.last_modified_ms),
+            etag: format!("\"{}\"", rec.etag),
+        },
+    )
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename = "CopyObjectResult")]
+struct CopyResultXml {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
 }

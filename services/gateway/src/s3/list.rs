@@ -6,7 +6,9 @@ use base64::Engine;
 use insitu_catalog::{ListQuery, ObjectPage};
 
 use super::access::readable_bucket;
-use super::{xml, xml_response, S3Request};
+use serde::Serialize;
+
+use super::{xml, S3Request};
 use crate::auth::sigv4::uri_encode;
 use crate::error::{S3Error, S3Result};
 use crate::limits::MAX_LIST_KEYS;
@@ -50,35 +52,66 @@ impl Encoder {
         }
     }
 
-    pub fn elem(&self, out: &mut String, name: &str, value: &str) {
-        xml::elem(out, name, &self.enc(value));
-    }
-
-    pub fn write_type(&self, out: &mut String) {
-        if self.0 {
-            xml::elem(out, "EncodingType", "url");
-        }
+    /// `EncodingType` in a response: `url` when keys were encoded.
+    pub fn encoding_type(&self) -> Option<&'static str> {
+        self.0.then_some("url")
     }
 }
 
-fn contents(out: &mut String, e: &Encoder, page: &ObjectPage, fetch_owner: bool) {
-    for (key, obj) in &page.objects {
-        out.push_str("<Contents>");
-        e.elem(out, "Key", key);
-        xml::elem(out, "LastModified", &xml::iso8601(obj.last_modified_ms));
-        xml::elem(out, "ETag", &format!("\"{}\"", obj.etag));
-        xml::elem(out, "Size", &obj.size.to_string());
-        if fetch_owner {
-            xml::owner(out, &obj.owner);
-        }
-        xml::elem(out, "StorageClass", "STANDARD");
-        out.push_str("</Contents>");
-    }
-    for p in &page.common_prefixes {
-        out.push_str("<CommonPrefixes>");
-        e.elem(out, "Prefix", p);
-        out.push_str("</CommonPrefixes>");
-    }
+/// A ListObjects (v1 or v2) answer, element for element in S3's order;
+/// the elements of the other version are left out.
+#[derive(Serialize)]
+#[serde(rename = "ListBucketResult")]
+struct ListXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Name")]
+    name: &'a str,
+    #[serde(rename = "Prefix")]
+    prefix: String,
+    #[serde(rename = "Delimiter", skip_serializing_if = "Option::is_none")]
+    delimiter: Option<String>,
+    #[serde(rename = "MaxKeys")]
+    max_keys: usize,
+    #[serde(rename = "EncodingType", skip_serializing_if = "Option::is_none")]
+    encoding_type: Option<&'static str>,
+    #[serde(rename = "IsTruncated")]
+    truncated: bool,
+    #[serde(rename = "KeyCount", skip_serializing_if = "Option::is_none")]
+    key_count: Option<usize>,
+    #[serde(rename = "ContinuationToken", skip_serializing_if = "Option::is_none")]
+    continuation_token: Option<&'a str>,
+    #[serde(rename = "StartAfter", skip_serializing_if = "Option::is_none")]
+    start_after: Option<String>,
+    #[serde(
+        rename = "NextContinuationToken",
+        skip_serializing_if = "Option::is_none"
+    )]
+    next_continuation_token: Option<String>,
+    #[serde(rename = "Marker", skip_serializing_if = "Option::is_none")]
+    marker: Option<String>,
+    #[serde(rename = "NextMarker", skip_serializing_if = "Option::is_none")]
+    next_marker: Option<String>,
+    #[serde(rename = "Contents")]
+    contents: Vec<ContentsXml>,
+    #[serde(rename = "CommonPrefixes")]
+    common_prefixes: Vec<xml::CommonPrefix>,
+}
+
+#[derive(Serialize)]
+struct ContentsXml {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Owner", skip_serializing_if = "Option::is_none")]
+    owner: Option<xml::Principal>,
+    #[serde(rename = "StorageClass")]
+    storage_class: &'static str,
 }
 
 pub async fn list_objects(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
@@ -134,47 +167,41 @@ pub async fn list_objects(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
             .await?
     };
 
-    let mut out = format!("{}<ListBucketResult xmlns=\"{}\">", xml::HEADER, xml::NS);
-    xml::elem(&mut out, "Name", bucket);
-    e.elem(&mut out, "Prefix", prefix);
-    if let Some(d) = delimiter {
-        e.elem(&mut out, "Delimiter", d);
-    }
-    xml::elem(&mut out, "MaxKeys", &max.to_string());
-    e.write_type(&mut out);
-    xml::elem(
-        &mut out,
-        "IsTruncated",
-        if page.is_truncated { "true" } else { "false" },
-    );
-    if v2 {
-        xml::elem(
-            &mut out,
-            "KeyCount",
-            &(page.objects.len() + page.common_prefixes.len()).to_string(),
-        );
-        if let Some(t) = req.query("continuation-token") {
-            xml::elem(&mut out, "ContinuationToken", t);
-        }
-        if let Some(sa) = req.query("start-after") {
-            e.elem(&mut out, "StartAfter", sa);
-        }
-        if page.is_truncated {
-            if let Some(last) = &page.last {
-                let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.as_bytes());
-                xml::elem(&mut out, "NextContinuationToken", &t);
-            }
-        }
-    } else {
-        e.elem(&mut out, "Marker", req.query("marker").unwrap_or(""));
-        if page.is_truncated {
-            if let Some(last) = &page.last {
-                e.elem(&mut out, "NextMarker", last);
-            }
-        }
-    }
     let fetch_owner = !v2 || req.query("fetch-owner") == Some("true");
-    contents(&mut out, &e, &page, fetch_owner);
-    out.push_str("</ListBucketResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let next = page.last.as_deref().filter(|_| page.is_truncated);
+    let body = ListXml {
+        xmlns: xml::NS,
+        name: bucket,
+        prefix: e.enc(prefix),
+        delimiter: delimiter.map(|d| e.enc(d)),
+        max_keys: max,
+        encoding_type: e.encoding_type(),
+        truncated: page.is_truncated,
+        key_count: v2.then(|| page.objects.len() + page.common_prefixes.len()),
+        continuation_token: req.query("continuation-token").filter(|_| v2),
+        start_after: req.query("start-after").filter(|_| v2).map(|s| e.enc(s)),
+        next_continuation_token: next
+            .filter(|_| v2)
+            .map(|l| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l.as_bytes())),
+        marker: (!v2).then(|| e.enc(req.query("marker").unwrap_or(""))),
+        next_marker: next.filter(|_| !v2).map(|l| e.enc(l)),
+        contents: page
+            .objects
+            .iter()
+            .map(|(key, obj)| ContentsXml {
+                key: e.enc(key),
+                last_modified: xml::iso8601(obj.last_modified_ms),
+                etag: format!("\"{}\"", obj.etag),
+                size: obj.size,
+                owner: fetch_owner.then(|| xml::Principal::tenant(&obj.owner)),
+                storage_class: "STANDARD",
+            })
+            .collect(),
+        common_prefixes: page
+            .common_prefixes
+            .iter()
+            .map(|p| xml::CommonPrefix { prefix: e.enc(p) })
+            .collect(),
+    };
+    xml::to_response(StatusCode::OK, &body)
 }

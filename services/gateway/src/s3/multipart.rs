@@ -11,7 +11,7 @@ use insitu_catalog::{
     PartRecord, UploadChecksum, UploadRecord,
 };
 use md5::{Digest, Md5};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::access::{is_owner, readable_bucket, writable_bucket};
 use super::copy::{copy_bytes, copy_source};
@@ -20,7 +20,7 @@ use super::put::{
     body_expectations, new_blob_id, node_error, object_headers, store_body, validate_key,
     StoredBody,
 };
-use super::{empty_response, xml, xml_response, S3Request};
+use super::{empty_response, xml, S3Request};
 use crate::body::ChecksumClaim;
 use crate::checksum::{self, CombineError, PartSum};
 use crate::error::{S3Error, S3ErrorCode, S3Result};
@@ -93,16 +93,13 @@ pub async fn create_upload(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Respon
         checksum: upload_checksum(&req)?,
     };
     gw.catalog.create_upload(&rec).await?;
-    let mut out = format!(
-        "{}<InitiateMultipartUploadResult xmlns=\"{}\">",
-        xml::HEADER,
-        xml::NS
-    );
-    xml::elem(&mut out, "Bucket", &bucket);
-    xml::elem(&mut out, "Key", &key);
-    xml::elem(&mut out, "UploadId", &upload_id);
-    out.push_str("</InitiateMultipartUploadResult>");
-    let mut resp = xml_response(StatusCode::OK, out);
+    let body = InitiateXml {
+        xmlns: xml::NS,
+        bucket: &bucket,
+        key: &key,
+        upload_id: &upload_id,
+    };
+    let mut resp = xml::to_response(StatusCode::OK, &body)?;
     if let Some(c) = rec.checksum {
         let h = resp.headers_mut();
         h.insert(
@@ -235,18 +232,20 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
     let algorithm = up.checksum.map(|c| c.algorithm);
     let stored = copy_bytes(gw, &src.object, range, Some(up.nodes.clone()), algorithm).await?;
     let part = commit_part(gw, &up, number, &stored).await?;
-    let mut out = format!("{}<CopyPartResult xmlns=\"{}\">", xml::HEADER, xml::NS);
-    xml::elem(
-        &mut out,
-        "LastModified",
-        &xml::iso8601(part.last_modified_ms),
-    );
-    xml::elem(&mut out, "ETag", &format!("\"{}\"", part.etag));
-    if let (Some(c), Some(v)) = (up.checksum, &part.checksum) {
-        xml::elem(&mut out, checksum::xml_name(c.algorithm), v);
-    }
-    out.push_str("</CopyPartResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let checksum = match (up.checksum, &part.checksum) {
+        (Some(c), Some(v)) => xml::Checksum::of(c.algorithm, v),
+        _ => xml::Checksum::default(),
+    };
+    xml::to_response_with_root(
+        StatusCode::OK,
+        "CopyPartResult",
+        &CopyPartXml {
+            xmlns: xml::NS,
+            last_modified: xml::iso8601(part.last_modified_ms),
+            etag: format!("\"{}\"", part.etag),
+            checksum,
+        },
+    )
 }
 
 /// `x-amz-copy-source-range` is stricter than a GET range: only
@@ -469,7 +468,7 @@ pub async fn complete_upload(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<
         return Err(e.into());
     }
     tracing::debug!(key = %up.key, size, parts = parts.len(), "multipart upload completed");
-    Ok(completed(&up.bucket, &up.key, &rec))
+    completed(&up.bucket, &up.key, &rec)
 }
 
 /// The object checksum of an upload created with one, made of its parts'
@@ -526,22 +525,27 @@ fn object_checksum(
     }))
 }
 
-fn completed(bucket: &str, key: &str, obj: &ObjectRecord) -> Response {
-    let mut out = format!(
-        "{}<CompleteMultipartUploadResult xmlns=\"{}\">",
-        xml::HEADER,
-        xml::NS
-    );
-    xml::elem(&mut out, "Location", &format!("/{bucket}/{key}"));
-    xml::elem(&mut out, "Bucket", bucket);
-    xml::elem(&mut out, "Key", key);
-    xml::elem(&mut out, "ETag", &format!("\"{}\"", obj.etag));
-    if let Some(c) = &obj.checksum {
-        xml::elem(&mut out, checksum::xml_name(c.algorithm), &c.value);
-        xml::elem(&mut out, "ChecksumType", c.kind.as_str());
-    }
-    out.push_str("</CompleteMultipartUploadResult>");
-    xml_response(StatusCode::OK, out)
+fn completed(bucket: &str, key: &str, obj: &ObjectRecord) -> S3Result<Response> {
+    let (checksum, checksum_type) = match &obj.checksum {
+        Some(c) => (
+            xml::Checksum::of(c.algorithm, &c.value),
+            Some(c.kind.as_str()),
+        ),
+        None => (xml::Checksum::default(), None),
+    };
+    xml::to_response_with_root(
+        StatusCode::OK,
+        "CompleteMultipartUploadResult",
+        &CompleteXml {
+            xmlns: xml::NS,
+            location: format!("/{bucket}/{key}"),
+            bucket,
+            key,
+            etag: format!("\"{}\"", obj.etag),
+            checksum,
+            checksum_type,
+        },
+    )
 }
 
 /// A Complete for an upload that is no longer open: if the object at its
@@ -552,9 +556,7 @@ async fn completed_before(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let (bucket, key) = (req.bucket()?, req.key()?);
     let upload_id = req.query("uploadId").unwrap_or_default();
     match gw.catalog.get_object(bucket, key).await? {
-        Some(obj) if obj.upload_id.as_deref() == Some(upload_id) => {
-            Ok(completed(bucket, key, &obj))
-        }
+        Some(obj) if obj.upload_id.as_deref() == Some(upload_id) => completed(bucket, key, &obj),
         _ => Err(insitu_catalog::CatalogError::NoSuchUpload(upload_id.to_string()).into()),
     }
 }
@@ -579,47 +581,35 @@ pub async fn list_parts(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
             .map_err(|_| S3Error::invalid_argument("Invalid part-number-marker"))?,
     };
     let (parts, truncated) = gw.catalog.list_parts(&up.upload_id, marker, max).await?;
-    let mut out = format!("{}<ListPartsResult xmlns=\"{}\">", xml::HEADER, xml::NS);
-    xml::elem(&mut out, "Bucket", &up.bucket);
-    xml::elem(&mut out, "Key", &up.key);
-    xml::elem(&mut out, "UploadId", &up.upload_id);
-    out.push_str("<Initiator>");
-    xml::elem(&mut out, "ID", &up.owner);
-    xml::elem(&mut out, "DisplayName", &up.owner);
-    out.push_str("</Initiator>");
-    xml::owner(&mut out, &up.owner);
-    xml::elem(&mut out, "StorageClass", "STANDARD");
-    if let Some(c) = up.checksum {
-        xml::elem(&mut out, "ChecksumAlgorithm", algorithm_name(c.algorithm));
-        xml::elem(&mut out, "ChecksumType", c.kind.as_str());
-    }
-    xml::elem(&mut out, "PartNumberMarker", &marker.to_string());
-    if let Some(last) = parts.last() {
-        xml::elem(
-            &mut out,
-            "NextPartNumberMarker",
-            &last.part_number.to_string(),
-        );
-    }
-    xml::elem(&mut out, "MaxParts", &max.to_string());
-    xml::elem(
-        &mut out,
-        "IsTruncated",
-        if truncated { "true" } else { "false" },
-    );
-    for p in &parts {
-        out.push_str("<Part>");
-        xml::elem(&mut out, "PartNumber", &p.part_number.to_string());
-        xml::elem(&mut out, "LastModified", &xml::iso8601(p.last_modified_ms));
-        xml::elem(&mut out, "ETag", &format!("\"{}\"", p.etag));
-        xml::elem(&mut out, "Size", &p.blob.size.to_string());
-        if let (Some(c), Some(v)) = (up.checksum, &p.checksum) {
-            xml::elem(&mut out, checksum::xml_name(c.algorithm), v);
-        }
-        out.push_str("</Part>");
-    }
-    out.push_str("</ListPartsResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let body = ListPartsXml {
+        xmlns: xml::NS,
+        bucket: &up.bucket,
+        key: &up.key,
+        upload_id: &up.upload_id,
+        initiator: xml::Principal::tenant(&up.owner),
+        owner: xml::Principal::tenant(&up.owner),
+        storage_class: "STANDARD",
+        checksum_algorithm: up.checksum.map(|c| algorithm_name(c.algorithm)),
+        checksum_type: up.checksum.map(|c| c.kind.as_str()),
+        marker,
+        next_marker: parts.last().map(|p| p.part_number),
+        max,
+        truncated,
+        parts: parts
+            .iter()
+            .map(|p| PartXml {
+                number: p.part_number,
+                last_modified: xml::iso8601(p.last_modified_ms),
+                etag: format!("\"{}\"", p.etag),
+                size: p.blob.size,
+                checksum: match (up.checksum, &p.checksum) {
+                    (Some(c), Some(v)) => xml::Checksum::of(c.algorithm, v),
+                    _ => xml::Checksum::default(),
+                },
+            })
+            .collect(),
+    };
+    xml::to_response(StatusCode::OK, &body)
 }
 
 pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
@@ -640,51 +630,222 @@ pub async fn list_uploads(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
         max: max.max(1),
     };
     let page = gw.catalog.list_uploads(bucket, &query).await?;
-    let mut out = format!(
-        "{}<ListMultipartUploadsResult xmlns=\"{}\">",
-        xml::HEADER,
-        xml::NS
-    );
-    xml::elem(&mut out, "Bucket", bucket);
-    e.elem(&mut out, "KeyMarker", key_marker.unwrap_or(""));
-    xml::elem(&mut out, "UploadIdMarker", id_marker.unwrap_or(""));
-    if page.is_truncated {
-        if let Some(k) = &page.next_key_marker {
-            e.elem(&mut out, "NextKeyMarker", k);
-        }
-        if let Some(u) = &page.next_upload_id_marker {
-            xml::elem(&mut out, "NextUploadIdMarker", u);
-        }
+    let truncated = page.is_truncated;
+    let body = ListUploadsXml {
+        xmlns: xml::NS,
+        bucket,
+        key_marker: e.enc(key_marker.unwrap_or("")),
+        upload_id_marker: id_marker.unwrap_or(""),
+        next_key_marker: page
+            .next_key_marker
+            .as_deref()
+            .filter(|_| truncated)
+            .map(|k| e.enc(k)),
+        next_upload_id_marker: page.next_upload_id_marker.as_deref().filter(|_| truncated),
+        prefix: e.enc(prefix),
+        delimiter: delimiter.map(|d| e.enc(d)),
+        max_uploads: max,
+        encoding_type: e.encoding_type(),
+        truncated,
+        uploads: page
+            .uploads
+            .iter()
+            .map(|u| UploadXml {
+                key: e.enc(&u.key),
+                upload_id: &u.upload_id,
+                initiator: xml::Principal::tenant(&u.owner),
+                owner: xml::Principal::tenant(&u.owner),
+                storage_class: "STANDARD",
+                initiated: xml::iso8601(u.initiated_ms),
+            })
+            .collect(),
+        common_prefixes: page
+            .common_prefixes
+            .iter()
+            .map(|p| xml::CommonPrefix { prefix: e.enc(p) })
+            .collect(),
+    };
+    xml::to_response(StatusCode::OK, &body)
+}
+
+// ---- response bodies ----------------------------------------------------------
+
+#[derive(Serialize)]
+#[serde(rename = "InitiateMultipartUploadResult")]
+struct InitiateXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Bucket")]
+    bucket: &'a str,
+    #[serde(rename = "Key")]
+    key: &'a str,
+    #[serde(rename = "UploadId")]
+    upload_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "CopyPartResult")]
+struct CopyPartXml {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(flatten)]
+    checksum: xml::Checksum,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "CompleteMultipartUploadResult")]
+struct CompleteXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Location")]
+    location: String,
+    #[serde(rename = "Bucket")]
+    bucket: &'a str,
+    #[serde(rename = "Key")]
+    key: &'a str,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(flatten)]
+    checksum: xml::Checksum,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    checksum_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "ListPartsResult")]
+struct ListPartsXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Bucket")]
+    bucket: &'a str,
+    #[serde(rename = "Key")]
+    key: &'a str,
+    #[serde(rename = "UploadId")]
+    upload_id: &'a str,
+    #[serde(rename = "Initiator")]
+    initiator: xml::Principal,
+    #[serde(rename = "Owner")]
+    owner: xml::Principal,
+    #[serde(rename = "StorageClass")]
+    storage_class: &'static str,
+    #[serde(rename = "ChecksumAlgorithm", skip_serializing_if = "Option::is_none")]
+    checksum_algorithm: Option<&'static str>,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    checksum_type: Option<&'static str>,
+    #[serde(rename = "PartNumberMarker")]
+    marker: u32,
+    #[serde(
+        rename = "NextPartNumberMarker",
+        skip_serializing_if = "Option::is_none"
+    )]
+    next_marker: Option<u32>,
+    #[serde(rename = "MaxParts")]
+    max: usize,
+    #[serde(rename = "IsTruncated")]
+    truncated: bool,
+    #[serde(rename = "Part")]
+    parts: Vec<PartXml>,
+}
+
+#[derive(Serialize)]
+struct PartXml {
+    #[serde(rename = "PartNumber")]
+    number: u32,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(flatten)]
+    checksum: xml::Checksum,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "ListMultipartUploadsResult")]
+struct ListUploadsXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Bucket")]
+    bucket: &'a str,
+    #[serde(rename = "KeyMarker")]
+    key_marker: String,
+    #[serde(rename = "UploadIdMarker")]
+    upload_id_marker: &'a str,
+    #[serde(rename = "NextKeyMarker", skip_serializing_if = "Option::is_none")]
+    next_key_marker: Option<String>,
+    #[serde(rename = "NextUploadIdMarker", skip_serializing_if = "Option::is_none")]
+    next_upload_id_marker: Option<&'a str>,
+    #[serde(rename = "Prefix")]
+    prefix: String,
+    #[serde(rename = "Delimiter", skip_serializing_if = "Option::is_none")]
+    delimiter: Option<String>,
+    #[serde(rename = "MaxUploads")]
+    max_uploads: usize,
+    #[serde(rename = "EncodingType", skip_serializing_if = "Option::is_none")]
+    encoding_type: Option<&'static str>,
+    #[serde(rename = "IsTruncated")]
+    truncated: bool,
+    #[serde(rename = "Upload")]
+    uploads: Vec<UploadXml<'a>>,
+    #[serde(rename = "CommonPrefixes")]
+    common_prefixes: Vec<xml::CommonPrefix>,
+}
+
+#[derive(Serialize)]
+struct UploadXml<'a> {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "UploadId")]
+    upload_id: &'a str,
+    #[serde(rename = "Initiator")]
+    initiator: xml::Principal,
+    #[serde(rename = "Owner")]
+    owner: xml::Principal,
+    #[serde(rename = "StorageClass")]
+    storage_class: &'static str,
+    #[serde(rename = "Initiated")]
+    initiated: String,
+}
+
+#[cfg(test)]
+mod xml_tests {
+    use super::*;
+
+    #[test]
+    fn complete_result_names_its_checksum() {
+        let body = CompleteXml {
+            xmlns: xml::NS,
+            location: "/b/k".into(),
+            bucket: "b",
+            key: "k",
+            etag: "\"e-2\"".into(),
+            checksum: xml::Checksum::of(ChecksumAlgorithm::Crc32, "AAAAAA==-2"),
+            checksum_type: Some("COMPOSITE"),
+        };
+        let text =
+            quick_xml::se::to_string_with_root("CompleteMultipartUploadResult", &body).unwrap();
+        assert!(
+            text.starts_with(
+                "<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("<ETag>\"e-2\"</ETag><ChecksumCRC32>AAAAAA==-2</ChecksumCRC32><ChecksumType>COMPOSITE</ChecksumType>"), "{text}");
+        let none = CompleteXml {
+            checksum: xml::Checksum::default(),
+            checksum_type: None,
+            ..body
+        };
+        let text =
+            quick_xml::se::to_string_with_root("CompleteMultipartUploadResult", &none).unwrap();
+        assert!(
+            text.ends_with("<ETag>\"e-2\"</ETag></CompleteMultipartUploadResult>"),
+            "{text}"
+        );
     }
-    e.elem(&mut out, "Prefix", prefix);
-    if let Some(d) = delimiter {
-        e.elem(&mut out, "Delimiter", d);
-    }
-    xml::elem(&mut out, "MaxUploads", &max.to_string());
-    e.write_type(&mut out);
-    xml::elem(
-        &mut out,
-        "IsTruncated",
-        if page.is_truncated { "true" } else { "false" },
-    );
-    for u in &page.uploads {
-        out.push_str("<Upload>");
-        e.elem(&mut out, "Key", &u.key);
-        xml::elem(&mut out, "UploadId", &u.upload_id);
-        out.push_str("<Initiator>");
-        xml::elem(&mut out, "ID", &u.owner);
-        xml::elem(&mut out, "DisplayName", &u.owner);
-        out.push_str("</Initiator>");
-        xml::owner(&mut out, &u.owner);
-        xml::elem(&mut out, "StorageClass", "STANDARD");
-        xml::elem(&mut out, "Initiated", &xml::iso8601(u.initiated_ms));
-        out.push_str("</Upload>");
-    }
-    for p in &page.common_prefixes {
-        out.push_str("<CommonPrefixes>");
-        e.elem(&mut out, "Prefix", p);
-        out.push_str("</CommonPrefixes>");
-    }
-    out.push_str("</ListMultipartUploadsResult>");
-    Ok(xml_response(StatusCode::OK, out))
 }

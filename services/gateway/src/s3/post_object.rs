@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::access::writable_bucket;
 use super::put::{commit_object, store_body, validate_key};
-use super::{xml, xml_response, S3Request};
+use super::{xml, S3Request};
 use crate::auth::sigv2;
 use crate::auth::sigv4::{self, SigningKey};
 use crate::auth::{Authenticator, Principal};
@@ -437,13 +437,15 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             .body(Body::empty())
             .map_err(super::built_error),
         Some("201") => {
-            let mut out = format!("{}<PostResponse>", xml::HEADER);
-            xml::elem(&mut out, "Location", &location);
-            xml::elem(&mut out, "Bucket", &bucket);
-            xml::elem(&mut out, "Key", &key);
-            xml::elem(&mut out, "ETag", &etag);
-            out.push_str("</PostResponse>");
-            let mut r = xml_response(StatusCode::CREATED, out);
+            let mut r = xml::to_response(
+                StatusCode::CREATED,
+                &PostResponseXml {
+                    location: &location,
+                    bucket: &bucket,
+                    key: &key,
+                    etag: &etag,
+                },
+            )?;
             if let Ok(v) = http::HeaderValue::from_str(&etag) {
                 r.headers_mut().insert(http::header::ETAG, v);
             }
@@ -456,6 +458,19 @@ pub async fn post_object(gw: &Arc<Gateway>, mut req: S3Request) -> S3Result<Resp
             .body(Body::empty())
             .map_err(super::built_error),
     }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename = "PostResponse")]
+struct PostResponseXml<'a> {
+    #[serde(rename = "Location")]
+    location: &'a str,
+    #[serde(rename = "Bucket")]
+    bucket: &'a str,
+    #[serde(rename = "Key")]
+    key: &'a str,
+    #[serde(rename = "ETag")]
+    etag: &'a str,
 }
 
 #[cfg(test)]

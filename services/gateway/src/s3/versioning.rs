@@ -8,20 +8,15 @@ use insitu_catalog::ListQuery;
 
 use super::access::{owned_bucket, readable_bucket};
 use super::list::{max_keys, Encoder};
-use super::{xml, xml_response, S3Request};
+use serde::Serialize;
+
+use super::{xml, S3Request};
 use crate::error::S3Result;
 use crate::Gateway;
 
 pub async fn get_versioning(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     owned_bucket(gw, req.principal(), req.bucket()?).await?;
-    Ok(xml_response(
-        StatusCode::OK,
-        format!(
-            "{}<VersioningConfiguration xmlns=\"{}\"/>",
-            xml::HEADER,
-            xml::NS
-        ),
-    ))
+    xml::to_response(StatusCode::OK, &VersioningXml { xmlns: xml::NS })
 }
 
 pub async fn list_object_versions(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
@@ -45,52 +40,99 @@ pub async fn list_object_versions(gw: &Gateway, req: &S3Request) -> S3Result<Res
         )
         .await?;
 
-    let mut out = format!("{}<ListVersionsResult xmlns=\"{}\">", xml::HEADER, xml::NS);
-    xml::elem(&mut out, "Name", bucket);
-    e.elem(&mut out, "Prefix", prefix);
-    e.elem(&mut out, "KeyMarker", key_marker.unwrap_or(""));
-    xml::elem(
-        &mut out,
-        "VersionIdMarker",
-        req.query("version-id-marker").unwrap_or(""),
-    );
-    if let Some(d) = delimiter {
-        e.elem(&mut out, "Delimiter", d);
-    }
-    xml::elem(&mut out, "MaxKeys", &max.to_string());
-    e.write_type(&mut out);
-    xml::elem(
-        &mut out,
-        "IsTruncated",
-        if page.is_truncated { "true" } else { "false" },
-    );
-    if page.is_truncated {
-        if let Some(last) = &page.last {
-            e.elem(&mut out, "NextKeyMarker", last);
-            xml::elem(&mut out, "NextVersionIdMarker", "null");
-        }
-    }
-    for (key, obj) in &page.objects {
-        out.push_str("<Version>");
-        e.elem(&mut out, "Key", key);
-        xml::elem(&mut out, "VersionId", "null");
-        xml::elem(&mut out, "IsLatest", "true");
-        xml::elem(
-            &mut out,
-            "LastModified",
-            &xml::iso8601(obj.last_modified_ms),
-        );
-        xml::elem(&mut out, "ETag", &format!("\"{}\"", obj.etag));
-        xml::elem(&mut out, "Size", &obj.size.to_string());
-        xml::owner(&mut out, &obj.owner);
-        xml::elem(&mut out, "StorageClass", "STANDARD");
-        out.push_str("</Version>");
-    }
-    for p in &page.common_prefixes {
-        out.push_str("<CommonPrefixes>");
-        e.elem(&mut out, "Prefix", p);
-        out.push_str("</CommonPrefixes>");
-    }
-    out.push_str("</ListVersionsResult>");
-    Ok(xml_response(StatusCode::OK, out))
+    let next = page.last.as_deref().filter(|_| page.is_truncated);
+    let body = VersionsXml {
+        xmlns: xml::NS,
+        name: bucket,
+        prefix: e.enc(prefix),
+        key_marker: e.enc(key_marker.unwrap_or("")),
+        version_id_marker: req.query("version-id-marker").unwrap_or(""),
+        delimiter: delimiter.map(|d| e.enc(d)),
+        max_keys: max,
+        encoding_type: e.encoding_type(),
+        truncated: page.is_truncated,
+        next_key_marker: next.map(|l| e.enc(l)),
+        next_version_id_marker: next.map(|_| "null"),
+        versions: page
+            .objects
+            .iter()
+            .map(|(key, obj)| VersionXml {
+                key: e.enc(key),
+                version_id: "null",
+                is_latest: true,
+                last_modified: xml::iso8601(obj.last_modified_ms),
+                etag: format!("\"{}\"", obj.etag),
+                size: obj.size,
+                owner: xml::Principal::tenant(&obj.owner),
+                storage_class: "STANDARD",
+            })
+            .collect(),
+        common_prefixes: page
+            .common_prefixes
+            .iter()
+            .map(|p| xml::CommonPrefix { prefix: e.enc(p) })
+            .collect(),
+    };
+    xml::to_response(StatusCode::OK, &body)
+}
+
+#[derive(Serialize)]
+#[serde(rename = "VersioningConfiguration")]
+struct VersioningXml {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "ListVersionsResult")]
+struct VersionsXml<'a> {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "Name")]
+    name: &'a str,
+    #[serde(rename = "Prefix")]
+    prefix: String,
+    #[serde(rename = "KeyMarker")]
+    key_marker: String,
+    #[serde(rename = "VersionIdMarker")]
+    version_id_marker: &'a str,
+    #[serde(rename = "Delimiter", skip_serializing_if = "Option::is_none")]
+    delimiter: Option<String>,
+    #[serde(rename = "MaxKeys")]
+    max_keys: usize,
+    #[serde(rename = "EncodingType", skip_serializing_if = "Option::is_none")]
+    encoding_type: Option<&'static str>,
+    #[serde(rename = "IsTruncated")]
+    truncated: bool,
+    #[serde(rename = "NextKeyMarker", skip_serializing_if = "Option::is_none")]
+    next_key_marker: Option<String>,
+    #[serde(
+        rename = "NextVersionIdMarker",
+        skip_serializing_if = "Option::is_none"
+    )]
+    next_version_id_marker: Option<&'static str>,
+    #[serde(rename = "Version")]
+    versions: Vec<VersionXml>,
+    #[serde(rename = "CommonPrefixes")]
+    common_prefixes: Vec<xml::CommonPrefix>,
+}
+
+#[derive(Serialize)]
+struct VersionXml {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "VersionId")]
+    version_id: &'static str,
+    #[serde(rename = "IsLatest")]
+    is_latest: bool,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Owner")]
+    owner: xml::Principal,
+    #[serde(rename = "StorageClass")]
+    storage_class: &'static str,
 }
