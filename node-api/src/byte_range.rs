@@ -27,9 +27,15 @@ impl ByteRange {
     /// `bytes=FIRST-LAST` with both offsets given and FIRST ≤ LAST, the
     /// only form a copy range may take and the one the gateway sends nodes.
     pub fn parse_exact(value: &str) -> Option<Self> {
-        let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
-        let (start, end) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+        let (start, end) = Self::parse_pair(value)?;
         (start <= end).then_some(Self { start, end })
+    }
+
+    /// The two offsets of `bytes=FIRST-LAST`, in whatever order they came
+    /// (a caller may answer a reversed pair differently from garbage).
+    pub fn parse_pair(value: &str) -> Option<(u64, u64)> {
+        let (a, b) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
+        Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
     }
 
     /// A GET's `Range` against an object of `size` bytes, as S3 reads it:
@@ -119,6 +125,7 @@ mod tests {
         assert_eq!(ByteRange::parse_exact("bytes=3-7"), r(3, 7));
         assert_eq!(ByteRange::parse_exact(" bytes=0-0 "), r(0, 0));
         assert_eq!(ByteRange::parse_exact("bytes=7-3"), None);
+        assert_eq!(ByteRange::parse_pair("bytes=7-3"), Some((7, 3)));
         assert_eq!(ByteRange::parse_exact("bytes=3-"), None);
         assert_eq!(ByteRange::parse_exact("bytes=-3"), None);
         let range = ByteRange { start: 3, end: 7 };

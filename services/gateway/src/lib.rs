@@ -416,12 +416,14 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
     // who sent it. Such bodies are small and few at a time.
     let (auth, body) = match auth.payload {
         auth::PayloadCheck::Deferred(ref d) => {
-            let bytes = match read_unverified_body(&gw, body).await {
+            let (permit, bytes) = match read_unverified_body(&gw, body).await {
                 Ok(b) => b,
                 Err(e) => return e.into_response(),
             };
             let hash = auth::sigv4::sha256_hex(&bytes);
-            if !d.verify(&hash) {
+            let verified = d.verify(&hash);
+            drop(permit);
+            if !verified {
                 return auth::DeferredSignature::mismatch().into_response();
             }
             let verified = auth::Authenticated {
@@ -457,8 +459,11 @@ async fn route_request(gw: Arc<Gateway>, req: Request) -> Response {
 /// Reads a body whose request is not yet authenticated, within
 /// `MAX_UNVERIFIED_BODY_BYTES`, while one of the few permits for that is
 /// free (503 `SlowDown` otherwise).
-async fn read_unverified_body(gw: &Gateway, body: axum::body::Body) -> Result<Vec<u8>, S3Error> {
-    let _permit = gw.unverified_bodies.try_acquire().map_err(|_| {
+async fn read_unverified_body(
+    gw: &Gateway,
+    body: axum::body::Body,
+) -> Result<(tokio::sync::SemaphorePermit<'_>, Vec<u8>), S3Error> {
+    let permit = gw.unverified_bodies.try_acquire().map_err(|_| {
         S3Error::new(
             S3ErrorCode::SlowDown,
             "Too many requests signed without x-amz-content-sha256 at once; send that header, or retry.",
@@ -467,7 +472,7 @@ async fn read_unverified_body(gw: &Gateway, body: axum::body::Body) -> Result<Ve
     let raw = body
         .into_data_stream()
         .map_err(|e| S3Error::new(S3ErrorCode::IncompleteBody, e.to_string()));
-    body::read_small(Box::pin(raw), limits::MAX_UNVERIFIED_BODY_BYTES)
+    let bytes = body::read_small(Box::pin(raw), limits::MAX_UNVERIFIED_BODY_BYTES)
         .await
         .map_err(|e| {
             if e.code == S3ErrorCode::MalformedXml {
@@ -478,7 +483,8 @@ async fn read_unverified_body(gw: &Gateway, body: axum::body::Body) -> Result<Ve
             } else {
                 e
             }
-        })
+        })?;
+    Ok((permit, bytes))
 }
 
 /// The least GC grace on a shared catalog: about six times the time a

@@ -251,8 +251,8 @@ pub async fn upload_part_copy(gw: &Arc<Gateway>, req: S3Request) -> S3Result<Res
 /// `x-amz-copy-source-range` is stricter than a GET range: only
 /// `bytes=first-last`, entirely inside the source, as in S3.
 fn copy_range(value: &str, size: u64) -> S3Result<ByteRange> {
-    match ByteRange::parse_exact(value) {
-        Some(r) if r.end < size => Ok(r),
+    match ByteRange::parse_pair(value) {
+        Some((start, end)) if start <= end && end < size => Ok(ByteRange { start, end }),
         Some(_) => Err(S3Error::new(
             S3ErrorCode::InvalidRange,
             format!("Range specified is not valid for source object of size: {size}"),
@@ -815,6 +815,22 @@ struct UploadXml<'a> {
 #[cfg(test)]
 mod xml_tests {
     use super::*;
+
+    #[test]
+    fn copy_ranges_are_exact_and_inside_the_source() {
+        assert_eq!(
+            copy_range("bytes=2-4", 10).unwrap(),
+            ByteRange { start: 2, end: 4 }
+        );
+        for (value, code) in [
+            ("bytes=7-3", S3ErrorCode::InvalidRange),
+            ("bytes=0-10", S3ErrorCode::InvalidRange),
+            ("bytes=3-", S3ErrorCode::InvalidArgument),
+            ("nonsense", S3ErrorCode::InvalidArgument),
+        ] {
+            assert_eq!(copy_range(value, 10).unwrap_err().code, code, "{value}");
+        }
+    }
 
     #[test]
     fn complete_result_names_its_checksum() {
