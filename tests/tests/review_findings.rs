@@ -860,20 +860,23 @@ async fn a_left_process_cannot_change_an_ended_tasks_output(runtime: Option<&str
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    // The quick task leaves a process that writes to the task's stdout a
-    // second later, then says so in the container's shared /tmp. The
-    // slow task waits until the quick one has run, then up to 4 s for
+    // The quick task leaves a process that writes to the task's stdout
+    // three seconds later, then says so in the container's shared /tmp.
+    // The slow task waits until the quick one has run, then up to 8 s for
     // the late write, so the container stays busy throughout (the sweep
-    // of strays, once no task runs, would hide the hole).
+    // of strays, once no task runs, would hide the hole). The node seals a
+    // task's output when it sees the task end; under gVisor, with the
+    // whole suite running beside it, that once took more than a second, so
+    // the late write waits three (it is still long after the task ended).
     let exec = r#"read w
 if [ "$w" = quick ]; then
   echo on-time
   touch /tmp/quick-ran
-  setsid sh -c 'sleep 1; echo WRITTEN-AFTER-THE-END; touch /tmp/late-write' &
+  setsid sh -c 'sleep 3; echo WRITTEN-AFTER-THE-END; touch /tmp/late-write' &
 else
   i=0; while [ ! -e /tmp/quick-ran ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
   [ -e /tmp/quick-ran ] && echo saw-quick
-  i=0; while [ ! -e /tmp/late-write ] && [ $i -lt 40 ]; do sleep 0.1; i=$((i+1)); done
+  i=0; while [ ! -e /tmp/late-write ] && [ $i -lt 80 ]; do sleep 0.1; i=$((i+1)); done
 fi"#;
     let mut phase = serde_json::json!({ "type": "map", "image": "insitu-test/busybox:latest",
                                         "exec": exec });
