@@ -44,20 +44,27 @@ fn dd_bandwidth(dir: &std::path::Path, mib: u64) -> Result<f64> {
     Ok(mib as f64 / secs)
 }
 
-/// Streams `size` bytes to `path` with UNSIGNED-PAYLOAD; returns MiB/s.
-async fn put_stream(c: &RawClient, path: &str, size: u64) -> Result<f64> {
+/// The bytes every large PUT sends: `size / 1 MiB` copies of one MiB.
+fn body_chunks(size: u64) -> impl Iterator<Item = Bytes> {
     let chunk = Bytes::from(vec![0x5au8; MIB as usize]);
-    let chunks = size / MIB;
-    let body =
-        futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let len = size.to_string();
-    let signed_headers = c.unsigned_put_headers(path, size);
+    (0..size / MIB).map(move |_| chunk.clone())
+}
+
+/// Streams a PUT of `size` bytes to `path` with `signed` headers (host
+/// excluded) and times it; returns MiB/s.
+async fn timed_put(
+    c: &RawClient,
+    path: &str,
+    size: u64,
+    signed: &[(String, String)],
+) -> Result<f64> {
+    let body = futures::stream::iter(body_chunks(size).map(Ok::<_, std::io::Error>));
     let mut req = c
         .http
         .put(format!("{}{path}", c.endpoint))
-        .header("content-length", &len)
+        .header("content-length", size.to_string())
         .body(reqwest::Body::wrap_stream(body));
-    for (k, v) in &signed_headers {
+    for (k, v) in signed {
         req = req.header(k, v);
     }
     let t = Instant::now();
@@ -73,20 +80,22 @@ async fn put_stream(c: &RawClient, path: &str, size: u64) -> Result<f64> {
     Ok(size as f64 / MIB as f64 / secs)
 }
 
+/// Streams `size` bytes to `path` with UNSIGNED-PAYLOAD; returns MiB/s.
+async fn put_stream(c: &RawClient, path: &str, size: u64) -> Result<f64> {
+    timed_put(c, path, size, &c.unsigned_put_headers(path, size)).await
+}
+
 /// PUTs `size` bytes to `path` with the payload signed, as ordinary
 /// clients do over http: the body's SHA-256 is computed first (not timed;
 /// a client hashes its file before sending), then the body streams.
 async fn put_signed(c: &RawClient, path: &str, size: u64) -> Result<f64> {
     use sha2::{Digest, Sha256};
-    let chunk = Bytes::from(vec![0x5au8; MIB as usize]);
-    let chunks = size / MIB;
     let mut h = Sha256::new();
-    for _ in 0..chunks {
+    for chunk in body_chunks(size) {
         h.update(&chunk);
     }
     let hash = hex::encode(h.finalize());
-    let len = size.to_string();
-    let host = c.host();
+    let (host, len) = (c.host(), size.to_string());
     let signed = c.signer.sign(
         "PUT",
         path,
@@ -95,27 +104,7 @@ async fn put_signed(c: &RawClient, path: &str, size: u64) -> Result<f64> {
         &hash,
         chrono::Utc::now(),
     );
-    let body =
-        futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let mut req = c
-        .http
-        .put(format!("{}{path}", c.endpoint))
-        .header("content-length", &len)
-        .body(reqwest::Body::wrap_stream(body));
-    for (k, v) in &signed.headers {
-        req = req.header(k, v);
-    }
-    let t = Instant::now();
-    let r = req.send().await?;
-    let secs = t.elapsed().as_secs_f64();
-    if !r.status().is_success() {
-        bail!(
-            "PUT {path}: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
-    }
-    Ok(size as f64 / MIB as f64 / secs)
+    timed_put(c, path, size, &signed.headers).await
 }
 
 /// Reads `path` and discards it; returns MiB/s.

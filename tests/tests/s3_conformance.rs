@@ -1140,6 +1140,22 @@ async fn cors_rules_answer_preflights_and_decorate_responses() {
     assert_eq!(cors_headers(&r), vec![]);
 }
 
+/// A request claiming `t`'s key with a signature nobody computed, and no
+/// `x-amz-content-sha256`: what a forger without the secret can send.
+fn forged(req: reqwest::RequestBuilder, t: &insitu_e2e::Tenant) -> reqwest::RequestBuilder {
+    let now = chrono::Utc::now();
+    req.header(
+        "authorization",
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
+            t.access_key_id,
+            now.format("%Y%m%d"),
+            "0".repeat(64)
+        ),
+    )
+    .header("x-amz-date", now.format("%Y%m%dT%H%M%SZ").to_string())
+}
+
 /// `curl --aws-sigv4` (Debian 12's 7.88) signs the SHA-256 of the body it
 /// sends with `--data-binary` but sends no `x-amz-content-sha256`. The
 /// signature is then checked over the body's hash as it streams (a PUT, an
@@ -1236,41 +1252,25 @@ async fn curl_uploads_are_checked_over_the_hash_of_their_body() {
 
     // A GET that carries a body and a forged signature is refused: its
     // body is read and the signature checked before the read happens.
-    let r = anon
-        .get(format!("{}/{bucket}/from-curl.bin", cluster.endpoint))
-        .header(
-            "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
-                t.access_key_id,
-                chrono::Utc::now().format("%Y%m%d"),
-                "0".repeat(64)
-            ),
-        )
-        .header("x-amz-date", chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
-        .body("a body")
-        .send()
-        .await
-        .unwrap();
+    let r = forged(
+        anon.get(format!("{}/{bucket}/from-curl.bin", cluster.endpoint)),
+        &t,
+    )
+    .body("a body")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 403);
 
     // A body whose request is not yet authenticated is bounded: 16 MiB.
-    let r = anon
-        .put(format!("{}/{bucket}/too-big", cluster.endpoint))
-        .header(
-            "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature={}",
-                t.access_key_id,
-                chrono::Utc::now().format("%Y%m%d"),
-                "0".repeat(64)
-            ),
-        )
-        .header("x-amz-date", chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
-        .body(vec![0u8; 17 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
+    let r = forged(
+        anon.put(format!("{}/{bucket}/too-big", cluster.endpoint)),
+        &t,
+    )
+    .body(vec![0u8; 17 * 1024 * 1024])
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(&r.text().await.unwrap()), "EntityTooLarge");
 }
