@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 use insitu_catalog::ChecksumAlgorithm;
 
 use crate::auth::chunked::Trailers;
-use crate::auth::DeferredSignature;
 use crate::checksum::{self, Checksummer};
 use crate::error::{S3Error, S3ErrorCode};
 
@@ -41,8 +40,6 @@ pub struct BodyExpectations {
     pub md5: Option<[u8; 16]>,
     /// x-amz-content-sha256 when it is a real hash.
     pub sha256: Option<String>,
-    /// A signature over the body's SHA-256, which was not sent (curl).
-    pub deferred: Option<DeferredSignature>,
     /// A flexible checksum and where its claimed value comes from.
     pub checksum: Option<(ChecksumAlgorithm, ChecksumClaim)>,
     pub trailers: Trailers,
@@ -115,11 +112,6 @@ impl Verifier {
                     S3ErrorCode::XAmzContentSha256Mismatch,
                     "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 ));
-            }
-        }
-        if let Some(d) = &self.expect.deferred {
-            if !sha256.as_deref().is_some_and(|h| d.verify(h)) {
-                return Err(DeferredSignature::mismatch());
             }
         }
         let mut checksum_result = None;
@@ -218,7 +210,7 @@ pub fn verify(
     let outcome = SharedOutcome::default();
     let v = Verifier {
         input,
-        sha256: (expect.sha256.is_some() || expect.deferred.is_some()).then(Sha256::new),
+        sha256: expect.sha256.is_some().then(Sha256::new),
         checksum: expect
             .checksum
             .as_ref()

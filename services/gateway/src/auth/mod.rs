@@ -54,10 +54,10 @@ pub enum PayloadCheck {
         trailer: bool,
     },
     /// The signature covers the SHA-256 of a body whose hash was not sent
-    /// (curl signs it without an `x-amz-content-sha256` header): it is
-    /// checked when the body has been read, and until then the request is
-    /// not authenticated. Nothing the request does may become visible
-    /// before that check passes.
+    /// (curl signs it without an `x-amz-content-sha256` header): until the
+    /// body is read nobody knows who sent it. `route_request` reads it
+    /// whole and checks the signature before dispatch, so no handler ever
+    /// sees this variant (the body reader refuses it if one does).
     Deferred(DeferredSignature),
 }
 

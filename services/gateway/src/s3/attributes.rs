@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::access::readable_object;
 use super::{xml, S3Request};
-use crate::checksum;
 use crate::error::{S3Error, S3Result};
 use crate::limits::MAX_LIST_KEYS;
 use crate::Gateway;
@@ -67,12 +66,11 @@ struct AttributesXml {
     size: Option<u64>,
 }
 
-/// A checksum as `<ChecksumSHA256>v</ChecksumSHA256><ChecksumType>t</…>`:
-/// the element's name depends on the algorithm, so it is written as a map.
+/// A checksum as `<ChecksumSHA256>v</ChecksumSHA256><ChecksumType>t</…>`.
 #[derive(Serialize)]
 struct ChecksumXml {
     #[serde(flatten)]
-    value: std::collections::BTreeMap<&'static str, String>,
+    value: xml::Checksum,
     #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
 }
@@ -103,7 +101,7 @@ struct PartXml {
     #[serde(rename = "Size")]
     size: u64,
     #[serde(flatten)]
-    checksum: std::collections::BTreeMap<&'static str, String>,
+    checksum: xml::Checksum,
 }
 
 fn number_header(req: &S3Request, name: &str, default: usize) -> S3Result<usize> {
@@ -129,12 +127,9 @@ fn parts_page(obj: &ObjectRecord, req: &S3Request) -> S3Result<PartsXml> {
         .skip(marker as usize)
         .take(max)
         .map(|(i, size)| {
-            let mut checksum = std::collections::BTreeMap::new();
-            if let Some((alg, sums)) = part_sums {
-                if let Some(v) = sums.get(i) {
-                    checksum.insert(checksum::xml_name(alg), v.clone());
-                }
-            }
+            let checksum = part_sums
+                .and_then(|(alg, sums)| Some(xml::Checksum::of(alg, sums.get(i)?)))
+                .unwrap_or_default();
             PartXml {
                 number: i as u32 + 1,
                 size: *size,
@@ -166,7 +161,7 @@ pub async fn get_object_attributes(gw: &Gateway, req: &S3Request) -> S3Result<Re
             .as_ref()
             .filter(|_| wanted.checksum)
             .map(|c| ChecksumXml {
-                value: [(checksum::xml_name(c.algorithm), c.value.clone())].into(),
+                value: xml::Checksum::of(c.algorithm, &c.value),
                 kind: Some(c.kind.as_str()),
             }),
         parts: if wanted.parts && obj.parts_count > 0 {
@@ -195,7 +190,7 @@ mod tests {
             xmlns: xml::NS,
             etag: Some("e".into()),
             checksum: Some(ChecksumXml {
-                value: [("ChecksumSHA256", "abc=-2".to_string())].into(),
+                value: xml::Checksum::of(insitu_catalog::ChecksumAlgorithm::Sha256, "abc=-2"),
                 kind: Some("COMPOSITE"),
             }),
             parts: Some(PartsXml {
@@ -207,7 +202,7 @@ mod tests {
                 parts: vec![PartXml {
                     number: 1,
                     size: 5,
-                    checksum: [("ChecksumSHA256", "p1=".to_string())].into(),
+                    checksum: xml::Checksum::of(insitu_catalog::ChecksumAlgorithm::Sha256, "p1="),
                 }],
             }),
             storage_class: Some("STANDARD"),

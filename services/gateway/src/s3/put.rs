@@ -232,16 +232,16 @@ pub fn body_expectations(req: &S3Request, max_length: u64) -> S3Result<BodyExpec
         PayloadCheck::Sha256(h) => Some(h.clone()),
         _ => None,
     };
-    let deferred = match &req.auth.payload {
-        PayloadCheck::Deferred(d) => Some(d.clone()),
-        _ => None,
-    };
+    // Such a body is read and its signature checked before dispatch
+    // (`route_request`); one that got here unchecked is refused.
+    if matches!(req.auth.payload, PayloadCheck::Deferred(_)) {
+        return Err(crate::auth::DeferredSignature::mismatch());
+    }
     let checksum = checksum_claim(req)?;
     Ok(BodyExpectations {
         length,
         md5,
         sha256,
-        deferred,
         checksum,
         trailers: req.trailers.clone(),
         max_length,
