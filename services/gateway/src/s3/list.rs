@@ -172,7 +172,13 @@ pub async fn list_objects(gw: &Gateway, req: &S3Request) -> S3Result<Response> {
     let body = ListXml {
         xmlns: xml::NS,
         name: bucket,
-        prefix: e.enc(prefix),
+        // S3 echoes a V1 listing's Prefix as sent even under
+        // encoding-type=url (botocore decodes it only for V2).
+        prefix: if v2 {
+            e.enc(prefix)
+        } else {
+            prefix.to_string()
+        },
         delimiter: delimiter.map(|d| e.enc(d)),
         max_keys: max,
         encoding_type: e.encoding_type(),
