@@ -36,6 +36,8 @@ pub struct ActiveJob {
     pub(crate) preparing: std::sync::Mutex<Vec<u64>>,
     /// (phase, node) pairs whose image is ready.
     pub(crate) prepared: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
+    /// (phase, node) pairs whose assets are counted in the job's bytes.
+    pub(crate) assets_counted: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
     /// Why the queued tasks the dispatcher last looked at are waiting.
     pub(crate) waiting: std::sync::Mutex<HashMap<Waiting, u64>>,
 }

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use insitu_catalog::BlobRef;
+use insitu_catalog::{BlobRef, ObjectRecord};
 use insitu_job_model::plan;
 use insitu_job_model::records::{ErrorRecord, TaskRecord};
 use insitu_job_model::{ImageRef, JobErrorCode, PhaseSpec};
-use insitu_node_api::{TaskEndReport, TaskRequest, TaskResponse};
+use insitu_node_api::{AssetOnNode, TaskEndReport, TaskRequest, TaskResponse};
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
@@ -22,8 +22,8 @@ use crate::placement::*;
 use crate::Supervisor;
 
 /// Attempts per task: the first and at most two retries.
-/// Image objects copied to nodes (a node that does not hold an image
-/// object's blob gets a copy, once).
+/// Image and asset objects copied to nodes (a node that does not hold
+/// such an object's blob gets a copy, once).
 #[derive(Default)]
 pub(crate) struct ImageCopies {
     /// (node, copy id) pairs already there.
@@ -137,7 +137,10 @@ pub(crate) async fn run_map(
             let input_blob = (input.size > 0).then(|| input.id.clone());
             let id = attempt_id(&task);
             match attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await {
-                Ok(outcome) => return finished(task, outcome, retries, input.size, 0, leases),
+                Ok((outcome, assets)) => {
+                    let local = input.size + assets.local;
+                    return finished(task, outcome, retries, local, assets.remote, leases);
+                }
                 Err(AttemptError::Fail(code, message)) => {
                     return finished(task, failed(code, message), retries, 0, 0, leases)
                 }
@@ -196,36 +199,71 @@ pub(crate) async fn image_for(
         ImageRef::Name(n) => return Ok((n.clone(), None)),
         ImageRef::Object { object } => object.clone(),
     };
-    let (bucket, key) = split(object.strip_prefix("s3://").unwrap_or(&object));
-    let not_found = || {
-        AttemptError::Fail(
-            JobErrorCode::ImageNotFoundError,
-            format!("image object {object} does not exist"),
-        )
-    };
-    let b = sv
-        .catalog
-        .get_bucket(&bucket)
+    let obj = readable(sv, ctx, &object, "image")
         .await
-        .map_err(|e| AttemptError::Retry(e.to_string()))?
-        .ok_or_else(not_found)?;
-    let obj = sv
-        .catalog
-        .get_object(&bucket, &key)
+        .map_err(|e| match e {
+            AttemptError::Fail(JobErrorCode::ResourceNotFoundError, _) => AttemptError::Fail(
+                JobErrorCode::ImageNotFoundError,
+                format!("image object {object} does not exist"),
+            ),
+            e => e,
+        })?;
+    let (blob, _) = on_node(sv, ctx, &obj.blob, node, "img").await?;
+    Ok((format!("image object {object}"), Some(blob)))
+}
+
+/// The phase's assets on `node`, each checked against the tenant's read
+/// access on the version read; and the bytes that were already there and
+/// that had to be copied.
+pub(crate) async fn assets_for(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    node: &str,
+) -> Result<(Vec<AssetOnNode>, u64, u64), AttemptError> {
+    let (mut assets, mut local, mut remote) = (Vec::new(), 0, 0);
+    for asset in &ctx.spec.assets {
+        let path = asset.strip_prefix("s3://").unwrap_or(asset).to_string();
+        let obj = readable(sv, ctx, &path, "asset").await?;
+        let (blob, copied) = on_node(sv, ctx, &obj.blob, node, "asset").await?;
+        match copied {
+            true => remote += obj.blob.size,
+            false => local += obj.blob.size,
+        }
+        assets.push(AssetOnNode { path, blob });
+    }
+    Ok((assets, local, remote))
+}
+
+/// An object a task needs (its image, an asset), if the tenant may read it.
+async fn readable(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    object: &str,
+    what: &str,
+) -> Result<ObjectRecord, AttemptError> {
+    let (bucket, key) = split(object.strip_prefix("s3://").unwrap_or(object));
+    check_input(sv.catalog.as_ref(), &ctx.tenant, &bucket, &key)
         .await
-        .map_err(|e| AttemptError::Retry(e.to_string()))?
-        .ok_or_else(not_found)?;
-    if !may_read(&ctx.tenant, &b, &obj) {
-        return Err(AttemptError::Fail(
-            JobErrorCode::AccessDeniedError,
-            format!("tenant {} may not read image {object}", ctx.tenant),
-        ));
+        .map_err(|(code, message)| match code {
+            JobErrorCode::InternalError => AttemptError::Retry(message),
+            code => AttemptError::Fail(code, format!("{what} {object}: {message}")),
+        })
+}
+
+/// A blob on `node`: the object's own replica when the node holds one,
+/// or a copy made once (`<prefix>-<blob>`, kept from the orphan sweep
+/// while the job runs). The flag tells whether a copy was made.
+async fn on_node(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    blob: &BlobRef,
+    node: &str,
+    prefix: &str,
+) -> Result<(String, bool), AttemptError> {
+    if blob.replicas.iter().any(|n| n == node) {
+        return Ok((blob.id.clone(), false));
     }
-    let label = format!("image object {object}");
-    if obj.blob.replicas.iter().any(|n| n == node) {
-        return Ok((label, Some(obj.blob.id)));
-    }
-    let copy_id = format!("img-{}", obj.blob.id);
+    let copy_id = format!("{prefix}-{}", blob.id);
     let pair = (node.to_string(), copy_id.clone());
     let _one_at_a_time = sv.images.copying.lock().await;
     let present = sv
@@ -236,11 +274,11 @@ pub(crate) async fn image_for(
         .unwrap_or(false);
     if !present {
         let lease = sv.holds.hold(&copy_id);
-        match sv.nodes.copy_to(&obj.blob, node, &copy_id).await {
+        match sv.nodes.copy_to(blob, node, &copy_id).await {
             Ok(_) => {}
             // Already there from an earlier job.
             Err(NodeCallError::Status { status: 409, .. }) => {}
-            Err(e) => return Err(AttemptError::Retry(format!("copying the image: {e}"))),
+            Err(e) => return Err(AttemptError::Retry(format!("copying {prefix} blob: {e}"))),
         }
         if let Some(job) = sv.active(&ctx.job) {
             if let Ok(mut l) = job.image_leases.lock() {
@@ -251,7 +289,7 @@ pub(crate) async fn image_for(
             s.insert(pair);
         }
     }
-    Ok((label, Some(copy_id)))
+    Ok((copy_id, true))
 }
 
 /// One attempt of a task on one node: run it, then replicate what it
@@ -277,8 +315,9 @@ pub(crate) async fn attempt(
     input_blob: Option<String>,
     input_key: &str,
     leases: &mut Vec<BlobHold>,
-) -> Result<Outcome, AttemptError> {
+) -> Result<(Outcome, AssetBytes), AttemptError> {
     let (image, image_blob) = image_for(sv, ctx, node).await?;
+    let (assets, asset_local, asset_remote) = assets_for(sv, ctx, node).await?;
     let stdout_blob = new_blob_id();
     let stderr_blob = new_blob_id();
     leases.push(sv.holds.hold(&stdout_blob));
@@ -324,6 +363,7 @@ pub(crate) async fn attempt(
         stderr_blob: stderr_blob.clone(),
         split: ctx.split,
         input_stream: task.reducer.is_some(),
+        assets,
     };
     // The image first, once per (phase, node): a pull or load is its own
     // state, not part of the task's time.
@@ -334,6 +374,20 @@ pub(crate) async fn attempt(
         .lock()
         .map(|p| p.contains(&key))
         .unwrap_or(false);
+    // Assets count in the job's bytes once per (phase, node).
+    let first_here = ctx
+        .active
+        .assets_counted
+        .lock()
+        .map(|mut c| c.insert(key.clone()))
+        .unwrap_or(false);
+    let moved = match first_here {
+        true => AssetBytes {
+            local: asset_local,
+            remote: asset_remote,
+        },
+        false => AssetBytes::default(),
+    };
     if !ready {
         adjust(&ctx.active.preparing, ctx.phase, 1);
         let prepared = sv.nodes.prepare_image(node, &req, DEADLINE_SLACK).await;
@@ -363,8 +417,37 @@ pub(crate) async fn attempt(
     };
     let resp: TaskResponse = match sv.nodes.run_task(node, &req, deadline).await {
         Ok(r) => r,
-        Err(e) => return Err(node_failure(e)),
+        Err(e) => {
+            // An asset copy may have been swept from the node: copy again.
+            if let Ok(mut copies) = sv.images.on_nodes.lock() {
+                for a in &req.assets {
+                    copies.remove(&(node.to_string(), a.blob.clone()));
+                }
+            }
+            return Err(node_failure(e));
+        }
     };
+    let outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob).await;
+    Ok((outcome, moved))
+}
+
+/// Bytes of assets a task's node already held, and copied to it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AssetBytes {
+    pub(crate) local: u64,
+    pub(crate) remote: u64,
+}
+
+/// What a task that ran produced, replicated: its stdout (or pieces), or
+/// its failure with stderr kept.
+async fn finish_attempt(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    node: &str,
+    resp: TaskResponse,
+    stdout_blob: String,
+    stderr_blob: String,
+) -> Outcome {
     let on_node = |id: String, size: u64, md5: String| Blob {
         id,
         size,
@@ -379,16 +462,16 @@ pub(crate) async fn attempt(
                     let blob = replicate(sv, on_node(p.blob, p.size, p.md5)).await;
                     pieces.push((p.reducer, blob));
                 }
-                Ok(Outcome::Success {
+                Outcome::Success {
                     stdout: None,
                     pieces,
-                })
+                }
             } else {
                 let blob = on_node(stdout_blob, resp.stdout_size, resp.stdout_md5);
-                Ok(Outcome::Success {
+                Outcome::Success {
                     stdout: Some(replicate(sv, blob).await),
                     pieces: Vec::new(),
-                })
+                }
             }
         }
         end => {
@@ -424,11 +507,11 @@ pub(crate) async fn attempt(
                     ),
                 ),
             };
-            Ok(Outcome::Failed {
+            Outcome::Failed {
                 code,
                 message,
                 stderr,
-            })
+            }
         }
     }
 }

@@ -642,6 +642,7 @@ mod tests {
             running: Default::default(),
             preparing: Default::default(),
             prepared: Default::default(),
+            assets_counted: Default::default(),
             waiting: Default::default(),
         };
         let blob = Blob {

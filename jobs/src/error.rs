@@ -9,6 +9,9 @@ pub enum JobError {
     Invalid(String),
     #[error("job {0} does not exist")]
     NotFound(String),
+    /// An object the job names (an asset) does not exist.
+    #[error("{0}")]
+    MissingObject(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]

@@ -37,6 +37,31 @@ pub(crate) async fn output_bucket(
     Ok(bucket)
 }
 
+/// Every asset of every phase exists and the tenant may read it: a job
+/// whose asset is missing or refused is not created. (Each task's node
+/// checks again on the version it links.)
+pub(crate) async fn check_assets(
+    catalog: &dyn Catalog,
+    tenant: &str,
+    spec: &JobSpec,
+) -> Result<(), JobError> {
+    use insitu_job_model::JobErrorCode;
+    for (i, phase) in spec.phases.iter().enumerate() {
+        for (j, asset) in phase.assets.iter().enumerate() {
+            let (bucket, key) = split(asset.strip_prefix("s3://").unwrap_or(asset));
+            if let Err((code, message)) = check_input(catalog, tenant, &bucket, &key).await {
+                let message = format!("phases[{i}].assets[{j}]: {message}");
+                return Err(match code {
+                    JobErrorCode::ResourceNotFoundError => JobError::MissingObject(message),
+                    JobErrorCode::AccessDeniedError => JobError::AccessDenied(message),
+                    _ => JobError::Unavailable(message),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Adds inputs to a job record being built into `step`: a map task each
 /// when the first phase is a map, or a reducer piece each when it is a
 /// reduce (routed by the input's name; checked here, since no map task

@@ -58,6 +58,7 @@ pub(crate) fn start(sv: &Arc<Supervisor>, rec: JobRecord, epoch: u64) {
         running: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         preparing: std::sync::Mutex::new(vec![0; rec.phases.len()]),
         prepared: Default::default(),
+        assets_counted: Default::default(),
         waiting: Default::default(),
         record: Mutex::new(rec),
         wake: Notify::new(),

@@ -49,6 +49,7 @@ pub fn check_policy(p: &insitu_catalog::TenantPolicy) -> Result<(), String> {
         partition: None,
         env: Default::default(),
         runtime: None,
+        assets: Vec::new(),
     };
     let mut spec = JobSpec {
         name: None,

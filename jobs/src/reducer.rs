@@ -68,8 +68,9 @@ pub(crate) async fn run_reducer(
             };
             let fed = fed.unwrap_or_default();
             match result {
-                Ok(outcome) => {
-                    let mut fin = finished(task, outcome, retries, fed.local, fed.remote, leases);
+                Ok((outcome, assets)) => {
+                    let (local, remote) = (fed.local + assets.local, fed.remote + assets.remote);
+                    let mut fin = finished(task, outcome, retries, local, remote, leases);
                     fin.refused = fed.refused;
                     return fin;
                 }

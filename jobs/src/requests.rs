@@ -35,6 +35,7 @@ impl Supervisor {
             .unwrap_or_default();
         apply_policy(&mut spec, &self.config.task_maxima.under(&policy))?;
         output_bucket(self.catalog.as_ref(), tenant, &spec).await?;
+        check_assets(self.catalog.as_ref(), tenant, &spec).await?;
         let cap = self.config.tenant_max_jobs;
         if cap > 0 && self.running_jobs(tenant) >= cap as usize {
             return Err(JobError::TooManyJobs(cap));

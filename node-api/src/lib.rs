@@ -107,6 +107,18 @@ pub struct TaskRequest {
     /// not kept.
     #[serde(default)]
     pub split: Option<u32>,
+    /// The phase's assets, each a blob on this node, readable in the
+    /// group's container at `/insitu/assets/<path>`.
+    #[serde(default)]
+    pub assets: Vec<AssetOnNode>,
+}
+
+/// An asset of a task's phase: its `bucket/key` path, and the blob on the
+/// node that holds its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssetOnNode {
+    pub path: String,
+    pub blob: String,
 }
 
 /// A piece of a split stdout, bound for one reducer. Empty pieces are not

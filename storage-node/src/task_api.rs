@@ -195,6 +195,14 @@ impl TaskService {
                 ..Limits::default()
             },
             runtime: req.runtime.clone(),
+            assets: {
+                let mut assets = Vec::new();
+                for a in &req.assets {
+                    store.size(&a.blob).await?;
+                    assets.push((a.path.clone(), store.path_of(&a.blob)?));
+                }
+                assets
+            },
         };
         let input = match &req.input_blob {
             Some(id) => {

@@ -50,6 +50,7 @@ const TASK_UID: u32 = 65534;
 /// Inside the container: inputs (read-only) and outputs (writable).
 const IN_DIR: &str = "/insitu/in";
 const OUT_DIR: &str = "/insitu/out";
+const ASSETS_DIR: &str = "/insitu/assets";
 /// stderr kept in memory per task (the file itself is kept whole).
 const STDERR_PREVIEW_BYTES: u64 = 64 * 1024;
 
@@ -120,6 +121,9 @@ pub struct GroupSpec {
     pub limits: Limits,
     /// `runc` (default) or `runsc` (gVisor).
     pub runtime: Option<String>,
+    /// The phase's assets: a `bucket/key` path (checked by
+    /// `insitu_job_model::spec::check_asset`) and the blob file holding it.
+    pub assets: Vec<(String, PathBuf)>,
 }
 
 impl Limits {
@@ -590,6 +594,8 @@ impl TaskRunner {
         let (in_dir, out_dir) = (dir.join("in"), dir.join("out"));
         tokio::fs::create_dir_all(&in_dir).await?;
         tokio::fs::create_dir_all(&out_dir).await?;
+        let assets_dir = dir.join("assets");
+        link_assets(&assets_dir, &spec.assets).await?;
         // The node's: a task writes only the two files the node makes for
         // it (each capped by `fsize`), so output space is bounded and no
         // task can swap a file for a link.
@@ -650,7 +656,11 @@ impl TaskRunner {
                 config: None,
             }),
             mounts: Some({
-                let mut m = vec![bind(&in_dir, IN_DIR, true), bind(&out_dir, OUT_DIR, false)];
+                let mut m = vec![
+                    bind(&in_dir, IN_DIR, true),
+                    bind(&out_dir, OUT_DIR, false),
+                    bind(&assets_dir, ASSETS_DIR, true),
+                ];
                 if let Some(scratch) = &scratch {
                     m.push(bind(scratch, "/tmp", false));
                 }
@@ -1525,6 +1535,24 @@ fn volume_mounts(volumes: &[String], scratch: Option<&Path>) -> Vec<Mount> {
 
 /// Removes a container's directory, unmounting its scratch filesystem
 /// first (its loop device is released with it).
+/// Hard-links each asset's blob file at `<dir>/<bucket>/<key>`, in a
+/// directory of the node's that no container has seen yet: no copy, and
+/// the bytes outlive a concurrent delete. The blob files are root's and
+/// not writable by the task user; the directory is mounted read-only.
+async fn link_assets(dir: &Path, assets: &[(String, PathBuf)]) -> Result<(), TaskError> {
+    tokio::fs::create_dir_all(dir).await?;
+    for (path, blob) in assets {
+        insitu_job_model::spec::check_asset("asset", path)
+            .map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::hard_link(blob, &target).await?;
+    }
+    Ok(())
+}
+
 async fn drop_dir(dir: &Path) {
     let mnt = dir.join("scratch");
     if tokio::fs::try_exists(mnt.join(".")).await.unwrap_or(false) {

@@ -50,6 +50,7 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         split: None,
         init: None,
         input_stream: false,
+        assets: Vec::new(),
     }
 }
 

@@ -24,6 +24,7 @@ fn group(job: &str, runtime: Option<&str>) -> GroupSpec {
             ..Limits::default()
         },
         runtime: runtime.map(str::to_string),
+        assets: Vec::new(),
     }
 }
 

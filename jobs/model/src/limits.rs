@@ -35,3 +35,10 @@ pub const MAX_ENV_BYTES: usize = 32 * 1024;
 /// A line of a task's output routed by key (`"partition": "key"`) is held
 /// whole by the node while it is routed: longer lines fail the task.
 pub const MAX_KEY_LINE_BYTES: usize = 1024 * 1024;
+/// Assets per phase: each is linked (or copied) into every container of
+/// the phase before its first task; a phase that needs more data reads it
+/// as input.
+pub const MAX_ASSETS: usize = 64;
+/// An asset's key becomes a path under `/insitu/assets/<bucket>/`: each of
+/// its `/`-separated parts is a file name, which Linux caps at 255 bytes.
+pub const MAX_ASSET_NAME_PART: usize = 255;

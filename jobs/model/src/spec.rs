@@ -67,6 +67,10 @@ pub struct PhaseSpec {
     /// `runc` or `runsc` (gVisor).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// `bucket/key` objects readable in every task of the phase at
+    /// `/insitu/assets/<bucket>/<key>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assets: Vec<String>,
 }
 
 impl PhaseSpec {
@@ -152,6 +156,30 @@ fn check_exec(field: &str, s: &str) -> Result<(), SpecError> {
         return Err(SpecError::new(field, "must not contain NUL"));
     }
     Ok(())
+}
+
+/// An asset's key must map to a plain relative path: no empty, `.` or
+/// `..` part, no part longer than a file name may be.
+pub fn check_asset(field: &str, asset: &str) -> Result<(String, String), SpecError> {
+    let (bucket, key) = split_location(field, asset, false)?;
+    for part in key.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(SpecError::new(
+                field,
+                format!("{key:?} must be a path of non-empty parts without . or .."),
+            ));
+        }
+        if part.len() > MAX_ASSET_NAME_PART {
+            return Err(SpecError::new(
+                field,
+                format!("each /-separated part of {key:?} is at most {MAX_ASSET_NAME_PART} bytes"),
+            ));
+        }
+        if part.contains('\0') {
+            return Err(SpecError::new(field, "must not contain NUL"));
+        }
+    }
+    Ok((bucket, key))
 }
 
 fn check_image(field: &str, image: &ImageRef) -> Result<(), SpecError> {
@@ -331,6 +359,30 @@ impl JobSpec {
                     return Err(SpecError::new(f("runtime"), "must be runc or runsc"));
                 }
             }
+            if p.assets.len() > MAX_ASSETS {
+                return Err(SpecError::new(
+                    f("assets"),
+                    format!("at most {MAX_ASSETS} assets per phase"),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (j, asset) in p.assets.iter().enumerate() {
+                let (bucket, key) = check_asset(&f(&format!("assets[{j}]")), asset)?;
+                // One path each; and no asset may be a directory of another.
+                let path = format!("{bucket}/{key}");
+                let clash = seen.iter().any(|other: &String| {
+                    other == &path
+                        || other.starts_with(&format!("{path}/"))
+                        || path.starts_with(&format!("{other}/"))
+                });
+                if clash {
+                    return Err(SpecError::new(
+                        f(&format!("assets[{j}]")),
+                        format!("{path:?} is given twice, or is a directory of another asset"),
+                    ));
+                }
+                seen.insert(path);
+            }
         }
         if self.inputs.len() > MAX_INLINE_INPUTS {
             return Err(SpecError::new(
@@ -503,6 +555,31 @@ mod tests {
         assert!(
             with(|v| v["phases"][0]["image"] = serde_json::json!({"object": "nokey"})).is_err()
         );
+    }
+
+    #[test]
+    fn assets_are_plain_paths_given_once() {
+        let assets = |list: serde_json::Value| with(|v| v["phases"][0]["assets"] = list);
+        let ok = assets(serde_json::json!([
+            "tables/geo/cities.tsv",
+            "s3://models/m.bin"
+        ]))
+        .unwrap();
+        assert_eq!(ok.phases[0].assets.len(), 2);
+        for bad in [
+            serde_json::json!(["tables/../etc/passwd"]),
+            serde_json::json!(["tables/a//b"]),
+            serde_json::json!(["tables/./a"]),
+            serde_json::json!(["tables/dir/"]),
+            serde_json::json!(["tables"]),
+            serde_json::json!(["tables/a", "tables/a"]),
+            serde_json::json!(["tables/a", "tables/a/b"]),
+            serde_json::json!([format!("tables/{}", "x".repeat(256))]),
+            serde_json::json!(vec!["tables/a"; MAX_ASSETS + 1]),
+        ] {
+            let field = assets(bad.clone()).unwrap_err().field;
+            assert!(field.starts_with("phases[0].assets"), "{bad}: {field}");
+        }
     }
 }
 

@@ -26,7 +26,9 @@ fn error_response(err: JobError) -> Response {
     {
         let (status, code) = match &err {
             JobError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidArgumentError"),
-            JobError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundError"),
+            JobError::NotFound(_) | JobError::MissingObject(_) => {
+                (StatusCode::NOT_FOUND, "ResourceNotFoundError")
+            }
             JobError::Conflict(_) => (StatusCode::CONFLICT, "InvalidJobStateError"),
             JobError::AccessDenied(_) => (StatusCode::FORBIDDEN, "AccessDeniedError"),
             JobError::TooManyJobs(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyJobsError"),
