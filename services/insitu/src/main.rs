@@ -6,9 +6,11 @@ mod dev;
 mod job;
 mod signed_client;
 
-/// jemalloc rather than glibc malloc: a long-running gateway's many threads
-/// fragmented glibc's per-thread arenas, and its RSS crept up under steady
-/// load (docs/PERFORMANCE.md, soak runs).
+/// jemalloc rather than glibc malloc, for every allocation in the process
+/// (the workspace enables `unprefixed_malloc_on_supported_platforms`, so
+/// rocksdb's C++ code uses it too): with glibc's per-thread arenas holding
+/// freed memory, a long-running gateway's RSS crept up under steady load
+/// (docs/PERFORMANCE.md, soak runs).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -5,7 +5,7 @@ pub mod chunked;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod sigv2;
-pub mod sigv4;
+pub use insitu_sigv4 as sigv4;
 
 use std::collections::BTreeMap;
 

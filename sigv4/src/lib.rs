@@ -1,4 +1,5 @@
-//! SigV4 primitives: canonical requests, strings to sign and signatures.
+//! SigV4 primitives: canonical requests, strings to sign and signatures,
+//! shared by the gateway and the storage nodes' task endpoint.
 //! Signing keys and HMACs come from `aws-sigv4`; the canonical request is
 //! rebuilt here from what the client actually sent.
 
