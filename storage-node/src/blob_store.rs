@@ -356,7 +356,14 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut file = File::create(tmp).await?;
+        // Network chunks are small (16 KiB or so); each write to a tokio
+        // file is a hop to a blocking thread, so writes go out a block at
+        // a time.
+        let buffer = expected_len
+            .unwrap_or(CHECKSUM_BLOCK)
+            .clamp(1, CHECKSUM_BLOCK);
+        let mut file =
+            tokio::io::BufWriter::with_capacity(buffer as usize, File::create(tmp).await?);
         let mut blocks = BlockCrcs::default();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -388,6 +395,7 @@ impl BlobStore {
             }
         }
         file.flush().await?;
+        let file = file.into_inner();
         let crcs = blocks.finish();
         // Small blobs keep their checksums in an extended attribute, which
         // the blob's own fsync makes durable: no second file to sync.

@@ -18,6 +18,7 @@ use insitu_catalog::ChecksumAlgorithm;
 use crate::auth::chunked::Trailers;
 use crate::checksum::{self, Checksummer};
 use crate::error::{S3Error, S3ErrorCode};
+use crate::parallel_hash::{Lane, LaneLost};
 
 /// Where a flexible checksum's claimed value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +70,9 @@ pub type SharedOutcome = Arc<Mutex<BodyOutcome>>;
 struct Verifier {
     input: BoxStream<'static, Result<Bytes, S3Error>>,
     expect: BodyExpectations,
-    md5: Md5,
-    sha256: Option<Sha256>,
-    checksum: Option<Checksummer>,
+    md5: Option<Lane<Md5>>,
+    sha256: Option<Lane<Sha256>>,
+    checksum: Option<Lane<Checksummer>>,
     length: u64,
     outcome: SharedOutcome,
     finished: bool,
@@ -87,7 +88,7 @@ impl Verifier {
         std::io::Error::other(msg)
     }
 
-    fn finish(&mut self) -> Result<(), S3Error> {
+    async fn finish(&mut self) -> Result<(), S3Error> {
         if let Some(expected) = self.expect.length {
             if self.length != expected {
                 return Err(S3Error::new(
@@ -96,7 +97,10 @@ impl Verifier {
                 ));
             }
         }
-        let md5: [u8; 16] = std::mem::take(&mut self.md5).finalize().into();
+        let md5: [u8; 16] = match self.md5.take() {
+            Some(lane) => lane.finish().await.map_err(lost)?.finalize().into(),
+            None => return Err(lost(LaneLost)),
+        };
         if let Some(claimed) = self.expect.md5 {
             if claimed != md5 {
                 return Err(S3Error::new(
@@ -105,7 +109,10 @@ impl Verifier {
                 ));
             }
         }
-        let sha256 = self.sha256.take().map(|h| hex::encode(h.finalize()));
+        let sha256 = match self.sha256.take() {
+            Some(lane) => Some(hex::encode(lane.finish().await.map_err(lost)?.finalize())),
+            None => None,
+        };
         if let (Some(computed), Some(claimed)) = (&sha256, &self.expect.sha256) {
             if computed != claimed {
                 return Err(S3Error::new(
@@ -134,7 +141,7 @@ impl Verifier {
                     })?)
                 }
             };
-            let computed = c.finish_base64();
+            let computed = c.finish().await.map_err(lost)?.finish_base64();
             if claimed.is_some_and(|c| c != computed) {
                 return Err(S3Error::new(
                     S3ErrorCode::BadDigest,
@@ -178,25 +185,38 @@ impl Verifier {
                     };
                     return Some(Err(self.fail(e)));
                 }
-                self.md5.update(&b);
-                if let Some(h) = &mut self.sha256 {
-                    h.update(&b);
+                let fed = async {
+                    if let Some(lane) = &mut self.md5 {
+                        lane.update(&b).await?;
+                    }
+                    if let Some(lane) = &mut self.sha256 {
+                        lane.update(&b).await?;
+                    }
+                    if let Some(lane) = &mut self.checksum {
+                        lane.update(&b).await?;
+                    }
+                    Ok::<_, LaneLost>(())
+                };
+                match fed.await {
+                    Ok(()) => Some(Ok(b)),
+                    Err(e) => Some(Err(self.fail(lost(e)))),
                 }
-                if let Some(c) = &mut self.checksum {
-                    c.update(&b);
-                }
-                Some(Ok(b))
             }
             Some(Err(e)) => Some(Err(self.fail(e))),
             None => {
                 self.finished = true;
-                match self.finish() {
+                match self.finish().await {
                     Ok(()) => None,
                     Err(e) => Some(Err(self.fail(e))),
                 }
             }
         }
     }
+}
+
+/// A digest's thread stopped: the body cannot be verified, so it is refused.
+fn lost(e: LaneLost) -> S3Error {
+    S3Error::new(S3ErrorCode::InternalError, e.to_string())
 }
 
 /// Wraps a decoded body so that it is measured and verified as it streams.
@@ -208,15 +228,19 @@ pub fn verify(
     SharedOutcome,
 ) {
     let outcome = SharedOutcome::default();
+    let declared = expect.length;
     let v = Verifier {
         input,
-        sha256: expect.sha256.is_some().then(Sha256::new),
+        sha256: expect
+            .sha256
+            .is_some()
+            .then(|| Lane::new(Sha256::new(), declared)),
         checksum: expect
             .checksum
             .as_ref()
-            .map(|(alg, _)| Checksummer::new(*alg)),
+            .map(|(alg, _)| Lane::new(Checksummer::new(*alg), declared)),
         expect,
-        md5: Md5::new(),
+        md5: Some(Lane::new(Md5::new(), declared)),
         length: 0,
         outcome: outcome.clone(),
         finished: false,

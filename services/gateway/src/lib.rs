@@ -11,6 +11,7 @@ pub mod error;
 pub mod jobs_api;
 pub mod limits;
 pub mod nodes;
+pub mod parallel_hash;
 pub mod s3;
 
 use std::net::SocketAddr;
