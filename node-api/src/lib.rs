@@ -154,3 +154,78 @@ pub struct TaskResponse {
     pub stderr_size: u64,
     pub stderr_preview: String,
 }
+
+/// What a task endpoint on a node asks the gateway, for a task of
+/// `tenant`, authenticated by the cluster secret: an object's current
+/// version (`TASK_OBJECT_PATH`) or a page of a listing (`TASK_LIST_PATH`),
+/// each checked against the tenant's read access as the S3 API would.
+/// Only metadata crosses the gateway: the node reads the bytes from a
+/// holder of the blob.
+pub const TASK_OBJECT_PATH: &str = "/_insitu/v1/internal/task-object";
+pub const TASK_LIST_PATH: &str = "/_insitu/v1/internal/task-list";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskObjectQuery {
+    pub tenant: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+/// A node that holds a replica of a blob, and its address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskObject {
+    pub etag: String,
+    pub size: u64,
+    pub last_modified_ms: i64,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    pub blob: String,
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskListQuery {
+    pub tenant: String,
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// List keys after this one.
+    #[serde(default)]
+    pub after: Option<String>,
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskListEntry {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+    pub last_modified_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskListing {
+    pub objects: Vec<TaskListEntry>,
+    pub common_prefixes: Vec<String>,
+    pub truncated: bool,
+    /// The last key or prefix returned: the next page lists after it.
+    #[serde(default)]
+    pub last: Option<String>,
+}
+
+/// A refused or failed task read: the S3 error code and message the task
+/// gets (`NoSuchBucket`, `NoSuchKey`, `AccessDenied`, ...), with the HTTP
+/// status of the gateway's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskReadError {
+    pub code: String,
+    pub message: String,
+}

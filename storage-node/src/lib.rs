@@ -10,6 +10,7 @@ pub use insitu_node_api::{Heartbeat, HEARTBEAT_PATH};
 pub mod image_archive;
 pub mod node_api;
 pub mod task_api;
+pub mod task_endpoint;
 pub mod task_runner;
 
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct NodeConfig {
     pub scrub_interval: Option<Duration>,
     /// What the node's HTTP server lets clients hold.
     pub server: http_server::ServerLimits,
+    /// The task tools' directory (`insitu-task` and its links): with it,
+    /// every task container gets the tools and its S3 endpoint.
+    pub task_tools: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -55,6 +59,18 @@ pub enum NodeError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+}
+
+/// Removes the endpoint socket directories (`sock-*`) a crashed run left.
+fn clear_stale_sockets(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("sock-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The node's key (see [`Heartbeat::node_key`]), readable by its owner
@@ -112,7 +128,27 @@ impl Node {
         .await
         {
             Ok(runner) => {
-                let service = Arc::new(task_api::TaskService::new(runner));
+                let hub = match &config.task_tools {
+                    Some(dir) if dir.join("insitu-task").is_file() => {
+                        // Endpoint sockets of an earlier life serve nobody.
+                        clear_stale_sockets(runner.root());
+                        Some(Arc::new(task_endpoint::EndpointHub::new(
+                            store.clone(),
+                            config.gateways.clone(),
+                            config.cluster_secret.clone(),
+                            dir.clone(),
+                        )))
+                    }
+                    Some(dir) => {
+                        tracing::warn!(node = %config.node_id, dir = %dir.display(), "no insitu-task in the task tools directory: tasks run without tools or endpoint");
+                        None
+                    }
+                    None => {
+                        tracing::warn!(node = %config.node_id, "no task tools (scripts/build-task-tools, --task-tools): tasks run without tools or endpoint");
+                        None
+                    }
+                };
+                let service = Arc::new(task_api::TaskService::new(runner, hub));
                 // Containers left by an earlier life of this node belong to
                 // nobody now.
                 match service.reap_unknown().await {

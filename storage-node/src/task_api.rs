@@ -11,7 +11,10 @@ use tokio::sync::Mutex;
 use insitu_job_model::limits::MAX_KEY_LINE_BYTES;
 
 use crate::blob_store::{BlobError, BlobStore};
-use crate::task_runner::{Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec};
+use crate::task_endpoint::EndpointHub;
+use crate::task_runner::{
+    Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec, ToolMounts,
+};
 
 pub use insitu_node_api::{PieceOut, TaskEndReport, TaskRequest, TaskResponse};
 
@@ -84,6 +87,8 @@ const MAX_ENDED_GROUPS: usize = 4096;
 /// Runs tasks on this node, one container per (tenant, job, phase).
 pub struct TaskService {
     runner: TaskRunner,
+    /// Task endpoints and tools, when the node has the tools to mount.
+    endpoints: Option<Arc<EndpointHub>>,
     /// Each (tenant, job, phase) group's container, behind a lock of its
     /// own: starting one group's container (an image pull, `init`) does
     /// not hold up another's tasks.
@@ -108,9 +113,12 @@ pub enum TaskApiError {
 }
 
 impl TaskService {
-    pub fn new(runner: TaskRunner) -> Self {
+    /// A service whose task containers get an endpoint and the task tools
+    /// when `endpoints` is given.
+    pub fn new(runner: TaskRunner, endpoints: Option<Arc<EndpointHub>>) -> Self {
         Self {
             runner,
+            endpoints,
             groups: Mutex::new(HashMap::new()),
             ended: Default::default(),
             streams: Default::default(),
@@ -179,7 +187,7 @@ impl TaskService {
         req: TaskRequest,
     ) -> Result<TaskResponse, TaskApiError> {
         let image = self.image_for(store, &req).await?;
-        let spec = GroupSpec {
+        let mut spec = GroupSpec {
             tenant: req.tenant.clone(),
             job: req.job.clone(),
             phase: req.phase,
@@ -203,6 +211,7 @@ impl TaskService {
                 }
                 assets
             },
+            tools: None,
         };
         let input = match &req.input_blob {
             Some(id) => {
@@ -227,8 +236,23 @@ impl TaskService {
                     // The scratch space is a file on the store's disk: its
                     // room is held while the container lives.
                     let room = store.reserve(spec.limits.scratch_mb.saturating_mul(1 << 20))?;
+                    let endpoint = match &self.endpoints {
+                        Some(hub) => {
+                            let ep = hub
+                                .open(self.runner.root(), &req.tenant, &req.job)
+                                .await
+                                .map_err(TaskError::from)?;
+                            spec.tools = Some(ToolMounts {
+                                bin: hub.tools.clone(),
+                                socket_dir: ep.socket_dir.clone(),
+                            });
+                            Some(ep)
+                        }
+                        None => None,
+                    };
                     let mut g = self.runner.start_group(&spec).await?;
                     g.room = Some(Arc::new(room));
+                    g.endpoint = endpoint;
                     if let Some(init) = &req.init {
                         self.run_init(&g, init, &req).await?;
                     }
@@ -263,15 +287,23 @@ impl TaskService {
         } else {
             (input, None)
         };
+        // The task's own credentials for its endpoint, after the spec's
+        // variables so that these win; refused again once it ends.
+        let creds = group.endpoint.as_ref().map(|ep| ep.issue(&req.task_id));
+        let mut env = req.env.clone();
+        env.extend(creds.iter().flat_map(|c| c.env()));
         let task = TaskSpec {
             task_id: req.task_id.clone(),
             exec: req.exec.clone(),
             input,
-            env: req.env.clone(),
+            env,
             timeout: Duration::from_secs(req.timeout_s.max(1)),
             input_end,
         };
         let outcome = self.runner.run_task(&group, &task).await;
+        if let (Some(ep), Some(c)) = (&group.endpoint, &creds) {
+            ep.revoke(c);
+        }
         if let Some(slot) = stream_slot {
             slot.finished
                 .store(true, std::sync::atomic::Ordering::Relaxed);

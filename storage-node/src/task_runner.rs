@@ -51,6 +51,7 @@ const TASK_UID: u32 = 65534;
 const IN_DIR: &str = "/insitu/in";
 const OUT_DIR: &str = "/insitu/out";
 const ASSETS_DIR: &str = "/insitu/assets";
+use crate::task_endpoint::{SOCKET_DIR_INSIDE, SOCKET_INSIDE, TASK_S3_PORT, TOOLS_DIR_INSIDE};
 /// stderr kept in memory per task (the file itself is kept whole).
 const STDERR_PREVIEW_BYTES: u64 = 64 * 1024;
 
@@ -124,6 +125,19 @@ pub struct GroupSpec {
     /// The phase's assets: a `bucket/key` path (checked by
     /// `insitu_job_model::spec::check_asset`) and the blob file holding it.
     pub assets: Vec<(String, PathBuf)>,
+    /// The task tools and the group's endpoint socket, when the node has
+    /// the tools.
+    pub tools: Option<ToolMounts>,
+}
+
+/// Mounted read-only into a task container: the directory of the task
+/// tools at `/insitu/bin`, and that of its endpoint's socket at
+/// `/insitu/sock`. The container's first process is then the tools'
+/// relay (`insitu-task relay`), which also reaps orphans.
+#[derive(Debug, Clone)]
+pub struct ToolMounts {
+    pub bin: PathBuf,
+    pub socket_dir: PathBuf,
 }
 
 impl Limits {
@@ -182,6 +196,11 @@ pub struct Group {
     /// The node's room held for this container's scratch space, given
     /// back when the last handle on the group goes.
     pub(crate) room: Option<Arc<crate::blob_store::Reservation>>,
+    /// The group's task endpoint: its socket is served while the group
+    /// lives.
+    pub(crate) endpoint: Option<Arc<crate::task_endpoint::TaskEndpoint>>,
+    /// The task tools are mounted: `/insitu/bin` goes first on the PATH.
+    has_tools: bool,
 }
 
 impl std::fmt::Debug for Group {
@@ -332,6 +351,11 @@ fn check_token(what: &str, v: &str) -> Result<(), TaskError> {
 }
 
 impl TaskRunner {
+    /// The node's directory of task containers.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Connects to the local engine, negotiating the API version (Debian's
     /// engine speaks 1.41).
     pub async fn connect(node_id: &str, root: &Path) -> Result<Self, TaskError> {
@@ -664,6 +688,10 @@ impl TaskRunner {
                 if let Some(scratch) = &scratch {
                     m.push(bind(scratch, "/tmp", false));
                 }
+                if let Some(t) = &spec.tools {
+                    m.push(bind(&t.bin, TOOLS_DIR_INSIDE, true));
+                    m.push(bind(&t.socket_dir, SOCKET_DIR_INSIDE, true));
+                }
                 m.extend(volume_mounts(&volumes, scratch.as_deref()));
                 m
             }),
@@ -685,12 +713,21 @@ impl TaskRunner {
         ]);
         let config = Config {
             image: Some(spec.image.clone()),
-            // The container only idles; tasks arrive by exec.
-            entrypoint: Some(vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                "exec sleep 2147483647".to_string(),
-            ]),
+            // The container only idles (relaying the endpoint, when it has
+            // one); tasks arrive by exec.
+            entrypoint: Some(match &spec.tools {
+                Some(_) => vec![
+                    format!("{TOOLS_DIR_INSIDE}/insitu-task"),
+                    "relay".to_string(),
+                    format!("127.0.0.1:{TASK_S3_PORT}"),
+                    SOCKET_INSIDE.to_string(),
+                ],
+                None => vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    "exec sleep 2147483647".to_string(),
+                ],
+            }),
             user: Some(TASK_USER.into()),
             working_dir: Some("/tmp".into()),
             // The image's own health check would run commands in the
@@ -768,6 +805,8 @@ impl TaskRunner {
             running: Default::default(),
             guest_nproc,
             room: None,
+            endpoint: None,
+            has_tools: spec.tools.is_some(),
         })
     }
 
@@ -1028,6 +1067,11 @@ impl TaskRunner {
         let mut script = String::new();
         for (k, v) in &env {
             script.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        if group.has_tools {
+            script.push_str(&format!(
+                "export PATH=\"{TOOLS_DIR_INSIDE}:${{PATH:-/usr/local/bin:/usr/bin:/bin}}\"\n"
+            ));
         }
         {
             use tokio::io::AsyncWriteExt;

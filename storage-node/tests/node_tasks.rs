@@ -20,6 +20,7 @@ async fn start_node(dir: &std::path::Path, id: &str) -> String {
         heartbeat_interval: Duration::from_secs(1),
         scrub_interval: None,
         server: Default::default(),
+        task_tools: None,
     })
     .await
     .unwrap();

@@ -25,6 +25,7 @@ fn group(job: &str, runtime: Option<&str>) -> GroupSpec {
         },
         runtime: runtime.map(str::to_string),
         assets: Vec::new(),
+        tools: None,
     }
 }
 

@@ -1,10 +1,17 @@
 //! What a task can use besides its input (the task-tools issue): assets,
-//! objects mounted read-only into every task of a phase. The real binary,
-//! real nodes, real containers under runc and, where installed, gVisor.
+//! objects mounted read-only into every task of a phase; its own S3
+//! endpoint, with the helpers `mget` and `mls`. The real binary, real
+//! nodes, real containers under runc and, where installed, gVisor.
 
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use insitu_e2e::{gvisor_installed, insitu_bin, run_job, unique, Cluster, RawClient, Tenant};
+use insitu_e2e::sign::{sha256_hex, Signer};
+use insitu_e2e::{
+    gvisor_installed, insitu_bin, run_job, unique, wait_until, Cluster, RawClient, Tenant,
+};
 
 async fn put(c: &RawClient, path: &str, body: &[u8]) {
     let r = c.send("PUT", path, &[], &[], body.to_vec()).await.unwrap();
@@ -147,4 +154,286 @@ async fn assets_are_readable_in_every_task_and_refused_when_missing_or_private()
     // A path that would leave the assets directory is not a spec.
     let (ok, err) = create(&cluster, &t, &spec_with(format!("{bucket}/a/../../etc")));
     assert!(!ok && err.contains("phases[0].assets[0]"), "{err}");
+}
+
+fn runtimes() -> Vec<&'static str> {
+    let mut r = vec!["runc"];
+    if gvisor_installed() {
+        r.push("runsc");
+    } else {
+        eprintln!("runsc is not installed here: checked under runc only");
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_reads_what_its_tenant_may_read_through_its_endpoint() {
+    // Two nodes, one replica: some objects a task reads are on its node,
+    // others come from the other node.
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("reader").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("reader");
+    c.create_bucket(&b).await.unwrap();
+    for i in 0..6 {
+        put(&c, &format!("/{b}/ref/{i}"), format!("r{i}\n").as_bytes()).await;
+    }
+    // More keys than one listing page.
+    for i in 0..1003 {
+        put(&c, &format!("/{b}/list/k{i:04}"), b"x").await;
+    }
+    let other = cluster.create_tenant("reader-other").expect("tenant");
+    let oc = RawClient::new(&cluster.endpoint, &other);
+    let ob = unique("other");
+    oc.create_bucket(&ob).await.unwrap();
+    put(&oc, &format!("/{ob}/secret.txt"), b"secret").await;
+    let r = oc
+        .send(
+            "PUT",
+            &format!("/{ob}/pub.txt"),
+            &[],
+            &[("x-amz-acl", "public-read")],
+            b"public\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let inputs: Vec<String> = (0..2).map(|i| format!("{b}/ref/{i}")).collect();
+    let exec = format!(
+        "cat >/dev/null; for i in 0 1 2 3 4 5; do mget {b}/ref/$i; done; \
+         mls {b}/list/ | wc -l; mls {b}/list/k100 | head -1; \
+         mget {ob}/pub.txt; \
+         if mget {ob}/secret.txt >/dev/null 2>/tmp/e; then echo LEAKED; else cat /tmp/e; fi; \
+         if mget {b}/ref/missing >/dev/null 2>/tmp/e; then echo FOUND; else cat /tmp/e; fi; \
+         wget -O /dev/null http://127.0.0.1:9555/{b}/ref/0 2>&1 | grep -o 403 | head -1"
+    );
+    for runtime in runtimes() {
+        let spec = serde_json::json!({
+            "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "runtime": runtime, "exec": exec }],
+            "inputs": inputs,
+            "output": format!("{b}/out-{runtime}/"),
+        });
+        let (status, errors) = run_job(&cluster, &t, &spec);
+        assert_eq!(status["state"], "done", "{runtime}: {status} {errors:?}");
+        assert!(errors.is_empty(), "{runtime}: {errors:?}");
+        let out = get_text(&c, &format!("{b}/out-{runtime}/{b}/ref/0")).await;
+        let want = format!(
+            "r0\nr1\nr2\nr3\nr4\nr5\n1003\n{b}/list/k1000\npublic\n\
+             mget: {ob}/secret.txt: AccessDenied: Access Denied\n\
+             mget: {b}/ref/missing: NoSuchKey: The specified key does not exist.\n403\n"
+        );
+        assert_eq!(out, want, "{runtime}");
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket: status and body.
+fn over_socket(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(socket).expect("connect to the endpoint socket");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A request signed with `creds` (access key, secret) as any SDK would.
+fn signed_over_socket(
+    socket: &Path,
+    creds: &(String, String),
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let signer = Signer::new(&creds.0, &creds.1);
+    let host = "127.0.0.1:9555";
+    let signed = signer.sign(
+        method,
+        path,
+        &[],
+        &[("host", host)],
+        &sha256_hex(body),
+        chrono::Utc::now(),
+    );
+    let mut headers = signed.headers.clone();
+    headers.push(("host".into(), host.into()));
+    over_socket(
+        socket,
+        method,
+        &insitu_e2e::encode_path(path),
+        &headers,
+        body,
+    )
+}
+
+fn creds_in(text: &str) -> Option<(String, String)> {
+    let var = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    Some((var("AWS_ACCESS_KEY_ID")?, var("AWS_SECRET_ACCESS_KEY")?))
+}
+
+/// Files named `name` under `dir`, at any depth.
+fn find_files(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            find_files(&p, name, out);
+        } else if e.file_name() == name {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_credentials_allow_reads_only_and_die_with_their_task() {
+    let cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("creds").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("creds");
+    c.create_bucket(&b).await.unwrap();
+    put(&c, &format!("/{b}/in/quick"), b"quick").await;
+    put(&c, &format!("/{b}/in/slow"), b"slow").await;
+    // Both tasks print their credentials; the slow one then stays alive.
+    let exec = "env | grep '^AWS_'; if [ \"$(cat)\" = slow ]; then sleep 20; fi";
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
+        "inputs": [format!("{b}/in/quick"), format!("{b}/in/slow")],
+        "output": format!("{b}/out/"),
+    });
+    let file = cluster.dir.path().join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let job = Command::new(insitu_bin())
+        .args(["job", "run", "--watch", "--spec", file.to_str().unwrap()])
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &t.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &t.secret_access_key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The quick task's output (its credentials) is committed while the
+    // slow one still runs in the same container.
+    let quick_out = format!("{b}/out/{b}/in/quick");
+    let mut quick = None;
+    for _ in 0..150 {
+        let r = c
+            .send("GET", &format!("/{quick_out}"), &[], &[], Vec::new())
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            quick = creds_in(&r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quick = quick.expect("the quick task's output, with its credentials");
+    // The slow task's credentials, read from its stdout on the node.
+    let tasks_dir = cluster.node_dir("node-0").join("tasks");
+    let mut slow = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let mut outs = Vec::new();
+            find_files(&tasks_dir, "stdout", &mut outs);
+            slow = outs
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .filter_map(|s| creds_in(&s))
+                .find(|c| c.0 != quick.0);
+            slow.is_some()
+        }),
+        "the slow task's stdout under {}",
+        tasks_dir.display()
+    );
+    let slow = slow.unwrap();
+    let mut sockets = Vec::new();
+    find_files(&tasks_dir, "s3.sock", &mut sockets);
+    assert_eq!(sockets.len(), 1, "one container, one endpoint: {sockets:?}");
+    let socket = &sockets[0];
+
+    // A running task reads what its tenant may read...
+    let (status, body) = signed_over_socket(socket, &slow, "GET", &format!("/{b}/in/quick"), b"");
+    assert_eq!((status, body.as_str()), (200, "quick"));
+    // ...and nothing else: no writes (yet), deletes or bucket operations.
+    for (method, path, body) in [
+        ("PUT", format!("/{b}/out/extra"), b"x".as_slice()),
+        ("PUT", format!("/{b}/elsewhere"), b"x".as_slice()),
+        ("DELETE", format!("/{b}/in/quick"), b"".as_slice()),
+        ("PUT", format!("/{}", unique("newbucket")), b"".as_slice()),
+        ("GET", "/".to_string(), b"".as_slice()),
+    ] {
+        let (status, text) = signed_over_socket(socket, &slow, method, &path, body);
+        assert_eq!(status, 403, "{method} {path}: {text}");
+        assert!(
+            text.contains("<Code>AccessDenied</Code>"),
+            "{method} {path}: {text}"
+        );
+    }
+    assert_eq!(get_text(&c, &format!("{b}/in/quick")).await, "quick");
+    // A wrong secret, an unsigned request, or the ended task's own
+    // credentials are refused on the same socket while it still serves.
+    let forged = (slow.0.clone(), "not-the-secret".to_string());
+    let (status, text) = signed_over_socket(socket, &forged, "GET", &format!("/{b}/in/quick"), b"");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("SignatureDoesNotMatch"), "{text}");
+    let (status, _) = over_socket(
+        socket,
+        "GET",
+        &format!("/{b}/in/quick"),
+        &[("host".into(), "x".into())],
+        b"",
+    );
+    assert_eq!(status, 403);
+    let (status, text) = signed_over_socket(socket, &quick, "GET", &format!("/{b}/in/quick"), b"");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("InvalidAccessKeyId"), "{text}");
+    // Task credentials are nothing to the gateway.
+    let at_gateway = RawClient::new(
+        &cluster.endpoint,
+        &Tenant {
+            tenant: "none".into(),
+            access_key_id: slow.0.clone(),
+            secret_access_key: slow.1.clone(),
+        },
+    );
+    let r = at_gateway
+        .send("GET", &format!("/{b}/in/quick"), &[], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let out = job.wait_with_output().unwrap();
+    assert!(out.status.success(), "job run --watch failed");
+    // After the job, the endpoint is gone with its container.
+    let mut left = Vec::new();
+    find_files(&tasks_dir, "s3.sock", &mut left);
+    assert!(left.is_empty(), "endpoint sockets left: {left:?}");
 }

@@ -155,6 +155,9 @@ async fn route(gw: Arc<Gateway>, parts: Parts, body: Body) -> Result<Response, A
     if path == insitu_node_api::HEARTBEAT_PATH {
         return heartbeat(&gw, &parts, body).await;
     }
+    if crate::task_reads::is_task_read(&path) {
+        return Ok(crate::task_reads::handle(&gw, &parts, body).await);
+    }
     if let Some(rest) = path.strip_prefix(crate::jobs_api::FORWARD_PATH) {
         return forwarded(&gw, &parts, rest, body).await;
     }
@@ -464,7 +467,7 @@ fn metrics(gw: &Gateway) -> Response {
 }
 
 /// Whether a request carries the cluster secret (a node or a peer gateway).
-fn from_cluster(gw: &Gateway, parts: &Parts) -> bool {
+pub(crate) fn from_cluster(gw: &Gateway, parts: &Parts) -> bool {
     let presented = parts
         .headers
         .get(http::header::AUTHORIZATION)

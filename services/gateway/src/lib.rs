@@ -13,6 +13,7 @@ pub mod limits;
 pub mod nodes;
 pub mod parallel_hash;
 pub mod s3;
+pub mod task_reads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -321,6 +321,7 @@ struct NodeFile {
     capacity_bytes: Option<u64>,
     heartbeat_ms: Option<u64>,
     scrub_secs: Option<u64>,
+    task_tools: Option<PathBuf>,
 }
 
 fn read_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> Result<T> {
@@ -840,6 +841,16 @@ async fn stop_signal(exit_with_parent: bool) {
     }
 }
 
+/// `task-tools` beside the binary, or in its parent directory (where
+/// scripts/build-task-tools puts it for `target/{debug,release}/insitu`).
+fn default_task_tools() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("task-tools"), dir.parent()?.join("task-tools")]
+        .into_iter()
+        .find(|d| d.join("insitu-task").is_file())
+}
+
 pub async fn run_node(args: NodeArgs) -> Result<()> {
     let file: NodeFile = read_config(args.config.as_deref())?;
     let id = args
@@ -875,6 +886,10 @@ pub async fn run_node(args: NodeArgs) -> Result<()> {
         ),
         scrub_interval: (scrub > 0).then(|| Duration::from_secs(scrub)),
         server: Default::default(),
+        task_tools: args
+            .task_tools
+            .or(file.task_tools)
+            .or_else(default_task_tools),
     })
     .await?;
     let addr = node.local_addr()?;

@@ -88,6 +88,12 @@ pub struct NodeArgs {
     /// Re-check every blob's checksums this often, in seconds [default: 86400; 0 disables].
     #[arg(long)]
     pub scrub_secs: Option<u64>,
+    /// The task tools' directory (`insitu-task`, `mget`, `mls`; built by
+    /// scripts/build-task-tools), mounted read-only into every task
+    /// container with its S3 endpoint [default: `task-tools` beside this
+    /// binary or in its parent directory, if there].
+    #[arg(long, env = "INSITU_TASK_TOOLS")]
+    pub task_tools: Option<PathBuf>,
     /// Exit when standard input closes: `insitu dev` holds it open, so its
     /// nodes stop with it even if it is killed.
     #[arg(long)]

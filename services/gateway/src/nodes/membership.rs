@@ -178,6 +178,11 @@ impl NodeSet {
             .unwrap_or(u64::MAX)
     }
 
+    /// A node's base URL, if the node is known.
+    pub fn addr_of(&self, node: &str) -> Option<String> {
+        self.nodes.read().ok()?.get(node).map(|s| s.addr.clone())
+    }
+
     pub fn node_ids(&self) -> Vec<String> {
         self.nodes
             .read()

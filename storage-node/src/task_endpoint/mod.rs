@@ -1,0 +1,242 @@
+//! The task-scoped S3 endpoint: one per task container, on a Unix socket
+//! that only that container can reach (bind-mounted at `/insitu/sock`;
+//! the container keeps `network_mode: none`, and the relay in it, its
+//! first process, gives SDKs a TCP endpoint on its loopback).
+//!
+//! Each task gets its own credentials when it starts, valid on its
+//! container's socket only and revoked when it ends: a credential copied
+//! out of a task is useless elsewhere and afterwards. With them a task may
+//! read (GET, HEAD, list) what its tenant may read, by the gateway's rules
+//! (`insitu_node_api::TASK_OBJECT_PATH`); the bytes come from this node's
+//! disk or from a node that holds the blob, never through the gateway.
+//! Nothing else is allowed: no writes yet, no bucket operations, no
+//! deletes, no jobs or admin API. docs/SECURITY.md has the threat model.
+
+mod auth;
+mod s3;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+use crate::blob_store::BlobStore;
+
+/// The loopback port the relay listens on inside every task container.
+pub const TASK_S3_PORT: u16 = 9555;
+/// Where the container sees the endpoint's socket directory and tools.
+pub const SOCKET_DIR_INSIDE: &str = "/insitu/sock";
+pub const SOCKET_INSIDE: &str = "/insitu/sock/s3.sock";
+pub const TOOLS_DIR_INSIDE: &str = "/insitu/bin";
+/// Connections one container may hold open on its endpoint at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a task has to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every endpoint on the node shares: the blob store, the gateways
+/// to ask about objects, the cluster secret, the helpers to mount.
+pub struct EndpointHub {
+    pub store: Arc<BlobStore>,
+    pub gateways: Vec<String>,
+    pub secret: String,
+    /// The directory holding `insitu-task` and its links (`mget`, `mls`).
+    pub tools: PathBuf,
+    http: reqwest::Client,
+}
+
+impl EndpointHub {
+    pub fn new(
+        store: Arc<BlobStore>,
+        gateways: Vec<String>,
+        secret: String,
+        tools: PathBuf,
+    ) -> Self {
+        Self {
+            store,
+            gateways,
+            secret,
+            tools,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Opens an endpoint for a group of `tenant`'s tasks, its socket in a
+    /// new directory under `dir`.
+    pub async fn open(
+        self: &Arc<Self>,
+        dir: &Path,
+        tenant: &str,
+        job: &str,
+    ) -> std::io::Result<Arc<TaskEndpoint>> {
+        let socket_dir = dir.join(format!(
+            "sock-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        tokio::fs::create_dir_all(&socket_dir).await?;
+        let path = socket_dir.join("s3.sock");
+        let listener = UnixListener::bind(&path)?;
+        // The task user (not root) connects: the directory is the node's,
+        // the socket open to whoever can reach it, which is that container.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).await?;
+            tokio::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o755)).await?;
+        }
+        let endpoint = Arc::new(TaskEndpoint {
+            socket_dir,
+            tenant: tenant.to_string(),
+            job: job.to_string(),
+            grants: Mutex::new(HashMap::new()),
+            server: Mutex::new(None),
+        });
+        let server = tokio::spawn(serve(listener, self.clone(), Arc::downgrade(&endpoint)));
+        if let Ok(mut s) = endpoint.server.lock() {
+            *s = Some(server);
+        }
+        Ok(endpoint)
+    }
+}
+
+/// A task's credentials.
+#[derive(Clone)]
+pub struct TaskCredentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl TaskCredentials {
+    /// The environment a task needs to use its endpoint with any SDK.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{TASK_S3_PORT}");
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), url.clone()),
+            ("AWS_ENDPOINT_URL_S3".into(), url.clone()),
+            ("INSITU_S3_ENDPOINT".into(), url),
+            ("INSITU_S3_SOCKET".into(), SOCKET_INSIDE.into()),
+        ]
+    }
+}
+
+/// One container's endpoint: its socket, and the credentials of its
+/// running tasks.
+pub struct TaskEndpoint {
+    pub socket_dir: PathBuf,
+    tenant: String,
+    job: String,
+    /// Access key → (task id, secret key), for running tasks only.
+    grants: Mutex<HashMap<String, (String, String)>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TaskEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskEndpoint")
+            .field("socket_dir", &self.socket_dir)
+            .field("tenant", &self.tenant)
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        for b in uuid::Uuid::new_v4().as_bytes() {
+            if bytes.len() < len {
+                bytes.push(ALPHABET[usize::from(*b) % ALPHABET.len()]);
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl TaskEndpoint {
+    /// New credentials for a task that is about to start.
+    pub fn issue(&self, task_id: &str) -> TaskCredentials {
+        let creds = TaskCredentials {
+            access_key: format!("INSITUTASK{}", random_token(20)),
+            // 154 random bits: a v4 UUID (122) and 8 hex digits of another (32).
+            secret_key: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        };
+        if let Ok(mut g) = self.grants.lock() {
+            g.insert(
+                creds.access_key.clone(),
+                (task_id.to_string(), creds.secret_key.clone()),
+            );
+        }
+        creds
+    }
+
+    /// The task ended: its credentials are refused from now on.
+    pub fn revoke(&self, creds: &TaskCredentials) {
+        if let Ok(mut g) = self.grants.lock() {
+            g.remove(&creds.access_key);
+        }
+    }
+
+    fn grant(&self, access_key: &str) -> Option<(String, String)> {
+        self.grants.lock().ok()?.get(access_key).cloned()
+    }
+}
+
+impl Drop for TaskEndpoint {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.lock().ok().and_then(|mut s| s.take()) {
+            server.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}
+
+/// Serves one endpoint's socket until the endpoint is dropped.
+async fn serve(
+    listener: UnixListener,
+    hub: Arc<EndpointHub>,
+    endpoint: std::sync::Weak<TaskEndpoint>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "task endpoint: accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if endpoint.strong_count() == 0 {
+            return;
+        }
+        let app = s3::router(hub.clone(), endpoint.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "task endpoint connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,225 @@
+//! `insitu-task`: the tools on every task's PATH at `/insitu/bin`, one
+//! static binary called by the name of the link it runs as:
+//! - `mget BUCKET/KEY...`: objects to stdout;
+//! - `mls BUCKET[/PREFIX]`: `bucket/key` of each object, one per line;
+//! - `insitu-task relay ADDR SOCKET`: the container's first process; it
+//!   relays the task's S3 endpoint (`AWS_ENDPOINT_URL`, TCP on the
+//!   container's loopback) to the node's Unix socket, and reaps orphans.
+//!
+//! The helpers talk to the node's task endpoint over its socket, signed
+//! with the task's own credentials from the environment. A refusal exits
+//! non-zero with one line: what was refused and why.
+
+mod http;
+mod relay;
+mod sign;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+/// Where the node's endpoint is inside every task container.
+const DEFAULT_SOCKET: &str = "/insitu/sock/s3.sock";
+/// Largest error document or listing page read.
+const MAX_TEXT: usize = 4 << 20;
+
+struct Endpoint {
+    socket: String,
+    host: String,
+    creds: sign::Credentials,
+}
+
+impl Endpoint {
+    fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let access_key =
+            var("AWS_ACCESS_KEY_ID").ok_or("no AWS_ACCESS_KEY_ID: not inside an insitu task?")?;
+        let secret_key = var("AWS_SECRET_ACCESS_KEY").ok_or("no AWS_SECRET_ACCESS_KEY")?;
+        let host = var("INSITU_S3_ENDPOINT")
+            .map(|e| {
+                e.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        Ok(Self {
+            socket: var("INSITU_S3_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.to_string()),
+            host,
+            creds: sign::Credentials {
+                access_key,
+                secret_key,
+                region: var("AWS_DEFAULT_REGION").unwrap_or_else(|| "us-east-1".to_string()),
+            },
+        })
+    }
+
+    /// A signed GET of `path` (encoded) with a canonical `query`.
+    fn get(&self, path: &str, query: &str) -> Result<http::Response, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut headers = sign::sign(
+            &self.creds,
+            "GET",
+            path,
+            query,
+            &self.host,
+            sign::EMPTY_SHA256,
+            now,
+        );
+        headers.push(("host".into(), self.host.clone()));
+        let target = match query {
+            "" => path.to_string(),
+            q => format!("{path}?{q}"),
+        };
+        let resp = http::request(&self.socket, "GET", &target, &headers, &[])
+            .map_err(|e| format!("cannot reach the task endpoint at {}: {e}", self.socket))?;
+        if resp.status / 100 == 2 {
+            return Ok(resp);
+        }
+        let status = resp.status;
+        let doc = resp.text(MAX_TEXT).unwrap_or_default();
+        let code = xml_values(&doc, "Code").into_iter().next();
+        let message = xml_values(&doc, "Message").into_iter().next();
+        Err(match (code, message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c,
+            _ => format!("HTTP {status}"),
+        })
+    }
+}
+
+/// The unescaped text of every `<tag>...</tag>` in a flat XML document.
+fn xml_values(doc: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = doc;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(
+            after[..j]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&#xD;", "\r")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+fn split_location(loc: &str) -> (&str, &str) {
+    let loc = loc.strip_prefix("s3://").unwrap_or(loc);
+    loc.split_once('/').unwrap_or((loc, ""))
+}
+
+fn mget(args: &[String]) -> Result<(), String> {
+    if args.is_empty() {
+        return Err("usage: mget BUCKET/KEY...".into());
+    }
+    let ep = Endpoint::from_env()?;
+    let stdout = std::io::stdout();
+    for loc in args {
+        let (bucket, key) = split_location(loc);
+        if bucket.is_empty() || key.is_empty() {
+            return Err(format!("{loc}: give BUCKET/KEY"));
+        }
+        let path = format!("/{bucket}/{}", sign::uri_encode(key, true));
+        let mut resp = ep.get(&path, "").map_err(|e| format!("{loc}: {e}"))?;
+        let mut out = stdout.lock();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = resp.read(&mut buf).map_err(|e| format!("{loc}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| format!("{loc}: writing: {e}"))?;
+        }
+        out.flush().map_err(|e| format!("{loc}: writing: {e}"))?;
+    }
+    Ok(())
+}
+
+fn mls(args: &[String]) -> Result<(), String> {
+    let [loc] = args else {
+        return Err("usage: mls BUCKET[/PREFIX]".into());
+    };
+    let (bucket, prefix) = split_location(loc);
+    if bucket.is_empty() {
+        return Err("usage: mls BUCKET[/PREFIX]".into());
+    }
+    let ep = Endpoint::from_env()?;
+    let mut token: Option<String> = None;
+    let mut out = std::io::stdout().lock();
+    loop {
+        // Already in canonical order: continuation-token, list-type, prefix.
+        let mut query = String::new();
+        if let Some(t) = &token {
+            query.push_str(&format!(
+                "continuation-token={}&",
+                sign::uri_encode(t, false)
+            ));
+        }
+        query.push_str(&format!(
+            "list-type=2&prefix={}",
+            sign::uri_encode(prefix, false)
+        ));
+        let doc = ep
+            .get(&format!("/{bucket}"), &query)
+            .and_then(|r| r.text(MAX_TEXT).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{loc}: {e}"))?;
+        for key in xml_values(&doc, "Key") {
+            writeln!(out, "{bucket}/{key}").map_err(|e| format!("writing: {e}"))?;
+        }
+        let truncated = xml_values(&doc, "IsTruncated").first().map(String::as_str) == Some("true");
+        token = xml_values(&doc, "NextContinuationToken").into_iter().next();
+        if !truncated || token.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let called = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    let (cmd, rest) = match called.as_str() {
+        "insitu-task" => match args.get(1) {
+            Some(c) => (c.clone(), &args[2..]),
+            None => (String::new(), &args[1..]),
+        },
+        _ => (called.clone(), &args[1..]),
+    };
+    let result = match cmd.as_str() {
+        "mget" => mget(rest),
+        "mls" => mls(rest),
+        "relay" => relay::run(rest),
+        _ => Err("usage: insitu-task mget|mls|relay ...".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_values_are_unescaped() {
+        let doc = "<R><Key>a&amp;b</Key><Key>&lt;c&gt;</Key><IsTruncated>false</IsTruncated></R>";
+        assert_eq!(xml_values(doc, "Key"), ["a&b", "<c>"]);
+        assert_eq!(xml_values(doc, "IsTruncated"), ["false"]);
+        assert!(xml_values(doc, "Missing").is_empty());
+    }
+}
