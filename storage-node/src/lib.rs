@@ -128,8 +128,13 @@ impl Node {
         .await
         {
             Ok(runner) => {
-                let hub = match &config.task_tools {
-                    Some(dir) if dir.join("insitu-task").is_file() => {
+                // A bind mount's source must be absolute.
+                let tools = config
+                    .task_tools
+                    .as_ref()
+                    .map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()));
+                let hub = match &tools {
+                    Some(dir) if dir.is_absolute() && dir.join("insitu-task").is_file() => {
                         // Endpoint sockets of an earlier life serve nobody.
                         clear_stale_sockets(runner.root());
                         Some(Arc::new(task_endpoint::EndpointHub::new(

@@ -289,9 +289,12 @@ impl TaskService {
         };
         // The task's own credentials for its endpoint, after the spec's
         // variables so that these win; refused again once it ends.
-        let creds = group.endpoint.as_ref().map(|ep| ep.issue(&req.task_id));
+        let creds = group
+            .endpoint
+            .as_ref()
+            .map(|ep| ep.issue_guarded(&req.task_id));
         let mut env = req.env.clone();
-        env.extend(creds.iter().flat_map(|c| c.env()));
+        env.extend(creds.iter().flat_map(|c| c.creds.env()));
         let task = TaskSpec {
             task_id: req.task_id.clone(),
             exec: req.exec.clone(),
@@ -301,9 +304,7 @@ impl TaskService {
             input_end,
         };
         let outcome = self.runner.run_task(&group, &task).await;
-        if let (Some(ep), Some(c)) = (&group.endpoint, &creds) {
-            ep.revoke(c);
-        }
+        drop(creds);
         if let Some(slot) = stream_slot {
             slot.finished
                 .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -3,26 +3,56 @@
 //! a Unix socket that only this container can reach. The relay listens
 //! on the loopback and copies each connection to the socket and back.
 //! As process 1 it also reaps the orphans tasks leave.
+//!
+//! Tasks run as the same user: the relay makes itself undumpable, so they
+//! cannot ptrace it or read its memory, and it never dies of their load
+//! (connections are capped; a thread that cannot start drops its
+//! connection, not the relay).
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Connections relayed at once (the node's endpoint allows as many).
+const MAX_CONNECTIONS: usize = 64;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let [addr, socket] = args else {
         return Err("usage: insitu-task relay ADDR SOCKET".into());
     };
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("cannot make the relay undumpable: {e}"))?;
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    std::thread::spawn(reap_orphans);
+    // Without its reaper the relay still relays.
+    let _ = std::thread::Builder::new().spawn(reap_orphans);
+    let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(tcp) = conn else { continue };
-        let socket = socket.clone();
-        std::thread::spawn(move || {
+        let tcp = match conn {
+            Ok(tcp) => tcp,
+            Err(_) => {
+                // Out of descriptors, say: back off rather than spin.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            drop(tcp);
+            continue;
+        }
+        let (socket, count) = (socket.clone(), open.clone());
+        let started = std::thread::Builder::new().spawn(move || {
             if let Ok(unix) = UnixStream::connect(&socket) {
                 let _ = splice(tcp, unix);
             }
+            count.fetch_sub(1, Ordering::SeqCst);
         });
+        if started.is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
     }
     Ok(())
 }
@@ -30,10 +60,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
 /// Copies both ways until each side has finished sending.
 fn splice(tcp: TcpStream, unix: UnixStream) -> io::Result<()> {
     let (mut tcp_in, mut unix_out) = (tcp.try_clone()?, unix.try_clone()?);
-    let upstream = std::thread::spawn(move || {
+    let upstream = std::thread::Builder::new().spawn(move || {
         let _ = io::copy(&mut tcp_in, &mut unix_out);
         let _ = unix_out.shutdown(Shutdown::Write);
-    });
+    })?;
     let (mut unix_in, mut tcp_out) = (unix, tcp);
     let _ = io::copy(&mut unix_in, &mut tcp_out);
     let _ = tcp_out.shutdown(Shutdown::Write);

@@ -37,6 +37,13 @@ pub const TOOLS_DIR_INSIDE: &str = "/insitu/bin";
 const MAX_CONNECTIONS: usize = 64;
 /// Time a task has to send a request's head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Questions to the gateway and reads from other nodes in flight at once,
+/// for all the node's endpoints together: many busy containers must not
+/// turn into unbounded load on the gateway and the catalog.
+const MAX_UPSTREAM_CALLS: usize = 64;
+/// A gateway's answer, or the next bytes of another node's blob, that take
+/// longer than this fail the request.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every endpoint on the node shares: the blob store, the gateways
 /// to ask about objects, the cluster secret, the helpers to mount.
@@ -47,6 +54,7 @@ pub struct EndpointHub {
     /// The directory holding `insitu-task` and its links (`mget`, `mls`).
     pub tools: PathBuf,
     http: reqwest::Client,
+    upstream: Arc<Semaphore>,
 }
 
 impl EndpointHub {
@@ -63,8 +71,10 @@ impl EndpointHub {
             tools,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                .read_timeout(UPSTREAM_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            upstream: Arc::new(Semaphore::new(MAX_UPSTREAM_CALLS)),
         }
     }
 
@@ -184,6 +194,15 @@ impl TaskEndpoint {
         creds
     }
 
+    /// New credentials for a task, revoked when the guard goes (when the
+    /// task has ended, or if its handler fails on the way).
+    pub fn issue_guarded(self: &Arc<Self>, task_id: &str) -> CredentialsGuard {
+        CredentialsGuard {
+            creds: self.issue(task_id),
+            endpoint: self.clone(),
+        }
+    }
+
     /// The task ended: its credentials are refused from now on.
     pub fn revoke(&self, creds: &TaskCredentials) {
         if let Ok(mut g) = self.grants.lock() {
@@ -196,6 +215,19 @@ impl TaskEndpoint {
     }
 }
 
+/// A task's credentials, revoked when dropped. A request already past its
+/// check when they go finishes (at most one response).
+pub struct CredentialsGuard {
+    pub creds: TaskCredentials,
+    endpoint: Arc<TaskEndpoint>,
+}
+
+impl Drop for CredentialsGuard {
+    fn drop(&mut self) {
+        self.endpoint.revoke(&self.creds);
+    }
+}
+
 impl Drop for TaskEndpoint {
     fn drop(&mut self) {
         if let Some(server) = self.server.lock().ok().and_then(|mut s| s.take()) {
@@ -205,14 +237,17 @@ impl Drop for TaskEndpoint {
     }
 }
 
-/// Serves one endpoint's socket until the endpoint is dropped.
+/// Serves one endpoint's socket until the endpoint is dropped (which
+/// aborts this task, and with it every connection in `conns`).
 async fn serve(
     listener: UnixListener,
     hub: Arc<EndpointHub>,
     endpoint: std::sync::Weak<TaskEndpoint>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
@@ -232,7 +267,7 @@ async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "task endpoint connection ended with an error");

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
 use insitu_node_api::{
     ByteRange, TaskListQuery, TaskListing, TaskObject, TaskObjectQuery, TaskReadError,
@@ -190,22 +190,32 @@ fn has_subresource(q: &[(String, String)]) -> bool {
 }
 
 /// Asks a gateway (the first that answers) a task-read question.
+/// Internal failures are logged here; the task gets a plain message
+/// without the cluster's addresses or blob ids.
 async fn ask<Q: Serialize, A: DeserializeOwned>(
     hub: &EndpointHub,
     path: &str,
     q: &Q,
 ) -> Result<A, S3Err> {
+    let unavailable = || {
+        err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the cluster cannot answer now; retry",
+        )
+    };
+    let _permit = hub.upstream.acquire().await.map_err(|_| unavailable())?;
     let mut last = String::from("no gateway is configured");
     for gw in &hub.gateways {
         let url = format!("{}{path}", gw.trim_end_matches('/'));
-        let resp = match hub
+        let sent = hub
             .http
             .post(&url)
             .bearer_auth(&hub.secret)
             .json(q)
             .send()
-            .await
-        {
+            .await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 last = e.to_string();
@@ -214,26 +224,20 @@ async fn ask<Q: Serialize, A: DeserializeOwned>(
         };
         let status = resp.status();
         if status.is_success() {
-            return resp
-                .json::<A>()
-                .await
-                .map_err(|e| err(StatusCode::BAD_GATEWAY, "InternalError", e.to_string()));
+            return resp.json::<A>().await.map_err(|e| {
+                tracing::warn!(gateway = %gw, error = %e, "task endpoint: unreadable gateway answer");
+                unavailable()
+            });
         }
-        let refusal: TaskReadError = resp.json().await.map_err(|e| {
-            err(
-                StatusCode::BAD_GATEWAY,
-                "InternalError",
-                format!("gateway answered {status}: {e}"),
-            )
-        })?;
+        let Ok(refusal) = resp.json::<TaskReadError>().await else {
+            tracing::warn!(gateway = %gw, %status, "task endpoint: unreadable gateway refusal");
+            return Err(unavailable());
+        };
         let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         return Err(err(status, &refusal.code, refusal.message));
     }
-    Err(err(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ServiceUnavailable",
-        format!("no gateway answered: {last}"),
-    ))
+    tracing::warn!(error = %last, "task endpoint: no gateway answered");
+    Err(unavailable())
 }
 
 async fn object(
@@ -310,7 +314,8 @@ async fn blob_bytes(
             return Ok(s.boxed());
         }
     }
-    let mut last = String::from("no replica is reachable");
+    // Held while the bytes stream: remote reads are bounded node-wide.
+    let permit = hub.upstream.clone().acquire_owned().await.ok();
     for h in &obj.holders {
         let url = format!("{}/v1/blobs/{}", h.addr.trim_end_matches('/'), obj.blob);
         let sent = hub
@@ -322,16 +327,24 @@ async fn blob_bytes(
             .await;
         match sent {
             Ok(resp) if resp.status().is_success() => {
-                return Ok(resp.bytes_stream().map_err(std::io::Error::other).boxed());
+                let stream = resp.bytes_stream().map(move |chunk| {
+                    let _held = &permit;
+                    chunk.map_err(std::io::Error::other)
+                });
+                return Ok(stream.boxed());
             }
-            Ok(resp) => last = format!("node {} answered {}", h.node, resp.status()),
-            Err(e) => last = format!("node {}: {e}", h.node),
+            Ok(resp) => {
+                tracing::warn!(node = %h.node, blob = %obj.blob, status = %resp.status(), "task endpoint: a holder refused a read")
+            }
+            Err(e) => {
+                tracing::warn!(node = %h.node, blob = %obj.blob, error = %e, "task endpoint: a holder is unreachable")
+            }
         }
     }
     Err(err(
         StatusCode::SERVICE_UNAVAILABLE,
         "ServiceUnavailable",
-        last,
+        "no replica of the object is reachable now; retry",
     ))
 }
 
