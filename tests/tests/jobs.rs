@@ -1087,3 +1087,66 @@ async fn queued_tasks_say_why_they_wait() {
     let _ = watch.wait();
     job_cli(&cluster, &a, &["cancel", &stranded], None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_task_shows_its_last_stderr_lines_and_each_phase_its_progress() {
+    let cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("stderr").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("stderr");
+    c.create_bucket(&b).await.unwrap();
+    for k in ["good", "bad"] {
+        let r = c
+            .send(
+                "PUT",
+                &format!("/{b}/in/{k}"),
+                &[],
+                &[],
+                k.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let map = "x=$(cat); if [ \"$x\" = bad ]; then \
+               for i in 1 2 3 4 5 6 7; do echo \"line $i of the trouble\" >&2; done; exit 3; fi; echo ok";
+    let spec = serde_json::json!({
+        "phases": [
+            { "type": "map", "image": "insitu-test/busybox:latest", "exec": map },
+            { "type": "reduce", "image": "insitu-test/busybox:latest", "exec": "cat" } ],
+        "inputs": [format!("{b}/in/good"), format!("{b}/in/bad")],
+        "output": format!("{b}/out/"),
+    });
+    let file = cluster.dir.path().join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = job_cli(
+        &cluster,
+        &t,
+        &["run", "--watch", "--spec", file.to_str().unwrap()],
+        None,
+    );
+    assert!(!out.status.success(), "a job with an error exits non-zero");
+    let watched = String::from_utf8_lossy(&out.stderr);
+    // Off a terminal: plain lines, one per phase when it changes.
+    assert!(watched.contains("phase 0 map"), "{watched}");
+    assert!(watched.contains("phase 1 reduce"), "{watched}");
+    // The failure at once, with the last five lines of its stderr.
+    assert!(watched.contains("UserTaskError"), "{watched}");
+    assert!(watched.contains(&format!("input {b}/in/bad")), "{watched}");
+    for i in 3..=7 {
+        assert!(
+            watched.contains(&format!("  | line {i} of the trouble")),
+            "{watched}"
+        );
+    }
+    assert!(!watched.contains("line 2 of the trouble"), "{watched}");
+
+    let id = json_of(&out)["id"].as_str().unwrap().to_string();
+    let errors = lines_of(&job_cli(&cluster, &t, &["errors", &id], None));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e: serde_json::Value = serde_json::from_str(&errors[0]).unwrap();
+    let tail: Vec<String> = (3..=7)
+        .map(|i| format!("line {i} of the trouble"))
+        .collect();
+    assert_eq!(e["stderr_tail"], serde_json::json!(tail), "{e}");
+}

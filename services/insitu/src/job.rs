@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::job_watch::{stderr_tail, Watch};
 use crate::signed_client::SignedClient;
 
 #[derive(Args)]
@@ -48,7 +49,8 @@ enum JobCommand {
     List,
     /// Print a job's output objects, one `bucket/key` per line.
     Outputs { id: String },
-    /// Print a job's errors as JSON lines.
+    /// Print a job's errors as JSON lines; a failed task's carries
+    /// `stderr_tail`, the last lines of its saved stderr.
     Errors { id: String },
     /// Print the inputs whose task failed, one per line.
     Failures { id: String },
@@ -153,12 +155,22 @@ pub async fn run(args: JobArgs) -> Result<i32> {
             .await?;
         }
         JobCommand::Errors { id } => {
+            // Each error with the last lines of its task's stderr, when
+            // one was saved.
             let path = format!("/_insitu/v1/jobs/{id}/errors");
+            let mut errors = Vec::new();
             for_each_page(&client, &path, "errors", |e| {
-                writeln!(out, "{e}")?;
+                errors.push(e.clone());
                 Ok(())
             })
             .await?;
+            for mut e in errors {
+                let tail = stderr_tail(&client, &e).await;
+                if !tail.is_empty() {
+                    e["stderr_tail"] = json!(tail);
+                }
+                writeln!(out, "{e}")?;
+            }
         }
         JobCommand::Failures { id } => {
             let path = format!("/_insitu/v1/jobs/{id}/failures");
@@ -180,7 +192,7 @@ pub async fn run(args: JobArgs) -> Result<i32> {
 }
 
 /// Calls `f` on every item of a paginated list.
-async fn for_each_page(
+pub(crate) async fn for_each_page(
     client: &SignedClient,
     path: &str,
     field: &str,
@@ -309,81 +321,24 @@ async fn add_inputs(client: &SignedClient, id: &str, inputs: Vec<String>) -> Res
     check(s, b).map(|_| ())
 }
 
-/// Renders a progress bar of a job's tasks by state.
-fn progress_line(status: &Value) -> String {
-    let t = &status["counters"]["tasks"];
-    let n = |k: &str| t[k].as_u64().unwrap_or(0);
-    let (done, failed, running, queued, total) = (
-        n("done"),
-        n("failed"),
-        n("running"),
-        n("queued"),
-        n("total"),
-    );
-    const WIDTH: u64 = 30;
-    let filled = |x: u64| (x * WIDTH).checked_div(total).unwrap_or(0);
-    let (d, f, r) = (filled(done), filled(failed), filled(running));
-    let rest = WIDTH.saturating_sub(d + f + r);
-    let mut line = format!(
-        "[{}{}{}{}] {} {}/{} done, {} failed, {} running, {} queued",
-        "#".repeat(d as usize),
-        "x".repeat(f as usize),
-        ">".repeat(r as usize),
-        ".".repeat(rest as usize),
-        status["state"].as_str().unwrap_or("?"),
-        done,
-        total,
-        failed,
-        running,
-        queued
-    );
-    let preparing = n("preparing_image");
-    if preparing > 0 {
-        line.push_str(&format!(", {preparing} waiting for their image"));
-    }
-    // Why queued tasks wait, as the supervisor last saw it.
-    for (reason, text) in [
-        ("tenant_share", "behind other tenants' share"),
-        ("no_live_replica", "with no replica's node up"),
-        ("node_busy", "for a free slot on their nodes"),
-        ("catalog", "for the catalog"),
-    ] {
-        let count = status["waiting"][reason].as_u64().unwrap_or(0);
-        if count > 0 {
-            line.push_str(&format!(", {count} waiting {text}"));
-        }
-    }
-    line
-}
-
 async fn wait(client: &SignedClient, id: &str, watch: bool) -> Result<i32> {
-    let tty = std::io::stderr().is_terminal();
-    let mut last = String::new();
+    let mut view = watch.then(|| Watch::new(std::io::stderr().is_terminal()));
     let status = loop {
         let (s, b) = client
             .call("GET", &format!("/_insitu/v1/jobs/{id}"), None)
             .await?;
         let status = check(s, b)?;
-        if watch {
-            let line = progress_line(&status);
-            if line != last {
-                let mut err = std::io::stderr().lock();
-                if tty {
-                    write!(err, "\r\x1b[2K{line}")?;
-                } else {
-                    writeln!(err, "{line}")?;
-                }
-                err.flush()?;
-                last = line;
-            }
+        if let Some(v) = &mut view {
+            v.update(&status);
+            v.show_new_errors(client, id, &status).await?;
         }
         if matches!(status["state"].as_str(), Some("done" | "cancelled")) {
             break status;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    if watch && tty {
-        eprintln!();
+    if let Some(v) = &view {
+        v.finish();
     }
     println!("{}", serde_json::to_string_pretty(&status)?);
     let errors = status["counters"]["errors"].as_u64().unwrap_or(0);

@@ -4,6 +4,7 @@
 mod admin;
 mod dev;
 mod job;
+mod job_watch;
 mod signed_client;
 
 /// jemalloc rather than glibc malloc, for every allocation in the process

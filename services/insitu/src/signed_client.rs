@@ -33,6 +33,30 @@ impl SignedClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(u16, serde_json::Value)> {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// The last `bytes` of an object (`bucket/key`, URL-safe), as text.
+    pub async fn object_tail(&self, loc: &str, bytes: u64) -> Result<(u16, String)> {
+        let range = format!("bytes=-{bytes}");
+        let (status, body) = self
+            .call_with("GET", &format!("/{loc}"), None, &[("range", &range)])
+            .await?;
+        let text = match body {
+            serde_json::Value::String(s) => s,
+            v => v.to_string(),
+        };
+        Ok((status, text))
+    }
+
+    /// `call`, with extra (signed) headers.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<(u16, serde_json::Value)> {
         let url = format!("{}{path}", self.endpoint);
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let identity =
@@ -63,14 +87,15 @@ impl SignedClient {
             .map(|p| format!(":{p}"))
             .unwrap_or_default();
         let host_header = format!("{host}{port}");
-        let headers = [
+        let mut headers = vec![
             ("host", host_header.as_str()),
             ("content-type", "application/json"),
         ];
+        headers.extend_from_slice(extra);
         let signable = SignableRequest::new(
             method,
             &url,
-            headers.into_iter(),
+            headers.iter().copied(),
             SignableBody::Bytes(&bytes),
         )
         .map_err(|e| anyhow!("cannot sign request: {e}"))?;
@@ -83,6 +108,9 @@ impl SignedClient {
             .request(method, &url)
             .header("content-type", "application/json")
             .body(bytes);
+        for (name, value) in extra {
+            req = req.header(*name, *value);
+        }
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
         }
