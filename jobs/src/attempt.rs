@@ -51,6 +51,9 @@ pub(crate) enum Outcome {
     Success {
         stdout: Option<Blob>,
         pieces: Vec<(u32, Blob)>,
+        /// Named outputs written through the task's endpoint: name, the
+        /// reducer it asked for, and the blob.
+        named: Vec<(String, Option<u32>, Blob)>,
     },
     Failed {
         code: JobErrorCode,
@@ -93,6 +96,11 @@ pub(crate) struct TaskCtx {
     pub(crate) phase: u32,
     pub(crate) spec: PhaseSpec,
     pub(crate) split: Option<u32>,
+    /// `bucket/prefix` of the job's outputs: a task writes its named
+    /// outputs there through its endpoint.
+    pub(crate) output_place: String,
+    /// Reducers of the next phase, when it is a reduce.
+    pub(crate) next_reducers: Option<u32>,
 }
 
 pub(crate) enum AttemptError {
@@ -364,6 +372,8 @@ pub(crate) async fn attempt(
         split: ctx.split,
         input_stream: task.reducer.is_some(),
         assets,
+        output_place: Some(ctx.output_place.clone()),
+        next_reducers: ctx.next_reducers,
     };
     // The image first, once per (phase, node): a pull or load is its own
     // state, not part of the task's time.
@@ -456,6 +466,11 @@ async fn finish_attempt(
     };
     match resp.end {
         TaskEndReport::Exited { code: 0 } => {
+            let mut named = Vec::new();
+            for o in resp.named {
+                let blob = replicate(sv, on_node(o.blob, o.size, o.md5)).await;
+                named.push((o.name, o.reducer, blob));
+            }
             if ctx.split.is_some() {
                 let mut pieces = Vec::new();
                 for p in resp.pieces {
@@ -465,12 +480,14 @@ async fn finish_attempt(
                 Outcome::Success {
                     stdout: None,
                     pieces,
+                    named,
                 }
             } else {
                 let blob = on_node(stdout_blob, resp.stdout_size, resp.stdout_md5);
                 Outcome::Success {
                     stdout: Some(replicate(sv, blob).await),
                     pieces: Vec::new(),
+                    named,
                 }
             }
         }

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use insitu_catalog::{
-    now_ms, Acl, BlobRef, CannedAcl, CatalogError, JobChange, ListQuery, ObjectHeaders,
-    ObjectRecord,
+    now_ms, Acl, BlobRef, BucketRecord, CannedAcl, CatalogError, JobChange, ListQuery,
+    ObjectHeaders, ObjectRecord,
 };
 use insitu_job_model::plan::{self, Downstream, OutputPlace};
 use insitu_job_model::records::{
     ErrorRecord, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
 };
-use insitu_job_model::JobErrorCode;
+use insitu_job_model::{JobErrorCode, JobSpec};
 
 use crate::active::*;
 use crate::attempt::*;
@@ -208,6 +208,71 @@ async fn commit_one(
     Ok(())
 }
 
+/// Where a successful task's outputs go, within its commit.
+struct Emit<'a> {
+    step: &'a mut JobChange,
+    rec: &'a mut JobRecord,
+    bucket: &'a BucketRecord,
+    phase: u32,
+    task: &'a TaskRecord,
+}
+
+impl Emit<'_> {
+    /// An output object at `key`: a final output, the input of a map task
+    /// of the next phase, or a piece for a reducer (`reducer` if the task
+    /// chose one, else by the hash of its name).
+    fn output(&mut self, spec: &JobSpec, key: String, blob: &Blob, reducer: Option<u32>) {
+        let tenant = self.rec.tenant.clone();
+        self.step
+            .put_object(self.bucket, &key, object_record(&tenant, blob));
+        let loc = format!("{}/{key}", self.bucket.name);
+        match plan::downstream(spec, self.phase as usize) {
+            Downstream::None => {
+                let id = self.rec.id.clone();
+                self.step.add_output(
+                    &id,
+                    self.rec.seq.output,
+                    OutputRecord {
+                        phase: self.phase,
+                        task: self.task.id.clone(),
+                        object: loc,
+                        size: blob.size,
+                    },
+                );
+                self.rec.seq.output += 1;
+                self.rec.counters.outputs += 1;
+            }
+            Downstream::Map => add_map_task(self.step, self.rec, self.phase + 1, loc),
+            Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
+                let r = reducer
+                    .filter(|r| *r < count)
+                    .unwrap_or_else(|| plan::reducer_for_name(&loc, count));
+                self.piece(key, r, blob);
+            }
+        }
+    }
+
+    /// A piece of the next phase's reducer `r`.
+    fn piece(&mut self, key: String, r: u32, blob: &Blob) {
+        let tenant = self.rec.tenant.clone();
+        self.step
+            .put_object(self.bucket, &key, object_record(&tenant, blob));
+        let id = self.rec.id.clone();
+        self.step.add_piece(
+            &id,
+            self.phase + 1,
+            r,
+            self.rec.seq.piece,
+            PieceRecord {
+                bucket: self.bucket.name.clone(),
+                key,
+                size: blob.size,
+            },
+        );
+        self.rec.seq.piece += 1;
+    }
+}
+
 pub(crate) async fn build_commit(
     sv: &Supervisor,
     rec: &JobRecord,
@@ -240,9 +305,23 @@ pub(crate) async fn build_commit(
         None
     };
     match (&fin.outcome, bucket) {
-        (Outcome::Success { stdout, pieces }, Some(bucket)) => {
+        (
+            Outcome::Success {
+                stdout,
+                pieces,
+                named,
+            },
+            Some(bucket),
+        ) => {
             task.state = TaskState::Done;
             new.phases[phase].done += 1;
+            let mut emit = Emit {
+                step: &mut step,
+                rec: &mut new,
+                bucket: &bucket,
+                phase: fin.task.phase,
+                task: &task,
+            };
             if let Some(blob) = stdout {
                 let key = out.output_key(
                     &rec.id,
@@ -252,56 +331,15 @@ pub(crate) async fn build_commit(
                     task.input.as_deref(),
                     task.reducer,
                 );
-                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
-                let loc = format!("{}/{key}", bucket.name);
-                match plan::downstream(&rec.spec, phase) {
-                    Downstream::None => {
-                        step.add_output(
-                            &rec.id,
-                            new.seq.output,
-                            OutputRecord {
-                                phase: fin.task.phase,
-                                task: task.id.clone(),
-                                object: loc,
-                                size: blob.size,
-                            },
-                        );
-                        new.seq.output += 1;
-                        new.counters.outputs += 1;
-                    }
-                    Downstream::Map => add_map_task(&mut step, &mut new, fin.task.phase + 1, loc),
-                    Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
-                        let r = plan::reducer_for_name(&loc, count);
-                        step.add_piece(
-                            &rec.id,
-                            fin.task.phase + 1,
-                            r,
-                            new.seq.piece,
-                            PieceRecord {
-                                bucket: bucket.name.clone(),
-                                key,
-                                size: blob.size,
-                            },
-                        );
-                        new.seq.piece += 1;
-                    }
-                }
+                emit.output(&rec.spec, key, blob, None);
+            }
+            for (name, reducer, blob) in named {
+                let key = out.named_output_key(&rec.id, fin.task.phase, last, &task.id, name);
+                emit.output(&rec.spec, key, blob, *reducer);
             }
             for (r, blob) in pieces {
                 let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);
-                step.put_object(&bucket, &key, object_record(&rec.tenant, blob));
-                step.add_piece(
-                    &rec.id,
-                    fin.task.phase + 1,
-                    *r,
-                    new.seq.piece,
-                    PieceRecord {
-                        bucket: bucket.name.clone(),
-                        key,
-                        size: blob.size,
-                    },
-                );
-                new.seq.piece += 1;
+                emit.piece(key, *r, blob);
             }
         }
         (outcome, bucket) => {
@@ -656,6 +694,7 @@ mod tests {
             outcome: Outcome::Success {
                 stdout: Some(blob),
                 pieces: Vec::new(),
+                named: Vec::new(),
             },
             retries: 0,
             bytes_local: 0,

@@ -309,10 +309,16 @@ pub(crate) async fn record_starts(
 }
 
 pub(crate) fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> TaskCtx {
-    let split = match plan::downstream(&rec.spec, phase as usize) {
+    let downstream = plan::downstream(&rec.spec, phase as usize);
+    let split = match downstream {
         Downstream::ReduceByKey { count } => Some(count),
         _ => None,
     };
+    let next_reducers = match downstream {
+        Downstream::ReduceByKey { count } | Downstream::ReduceByName { count } => Some(count),
+        _ => None,
+    };
+    let out = plan::OutputPlace::of(&rec.spec);
     TaskCtx {
         active: active.clone(),
         job: rec.id.clone(),
@@ -320,6 +326,8 @@ pub(crate) fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> 
         phase,
         spec: rec.spec.phases[phase as usize].clone(),
         split,
+        output_place: format!("{}/{}", out.bucket, out.prefix),
+        next_reducers,
     }
 }
 

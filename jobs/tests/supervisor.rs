@@ -73,6 +73,7 @@ fn exited(code: i64, stdout_size: u64) -> TaskResponse {
         stdout_size,
         stdout_md5: "0123456789abcdef0123456789abcdef".into(),
         pieces: Vec::new(),
+        named: Vec::new(),
         stderr_kept: false,
         stderr_size: 0,
         stderr_preview: if code == 0 {

@@ -111,6 +111,28 @@ pub struct TaskRequest {
     /// group's container at `/insitu/assets/<path>`.
     #[serde(default)]
     pub assets: Vec<AssetOnNode>,
+    /// `bucket/prefix` under which the task may write named outputs
+    /// through its endpoint (the job's output place).
+    #[serde(default)]
+    pub output_place: Option<String>,
+    /// Reducers of the next phase, when it is a reduce: an output may name
+    /// one (`x-insitu-reducer`).
+    #[serde(default)]
+    pub next_reducers: Option<u32>,
+}
+
+/// An object a task wrote through its endpoint, staged on the node as a
+/// blob until the task's outcome is committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamedOut {
+    /// The key the task wrote, less the output prefix.
+    pub name: String,
+    pub blob: String,
+    pub size: u64,
+    pub md5: String,
+    /// The reducer of the next phase it asked for.
+    #[serde(default)]
+    pub reducer: Option<u32>,
 }
 
 /// An asset of a task's phase: its `bucket/key` path, and the blob on the
@@ -153,6 +175,9 @@ pub struct TaskResponse {
     #[serde(default)]
     pub stderr_size: u64,
     pub stderr_preview: String,
+    /// Named outputs, when the task exited 0.
+    #[serde(default)]
+    pub named: Vec<NamedOut>,
 }
 
 /// What a task endpoint on a node asks the gateway, for a task of

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use insitu_job_model::limits::MAX_KEY_LINE_BYTES;
 
 use crate::blob_store::{BlobError, BlobStore};
-use crate::task_endpoint::EndpointHub;
+use crate::task_endpoint::{EndpointHub, StageSpec};
 use crate::task_runner::{
     Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec, ToolMounts,
 };
@@ -292,9 +292,13 @@ impl TaskService {
         let creds = group
             .endpoint
             .as_ref()
-            .map(|ep| ep.issue_guarded(&req.task_id));
+            .map(|ep| ep.issue_guarded(&req.task_id, stage_spec(&req)));
         let mut env = req.env.clone();
         env.extend(creds.iter().flat_map(|c| c.creds.env()));
+        if let (Some(_), Some(place)) = (&creds, &req.output_place) {
+            // Where `mpipe` and `mtee` write.
+            env.push(("INSITU_OUTPUT_PLACE".into(), place.clone()));
+        }
         let task = TaskSpec {
             task_id: req.task_id.clone(),
             exec: req.exec.clone(),
@@ -305,6 +309,16 @@ impl TaskService {
         };
         let outcome = self.runner.run_task(&group, &task).await;
         drop(creds);
+        // What the task wrote through its endpoint: dropped (its blobs
+        // removed) unless the task succeeds and they go in the answer.
+        let mut staged = Staged {
+            outputs: group
+                .endpoint
+                .as_ref()
+                .map(|ep| ep.take_staged(&req.task_id))
+                .unwrap_or_default(),
+            store: self.endpoints.as_ref().map(|h| h.store.clone()),
+        };
         if let Some(slot) = stream_slot {
             slot.finished
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -411,7 +425,12 @@ impl TaskService {
             // The container is gone; the group's next task gets a fresh one.
             self.retire(&cell, &group).await;
         }
+        let named = match failed {
+            true => Vec::new(),
+            false => std::mem::take(&mut staged.outputs),
+        };
         Ok(TaskResponse {
+            named,
             end,
             stdout_size,
             stdout_md5,
@@ -573,6 +592,43 @@ impl TaskService {
             }
         }
         self.runner.reap(|id| live.iter().any(|l| l == id)).await
+    }
+}
+
+/// Where a task may write named outputs: under its job's output place,
+/// up to its output cap, as blobs named after its stdout blob.
+fn stage_spec(req: &TaskRequest) -> Option<StageSpec> {
+    let (bucket, prefix) = req.output_place.as_deref()?.split_once('/')?;
+    let cap_bytes = match req.output_mb {
+        0 => Limits::default().max_file_bytes.max(0) as u64,
+        mb => mb.saturating_mul(1 << 20),
+    };
+    Some(StageSpec {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        cap_bytes,
+        base_blob: req.stdout_blob.clone(),
+        next_reducers: req.next_reducers,
+    })
+}
+
+/// A task's staged outputs, removed from the store unless taken.
+struct Staged {
+    outputs: Vec<insitu_node_api::NamedOut>,
+    store: Option<Arc<BlobStore>>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let (Some(store), false) = (self.store.clone(), self.outputs.is_empty()) else {
+            return;
+        };
+        let blobs: Vec<String> = self.outputs.drain(..).map(|o| o.blob).collect();
+        tokio::spawn(async move {
+            for b in blobs {
+                let _ = store.delete(&b).await;
+            }
+        });
     }
 }
 

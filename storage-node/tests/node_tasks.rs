@@ -52,6 +52,8 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         init: None,
         input_stream: false,
         assets: Vec::new(),
+        output_place: None,
+        next_reducers: None,
     }
 }
 

@@ -43,6 +43,53 @@ fn read_line(r: &mut BufReader<UnixStream>) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&line).trim_end().to_string())
 }
 
+/// Sends `method target` with `headers` and a body read from `body` as it
+/// comes (chunked), each piece also written to `tee` if given.
+pub fn request_streaming(
+    socket: &str,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: &mut dyn Read,
+    mut tee: Option<&mut dyn Write>,
+) -> io::Result<Response> {
+    let mut s = UnixStream::connect(socket)?;
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nconnection: close\r\ntransfer-encoding: chunked\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    let reader = s.try_clone()?;
+    let mut send = || -> io::Result<()> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = body.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(t) = tee.as_mut() {
+                t.write_all(&buf[..n])?;
+            }
+            s.write_all(format!("{n:x}\r\n").as_bytes())?;
+            s.write_all(&buf[..n])?;
+            s.write_all(b"\r\n")?;
+        }
+        if let Some(t) = tee.as_mut() {
+            t.flush()?;
+        }
+        s.write_all(b"0\r\n\r\n")
+    };
+    match send() {
+        Ok(()) => read_response(BufReader::new(reader)),
+        // The endpoint may have answered (a refusal) and closed before
+        // the body was all sent: its answer says why.
+        Err(e) => read_response(BufReader::new(reader)).map_err(|_| e),
+    }
+}
+
 /// Sends `method path?query` with `headers` and `body` to the socket.
 pub fn request(
     socket: &str,
@@ -62,7 +109,10 @@ pub fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
-    let mut r = BufReader::new(s);
+    read_response(BufReader::new(s))
+}
+
+fn read_response(mut r: BufReader<UnixStream>) -> io::Result<Response> {
     let status_line = read_line(&mut r)?;
     let status = status_line
         .split_whitespace()

@@ -2,6 +2,9 @@
 //! static binary called by the name of the link it runs as:
 //! - `mget BUCKET/KEY...`: objects to stdout;
 //! - `mls BUCKET[/PREFIX]`: `bucket/key` of each object, one per line;
+//! - `mpipe [-r N] [NAME]`: stdin becomes the task's named output NAME
+//!   (or an automatic name), routed to reducer N of the next phase if given;
+//! - `mtee [-r N] NAME`: the same, while copying stdin to stdout;
 //! - `insitu-task relay ADDR SOCKET`: the container's first process; it
 //!   relays the task's S3 endpoint (`AWS_ENDPOINT_URL`, TCP on the
 //!   container's loopback) to the node's Unix socket, and reaps orphans.
@@ -52,28 +55,58 @@ impl Endpoint {
         })
     }
 
-    /// A signed GET of `path` (encoded) with a canonical `query`.
-    fn get(&self, path: &str, query: &str) -> Result<http::Response, String> {
+    fn signed(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        payload: &str,
+    ) -> Vec<(String, String)> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut headers = sign::sign(
-            &self.creds,
-            "GET",
-            path,
-            query,
-            &self.host,
-            sign::EMPTY_SHA256,
-            now,
-        );
+        let mut headers = sign::sign(&self.creds, method, path, query, &self.host, payload, now);
         headers.push(("host".into(), self.host.clone()));
+        headers
+    }
+
+    /// A signed GET of `path` (encoded) with a canonical `query`.
+    fn get(&self, path: &str, query: &str) -> Result<http::Response, String> {
+        let headers = self.signed("GET", path, query, sign::EMPTY_SHA256);
         let target = match query {
             "" => path.to_string(),
             q => format!("{path}?{q}"),
         };
         let resp = http::request(&self.socket, "GET", &target, &headers, &[])
             .map_err(|e| format!("cannot reach the task endpoint at {}: {e}", self.socket))?;
+        Self::checked(resp)
+    }
+
+    /// A PUT of `path` whose body is streamed from `body` (and copied to
+    /// `tee`), unsigned: the signature covers the request, not the bytes.
+    fn put_stream(
+        &self,
+        path: &str,
+        reducer: Option<u32>,
+        body: &mut dyn Read,
+        tee: Option<&mut dyn Write>,
+    ) -> Result<(), String> {
+        let mut headers = self.signed("PUT", path, "", "UNSIGNED-PAYLOAD");
+        if let Some(r) = reducer {
+            headers.push(("x-insitu-reducer".into(), r.to_string()));
+        }
+        let resp = http::request_streaming(&self.socket, "PUT", path, &headers, body, tee)
+            .map_err(|e| {
+                format!(
+                    "cannot write through the task endpoint at {}: {e}",
+                    self.socket
+                )
+            })?;
+        Self::checked(resp).map(|_| ())
+    }
+
+    fn checked(resp: http::Response) -> Result<http::Response, String> {
         if resp.status / 100 == 2 {
             return Ok(resp);
         }
@@ -183,6 +216,63 @@ fn mls(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// `[-r N] [NAME]`: the reducer and the name, if given.
+fn output_args(args: &[String], usage: &str) -> Result<(Option<u32>, Option<String>), String> {
+    let (mut reducer, mut name) = (None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-r" => {
+                let n = it.next().ok_or(usage)?;
+                reducer = Some(
+                    n.parse::<u32>()
+                        .map_err(|_| format!("-r {n}: not a reducer number"))?,
+                );
+            }
+            _ if name.is_none() && !a.starts_with('-') => name = Some(a.clone()),
+            _ => return Err(usage.to_string()),
+        }
+    }
+    Ok((reducer, name))
+}
+
+/// Streams stdin into the task's named output `name` (or an automatic
+/// one), copying it to stdout too with `tee`.
+fn write_output(args: &[String], tee: bool) -> Result<(), String> {
+    let usage = if tee {
+        "usage: mtee [-r N] NAME"
+    } else {
+        "usage: mpipe [-r N] [NAME]"
+    };
+    let (reducer, name) = output_args(args, usage)?;
+    let name = match (name, tee) {
+        (Some(n), _) => n,
+        (None, true) => return Err(usage.into()),
+        (None, false) => {
+            let task = std::env::var("INSITU_TASK_ID").unwrap_or_else(|_| "task".into());
+            format!("{task}.{}", std::process::id())
+        }
+    };
+    let place = std::env::var("INSITU_OUTPUT_PLACE")
+        .map_err(|_| "no INSITU_OUTPUT_PLACE: this task writes no named outputs")?;
+    let (bucket, prefix) = split_location(&place);
+    let ep = Endpoint::from_env()?;
+    let path = format!(
+        "/{bucket}/{}",
+        sign::uri_encode(&format!("{prefix}{name}"), true)
+    );
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let result = match tee {
+        true => {
+            let mut out = std::io::stdout().lock();
+            ep.put_stream(&path, reducer, &mut input, Some(&mut out))
+        }
+        false => ep.put_stream(&path, reducer, &mut input, None),
+    };
+    result.map_err(|e| format!("{name}: {e}"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let called = args
@@ -199,8 +289,10 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "mget" => mget(rest),
         "mls" => mls(rest),
+        "mpipe" => write_output(rest, false),
+        "mtee" => write_output(rest, true),
         "relay" => relay::run(rest),
-        _ => Err("usage: insitu-task mget|mls|relay ...".into()),
+        _ => Err("usage: insitu-task mget|mls|mpipe|mtee|relay ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -382,9 +382,11 @@ async fn task_credentials_allow_reads_only_and_die_with_their_task() {
     // A running task reads what its tenant may read...
     let (status, body) = signed_over_socket(socket, &slow, "GET", &format!("/{b}/in/quick"), b"");
     assert_eq!((status, body.as_str()), (200, "quick"));
-    // ...and nothing else: no writes (yet), deletes or bucket operations.
+    // ...writes under its job's output place (a named output, staged)...
+    let (status, text) = signed_over_socket(socket, &slow, "PUT", &format!("/{b}/out/extra"), b"x");
+    assert_eq!(status, 200, "{text}");
+    // ...and nothing else: no writes elsewhere, deletes or bucket operations.
     for (method, path, body) in [
-        ("PUT", format!("/{b}/out/extra"), b"x".as_slice()),
         ("PUT", format!("/{b}/elsewhere"), b"x".as_slice()),
         ("DELETE", format!("/{b}/in/quick"), b"".as_slice()),
         ("PUT", format!("/{}", unique("newbucket")), b"".as_slice()),
@@ -432,8 +434,103 @@ async fn task_credentials_allow_reads_only_and_die_with_their_task() {
 
     let out = job.wait_with_output().unwrap();
     assert!(out.status.success(), "job run --watch failed");
+    // The slow task's named output, committed with it.
+    assert_eq!(get_text(&c, &format!("{b}/out/extra")).await, "x");
     // After the job, the endpoint is gone with its container.
     let mut left = Vec::new();
     find_files(&tasks_dir, "s3.sock", &mut left);
     assert!(left.is_empty(), "endpoint sockets left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("named").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("named");
+    c.create_bucket(&b).await.unwrap();
+    let inputs: Vec<String> = (0..4).map(|i| format!("{b}/in/{i}")).collect();
+    for i in 0..4 {
+        put(&c, &format!("/{b}/in/{i}"), format!("a{i}").as_bytes()).await;
+    }
+    for runtime in runtimes() {
+        // Map then 2 reducers: each map task writes three named outputs,
+        // one routed to reducer 1, one also copied to its stdout.
+        let map = "x=$(cat); echo \"one $x\" | mpipe one-$x; echo \"two $x\" | mpipe -r 1 two-$x; \
+                   echo \"tee $x\" | mtee tee-$x; echo \"out $x\"";
+        let spec = serde_json::json!({
+            "phases": [
+                { "type": "map", "image": "insitu-test/busybox:latest", "runtime": runtime, "exec": map },
+                { "type": "reduce", "image": "insitu-test/busybox:latest", "runtime": runtime,
+                  "count": 2, "exec": "sort" } ],
+            "inputs": inputs,
+            "output": format!("{b}/mr-{runtime}/"),
+        });
+        let (status, errors) = run_job(&cluster, &t, &spec);
+        assert_eq!(status["state"], "done", "{runtime}: {status} {errors:?}");
+        assert!(errors.is_empty(), "{runtime}: {errors:?}");
+        let r0 = get_text(&c, &format!("{b}/mr-{runtime}/reduce.0")).await;
+        let r1 = get_text(&c, &format!("{b}/mr-{runtime}/reduce.1")).await;
+        let mut all: Vec<&str> = r0.lines().chain(r1.lines()).collect();
+        all.sort();
+        let mut want = Vec::new();
+        for i in 0..4 {
+            for kind in ["one", "two", "tee", "tee", "out"] {
+                want.push(format!("{kind} a{i}"));
+            }
+        }
+        want.sort();
+        assert_eq!(all, want, "{runtime}: every output reached a reducer once");
+        let routed: Vec<&str> = r1.lines().filter(|l| l.starts_with("two ")).collect();
+        assert_eq!(
+            routed.len(),
+            4,
+            "{runtime}: reducer 1 got every routed output: {r1}"
+        );
+        assert!(!r0.contains("two "), "{runtime}: {r0}");
+    }
+
+    // A final map phase: named outputs land under the output prefix, as
+    // written, listed with the job's outputs; a failed task's are dropped;
+    // a reducer is refused where the next phase is none.
+    let map = "x=$(cat); if [ \"$x\" = a3 ]; then echo lost | mpipe lost-$x; exit 1; fi; \
+               echo \"hello $x\" | mpipe greet/$x; echo z | mpipe -r 1 nope 2>&1; echo done";
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": map }],
+        "inputs": inputs,
+        "output": format!("{b}/final/"),
+    });
+    let (status, errors) = run_job(&cluster, &t, &spec);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(status["counters"]["outputs"], 6, "{status}");
+    for i in 0..3 {
+        assert_eq!(
+            get_text(&c, &format!("{b}/final/greet/a{i}")).await,
+            format!("hello a{i}\n")
+        );
+        let stdout = get_text(&c, &format!("{b}/final/{b}/in/{i}")).await;
+        assert!(
+            stdout.starts_with("mpipe: nope: InvalidArgument: x-insitu-reducer"),
+            "{stdout}"
+        );
+        assert!(stdout.ends_with("done\n"), "{stdout}");
+    }
+    let r = c
+        .send("GET", &format!("/{b}/final/lost-a3"), &[], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a failed task's named output is not visible"
+    );
+    let listed = Command::new(insitu_bin())
+        .args(["job", "outputs", status["id"].as_str().unwrap()])
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &t.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &t.secret_access_key)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&format!("{b}/final/greet/a0")), "{listed}");
 }

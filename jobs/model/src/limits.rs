@@ -42,3 +42,9 @@ pub const MAX_ASSETS: usize = 64;
 /// An asset's key becomes a path under `/insitu/assets/<bucket>/`: each of
 /// its `/`-separated parts is a file name, which Linux caps at 255 bytes.
 pub const MAX_ASSET_NAME_PART: usize = 255;
+/// Named outputs one task may write through its endpoint: each becomes an
+/// object, and in a non-final phase a task or a reducer's input.
+pub const MAX_NAMED_OUTPUTS: usize = 1000;
+/// A named output's name: it becomes part of a key (at most 1024 bytes),
+/// after the job's output prefix.
+pub const MAX_OUTPUT_NAME_BYTES: usize = 512;

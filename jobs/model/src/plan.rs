@@ -113,6 +113,30 @@ impl OutputPlace {
         }
     }
 
+    /// A task's named output `name`: under the output prefix in the last
+    /// phase (as the task wrote it), under the job's own prefix otherwise.
+    pub fn named_output_key(
+        &self,
+        job: &str,
+        phase: u32,
+        last_phase: bool,
+        task: &str,
+        name: &str,
+    ) -> String {
+        match last_phase {
+            true => format!("{}{name}", self.prefix),
+            false => format!("{}p{phase}/{task}.o/{name}", Self::job_prefix(job)),
+        }
+    }
+
+    /// Whether a named output's name is acceptable (also checked by the
+    /// node, where the task writes it).
+    pub fn output_name_ok(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= crate::limits::MAX_OUTPUT_NAME_BYTES
+            && !name.chars().any(char::is_control)
+    }
+
     /// A piece of a split map output, bound for reducer `r`.
     pub fn piece_key(job: &str, phase: u32, task: &str, r: u32) -> String {
         format!("{}p{phase}/{task}.r{r}", Self::job_prefix(job))

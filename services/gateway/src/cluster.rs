@@ -131,8 +131,23 @@ impl InflightBlobs {
     /// Whether the blob is in use here, or (on a shared catalog) by any
     /// gateway; an unreadable catalog counts as in use.
     pub async fn in_use(&self, catalog: &dyn insitu_catalog::Catalog, id: &str) -> bool {
+        match staged_by(id) {
+            Some(base) => self.held(catalog, base).await || self.held(catalog, id).await,
+            None => self.held(catalog, id).await,
+        }
+    }
+
+    async fn held(&self, catalog: &dyn insitu_catalog::Catalog, id: &str) -> bool {
         self.contains(id) || (catalog.is_shared() && catalog.has_intent(id).await.unwrap_or(true))
     }
+}
+
+/// A task's named output is staged on its node as `<stdout blob>-o<n>`
+/// (`storage-node/src/task_endpoint`): it is in use while its task's
+/// stdout blob is held.
+fn staged_by(id: &str) -> Option<&str> {
+    let (base, n) = id.rsplit_once("-o")?;
+    (!base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 /// The supervisor's holds on the blobs its jobs use.

@@ -9,13 +9,17 @@
 //! read (GET, HEAD, list) what its tenant may read, by the gateway's rules
 //! (`insitu_node_api::TASK_OBJECT_PATH`); the bytes come from this node's
 //! disk or from a node that holds the blob, never through the gateway.
-//! Nothing else is allowed: no writes yet, no bucket operations, no
-//! deletes, no jobs or admin API. docs/SECURITY.md has the threat model.
+//! A task may also write objects under its job's output place: each is
+//! staged as a blob on this node and becomes one of the task's named
+//! outputs, committed with its outcome (or dropped with it). Nothing else
+//! is allowed: no bucket operations, no deletes, no jobs or admin API.
+//! docs/SECURITY.md has the threat model.
 
 mod auth;
+mod outputs;
 mod s3;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +30,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 use crate::blob_store::BlobStore;
+use insitu_node_api::NamedOut;
 
 /// The loopback port the relay listens on inside every task container.
 pub const TASK_S3_PORT: u16 = 9555;
@@ -105,6 +110,7 @@ impl EndpointHub {
             tenant: tenant.to_string(),
             job: job.to_string(),
             grants: Mutex::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
             server: Mutex::new(None),
         });
         let server = tokio::spawn(serve(listener, self.clone(), Arc::downgrade(&endpoint)));
@@ -139,6 +145,38 @@ impl TaskCredentials {
     }
 }
 
+/// Where a task may write named outputs, and how much.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub bucket: String,
+    /// Keys start with it; the rest is the output's name.
+    pub prefix: String,
+    /// Bytes of named outputs in all.
+    pub cap_bytes: u64,
+    /// Staged blobs are `<base>-o<n>`: the gateway holds `<base>` (the
+    /// task's stdout blob) while the task is in flight, and the orphan
+    /// sweep treats them as held with it.
+    pub base_blob: String,
+    /// Reducers of the next phase, if it is a reduce.
+    pub next_reducers: Option<u32>,
+}
+
+/// Why a written output was not staged.
+enum Unrecorded {
+    /// The task ended while it was written.
+    Ended,
+    /// It would take the task past its output cap.
+    TooLarge,
+}
+
+/// A running task's staged outputs.
+struct Stage {
+    spec: StageSpec,
+    used: u64,
+    next: u32,
+    outputs: BTreeMap<String, NamedOut>,
+}
+
 /// One container's endpoint: its socket, and the credentials of its
 /// running tasks.
 pub struct TaskEndpoint {
@@ -147,6 +185,8 @@ pub struct TaskEndpoint {
     job: String,
     /// Access key → (task id, secret key), for running tasks only.
     grants: Mutex<HashMap<String, (String, String)>>,
+    /// Task id → its staged named outputs.
+    stages: Mutex<HashMap<String, Stage>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -195,12 +235,77 @@ impl TaskEndpoint {
     }
 
     /// New credentials for a task, revoked when the guard goes (when the
-    /// task has ended, or if its handler fails on the way).
-    pub fn issue_guarded(self: &Arc<Self>, task_id: &str) -> CredentialsGuard {
+    /// task has ended, or if its handler fails on the way); with `stage`,
+    /// the task may write named outputs.
+    pub fn issue_guarded(
+        self: &Arc<Self>,
+        task_id: &str,
+        stage: Option<StageSpec>,
+    ) -> CredentialsGuard {
+        if let (Some(spec), Ok(mut stages)) = (stage, self.stages.lock()) {
+            stages.insert(
+                task_id.to_string(),
+                Stage {
+                    spec,
+                    used: 0,
+                    next: 0,
+                    outputs: BTreeMap::new(),
+                },
+            );
+        }
         CredentialsGuard {
             creds: self.issue(task_id),
             endpoint: self.clone(),
         }
+    }
+
+    /// A task's staged outputs, taken when it has ended (its credentials
+    /// revoked): a write still in flight then finds no stage and is
+    /// dropped.
+    pub fn take_staged(&self, task_id: &str) -> Vec<NamedOut> {
+        self.stages
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(task_id))
+            .map(|stage| stage.outputs.into_values().collect())
+            .unwrap_or_default()
+    }
+
+    fn stage_spec(&self, task_id: &str) -> Option<StageSpec> {
+        self.stages
+            .lock()
+            .ok()?
+            .get(task_id)
+            .map(|s| s.spec.clone())
+    }
+
+    /// Room left for a task's outputs, and a new blob id for one; `None`
+    /// once the task has ended or wrote as many outputs as allowed.
+    fn reserve(&self, task_id: &str, name: &str) -> Option<(u64, String)> {
+        let mut stages = self.stages.lock().ok()?;
+        let stage = stages.get_mut(task_id)?;
+        if !stage.outputs.contains_key(name)
+            && stage.outputs.len() >= insitu_job_model::limits::MAX_NAMED_OUTPUTS
+        {
+            return None;
+        }
+        let id = format!("{}-o{}", stage.spec.base_blob, stage.next);
+        stage.next += 1;
+        Some((stage.spec.cap_bytes.saturating_sub(stage.used), id))
+    }
+
+    /// Records a written output; returns the blob it replaces (the same
+    /// name written before).
+    fn record(&self, task_id: &str, out: NamedOut) -> Result<Option<String>, Unrecorded> {
+        let mut stages = self.stages.lock().map_err(|_| Unrecorded::Ended)?;
+        let stage = stages.get_mut(task_id).ok_or(Unrecorded::Ended)?;
+        let replaced = stage.outputs.get(&out.name).map(|o| o.size).unwrap_or(0);
+        let used = stage.used - replaced + out.size;
+        if used > stage.spec.cap_bytes {
+            return Err(Unrecorded::TooLarge);
+        }
+        stage.used = used;
+        Ok(stage.outputs.insert(out.name.clone(), out).map(|o| o.blob))
     }
 
     /// The task ended: its credentials are refused from now on.

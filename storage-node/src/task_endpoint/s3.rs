@@ -18,6 +18,7 @@ use insitu_node_api::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::{auth, EndpointHub, TaskEndpoint};
 
@@ -38,13 +39,13 @@ pub(super) fn router(hub: Arc<EndpointHub>, endpoint: Weak<TaskEndpoint>) -> Rou
 
 /// An S3 error for the task.
 #[derive(Debug)]
-struct S3Err {
+pub(super) struct S3Err {
     status: StatusCode,
     code: String,
     message: String,
 }
 
-fn err(status: StatusCode, code: &str, message: impl Into<String>) -> S3Err {
+pub(super) fn err(status: StatusCode, code: &str, message: impl Into<String>) -> S3Err {
     S3Err {
         status,
         code: code.to_string(),
@@ -52,7 +53,7 @@ fn err(status: StatusCode, code: &str, message: impl Into<String>) -> S3Err {
     }
 }
 
-fn denied(message: impl Into<String>) -> S3Err {
+pub(super) fn denied(message: impl Into<String>) -> S3Err {
     err(StatusCode::FORBIDDEN, "AccessDenied", message)
 }
 
@@ -104,7 +105,7 @@ async fn serve(ctx: &Ctx, req: Request) -> Result<Response, S3Err> {
             "the task's container is ending",
         )
     })?;
-    let (parts, _body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let (access_key, authorization) =
         auth::access_key(&parts.headers).map_err(|r| denied_as(r.code, r.message))?;
     let (task, secret) = endpoint.grant(&access_key).ok_or_else(|| {
@@ -131,25 +132,53 @@ async fn serve(ctx: &Ctx, req: Request) -> Result<Response, S3Err> {
     )
     .map_err(|r| denied_as(r.code, r.message))?;
     let span = tracing::info_span!("task_s3", tenant = %endpoint.tenant, job = %endpoint.job, task = %task);
-    let _enter = span.enter();
-    let path = insitu_sigv4::uri_decode(raw_path.trim_start_matches('/'));
+    route(ctx, &endpoint, &task, &parts, body)
+        .instrument(span)
+        .await
+}
+
+async fn route(
+    ctx: &Ctx,
+    endpoint: &TaskEndpoint,
+    task: &str,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Response, S3Err> {
+    let path = insitu_sigv4::uri_decode(parts.uri.path().trim_start_matches('/'));
     let (bucket, key) = match path.split_once('/') {
         Some((b, k)) => (b.to_string(), k.to_string()),
         None => (path.clone(), String::new()),
     };
-    let query = query_map(raw_query);
+    let query = query_map(parts.uri.query().unwrap_or(""));
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let plain = !has_subresource(&query);
     match (bucket.is_empty(), key.is_empty()) {
         (true, _) => Err(denied("a task may not list or change buckets")),
-        (false, true) if parts.method == Method::GET && !has_subresource(&query) => {
+        (false, true) if parts.method == Method::GET && plain => {
             list(ctx, &endpoint.tenant, &bucket, &query).await
         }
-        (false, false) if read && !has_subresource(&query) => {
+        (false, false) if read && plain => {
             let head = parts.method == Method::HEAD;
             object(ctx, &endpoint.tenant, &bucket, &key, &parts.headers, head).await
         }
+        (false, false)
+            if parts.method == Method::PUT
+                && plain
+                && !parts.headers.contains_key("x-amz-copy-source") =>
+        {
+            super::outputs::put(
+                &ctx.hub,
+                endpoint,
+                task,
+                &bucket,
+                &key,
+                &parts.headers,
+                body,
+            )
+            .await
+        }
         _ => Err(denied(
-            "a task's endpoint allows only GET and HEAD of objects and listings",
+            "a task's endpoint allows GET and HEAD of objects and listings, and PUT of its outputs",
         )),
     }
 }

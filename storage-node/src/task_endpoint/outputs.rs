@@ -1,0 +1,201 @@
+//! PUT through a task's endpoint: a named output. The key must be under
+//! the job's output place; the rest of it is the output's name. The body
+//! streams into a blob on this node (never held whole), its MD5 kept for
+//! the ETag and a claimed SHA-256 checked; the blob stays staged until the
+//! task's outcome is committed, and is dropped with a failed task.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, StatusCode};
+use insitu_job_model::limits::MAX_NAMED_OUTPUTS;
+use insitu_job_model::plan::OutputPlace;
+use insitu_node_api::NamedOut;
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use super::s3::{denied, err, S3Err};
+use super::{EndpointHub, TaskEndpoint, Unrecorded};
+
+/// The header that routes an output to a reducer of the next phase.
+pub const REDUCER_HEADER: &str = "x-insitu-reducer";
+
+pub(super) async fn put(
+    hub: &EndpointHub,
+    endpoint: &TaskEndpoint,
+    task: &str,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, S3Err> {
+    let spec = endpoint
+        .stage_spec(task)
+        .ok_or_else(|| denied("this task writes no named outputs"))?;
+    let name = match key.strip_prefix(&spec.prefix) {
+        Some(name) if bucket == spec.bucket => name,
+        _ => {
+            return Err(denied(format!(
+                "a task may write only under its job's output place {}/{}",
+                spec.bucket, spec.prefix
+            )))
+        }
+    };
+    if !OutputPlace::output_name_ok(name) {
+        return Err(invalid(format!(
+            "an output's name (the key after {}) is 1 to {} bytes, without control characters",
+            spec.prefix,
+            insitu_job_model::limits::MAX_OUTPUT_NAME_BYTES
+        )));
+    }
+    let reducer = match headers.get(REDUCER_HEADER) {
+        None => None,
+        Some(v) => {
+            let r = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .ok_or_else(|| invalid(format!("{REDUCER_HEADER} is a reducer number")))?;
+            match spec.next_reducers {
+                Some(n) if r < n => Some(r),
+                Some(n) => {
+                    return Err(invalid(format!(
+                        "{REDUCER_HEADER}: {r}, but the next phase has reducers 0 to {}",
+                        n - 1
+                    )))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "{REDUCER_HEADER}: the next phase is not a reduce"
+                    )))
+                }
+            }
+        }
+    };
+    let claimed = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("UNSIGNED-PAYLOAD");
+    let sha256 = match claimed {
+        "UNSIGNED-PAYLOAD" => None,
+        h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(h.to_ascii_lowercase())
+        }
+        _ => {
+            return Err(err(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "a task's endpoint takes a signed or UNSIGNED-PAYLOAD body, not aws-chunked",
+            ))
+        }
+    };
+    let declared = match headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| invalid("Content-Length is not a number".to_string()))?,
+        ),
+        None => None,
+    };
+    let (room, blob) = endpoint.reserve(task, name).ok_or_else(|| {
+        denied(format!(
+            "the task has ended, or has written its {MAX_NAMED_OUTPUTS} outputs"
+        ))
+    })?;
+    let too_large = || {
+        err(
+            StatusCode::BAD_REQUEST,
+            "EntityTooLarge",
+            "the task's outputs would exceed its output_mb",
+        )
+    };
+    if declared.is_some_and(|n| n > room) {
+        return Err(too_large());
+    }
+    let digests = std::sync::Arc::new(std::sync::Mutex::new((Md5::new(), Sha256::new(), 0u64)));
+    let seen = digests.clone();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk: Bytes = chunk.map_err(|e| e.to_string())?;
+        let mut d = seen.lock().map_err(|_| "digest lock".to_string())?;
+        d.2 += chunk.len() as u64;
+        if d.2 > room {
+            return Err("the task's outputs would exceed its output_mb".to_string());
+        }
+        d.0.update(&chunk);
+        sha2::Digest::update(&mut d.1, &chunk);
+        Ok(chunk)
+    });
+    let stored = hub.store.put(&blob, Box::pin(stream), declared).await;
+    let (md5, sha, size) = {
+        let d = digests.lock().map_err(|_| internal())?;
+        (
+            hex::encode(d.0.clone().finalize()),
+            hex::encode(sha2::Digest::finalize(d.1.clone())),
+            d.2,
+        )
+    };
+    let info = match stored {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::info!(blob = %blob, error = %e, "task output not stored");
+            return Err(if size > room {
+                too_large()
+            } else {
+                incomplete()
+            });
+        }
+    };
+    if sha256.as_deref().is_some_and(|h| h != sha) {
+        let _ = hub.store.delete(&blob).await;
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "XAmzContentSha256Mismatch",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        ));
+    }
+    let out = NamedOut {
+        name: name.to_string(),
+        blob: blob.clone(),
+        size: info.size,
+        md5: md5.clone(),
+        reducer,
+    };
+    match endpoint.record(task, out) {
+        Ok(replaced) => {
+            if let Some(old) = replaced {
+                let _ = hub.store.delete(&old).await;
+            }
+            tracing::debug!(name = %name, blob = %blob, size = info.size, "task output staged");
+            Ok((StatusCode::OK, [(http::header::ETAG, format!("\"{md5}\""))]).into_response())
+        }
+        Err(why) => {
+            let _ = hub.store.delete(&blob).await;
+            Err(match why {
+                Unrecorded::Ended => denied("the task has ended"),
+                Unrecorded::TooLarge => too_large(),
+            })
+        }
+    }
+}
+
+fn invalid(message: String) -> S3Err {
+    err(StatusCode::BAD_REQUEST, "InvalidArgument", message)
+}
+
+fn incomplete() -> S3Err {
+    err(
+        StatusCode::BAD_REQUEST,
+        "IncompleteBody",
+        "the body ended before its Content-Length, or could not be stored",
+    )
+}
+
+fn internal() -> S3Err {
+    err(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "the output could not be staged",
+    )
+}
