@@ -34,6 +34,9 @@ pub(crate) struct ImageCopies {
 
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
+/// Named outputs of one task replicated at once.
+const REPLICATE_AT_ONCE: usize = 4;
+
 /// Time allowed beyond a task's own timeout (image pull or load, copies).
 pub(crate) const DEADLINE_SLACK: Duration = Duration::from_secs(900);
 
@@ -466,11 +469,16 @@ async fn finish_attempt(
     };
     match resp.end {
         TaskEndReport::Exited { code: 0 } => {
-            let mut named = Vec::new();
-            for o in resp.named {
-                let blob = replicate(sv, on_node(o.blob, o.size, o.md5)).await;
-                named.push((o.name, o.reducer, blob));
-            }
+            // Up to 1000 of them: replicated a few at a time, in order.
+            use futures::StreamExt;
+            let named: Vec<(String, Option<u32>, Blob)> = futures::stream::iter(resp.named)
+                .map(|o| {
+                    let blob = on_node(o.blob, o.size, o.md5);
+                    async move { (o.name, o.reducer, replicate(sv, blob).await) }
+                })
+                .buffered(REPLICATE_AT_ONCE)
+                .collect()
+                .await;
             if ctx.split.is_some() {
                 let mut pieces = Vec::new();
                 for p in resp.pieces {

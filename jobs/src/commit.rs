@@ -208,6 +208,17 @@ async fn commit_one(
     Ok(())
 }
 
+/// How an output is routed to the next phase's reducers: by the hash of
+/// its object's location (stdout), of its name (a named output, so that
+/// the same name from every task meets at one reducer), or to the reducer
+/// the task chose.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Location,
+    Name(&'a str),
+    To(u32),
+}
+
 /// Where a successful task's outputs go, within its commit.
 struct Emit<'a> {
     step: &'a mut JobChange,
@@ -219,9 +230,8 @@ struct Emit<'a> {
 
 impl Emit<'_> {
     /// An output object at `key`: a final output, the input of a map task
-    /// of the next phase, or a piece for a reducer (`reducer` if the task
-    /// chose one, else by the hash of its name).
-    fn output(&mut self, spec: &JobSpec, key: String, blob: &Blob, reducer: Option<u32>) {
+    /// of the next phase, or a piece for a reducer, routed by `route`.
+    fn output(&mut self, spec: &JobSpec, key: String, blob: &Blob, route: Route<'_>) {
         let tenant = self.rec.tenant.clone();
         self.step
             .put_object(self.bucket, &key, object_record(&tenant, blob));
@@ -244,9 +254,11 @@ impl Emit<'_> {
             }
             Downstream::Map => add_map_task(self.step, self.rec, self.phase + 1, loc),
             Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
-                let r = reducer
-                    .filter(|r| *r < count)
-                    .unwrap_or_else(|| plan::reducer_for_name(&loc, count));
+                let r = match route {
+                    Route::To(r) if r < count => r,
+                    Route::Name(name) => plan::reducer_for_name(name, count),
+                    _ => plan::reducer_for_name(&loc, count),
+                };
                 self.piece(key, r, blob);
             }
         }
@@ -331,11 +343,15 @@ pub(crate) async fn build_commit(
                     task.input.as_deref(),
                     task.reducer,
                 );
-                emit.output(&rec.spec, key, blob, None);
+                emit.output(&rec.spec, key, blob, Route::Location);
             }
             for (name, reducer, blob) in named {
                 let key = out.named_output_key(&rec.id, fin.task.phase, last, &task.id, name);
-                emit.output(&rec.spec, key, blob, *reducer);
+                let route = match reducer {
+                    Some(r) => Route::To(*r),
+                    None => Route::Name(name),
+                };
+                emit.output(&rec.spec, key, blob, route);
             }
             for (r, blob) in pieces {
                 let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);

@@ -312,13 +312,14 @@ impl TaskService {
         // What the task wrote through its endpoint: dropped (its blobs
         // removed) unless the task succeeds and they go in the answer.
         let mut staged = Staged {
-            outputs: group
-                .endpoint
-                .as_ref()
-                .map(|ep| ep.take_staged(&req.task_id))
-                .unwrap_or_default(),
+            outputs: Vec::new(),
             store: self.endpoints.as_ref().map(|h| h.store.clone()),
         };
+        if let Some(ep) = &group.endpoint {
+            staged.outputs = ep
+                .take_staged(&req.task_id)
+                .map_err(|e| TaskError::Runtime(e.to_string()))?;
+        }
         if let Some(slot) = stream_slot {
             slot.finished
                 .store(true, std::sync::atomic::Ordering::Relaxed);

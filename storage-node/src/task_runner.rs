@@ -215,7 +215,7 @@ impl std::fmt::Debug for Group {
 /// The resident launcher of a group: one `exec` started with the
 /// container, reading task ids on stdin and starting each task as a child
 /// process, then answering `<task> <exit status> <processes>` on stdout
-/// (the processes in the container as the task ended). A task then
+/// (the threads in the container as the task ended). A task then
 /// costs a process start inside the container instead of a Docker exec
 /// (measured here: ~60 ms each).
 struct Launcher {
@@ -227,7 +227,7 @@ struct Launcher {
 #[derive(Debug, Clone, Copy)]
 struct Answer {
     code: i64,
-    /// Processes in the container when the task ended.
+    /// Threads of the task user in the container when the task ended.
     procs: Option<u64>,
 }
 
@@ -242,14 +242,14 @@ type Waiters = Arc<std::sync::Mutex<Option<HashMap<String, oneshot::Sender<Answe
 /// `__sweep` kills every process but the container's init and the
 /// launcher, with shell builtins only (no process is started for it): how
 /// strays are removed where the host cannot see the task processes (gVisor).
-/// `__count-<n>` answers how many processes the container runs, also with
+/// `__count-<n>` answers how many threads the container runs, also with
 /// builtins only, so it answers even when a fork bomb holds every slot.
 /// `__seal-<task>` kills every process that still holds the task's stdout
 /// or stderr open (how `seal_outputs` works under gVisor), answering how
 /// many it found.
 const LAUNCHER: &str = r#"insitu_count() {
   INSITU_N=0
-  for INSITU_P in /proc/[0-9]*; do INSITU_N=$((INSITU_N + 1)); done
+  for INSITU_P in /proc/[0-9]*/task/[0-9]*; do INSITU_N=$((INSITU_N + 1)); done
 }
 while read -r INSITU_T; do
   if [ "$INSITU_T" = __sweep ]; then
@@ -1375,7 +1375,8 @@ async fn ask_launcher(group: &Group, command: &str, wait: Duration) -> Option<An
 /// Whether a container under gVisor was at its process limit.
 fn at_guest_limit(group: &Group, procs: Option<u64>) -> bool {
     match (group.guest_nproc, procs) {
-        // Every process of the task user counts: the container's init,
+        // Every thread of the task user counts (RLIMIT_NPROC counts
+        // threads): the container's init (the relay, with its reaper),
         // the launcher, the task shells. One may have just exited.
         (Some(limit), Some(n)) => n + 1 >= limit,
         _ => false,

@@ -457,7 +457,7 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
         // Map then 2 reducers: each map task writes three named outputs,
         // one routed to reducer 1, one also copied to its stdout.
         let map = "x=$(cat); echo \"one $x\" | mpipe one-$x; echo \"two $x\" | mpipe -r 1 two-$x; \
-                   echo \"tee $x\" | mtee tee-$x; echo \"out $x\"";
+                   echo \"tee $x\" | mtee tee-$x; echo \"shared $x\" | mpipe shared; echo \"out $x\"";
         let spec = serde_json::json!({
             "phases": [
                 { "type": "map", "image": "insitu-test/busybox:latest", "runtime": runtime, "exec": map },
@@ -475,7 +475,7 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
         all.sort();
         let mut want = Vec::new();
         for i in 0..4 {
-            for kind in ["one", "two", "tee", "tee", "out"] {
+            for kind in ["one", "two", "tee", "tee", "shared", "out"] {
                 want.push(format!("{kind} a{i}"));
             }
         }
@@ -488,6 +488,12 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
             "{runtime}: reducer 1 got every routed output: {r1}"
         );
         assert!(!r0.contains("two "), "{runtime}: {r0}");
+        // One name from every task meets at one reducer.
+        let shared = |r: &str| r.lines().filter(|l| l.starts_with("shared ")).count();
+        assert!(
+            (shared(&r0), shared(&r1)) == (4, 0) || (shared(&r0), shared(&r1)) == (0, 4),
+            "{runtime}: {r0} / {r1}"
+        );
     }
 
     // A final map phase: named outputs land under the output prefix, as
@@ -533,4 +539,20 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&format!("{b}/final/greet/a0")), "{listed}");
+
+    // With the bucket's root as the output place, the jobs' own objects
+    // stay out of reach.
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest",
+                     "exec": "cat >/dev/null; echo x | mpipe _insitu/jobs/evil 2>&1; echo done" }],
+        "inputs": [inputs[0].clone()],
+        "output": format!("{b}/"),
+    });
+    let (status, errors) = run_job(&cluster, &t, &spec);
+    assert!(errors.is_empty(), "{status} {errors:?}");
+    let out = get_text(&c, &format!("{b}/{b}/in/0")).await;
+    assert_eq!(
+        out,
+        "mpipe: _insitu/jobs/evil: AccessDenied: _insitu/ is where jobs keep their own objects\ndone\n"
+    );
 }

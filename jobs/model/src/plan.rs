@@ -129,12 +129,24 @@ impl OutputPlace {
         }
     }
 
-    /// Whether a named output's name is acceptable (also checked by the
-    /// node, where the task writes it).
-    pub fn output_name_ok(name: &str) -> bool {
-        !name.is_empty()
-            && name.len() <= crate::limits::MAX_OUTPUT_NAME_BYTES
-            && !name.chars().any(char::is_control)
+    /// Why a task may not write the named output `name` under `prefix`
+    /// (checked by the node, where the task writes it): its name's shape,
+    /// the key's length, or the jobs' own `_insitu/` objects (an empty
+    /// output prefix would otherwise reach them).
+    pub fn named_output_refusal(prefix: &str, name: &str) -> Option<String> {
+        let max = crate::limits::MAX_OUTPUT_NAME_BYTES;
+        if name.is_empty() || name.len() > max || name.chars().any(char::is_control) {
+            return Some(format!(
+                "an output's name (the key after {prefix:?}) is 1 to {max} bytes, without control characters"
+            ));
+        }
+        if prefix.len() + name.len() > 1024 {
+            return Some("keys are at most 1024 bytes".to_string());
+        }
+        if format!("{prefix}{name}").starts_with("_insitu/") {
+            return Some("_insitu/ is where jobs keep their own objects".to_string());
+        }
+        None
     }
 
     /// A piece of a split map output, bound for reducer `r`.
@@ -178,6 +190,16 @@ pub fn downstream(spec: &JobSpec, phase: usize) -> Downstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_outputs_stay_out_of_the_jobs_own_objects() {
+        assert!(OutputPlace::named_output_refusal("out/", "a/b.txt").is_none());
+        assert!(OutputPlace::named_output_refusal("", "_insitu/jobs/x/p0/m1").is_some());
+        assert!(OutputPlace::named_output_refusal("_insi", "tu/jobs/x").is_some());
+        assert!(OutputPlace::named_output_refusal("out/", "").is_some());
+        assert!(OutputPlace::named_output_refusal("out/", "a\nb").is_some());
+        assert!(OutputPlace::named_output_refusal(&"p".repeat(600), &"n".repeat(500)).is_some());
+    }
 
     #[test]
     fn lines_route_by_their_first_field() {

@@ -161,6 +161,19 @@ pub struct StageSpec {
     pub next_reducers: Option<u32>,
 }
 
+/// The staged outputs could not be read (a poisoned lock): the task
+/// must not succeed without them.
+#[derive(Debug, thiserror::Error)]
+#[error("the task's staged outputs are lost")]
+pub struct StageLost;
+
+/// Why an output may not be written.
+enum Unreserved {
+    Ended,
+    TooMany,
+    TooLarge,
+}
+
 /// Why a written output was not staged.
 enum Unrecorded {
     /// The task ended while it was written.
@@ -172,8 +185,13 @@ enum Unrecorded {
 /// A running task's staged outputs.
 struct Stage {
     spec: StageSpec,
+    /// Bytes of the outputs staged.
     used: u64,
-    next: u32,
+    /// Writes in flight, and the bytes they declared: counted against
+    /// the caps at once, so concurrent writes cannot pass them together.
+    writing: usize,
+    writing_bytes: u64,
+    next: u64,
     outputs: BTreeMap<String, NamedOut>,
 }
 
@@ -248,6 +266,8 @@ impl TaskEndpoint {
                 Stage {
                     spec,
                     used: 0,
+                    writing: 0,
+                    writing_bytes: 0,
                     next: 0,
                     outputs: BTreeMap::new(),
                 },
@@ -262,13 +282,12 @@ impl TaskEndpoint {
     /// A task's staged outputs, taken when it has ended (its credentials
     /// revoked): a write still in flight then finds no stage and is
     /// dropped.
-    pub fn take_staged(&self, task_id: &str) -> Vec<NamedOut> {
-        self.stages
-            .lock()
-            .ok()
-            .and_then(|mut s| s.remove(task_id))
+    pub fn take_staged(&self, task_id: &str) -> Result<Vec<NamedOut>, StageLost> {
+        let mut stages = self.stages.lock().map_err(|_| StageLost)?;
+        Ok(stages
+            .remove(task_id)
             .map(|stage| stage.outputs.into_values().collect())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     fn stage_spec(&self, task_id: &str) -> Option<StageSpec> {
@@ -279,29 +298,64 @@ impl TaskEndpoint {
             .map(|s| s.spec.clone())
     }
 
-    /// Room left for a task's outputs, and a new blob id for one; `None`
-    /// once the task has ended or wrote as many outputs as allowed.
-    fn reserve(&self, task_id: &str, name: &str) -> Option<(u64, String)> {
-        let mut stages = self.stages.lock().ok()?;
-        let stage = stages.get_mut(task_id)?;
-        if !stage.outputs.contains_key(name)
-            && stage.outputs.len() >= insitu_job_model::limits::MAX_NAMED_OUTPUTS
+    /// Room for one more output of `declared` bytes (if known): the bytes
+    /// it may take and a new blob id, counted against the task's caps
+    /// until [`TaskEndpoint::record`] or [`TaskEndpoint::release`].
+    fn reserve(
+        &self,
+        task_id: &str,
+        name: &str,
+        declared: Option<u64>,
+    ) -> Result<(u64, String), Unreserved> {
+        let mut stages = self.stages.lock().map_err(|_| Unreserved::Ended)?;
+        let stage = stages.get_mut(task_id).ok_or(Unreserved::Ended)?;
+        let replacing = stage.outputs.get(name).map(|o| o.size);
+        if replacing.is_none()
+            && stage.outputs.len() + stage.writing >= insitu_job_model::limits::MAX_NAMED_OUTPUTS
         {
-            return None;
+            return Err(Unreserved::TooMany);
+        }
+        let room = (stage.spec.cap_bytes + replacing.unwrap_or(0))
+            .saturating_sub(stage.used + stage.writing_bytes);
+        if declared.is_some_and(|n| n > room) {
+            return Err(Unreserved::TooLarge);
         }
         let id = format!("{}-o{}", stage.spec.base_blob, stage.next);
         stage.next += 1;
-        Some((stage.spec.cap_bytes.saturating_sub(stage.used), id))
+        stage.writing += 1;
+        stage.writing_bytes += declared.unwrap_or(0);
+        Ok((room, id))
     }
 
-    /// Records a written output; returns the blob it replaces (the same
-    /// name written before).
-    fn record(&self, task_id: &str, out: NamedOut) -> Result<Option<String>, Unrecorded> {
+    /// A reserved write that failed: its room goes back.
+    fn release(&self, task_id: &str, declared: Option<u64>) {
+        if let Some(stage) = self
+            .stages
+            .lock()
+            .ok()
+            .as_mut()
+            .and_then(|s| s.get_mut(task_id))
+        {
+            stage.writing = stage.writing.saturating_sub(1);
+            stage.writing_bytes = stage.writing_bytes.saturating_sub(declared.unwrap_or(0));
+        }
+    }
+
+    /// Records a written output, ending its reservation; returns the blob
+    /// it replaces (the same name written before).
+    fn record(
+        &self,
+        task_id: &str,
+        out: NamedOut,
+        declared: Option<u64>,
+    ) -> Result<Option<String>, Unrecorded> {
         let mut stages = self.stages.lock().map_err(|_| Unrecorded::Ended)?;
         let stage = stages.get_mut(task_id).ok_or(Unrecorded::Ended)?;
+        stage.writing = stage.writing.saturating_sub(1);
+        stage.writing_bytes = stage.writing_bytes.saturating_sub(declared.unwrap_or(0));
         let replaced = stage.outputs.get(&out.name).map(|o| o.size).unwrap_or(0);
         let used = stage.used - replaced + out.size;
-        if used > stage.spec.cap_bytes {
+        if used + stage.writing_bytes > stage.spec.cap_bytes {
             return Err(Unrecorded::TooLarge);
         }
         stage.used = used;

@@ -16,7 +16,8 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 
 use super::s3::{denied, err, S3Err};
-use super::{EndpointHub, TaskEndpoint, Unrecorded};
+use super::{EndpointHub, TaskEndpoint, Unrecorded, Unreserved};
+use crate::blob_store::BlobError;
 
 /// The header that routes an output to a reducer of the next phase.
 pub const REDUCER_HEADER: &str = "x-insitu-reducer";
@@ -42,12 +43,12 @@ pub(super) async fn put(
             )))
         }
     };
-    if !OutputPlace::output_name_ok(name) {
-        return Err(invalid(format!(
-            "an output's name (the key after {}) is 1 to {} bytes, without control characters",
-            spec.prefix,
-            insitu_job_model::limits::MAX_OUTPUT_NAME_BYTES
-        )));
+    if let Some(why) = OutputPlace::named_output_refusal(&spec.prefix, name) {
+        return Err(match why.starts_with("keys are") {
+            true => err(StatusCode::BAD_REQUEST, "KeyTooLongError", why),
+            false if why.starts_with("_insitu/") => denied(why),
+            false => invalid(why),
+        });
     }
     let reducer = match headers.get(REDUCER_HEADER) {
         None => None,
@@ -99,11 +100,6 @@ pub(super) async fn put(
         ),
         None => None,
     };
-    let (room, blob) = endpoint.reserve(task, name).ok_or_else(|| {
-        denied(format!(
-            "the task has ended, or has written its {MAX_NAMED_OUTPUTS} outputs"
-        ))
-    })?;
     let too_large = || {
         err(
             StatusCode::BAD_REQUEST,
@@ -111,9 +107,67 @@ pub(super) async fn put(
             "the task's outputs would exceed its output_mb",
         )
     };
-    if declared.is_some_and(|n| n > room) {
-        return Err(too_large());
+    let (room, blob) = endpoint
+        .reserve(task, name, declared)
+        .map_err(|why| match why {
+            Unreserved::Ended => denied("the task has ended"),
+            Unreserved::TooMany => denied(format!(
+                "a task writes at most {MAX_NAMED_OUTPUTS} named outputs"
+            )),
+            Unreserved::TooLarge => too_large(),
+        })?;
+    let written = write(hub, &blob, body, declared, room, sha256.as_deref()).await;
+    let (size, md5) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            endpoint.release(task, declared);
+            return Err(match e {
+                Failed::Refused(e) => e,
+                Failed::TooLarge => too_large(),
+            });
+        }
+    };
+    let out = NamedOut {
+        name: name.to_string(),
+        blob: blob.clone(),
+        size,
+        md5: md5.clone(),
+        reducer,
+    };
+    match endpoint.record(task, out, declared) {
+        Ok(replaced) => {
+            if let Some(old) = replaced {
+                let _ = hub.store.delete(&old).await;
+            }
+            tracing::debug!(name = %name, blob = %blob, size, "task output staged");
+            Ok((StatusCode::OK, [(http::header::ETAG, format!("\"{md5}\""))]).into_response())
+        }
+        Err(why) => {
+            let _ = hub.store.delete(&blob).await;
+            Err(match why {
+                Unrecorded::Ended => denied("the task has ended"),
+                Unrecorded::TooLarge => too_large(),
+            })
+        }
     }
+}
+
+/// Why a body was not stored.
+enum Failed {
+    Refused(S3Err),
+    TooLarge,
+}
+
+/// Streams a body into blob `blob` (at most `room` bytes), checking a
+/// claimed SHA-256: its size and MD5, or why it was not kept.
+async fn write(
+    hub: &EndpointHub,
+    blob: &str,
+    body: Body,
+    declared: Option<u64>,
+    room: u64,
+    sha256: Option<&str>,
+) -> Result<(u64, String), Failed> {
     let digests = std::sync::Arc::new(std::sync::Mutex::new((Md5::new(), Sha256::new(), 0u64)));
     let seen = digests.clone();
     let stream = body.into_data_stream().map(move |chunk| {
@@ -127,9 +181,9 @@ pub(super) async fn put(
         sha2::Digest::update(&mut d.1, &chunk);
         Ok(chunk)
     });
-    let stored = hub.store.put(&blob, Box::pin(stream), declared).await;
+    let stored = hub.store.put(blob, Box::pin(stream), declared).await;
     let (md5, sha, size) = {
-        let d = digests.lock().map_err(|_| internal())?;
+        let d = digests.lock().map_err(|_| Failed::Refused(internal()))?;
         (
             hex::encode(d.0.clone().finalize()),
             hex::encode(sha2::Digest::finalize(d.1.clone())),
@@ -138,46 +192,31 @@ pub(super) async fn put(
     };
     let info = match stored {
         Ok(info) => info,
+        Err(e) if size > room => {
+            tracing::info!(blob = %blob, error = %e, "task output over its cap");
+            return Err(Failed::TooLarge);
+        }
+        Err(BlobError::Full { .. }) => {
+            return Err(Failed::Refused(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the task's node has no room for this output",
+            )))
+        }
         Err(e) => {
             tracing::info!(blob = %blob, error = %e, "task output not stored");
-            return Err(if size > room {
-                too_large()
-            } else {
-                incomplete()
-            });
+            return Err(Failed::Refused(incomplete()));
         }
     };
-    if sha256.as_deref().is_some_and(|h| h != sha) {
-        let _ = hub.store.delete(&blob).await;
-        return Err(err(
+    if sha256.is_some_and(|h| h != sha) {
+        let _ = hub.store.delete(blob).await;
+        return Err(Failed::Refused(err(
             StatusCode::BAD_REQUEST,
             "XAmzContentSha256Mismatch",
             "The provided 'x-amz-content-sha256' header does not match what was computed.",
-        ));
+        )));
     }
-    let out = NamedOut {
-        name: name.to_string(),
-        blob: blob.clone(),
-        size: info.size,
-        md5: md5.clone(),
-        reducer,
-    };
-    match endpoint.record(task, out) {
-        Ok(replaced) => {
-            if let Some(old) = replaced {
-                let _ = hub.store.delete(&old).await;
-            }
-            tracing::debug!(name = %name, blob = %blob, size = info.size, "task output staged");
-            Ok((StatusCode::OK, [(http::header::ETAG, format!("\"{md5}\""))]).into_response())
-        }
-        Err(why) => {
-            let _ = hub.store.delete(&blob).await;
-            Err(match why {
-                Unrecorded::Ended => denied("the task has ended"),
-                Unrecorded::TooLarge => too_large(),
-            })
-        }
-    }
+    Ok((info.size, md5))
 }
 
 fn invalid(message: String) -> S3Err {

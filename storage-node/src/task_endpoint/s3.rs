@@ -177,6 +177,9 @@ async fn route(
             )
             .await
         }
+        _ if query.iter().any(|(k, _)| k == "uploads" || k == "uploadId") => Err(denied(
+            "multipart uploads are not supported through a task's endpoint: write each output with one PUT (raise the SDK's multipart threshold)",
+        )),
         _ => Err(denied(
             "a task's endpoint allows GET and HEAD of objects and listings, and PUT of its outputs",
         )),
