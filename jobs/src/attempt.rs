@@ -377,6 +377,11 @@ pub(crate) async fn attempt(
         assets,
         output_place: Some(ctx.output_place.clone()),
         next_reducers: ctx.next_reducers,
+        task_name: task.id.clone(),
+        input_name: match task.reducer {
+            Some(r) => format!("reducer {r}"),
+            None => input_key.to_string(),
+        },
     };
     // The image first, once per (phase, node): a pull or load is its own
     // state, not part of the task's time.

@@ -588,6 +588,15 @@ mod tests {
         async fn end_group(&self, _: &str, _: &str, _: &str, _: u32) -> NodeResult<()> {
             unreachable!()
         }
+        async fn read_logs(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &insitu_node_api::LogRequest,
+        ) -> NodeResult<insitu_node_api::LogResponse> {
+            unreachable!()
+        }
     }
 
     struct Me;

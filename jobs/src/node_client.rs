@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use insitu_catalog::BlobRef;
-use insitu_node_api::{TaskRequest, TaskResponse};
+use insitu_node_api::{LogRequest, LogResponse, TaskRequest, TaskResponse};
 
 /// A failed call to a node, as far as the supervisor tells cases apart.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -77,4 +77,13 @@ pub trait NodeClient: Send + Sync {
     async fn stream_end(&self, node: &str, stream: &str) -> NodeResult<()>;
     /// Destroys the container of a (job, phase) group on the node.
     async fn end_group(&self, node: &str, tenant: &str, job: &str, phase: u32) -> NodeResult<()>;
+    /// What the job's tasks on the node wrote to stderr past `req`'s
+    /// offsets.
+    async fn read_logs(
+        &self,
+        node: &str,
+        tenant: &str,
+        job: &str,
+        req: &LogRequest,
+    ) -> NodeResult<LogResponse>;
 }

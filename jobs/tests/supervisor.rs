@@ -166,6 +166,16 @@ impl NodeClient for FakeNodes {
             .push((node.into(), job.into(), phase));
         Ok(())
     }
+
+    async fn read_logs(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &insitu_node_api::LogRequest,
+    ) -> NodeResult<insitu_node_api::LogResponse> {
+        Ok(Default::default())
+    }
 }
 
 /// A gateway that sees no live peer (the leases tell it of the others).

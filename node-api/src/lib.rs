@@ -119,6 +119,59 @@ pub struct TaskRequest {
     /// one (`x-insitu-reducer`).
     #[serde(default)]
     pub next_reducers: Option<u32>,
+    /// The job's id for the task (an attempt's `task_id` differs), and
+    /// its input (`bucket/key`, or `reducer N`): how its log lines are
+    /// labelled.
+    #[serde(default)]
+    pub task_name: String,
+    #[serde(default)]
+    pub input_name: String,
+}
+
+/// Path of a node's log reads: `POST {LOG_PATH}/{tenant}/{job}` with a
+/// [`LogRequest`], answered with a [`LogResponse`].
+pub const LOG_PATH: &str = "/v1/logs";
+
+/// Asks a node what a job's tasks wrote to stderr past what the caller has
+/// read. The node knows a task's stderr while it runs and for a short
+/// while after it ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Attempt id → bytes of its stderr already read; attempts not named
+    /// are read from the start.
+    #[serde(default)]
+    pub from: std::collections::BTreeMap<String, u64>,
+    /// Only this phase's tasks.
+    #[serde(default)]
+    pub phase: Option<u32>,
+    /// Only this task (its job task id).
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// What one attempt wrote past the caller's offset: whole lines while it
+/// runs (a line longer than the node's read budget comes in pieces), and
+/// everything once it has ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogChunk {
+    pub attempt: String,
+    pub task: String,
+    pub phase: u32,
+    pub input: String,
+    /// The bytes read, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+    /// The offset to ask from next time.
+    pub next: u64,
+    /// The attempt has ended: once `next` reaches its end, nothing more
+    /// will come.
+    pub ended: bool,
+}
+
+/// Every attempt of the job the node knows, including those with nothing
+/// new (so a caller can forget the others).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogResponse {
+    pub tasks: Vec<LogChunk>,
 }
 
 /// An object a task wrote through its endpoint, staged on the node as a

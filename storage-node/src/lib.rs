@@ -11,6 +11,7 @@ pub mod image_archive;
 pub mod node_api;
 pub mod task_api;
 pub mod task_endpoint;
+pub mod task_logs;
 pub mod task_runner;
 
 use std::net::SocketAddr;

@@ -80,6 +80,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             post(stream_append),
         )
         .route("/v1/streams/{tenant}/{job}/{task}/end", post(stream_end))
+        .route("/v1/logs/{tenant}/{job}", post(read_logs))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_load,
@@ -473,6 +474,20 @@ fn task_error(status: StatusCode, code: &str, message: &str) -> Response {
         Json(serde_json::json!({ "code": code, "message": message })),
     )
         .into_response()
+}
+
+/// What a job's tasks here wrote to stderr (`insitu job logs`).
+async fn read_logs(
+    State(state): State<Arc<NodeState>>,
+    Path((tenant, job)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<insitu_node_api::LogRequest>,
+) -> Result<Json<insitu_node_api::LogResponse>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(match &state.tasks {
+        Some(tasks) => tasks.read_logs(&tenant, &job, req).await,
+        None => Default::default(),
+    }))
 }
 
 async fn end_group(

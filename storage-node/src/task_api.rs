@@ -12,6 +12,7 @@ use insitu_job_model::limits::MAX_KEY_LINE_BYTES;
 
 use crate::blob_store::{BlobError, BlobStore};
 use crate::task_endpoint::{EndpointHub, StageSpec};
+use crate::task_logs::{LogBoard, LogLabel};
 use crate::task_runner::{
     Group, GroupSpec, Limits, TaskEnd, TaskError, TaskRunner, TaskSpec, ToolMounts,
 };
@@ -102,6 +103,8 @@ pub struct TaskService {
     stream_opened: tokio::sync::Notify,
     /// Image tarball blob id → the image it loaded.
     loaded_images: Mutex<HashMap<String, String>>,
+    /// Running (and just ended) tasks' stderr, for `insitu job logs`.
+    logs: Arc<LogBoard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,9 @@ impl TaskService {
     /// when `endpoints` is given.
     pub fn new(runner: TaskRunner, endpoints: Option<Arc<EndpointHub>>) -> Self {
         Self {
+            // Beside the tasks directory, which is swept of what no container
+            // owns.
+            logs: LogBoard::new(runner.root().with_file_name("stderr-kept")),
             runner,
             endpoints,
             groups: Mutex::new(HashMap::new()),
@@ -307,6 +313,17 @@ impl TaskService {
             timeout: Duration::from_secs(req.timeout_s.max(1)),
             input_end,
         };
+        let log = self.logs.open(
+            LogLabel {
+                tenant: req.tenant.clone(),
+                job: req.job.clone(),
+                attempt: req.task_id.clone(),
+                task: req.task_name.clone(),
+                phase: req.phase,
+                input: req.input_name.clone(),
+            },
+            self.runner.stderr_path(&group, &req.task_id),
+        );
         let outcome = self.runner.run_task(&group, &task).await;
         drop(creds);
         // What the task wrote through its endpoint: dropped (its blobs
@@ -421,6 +438,7 @@ impl TaskService {
             None
         };
         let stderr_kept = stderr_size.is_some();
+        log.ended(&stderr_file);
         let _ = tokio::fs::remove_dir_all(&task_dir).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
@@ -440,6 +458,20 @@ impl TaskService {
             stderr_size: stderr_size.unwrap_or(0),
             stderr_preview: outcome.stderr_preview,
         })
+    }
+
+    /// What a job's tasks on this node wrote to stderr past the caller's
+    /// offsets.
+    pub async fn read_logs(
+        &self,
+        tenant: &str,
+        job: &str,
+        req: insitu_node_api::LogRequest,
+    ) -> insitu_node_api::LogResponse {
+        let (board, tenant, job) = (self.logs.clone(), tenant.to_string(), job.to_string());
+        tokio::task::spawn_blocking(move || board.read(&tenant, &job, &req))
+            .await
+            .unwrap_or_default()
     }
 
     /// Takes a group whose container is gone out of its slot (unless a

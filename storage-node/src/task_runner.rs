@@ -1244,6 +1244,11 @@ impl TaskRunner {
         })
     }
 
+    /// Where a task of a group writes its stderr (on the node's side).
+    pub fn stderr_path(&self, group: &Group, task_id: &str) -> PathBuf {
+        group.dir.join("out").join(task_id).join("stderr")
+    }
+
     /// Makes a named pipe in a group's input directory for a task whose
     /// input is streamed to it; returns its path (pass it as the task's
     /// input).

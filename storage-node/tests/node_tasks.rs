@@ -54,6 +54,8 @@ fn request(task_id: &str, exec: &str, input: Option<&str>, job: &str) -> TaskReq
         assets: Vec::new(),
         output_place: None,
         next_reducers: None,
+        task_name: task_id.to_string(),
+        input_name: input.unwrap_or("").to_string(),
     }
 }
 

@@ -556,3 +556,167 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
         "mpipe: _insitu/jobs/evil: AccessDenied: _insitu/ is where jobs keep their own objects\ndone\n"
     );
 }
+
+/// `insitu job run` (no `--watch`) of a spec: the job's id.
+fn submit(cluster: &Cluster, t: &Tenant, spec: &serde_json::Value) -> String {
+    let file = cluster.dir.path().join(format!("{}.json", unique("spec")));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let out = job_command(cluster, t)
+        .args(["run", "--spec", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => v["id"].as_str().map(str::to_string),
+        Err(_) => None,
+    };
+    id.unwrap_or_else(|| text.trim().to_string())
+}
+
+fn job_command(cluster: &Cluster, t: &Tenant) -> Command {
+    let mut cmd = Command::new(insitu_bin());
+    cmd.arg("job")
+        .env("INSITU_ENDPOINT", &cluster.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &t.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &t.secret_access_key);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_logs_follow_shows_a_running_tasks_lines_while_it_runs() {
+    // Two nodes, one replica: the tasks run on both, and the follower
+    // reads every node.
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("logs").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("logs");
+    c.create_bucket(&b).await.unwrap();
+    let mut inputs = Vec::new();
+    for i in 0..4 {
+        put(&c, &format!("/{b}/in/{i}"), format!("doc{i}\n").as_bytes()).await;
+        inputs.push(format!("{b}/in/{i}"));
+    }
+    // Each task says hello on stderr, then waits (through its endpoint)
+    // for the test's go-ahead, says goodbye and ends.
+    let exec = format!(
+        "echo \"hello from $(cat)\" >&2; \
+         n=0; until mget {b}/go >/dev/null 2>&1; do sleep 0.2; n=$((n+1)); [ $n -gt 600 ] && exit 9; done; \
+         echo \"goodbye $INSITU_INPUT_KEY\" >&2; echo out"
+    );
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
+        "inputs": inputs,
+        "output": format!("{b}/out/"),
+    });
+    let id = submit(&cluster, &t, &spec);
+
+    let mut follower = job_command(&cluster, &t)
+        .args(["logs", &id, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.iter().filter(|l| l.contains("hello from")).count() < 4 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("the follower did not show every task's first line: {seen:?}"),
+        }
+    }
+    if let Ok(Some(code)) = follower.try_wait() {
+        let mut err = String::new();
+        follower
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("the follower ended before the job ({code}): {err}");
+    }
+    // Shown while the tasks still run: nothing has let them go yet.
+    let status = job_command(&cluster, &t)
+        .args(["status", &id])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["phases"][0]["tasks"]["done"], 0, "{status}");
+    // Each line is labelled with its task and input, several tasks running.
+    for i in 0..4 {
+        let line = seen
+            .iter()
+            .find(|l| l.ends_with(&format!("hello from doc{i}")))
+            .unwrap_or_else(|| panic!("no hello from doc{i}: {seen:?}"));
+        assert!(
+            line.starts_with('[') && line.contains(&format!(" {b}/in/{i}] ")),
+            "{line}"
+        );
+    }
+    // A snapshot (no --follow) of one task shows only that task's lines,
+    // and ends while the job runs on.
+    let task = seen[0][1..].split(' ').next().unwrap().to_string();
+    let snapshot = job_command(&cluster, &t)
+        .args(["logs", &id, "--task", &task])
+        .output()
+        .unwrap();
+    assert!(
+        snapshot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&snapshot.stderr)
+    );
+    let snapshot = String::from_utf8_lossy(&snapshot.stdout).into_owned();
+    assert_eq!(snapshot.lines().count(), 1, "{snapshot}");
+    assert!(snapshot.starts_with(&format!("[{task} ")), "{snapshot}");
+
+    put(&c, &format!("/{b}/go"), b"go").await;
+    // The follower ends by itself once the job does, with every task's
+    // last line (written just before each task ended).
+    assert!(
+        wait_until(Duration::from_secs(120), || matches!(
+            follower.try_wait(),
+            Ok(Some(_))
+        )),
+        "the follower did not end with the job"
+    );
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    assert!(follower.wait().unwrap().success());
+    for i in 0..4 {
+        let byes = seen
+            .iter()
+            .filter(|l| l.ends_with(&format!("goodbye in/{i}")))
+            .count();
+        assert_eq!(byes, 1, "goodbye in/{i} once: {seen:?}");
+    }
+    assert_eq!(seen.len(), 8, "each line once: {seen:?}");
+    // A job of another tenant's is not found.
+    let other = cluster.create_tenant("logs-other").expect("tenant");
+    let out = job_command(&cluster, &other)
+        .args(["logs", &id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NotFound") || err.contains("ResourceNotFound"),
+        "{err}"
+    );
+}

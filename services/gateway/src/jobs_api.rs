@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use insitu_jobs::records::JobRecord;
-use insitu_jobs::{JobError, JobList, JobSpec, PhaseKind};
+use insitu_jobs::{JobError, JobList, JobSpec, LogFilter, PhaseKind};
 use serde_json::{json, Value};
 
 use crate::Gateway;
@@ -283,6 +283,39 @@ async fn route(
                 _ => page(gw, id, JobList::FailedInputs, after, limit).await?,
             };
             Ok(Json(json!({ *list: items, "next": next })).into_response())
+        }
+        (Method::GET, [id, "logs"]) => {
+            let filter = LogFilter {
+                phase: match q.get("phase") {
+                    Some(p) => Some(p.parse().map_err(|_| {
+                        JobError::Invalid(format!("phase must be a number, not {p:?}"))
+                    })?),
+                    None => None,
+                },
+                task: q.get("task").cloned(),
+            };
+            let follow = match q.get("follow").map(String::as_str) {
+                None | Some("false" | "0") => false,
+                Some("" | "true" | "1") => true,
+                Some(v) => {
+                    return Err(JobError::Invalid(format!(
+                        "follow must be true or false, not {v:?}"
+                    )))
+                }
+            };
+            let lines = gw.jobs.logs(tenant, id, filter, follow).await?;
+            let body = futures::stream::unfold(lines, |mut rx| async move {
+                let text = rx.recv().await?;
+                Some((Ok::<_, std::convert::Infallible>(text), rx))
+            });
+            Ok((
+                [
+                    (http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (http::header::CACHE_CONTROL, "no-cache"),
+                ],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response())
         }
         (m, p) => Err(JobError::NotFound(format!(
             "no jobs API at {m} /_insitu/v1/jobs/{}",

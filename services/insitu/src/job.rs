@@ -52,6 +52,20 @@ enum JobCommand {
     /// Print a job's errors as JSON lines; a failed task's carries
     /// `stderr_tail`, the last lines of its saved stderr.
     Errors { id: String },
+    /// Print what the job's running tasks write to stderr, each line
+    /// labelled `[task input]` when the job has several tasks.
+    Logs {
+        id: String,
+        /// Go on as the tasks write, until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this task's lines (its id in the job).
+        #[arg(long)]
+        task: Option<String>,
+        /// Only this phase's tasks.
+        #[arg(long)]
+        phase: Option<u32>,
+    },
     /// Print the inputs whose task failed, one per line.
     Failures { id: String },
     /// Cancel a job.
@@ -170,6 +184,40 @@ pub async fn run(args: JobArgs) -> Result<i32> {
                     e["stderr_tail"] = json!(tail);
                 }
                 writeln!(out, "{e}")?;
+            }
+        }
+        JobCommand::Logs {
+            id,
+            follow,
+            task,
+            phase,
+        } => {
+            let mut query = vec![format!("follow={follow}")];
+            if let Some(t) = task {
+                query.push(format!(
+                    "task={}",
+                    percent_encoding::utf8_percent_encode(&t, percent_encoding::NON_ALPHANUMERIC)
+                ));
+            }
+            if let Some(p) = phase {
+                query.push(format!("phase={p}"));
+            }
+            let path = format!("/_insitu/v1/jobs/{id}/logs?{}", query.join("&"));
+            let mut resp = client.send("GET", &path, None, &[]).await?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let text = resp.text().await?;
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                check(status, body)?;
+                bail!("the gateway answered {status}");
+            }
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .context("the gateway stopped sending the logs")?
+            {
+                out.write_all(&chunk)?;
+                out.flush()?;
             }
         }
         JobCommand::Failures { id } => {

@@ -57,6 +57,22 @@ impl SignedClient {
         body: Option<serde_json::Value>,
         extra: &[(&str, &str)],
     ) -> Result<(u16, serde_json::Value)> {
+        let resp = self.send(method, path, body, extra).await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok((status, json))
+    }
+
+    /// Sends a signed request and returns the response as it comes, for
+    /// a body read as a stream.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.endpoint);
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let identity =
@@ -114,13 +130,8 @@ impl SignedClient {
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
         }
-        let resp = req
-            .send()
+        req.send()
             .await
-            .with_context(|| format!("cannot reach {}", self.endpoint))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Ok((status, json))
+            .with_context(|| format!("cannot reach {}", self.endpoint))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use insitu_catalog::BlobRef;
 use insitu_jobs::{NodeCallError, NodeClient, NodeResult};
-use insitu_node_api::{TaskRequest, TaskResponse};
+use insitu_node_api::{LogRequest, LogResponse, TaskRequest, TaskResponse, LOG_PATH};
 
 use super::{ByteStream, NodeError, NodeSet, NodeState};
 
@@ -124,6 +124,32 @@ impl NodeSet {
     }
 }
 
+impl NodeSet {
+    /// What a job's tasks on a node wrote to stderr past `req`'s offsets.
+    pub async fn read_logs(
+        &self,
+        node: &str,
+        tenant: &str,
+        job: &str,
+        req: &LogRequest,
+    ) -> Result<LogResponse, NodeError> {
+        let url = self.url(node, &format!("{LOG_PATH}/{tenant}/{job}"))?;
+        let sent = self
+            .http
+            .post(url)
+            .bearer_auth(&self.secret)
+            .timeout(Duration::from_secs(10))
+            .json(req)
+            .send()
+            .await;
+        let resp = Self::check(node, sent).await?;
+        resp.json().await.map_err(|e| NodeError::Request {
+            node: node.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
 /// The supervisor's client for the nodes: task calls, and the blob calls a
 /// job makes (copies of images and outputs, reducer input from replicas).
 pub struct TaskClient {
@@ -207,5 +233,15 @@ impl NodeClient for TaskClient {
 
     async fn end_group(&self, node: &str, tenant: &str, job: &str, phase: u32) -> NodeResult<()> {
         Ok(self.nodes.end_group(node, tenant, job, phase).await?)
+    }
+
+    async fn read_logs(
+        &self,
+        node: &str,
+        tenant: &str,
+        job: &str,
+        req: &LogRequest,
+    ) -> NodeResult<LogResponse> {
+        Ok(self.nodes.read_logs(node, tenant, job, req).await?)
     }
 }
