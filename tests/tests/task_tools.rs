@@ -15,7 +15,9 @@ use insitu_e2e::{
 
 async fn put(c: &RawClient, path: &str, body: &[u8]) {
     let r = c.send("PUT", path, &[], &[], body.to_vec()).await.unwrap();
-    assert_eq!(r.status(), 200, "PUT {path}");
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "PUT {path}: {text}");
 }
 
 async fn get_text(c: &RawClient, loc: &str) -> String {
@@ -719,4 +721,152 @@ async fn job_logs_follow_shows_a_running_tasks_lines_while_it_runs() {
         err.contains("NotFound") || err.contains("ResourceNotFound"),
         "{err}"
     );
+}
+
+/// The nodes whose task directory holds a container's directory now.
+fn nodes_running_tasks(cluster: &Cluster, nodes: usize) -> Vec<String> {
+    (0..nodes)
+        .map(|i| format!("node-{i}"))
+        .filter(|id| {
+            std::fs::read_dir(cluster.node_dir(id).join("tasks"))
+                .map(|d| d.flatten().any(|e| e.path().is_dir()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_killed_with_its_node_after_emitting_leaves_only_its_retrys_outputs() {
+    // Three nodes, two replicas: the input has a second holder to rerun
+    // on, and writes go on with one node gone.
+    let cluster = Cluster::start_with(3, Some(2)).expect("cluster");
+    let t = cluster.create_tenant("once").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("once");
+    c.create_bucket(&b).await.unwrap();
+    put(&c, &format!("/{b}/in/0"), b"x").await;
+    // Every attempt marks what it writes with a mark of its own, emits two
+    // named outputs, says so, then waits for the test's go-ahead.
+    let exec = format!(
+        "m=$(cat /proc/sys/kernel/random/uuid); cat >/dev/null; \
+         echo \"a $m\" | mpipe part/a; echo \"b $m\" | mpipe part/b; \
+         echo \"emitted $m\" >&2; \
+         n=0; until mget {b}/go >/dev/null 2>&1; do sleep 0.2; n=$((n+1)); [ $n -gt 600 ] && exit 9; done; \
+         echo \"stdout $m\""
+    );
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
+        "inputs": [format!("{b}/in/0")],
+        "output": format!("{b}/out/"),
+    });
+    let id = submit(&cluster, &t, &spec);
+    // The first attempt's mark, once it has emitted its outputs.
+    let emitted = |cluster: &Cluster| -> Vec<String> {
+        let out = job_command(cluster, &t)
+            .args(["logs", &id])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split("emitted ").nth(1).map(str::to_string))
+            .collect()
+    };
+    let mut first = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            first = emitted(&cluster);
+            !first.is_empty()
+        }),
+        "the first attempt never said it emitted"
+    );
+    let first = first[0].clone();
+    let running = nodes_running_tasks(&cluster, 3);
+    assert_eq!(running.len(), 1, "one node runs the task: {running:?}");
+    cluster.kill9_node(&running[0]);
+    // The retry, on the other holder, emits with a mark of its own.
+    let mut second = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            second = emitted(&cluster)
+                .into_iter()
+                .filter(|m| *m != first)
+                .collect();
+            !second.is_empty()
+        }),
+        "no retry emitted its outputs"
+    );
+    let second = second[0].clone();
+    // A write may first be placed on the dead node and answer 503
+    // ("retry"), as S3 clients expect: retried, as they do.
+    let mut tries = 0;
+    loop {
+        let r = c
+            .send("PUT", &format!("/{b}/go"), &[], &[], b"go".to_vec())
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+        tries += 1;
+        assert!(tries < 20, "the go-ahead could not be written");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = job_command(&cluster, &t)
+        .args(["wait", &id])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("wait: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["counters"]["errors"], 0, "{status}");
+    assert!(
+        status["counters"]["retries"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
+    // Exactly the retry's outputs, each once: the two named ones and stdout.
+    let outputs = job_command(&cluster, &t)
+        .args(["outputs", &id])
+        .output()
+        .unwrap();
+    let mut listed: Vec<String> = String::from_utf8_lossy(&outputs.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        format!("{b}/out/part/a"),
+        format!("{b}/out/part/b"),
+        format!("{b}/out/{b}/in/0"),
+    ];
+    want.sort();
+    assert_eq!(listed, want, "each output listed once");
+    assert_eq!(
+        get_text(&c, &format!("{b}/out/part/a")).await,
+        format!("a {second}\n")
+    );
+    assert_eq!(
+        get_text(&c, &format!("{b}/out/part/b")).await,
+        format!("b {second}\n")
+    );
+    assert_eq!(
+        get_text(&c, &format!("{b}/out/{b}/in/0")).await,
+        format!("stdout {second}\n")
+    );
+    // Nothing else under the output prefix: the killed attempt left
+    // nothing visible.
+    let r = c
+        .send(
+            "GET",
+            &format!("/{b}"),
+            &[("list-type", "2"), ("prefix", "out/")],
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let listing = r.text().await.unwrap();
+    assert_eq!(listing.matches("<Key>").count(), 3, "{listing}");
+    assert!(!listing.contains(&first));
 }
