@@ -870,3 +870,109 @@ async fn a_task_killed_with_its_node_after_emitting_leaves_only_its_retrys_outpu
     assert_eq!(listing.matches("<Key>").count(), 3, "{listing}");
     assert!(!listing.contains(&first));
 }
+
+/// The task of `an_sdk_in_the_task_uses_its_endpoint_unchanged`, run by
+/// the image's own Python with boto3 configured only by the environment.
+const BOTO3_TASK: &str = r#"
+import os, sys
+import boto3
+from botocore.exceptions import ClientError
+
+b = os.environ["B"]
+word = sys.stdin.read().strip()
+s3 = boto3.client("s3")
+out_bucket, out_prefix = os.environ["INSITU_OUTPUT_PLACE"].split("/", 1)
+
+table = dict(l.split("\t") for l in open("/insitu/assets/%s/tables/lookup.tsv" % b).read().splitlines())
+side = s3.get_object(Bucket=b, Key="side/note.txt")["Body"].read().decode()
+listed = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix="in/")["Contents"]]
+
+s3.put_object(Bucket=out_bucket, Key=out_prefix + "one-" + word, Body=("one %s\n" % word).encode())
+s3.put_object(Bucket=out_bucket, Key=out_prefix + "two-" + word, Body=("two %s %s\n" % (word, table[word])).encode())
+routed = boto3.client("s3")
+def to_reducer_1(request, **kwargs):
+    request.headers["x-insitu-reducer"] = "1"
+routed.meta.events.register("before-sign.s3.PutObject", to_reducer_1)
+routed.put_object(Bucket=out_bucket, Key=out_prefix + "routed-" + word, Body=("routed %s %s\n" % (word, side.strip())).encode())
+
+refused = []
+for what, call in [
+    ("delete", lambda: s3.delete_object(Bucket=b, Key="side/note.txt")),
+    ("create", lambda: s3.create_bucket(Bucket=b + "-more")),
+    ("outside", lambda: s3.put_object(Bucket=b, Key="side/evil", Body=b"x")),
+]:
+    try:
+        call()
+        refused.append(what + "=allowed")
+    except ClientError as e:
+        refused.append("%s=%s" % (what, e.response["Error"]["Code"]))
+print("stdout %s listed=%d %s" % (word, len(listed), " ".join(refused)))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_in_the_task_uses_its_endpoint_unchanged() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("sdk").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("sdk");
+    c.create_bucket(&b).await.unwrap();
+    put(&c, &format!("/{b}/code/task.py"), BOTO3_TASK.as_bytes()).await;
+    put(
+        &c,
+        &format!("/{b}/tables/lookup.tsv"),
+        b"a\tapple\nb\tbanana\n",
+    )
+    .await;
+    put(&c, &format!("/{b}/side/note.txt"), b"noted\n").await;
+    let words = ["a", "b", "a"];
+    let mut inputs = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        put(&c, &format!("/{b}/in/{i}"), w.as_bytes()).await;
+        inputs.push(format!("{b}/in/{i}"));
+    }
+    for runtime in runtimes() {
+        let spec = serde_json::json!({
+            "phases": [
+                { "type": "map", "image": "insitu-test/python-boto3:latest", "runtime": runtime,
+                  "exec": format!("python3 /insitu/assets/{b}/code/task.py"),
+                  "env": { "B": b },
+                  "assets": [format!("{b}/code/task.py"), format!("{b}/tables/lookup.tsv")] },
+                { "type": "reduce", "image": "insitu-test/busybox:latest", "runtime": runtime,
+                  "count": 2, "exec": "sort" } ],
+            "inputs": inputs,
+            "output": format!("{b}/sdk-{runtime}/"),
+        });
+        let (status, errors) = run_job(&cluster, &t, &spec);
+        assert_eq!(status["state"], "done", "{runtime}: {status} {errors:?}");
+        assert!(errors.is_empty(), "{runtime}: {errors:?}");
+        let r0 = get_text(&c, &format!("{b}/sdk-{runtime}/reduce.0")).await;
+        let r1 = get_text(&c, &format!("{b}/sdk-{runtime}/reduce.1")).await;
+        let mut all: Vec<&str> = r0.lines().chain(r1.lines()).collect();
+        all.sort();
+        let mut want: Vec<String> = Vec::new();
+        for w in words {
+            let fruit = if w == "a" { "apple" } else { "banana" };
+            want.push(format!("one {w}"));
+            want.push(format!("two {w} {fruit}"));
+            want.push(format!("routed {w} noted"));
+            want.push(format!(
+                "stdout {w} listed=3 delete=AccessDenied create=AccessDenied outside=AccessDenied"
+            ));
+        }
+        want.sort();
+        assert_eq!(all, want, "{runtime}: every output reached a reducer once");
+        let routed = r1.lines().filter(|l| l.starts_with("routed ")).count();
+        assert_eq!(
+            routed, 3,
+            "{runtime}: reducer 1 got every routed output: {r1}"
+        );
+        assert!(!r0.contains("routed "), "{runtime}: {r0}");
+    }
+    // The refused calls changed nothing.
+    assert_eq!(get_text(&c, &format!("{b}/side/note.txt")).await, "noted\n");
+    let r = c
+        .send("HEAD", &format!("/{b}/side/evil"), &[], &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
