@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup
 cargo build --release -p insitu -p insitu-benches
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -r), $(docker version --format 'docker {{.Server.Version}} API {{.Server.APIVersion}}')" >&2
-INSITU_BIN="$PWD/target/release/insitu" target/release/jobbench
+scripts/build-task-tools
+INSITU_BIN="$PWD/target/release/insitu" target/release/jobbench "$@"

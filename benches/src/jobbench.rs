@@ -5,7 +5,12 @@
 //! - the warm per-task overhead: a job of many trivial tasks on one node
 //!   with one task slot, minus a job of one task, per extra task;
 //! - submit to first task: the wall time of a one-task job, from the
-//!   create request until it is done (an upper bound).
+//!   create request until it is done (an upper bound);
+//! - the task endpoint: tasks that write 10 named outputs of 1 MiB each
+//!   through it (`mpipe`), against the same tasks writing the same bytes
+//!   to stdout.
+//!
+//! `jobbench [wc] [per-task] [endpoint]` runs only the sections named.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,9 +125,88 @@ fn native(script: &str) -> Result<f64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut report = serde_json::Map::new();
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let run = |section: &str| wanted.is_empty() || wanted.iter().any(|w| w == section);
+    if run("wc") {
+        wc_l(&mut report).await?;
+    }
+    if run("per-task") {
+        per_task(&mut report).await?;
+    }
+    if run("endpoint") {
+        endpoint(&mut report).await?;
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+    Ok(())
+}
 
-    // 1. wc -l over 500 x 256 KiB on 3 nodes (R=1: each object's one blob
-    // file is what both sides read).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// Named outputs per task, and their size, in the endpoint section.
+const NAMED_OUTPUTS: usize = 10;
+const NAMED_OUTPUT_BYTES: usize = 1 << 20;
+/// Tasks per job, and jobs of each kind, in the endpoint section.
+const ENDPOINT_TASKS: usize = 4;
+const ENDPOINT_RUNS: usize = 5;
+
+/// Section 3, the cost of the task endpoint: each task writes 10 outputs of 1 MiB
+/// through it, or the same 10 MiB to stdout; one node, R=1, so neither
+/// side replicates. Medians of 5 jobs of each kind, run alternately.
+async fn endpoint(report: &mut serde_json::Map<String, Value>) -> Result<()> {
+    let cluster = Cluster::start_with(1, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("endpoint").await?;
+    upload(&c, "endpoint", "in/", ENDPOINT_TASKS, |i| {
+        format!("{i}\n").into_bytes()
+    })
+    .await?;
+    let chunk = format!("head -c {NAMED_OUTPUT_BYTES} /dev/zero");
+    let stdout_exec = format!("cat >/dev/null; for i in $(seq {NAMED_OUTPUTS}); do {chunk}; done");
+    let named_exec =
+        format!("cat >/dev/null; for i in $(seq {NAMED_OUTPUTS}); do {chunk} | mpipe part$i; done");
+    run_job(&c, map_spec("endpoint", "in/", "warm/", &named_exec)).await?;
+    let (mut to_stdout, mut named) = (Vec::new(), Vec::new());
+    for i in 0..ENDPOINT_RUNS {
+        let (_, wall) = run_job(
+            &c,
+            map_spec("endpoint", "in/", &format!("s{i}/"), &stdout_exec),
+        )
+        .await?;
+        to_stdout.push(wall.as_secs_f64());
+        let (status, wall) = run_job(
+            &c,
+            map_spec("endpoint", "in/", &format!("n{i}/"), &named_exec),
+        )
+        .await?;
+        let outputs = status["counters"]["outputs"].as_u64().unwrap_or(0);
+        if outputs < (ENDPOINT_TASKS * NAMED_OUTPUTS) as u64 {
+            bail!("a named-output job listed {outputs} outputs: {status}");
+        }
+        named.push(wall.as_secs_f64());
+    }
+    let (s, n) = (median(to_stdout.clone()), median(named.clone()));
+    let mib = (ENDPOINT_TASKS * NAMED_OUTPUTS * NAMED_OUTPUT_BYTES) as f64 / (1 << 20) as f64;
+    report.insert(
+        "endpoint_10x1MiB".into(),
+        json!({
+            "tasks_per_job": ENDPOINT_TASKS,
+            "mib_per_job": mib,
+            "stdout_job_seconds": { "median": s, "runs": to_stdout },
+            "named_job_seconds": { "median": n, "runs": named },
+            "ratio_named_vs_stdout": n / s,
+            "extra_ms_per_named_output": (n - s) * 1000.0 / (ENDPOINT_TASKS * NAMED_OUTPUTS) as f64,
+        }),
+    );
+    Ok(())
+}
+
+/// Section 1, wc -l over 500 x 256 KiB on 3 nodes (R=1: each object's one blob
+/// file is what both sides read).
+async fn wc_l(report: &mut serde_json::Map<String, Value>) -> Result<()> {
     let cluster = Cluster::start_with(3, Some(1))?;
     let t = cluster.create_tenant("bench")?;
     let c = RawClient::new(&cluster.endpoint, &t);
@@ -161,10 +245,12 @@ async fn main() -> Result<()> {
             "map_bytes_remote": status["phases"][0]["bytes_remote"],
         }),
     );
-    drop(cluster);
+    Ok(())
+}
 
-    // 2. Warm per-task overhead and submit-to-first-task, on one node with
-    // one task slot so tasks run one after another.
+/// Section 2, warm per-task overhead and submit-to-first-task, on one node with
+/// one task slot so tasks run one after another.
+async fn per_task(report: &mut serde_json::Map<String, Value>) -> Result<()> {
     let cluster = Cluster::start_with_args(1, Some(1), &["--task-slots", "1"])?;
     let t = cluster.create_tenant("bench")?;
     let c = RawClient::new(&cluster.endpoint, &t);
@@ -202,6 +288,5 @@ async fn main() -> Result<()> {
         "submit_to_done_one_task".into(),
         json!({ "median_seconds": single, "runs": singles, "target_first_task_seconds": 1.0 }),
     );
-    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
 }

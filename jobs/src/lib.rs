@@ -69,6 +69,8 @@ pub struct Supervisor {
     active: std::sync::Mutex<HashMap<String, Arc<ActiveJob>>>,
     load: load::Load,
     images: attempt::ImageCopies,
+    /// Log streams open on this gateway, per tenant.
+    followers: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Supervisor {
@@ -82,6 +84,7 @@ impl Supervisor {
             active: Default::default(),
             load: Default::default(),
             images: Default::default(),
+            followers: Default::default(),
         })
     }
 

@@ -14,12 +14,23 @@ use tokio::sync::mpsc;
 
 use crate::{JobError, Supervisor};
 
-/// How often a follower asks the nodes.
+/// How often a follower asks the nodes when nothing came; and the least
+/// pause between rounds when something did.
 const POLL: Duration = Duration::from_millis(250);
+const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// Rounds a one-off read makes at most while nodes still have more.
 const SNAPSHOT_ROUNDS: usize = 16;
-/// Chunks of text queued for a slow reader before the poller waits.
-const QUEUED_CHUNKS: usize = 16;
+/// Rounds a follower makes at most after its job ended, waiting for every
+/// up node to answer with nothing new.
+const ROUNDS_AFTER_END: usize = 40;
+/// Most bytes of one message to the reader, and messages queued for a
+/// slow one before the poller waits: at most 1 MiB held per follower.
+const MESSAGE_BYTES: usize = 64 << 10;
+const QUEUED_MESSAGES: usize = 16;
+/// Most bytes of an input's name in a line's label.
+const LABEL_INPUT_BYTES: usize = 256;
+/// Log streams one tenant may have open on one gateway at once.
+pub const MAX_FOLLOWERS_PER_TENANT: usize = 16;
 
 /// Which tasks' lines to show.
 #[derive(Debug, Clone, Default)]
@@ -44,9 +55,11 @@ impl Supervisor {
         let rec = self.get(tenant, id).await?;
         let tasks: u64 = rec.phases.iter().map(|p| p.tasks).sum();
         let labelled = !(rec.inputs_complete() && tasks == 1);
-        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let seat = FollowerSeat::take(self, tenant)?;
+        let (tx, rx) = mpsc::channel(QUEUED_MESSAGES);
         let (sv, tenant, id) = (self.clone(), tenant.to_string(), id.to_string());
         tokio::spawn(async move {
+            let _seat = seat;
             let mut poller = Poller {
                 sv,
                 tenant,
@@ -54,10 +67,51 @@ impl Supervisor {
                 filter,
                 labelled,
                 cursors: HashMap::new(),
+                starts: HashMap::new(),
             };
             poller.run(&tx, follow).await;
         });
         Ok(rx)
+    }
+}
+
+/// One of a tenant's log streams on this gateway, given back when the
+/// stream ends.
+struct FollowerSeat {
+    sv: Arc<Supervisor>,
+    tenant: String,
+}
+
+impl FollowerSeat {
+    fn take(sv: &Arc<Supervisor>, tenant: &str) -> Result<Self, JobError> {
+        let mut f = sv
+            .followers
+            .lock()
+            .map_err(|_| JobError::Unavailable("log streams are unavailable".into()))?;
+        let n = f.entry(tenant.to_string()).or_default();
+        if *n >= MAX_FOLLOWERS_PER_TENANT {
+            return Err(JobError::Unavailable(format!(
+                "{MAX_FOLLOWERS_PER_TENANT} log streams of this tenant are open on this gateway (the limit); retry when one ends"
+            )));
+        }
+        *n += 1;
+        Ok(Self {
+            sv: sv.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+impl Drop for FollowerSeat {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.sv.followers.lock() {
+            if let Some(n) = f.get_mut(&self.tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    f.remove(&self.tenant);
+                }
+            }
+        }
     }
 }
 
@@ -69,11 +123,21 @@ struct Poller {
     labelled: bool,
     /// Per node, the offsets read of each attempt it still knows.
     cursors: HashMap<String, BTreeMap<String, u64>>,
+    /// Per node, the attempt its next read begins with.
+    starts: HashMap<String, String>,
+}
+
+/// What one round over the nodes brought.
+struct Round {
+    /// Bytes of text sent.
+    wrote: usize,
+    /// Every node that is up answered.
+    all_answered: bool,
 }
 
 impl Poller {
     async fn run(&mut self, tx: &mpsc::Sender<String>, follow: bool) {
-        let mut rounds = 0;
+        let (mut rounds, mut after_end) = (0, 0);
         loop {
             // Read before the round: a round that starts after the job
             // ended sees every line its tasks wrote.
@@ -82,28 +146,33 @@ impl Poller {
                 Err(JobError::NotFound(_)) => true,
                 Err(_) => false,
             };
-            let wrote = match self.round(tx).await {
-                Some(n) => n,
-                None => return, // the reader is gone
+            let Some(round) = self.round(tx).await else {
+                return; // the reader is gone
             };
             rounds += 1;
+            after_end += usize::from(ended);
             let done = match follow {
-                true => ended && wrote == 0,
-                false => wrote == 0 || rounds >= SNAPSHOT_ROUNDS,
+                true => {
+                    ended
+                        && ((round.wrote == 0 && round.all_answered)
+                            || after_end >= ROUNDS_AFTER_END)
+                }
+                false => round.wrote == 0 || rounds >= SNAPSHOT_ROUNDS,
             };
             if done {
                 return;
             }
-            if wrote == 0 {
-                tokio::time::sleep(POLL).await;
-            }
+            let pause = if round.wrote == 0 { POLL } else { MIN_PAUSE };
+            tokio::time::sleep(pause).await;
         }
     }
 
-    /// Asks every node that is up once; the bytes of text sent, or `None`
-    /// once the reader is gone.
-    async fn round(&mut self, tx: &mpsc::Sender<String>) -> Option<usize> {
-        let mut wrote = 0;
+    /// Asks every node that is up once; `None` once the reader is gone.
+    async fn round(&mut self, tx: &mpsc::Sender<String>) -> Option<Round> {
+        let mut round = Round {
+            wrote: 0,
+            all_answered: true,
+        };
         for node in self.sv.nodes.node_ids() {
             if !self.sv.nodes.is_up(&node) {
                 continue;
@@ -112,18 +181,24 @@ impl Poller {
                 from: self.cursors.get(&node).cloned().unwrap_or_default(),
                 phase: self.filter.phase,
                 task: self.filter.task.clone(),
+                start: self.starts.get(&node).cloned(),
             };
-            let resp = match self
+            let answer = self
                 .sv
                 .nodes
                 .read_logs(&node, &self.tenant, &self.job, &req)
-                .await
-            {
+                .await;
+            let resp = match answer {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(node = %node, error = %e, "cannot read task logs from a node");
+                    round.all_answered = false;
                     continue;
                 }
+            };
+            match resp.resume {
+                Some(a) => self.starts.insert(node.clone(), a),
+                None => self.starts.remove(&node),
             };
             // Attempts the node no longer lists are over and forgotten
             // there: only the ones it lists are kept.
@@ -133,31 +208,89 @@ impl Poller {
                 if chunk.text.is_empty() {
                     continue;
                 }
-                let text = self.format(&chunk);
-                wrote += text.len();
-                tx.send(text).await.ok()?;
+                for message in format_chunk(&chunk, self.labelled) {
+                    round.wrote += message.len();
+                    tx.send(message).await.ok()?;
+                }
             }
             self.cursors.insert(node, next);
         }
         if tx.is_closed() {
             return None;
         }
-        Some(wrote)
+        Some(round)
     }
+}
 
-    /// A chunk's lines, each ended by a newline, labelled when the job has
-    /// several tasks.
-    fn format(&self, chunk: &LogChunk) -> String {
-        let mut out = String::with_capacity(chunk.text.len() + 64);
-        for line in chunk.text.split_inclusive('\n') {
-            if self.labelled {
-                out.push_str(&format!("[{} {}] ", chunk.task, chunk.input));
-            }
-            out.push_str(line);
-            if !line.ends_with('\n') {
-                out.push('\n');
-            }
+/// A chunk's lines, each ended by a newline and labelled when the job has
+/// several tasks, in messages of at most about [`MESSAGE_BYTES`].
+fn format_chunk(chunk: &LogChunk, labelled: bool) -> Vec<String> {
+    let label = match labelled {
+        true => format!(
+            "[{} {}] ",
+            chunk.task,
+            clip(&chunk.input, LABEL_INPUT_BYTES)
+        ),
+        false => String::new(),
+    };
+    let mut messages = Vec::new();
+    let mut out = String::new();
+    for line in chunk.text.split_inclusive('\n') {
+        if !out.is_empty() && out.len() + label.len() + line.len() + 1 > MESSAGE_BYTES {
+            messages.push(std::mem::take(&mut out));
         }
-        out
+        out.push_str(&label);
+        out.push_str(line);
+        if !line.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    if !out.is_empty() {
+        messages.push(out);
+    }
+    messages
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary, marked `…`.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_clipped_and_messages_bounded() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("ééé", 3), "é…");
+        // A chunk of bare newlines: a label on each, in bounded messages.
+        let chunk = LogChunk {
+            attempt: "m1-a1".into(),
+            task: "m1".into(),
+            phase: 0,
+            input: "b/k".into(),
+            text: "\n".repeat(64 << 10),
+            next: 0,
+            ended: false,
+        };
+        let messages = format_chunk(&chunk, true);
+        assert!(messages.iter().all(|m| m.len() <= MESSAGE_BYTES));
+        let total: usize = messages.iter().map(String::len).sum();
+        assert_eq!(total, (64 << 10) * ("[m1 b/k] ".len() + 1));
+        assert_eq!(format_chunk(&chunk, false).concat().len(), 64 << 10);
+        // A piece of a line without its newline still ends one.
+        let piece = LogChunk {
+            text: "abc".into(),
+            ..chunk
+        };
+        assert_eq!(format_chunk(&piece, true), vec!["[m1 b/k] abc\n"]);
     }
 }

@@ -147,6 +147,10 @@ pub struct LogRequest {
     /// Only this task (its job task id).
     #[serde(default)]
     pub task: Option<String>,
+    /// Begin with this attempt (the last answer's `resume`), so attempts
+    /// a call had no room for come first in the next.
+    #[serde(default)]
+    pub start: Option<String>,
 }
 
 /// What one attempt wrote past the caller's offset: whole lines while it
@@ -172,6 +176,9 @@ pub struct LogChunk {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogResponse {
     pub tasks: Vec<LogChunk>,
+    /// The first attempt this call had no room to read, if any.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// An object a task wrote through its endpoint, staged on the node as a

@@ -325,6 +325,9 @@ impl TaskService {
             self.runner.stderr_path(&group, &req.task_id),
         );
         let outcome = self.runner.run_task(&group, &task).await;
+        // However it ended, its last lines stay readable a while.
+        let stderr_path = self.runner.stderr_path(&group, &req.task_id);
+        let _ = tokio::task::spawn_blocking(move || log.ended(&stderr_path)).await;
         drop(creds);
         // What the task wrote through its endpoint: dropped (its blobs
         // removed) unless the task succeeds and they go in the answer.
@@ -438,7 +441,6 @@ impl TaskService {
             None
         };
         let stderr_kept = stderr_size.is_some();
-        log.ended(&stderr_file);
         let _ = tokio::fs::remove_dir_all(&task_dir).await;
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.

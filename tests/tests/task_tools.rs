@@ -608,7 +608,7 @@ async fn job_logs_follow_shows_a_running_tasks_lines_while_it_runs() {
     let exec = format!(
         "echo \"hello from $(cat)\" >&2; \
          n=0; until mget {b}/go >/dev/null 2>&1; do sleep 0.2; n=$((n+1)); [ $n -gt 600 ] && exit 9; done; \
-         echo \"goodbye $INSITU_INPUT_KEY\" >&2; echo out"
+         echo \"goodbye $INSITU_INPUT_KEY\" >&2; [ \"$INSITU_INPUT_KEY\" = in/3 ] && exit 3; echo out"
     );
     let spec = serde_json::json!({
         "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": exec }],
@@ -701,6 +701,13 @@ async fn job_logs_follow_shows_a_running_tasks_lines_while_it_runs() {
     reader.join().unwrap();
     seen.extend(rx.try_iter());
     assert!(follower.wait().unwrap().success());
+    // The failed task's last line came through as well.
+    let status = job_command(&cluster, &t)
+        .args(["status", &id])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["counters"]["errors"], 1, "{status}");
     for i in 0..4 {
         let byes = seen
             .iter()
