@@ -247,12 +247,13 @@ impl Emit<'_> {
                         task: self.task.id.clone(),
                         object: loc,
                         size: blob.size,
+                        input_etag: self.task.pin.as_ref().map(|p| p.etag.clone()),
                     },
                 );
                 self.rec.seq.output += 1;
                 self.rec.counters.outputs += 1;
             }
-            Downstream::Map => add_map_task(self.step, self.rec, self.phase + 1, loc),
+            Downstream::Map => add_map_task(self.step, self.rec, self.phase + 1, loc, None),
             Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
                 let r = match route {
                     Route::To(r) if r < count => r,
@@ -279,6 +280,7 @@ impl Emit<'_> {
                 bucket: self.bucket.name.clone(),
                 key,
                 size: blob.size,
+                pin: None,
             },
         );
         self.rec.seq.piece += 1;
@@ -395,6 +397,7 @@ pub(crate) async fn build_commit(
                     message,
                     stderr: stderr_loc,
                     node: task.node.clone(),
+                    input_etag: task.pin.as_ref().map(|p| p.etag.clone()),
                 },
             );
         }
@@ -476,6 +479,7 @@ pub(crate) async fn cancelled(sv: &Arc<Supervisor>, job: &ActiveJob, aborted: Ve
                     message: "the job was cancelled while the task ran".into(),
                     stderr: None,
                     node: task.node.clone(),
+                    input_etag: task.pin.as_ref().map(|p| p.etag.clone()),
                 },
             );
         }
@@ -657,6 +661,7 @@ mod tests {
         )
         .unwrap();
         let task = TaskRecord {
+            pin: None,
             id: plan::map_task_id(0),
             phase: 0,
             input: Some("src/a".into()),

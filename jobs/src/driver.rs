@@ -392,6 +392,7 @@ pub(crate) async fn expand_prefix_page(sv: &Supervisor, job: &ActiveJob) -> Resu
                 message,
                 stderr: None,
                 node: None,
+                input_etag: None,
             },
         );
         new.prefix_cursor = None;

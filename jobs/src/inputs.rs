@@ -2,10 +2,13 @@
 //! read check made on the version that is read.
 
 use insitu_catalog::{
-    access, BucketRecord, Catalog, CatalogError, JobChange, ObjectRecord, Requester,
+    access, BlobRef, BucketRecord, Catalog, CatalogError, JobChange, ObjectRecord, Requester,
 };
 use insitu_job_model::plan::{self, OutputPlace};
-use insitu_job_model::records::{self, InputRecord, JobRecord, PieceRecord, TaskRecord, TaskState};
+use insitu_job_model::records::{
+    self, InputPin, InputRecord, JobRecord, PieceRecord, TaskRecord, TaskState,
+};
+use insitu_job_model::JobErrorCode;
 use insitu_job_model::{JobSpec, PhaseKind};
 
 use crate::error::*;
@@ -62,11 +65,13 @@ pub(crate) async fn check_assets(
     Ok(())
 }
 
-/// Adds inputs to a job record being built into `step`: a map task each
-/// when the first phase is a map, or a reducer piece each when it is a
-/// reduce (routed by the input's name; checked here, since no map task
-/// checks it). An input already in the job is not added again: its output
-/// would have the same name.
+/// Adds inputs to a job record being built into `step`, each pinned at
+/// once to the version the tenant may read now (its blob kept from
+/// garbage collection until the job ends): a map task each when the first
+/// phase is a map, or a reducer piece each when it is a reduce (routed by
+/// the input's name). An input that is missing or refused is an error
+/// record at once. An input already in the job is not added again: its
+/// output would have the same name.
 pub(crate) async fn add_inputs(
     catalog: &dyn Catalog,
     step: &mut JobChange,
@@ -75,61 +80,118 @@ pub(crate) async fn add_inputs(
 ) -> Result<(), CatalogError> {
     let first = rec.spec.phases[0].clone();
     let mut batch = std::collections::HashSet::new();
-    for (bucket, key, size) in inputs {
+    for (bucket, key, _) in inputs {
         let loc = format!("{bucket}/{key}");
         let known = !batch.insert(loc.clone()) || catalog.job_has_input(&rec.id, &loc).await?;
         if known {
             continue;
         }
-        step.add_input(&rec.id, rec.seq.input, InputRecord { input: loc.clone() });
+        let checked = check_input(catalog, &rec.tenant, bucket, key).await;
+        let etag = checked.as_ref().ok().map(|o| o.etag.clone());
+        step.add_input(
+            &rec.id,
+            rec.seq.input,
+            InputRecord {
+                input: loc.clone(),
+                etag,
+            },
+        );
         rec.seq.input += 1;
         rec.counters.inputs += 1;
+        let obj = match checked {
+            Ok(obj) => obj,
+            Err((JobErrorCode::InternalError, message)) => {
+                return Err(CatalogError::Unavailable(message))
+            }
+            Err((code, message)) => {
+                add_error(
+                    step,
+                    rec,
+                    records::ErrorRecord {
+                        phase: 0,
+                        task: String::new(),
+                        input: loc,
+                        code,
+                        message,
+                        stderr: None,
+                        node: None,
+                        input_etag: None,
+                    },
+                );
+                continue;
+            }
+        };
+        let pin = pin_object(step, &rec.id, &obj);
         match first.kind {
-            PhaseKind::Map => add_map_task(step, rec, 0, loc),
+            PhaseKind::Map => add_map_task(step, rec, 0, loc, Some(pin)),
             PhaseKind::Reduce => {
-                let refused = match check_input(catalog, &rec.tenant, bucket, key).await {
-                    Ok(checked) => {
-                        let r = plan::reducer_for_name(&loc, first.reducers());
-                        step.add_piece(
-                            &rec.id,
-                            0,
-                            r,
-                            rec.seq.piece,
-                            PieceRecord {
-                                bucket: bucket.clone(),
-                                key: key.clone(),
-                                size: checked.size,
-                            },
-                        );
-                        rec.seq.piece += 1;
-                        None
-                    }
-                    Err(refusal) => Some(refusal),
-                };
-                if let Some((code, message)) = refused {
-                    add_error(
-                        step,
-                        rec,
-                        records::ErrorRecord {
-                            phase: 0,
-                            task: String::new(),
-                            input: loc,
-                            code,
-                            message,
-                            stderr: None,
-                            node: None,
-                        },
-                    );
-                }
-                let _ = size;
+                let r = plan::reducer_for_name(&loc, first.reducers());
+                step.add_piece(
+                    &rec.id,
+                    0,
+                    r,
+                    rec.seq.piece,
+                    PieceRecord {
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        size: obj.blob.size,
+                        pin: Some(pin),
+                    },
+                );
+                rec.seq.piece += 1;
             }
         }
     }
     Ok(())
 }
 
-/// Queues a map task of `phase` over `input` (`bucket/key`) in a step.
-pub(crate) fn add_map_task(step: &mut JobChange, rec: &mut JobRecord, phase: u32, input: String) {
+/// Pins an object's current version for a job, in a step: the version
+/// its task reads.
+pub(crate) fn pin_object(step: &mut JobChange, job: &str, obj: &ObjectRecord) -> InputPin {
+    if obj.blob.size > 0 {
+        step.pin(job, obj.blob.clone());
+    }
+    InputPin {
+        blob: obj.blob.id.clone(),
+        etag: obj.etag.clone(),
+        size: obj.blob.size,
+    }
+}
+
+/// The blob of a pinned version, with the nodes that hold it now: the
+/// key's current record when it still names that version, else the pin's
+/// own record (the key was overwritten or deleted since). `None` when
+/// the pinned version is gone (a job older than its pins).
+pub(crate) async fn pinned_blob(
+    catalog: &dyn Catalog,
+    bucket: &str,
+    key: &str,
+    pin: &InputPin,
+) -> Result<Option<BlobRef>, CatalogError> {
+    if pin.size == 0 {
+        return Ok(Some(BlobRef {
+            id: pin.blob.clone(),
+            size: 0,
+            replicas: Vec::new(),
+        }));
+    }
+    if let Some(o) = catalog.get_object(bucket, key).await? {
+        if o.blob.id == pin.blob {
+            return Ok(Some(o.blob));
+        }
+    }
+    catalog.pinned_blob(&pin.blob).await
+}
+
+/// Queues a map task of `phase` over `input` (`bucket/key`) in a step,
+/// reading the pinned version when there is one.
+pub(crate) fn add_map_task(
+    step: &mut JobChange,
+    rec: &mut JobRecord,
+    phase: u32,
+    input: String,
+    pin: Option<InputPin>,
+) {
     let task = TaskRecord {
         id: plan::map_task_id(rec.seq.task),
         phase,
@@ -138,6 +200,7 @@ pub(crate) fn add_map_task(step: &mut JobChange, rec: &mut JobRecord, phase: u32
         state: TaskState::Queued,
         node: None,
         attempts: 0,
+        pin,
     };
     step.put_task(&rec.id, rec.seq.task, task);
     rec.seq.task += 1;
@@ -185,6 +248,7 @@ pub(crate) fn add_error(step: &mut JobChange, rec: &mut JobRecord, err: records:
             rec.seq.failed_input,
             InputRecord {
                 input: err.input.clone(),
+                etag: err.input_etag.clone(),
             },
         );
         rec.seq.failed_input += 1;

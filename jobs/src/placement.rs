@@ -83,25 +83,38 @@ impl Waiting {
 pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &TaskRecord) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
-    // The version checked is the version read: the key may be overwritten
-    // with other permissions at any moment.
-    let obj = match check_input(sv.catalog.as_ref(), &rec.tenant, &bucket, &key).await {
-        Ok(o) => o,
-        Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
-        Err((code, message)) => return Place::Fail(code, message),
+    let blob = match &task.pin {
+        // The version pinned when the input was added, checked then: read
+        // whatever happened to the key since.
+        Some(pin) => match pinned_blob(sv.catalog.as_ref(), &bucket, &key, pin).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Place::Fail(
+                    JobErrorCode::ResourceNotFoundError,
+                    format!(
+                        "the version of {loc} the job pinned (ETag {}) is gone",
+                        pin.etag
+                    ),
+                )
+            }
+            Err(_) => return Place::Wait(Waiting::Catalog),
+        },
+        // Unpinned (a task recorded before inputs were pinned): the
+        // version checked is the version read, since the key may be
+        // overwritten with other permissions at any moment.
+        None => match check_input(sv.catalog.as_ref(), &rec.tenant, &bucket, &key).await {
+            Ok(o) => o.blob,
+            Err((JobErrorCode::InternalError, _)) => return Place::Wait(Waiting::Catalog),
+            Err((code, message)) => return Place::Fail(code, message),
+        },
     };
     let slots = sv.config.task_slots;
     let up = |n: &String| sv.nodes.is_up(n);
     // With no bytes there is nothing to be local to: any up node will do.
-    let holders: Vec<String> = if obj.blob.size == 0 {
+    let holders: Vec<String> = if blob.size == 0 {
         sv.nodes.node_ids().into_iter().filter(up).collect()
     } else {
-        obj.blob
-            .replicas
-            .iter()
-            .filter(|n| up(n))
-            .cloned()
-            .collect()
+        blob.replicas.iter().filter(|n| up(n)).cloned().collect()
     };
     if holders.is_empty() {
         // Repair or a returning node will make a replica available.
@@ -124,8 +137,8 @@ pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &Task
     Place::Run(MapRun {
         slot: Slot::take(sv, &node, &rec.tenant),
         holders,
-        input_lease: sv.holds.hold(&obj.blob.id),
-        input: obj.blob,
+        input_lease: sv.holds.hold(&blob.id),
+        input: blob,
     })
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use insitu_job_model::records::{ErrorRecord, TaskRecord};
+use insitu_job_model::records::{ErrorRecord, PieceRecord, TaskRecord};
 use insitu_job_model::JobErrorCode;
 use tracing::Instrument;
 
@@ -164,50 +164,41 @@ pub(crate) async fn feed_reducer(
         }
         for (seq, p) in page {
             after = Some(seq);
-            // Access is checked again on the version read: a job input
-            // of another tenant's may have been overwritten as private
-            // since it was added.
-            let checked = loop {
-                match check_input(sv.catalog.as_ref(), &ctx.tenant, &p.bucket, &p.key).await {
-                    // Only the catalog fails this way: wait for it.
-                    Err((JobErrorCode::InternalError, e))
-                        if tokio::time::Instant::now() < catalog_patience(&mut away) =>
-                    {
-                        tracing::debug!(error = %e, "reducer feed waits for the catalog");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            let blob = match &p.pin {
+                // A pinned version (a job input, a referenced object): its
+                // access was checked when it was pinned.
+                Some(pin) => {
+                    let found = loop {
+                        match pinned_blob(sv.catalog.as_ref(), &p.bucket, &p.key, pin).await {
+                            Err(e) if tokio::time::Instant::now() < catalog_patience(&mut away) => {
+                                tracing::debug!(error = %e, "reducer feed waits for the catalog");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            other => break other,
+                        }
+                    };
+                    away = None;
+                    match found {
+                        Ok(Some(b)) => b,
+                        // Gone (a job older than its pins): nothing to read.
+                        Ok(None) => continue,
+                        Err(e) => return Err(e.to_string()),
                     }
-                    other => break other,
                 }
+                None => match checked_piece(sv, ctx, &p, &mut away, &mut fed).await? {
+                    Some(o) => o.blob,
+                    None => continue,
+                },
             };
-            away = None;
-            let o = match checked {
-                Ok(o) => o,
-                Err((JobErrorCode::InternalError, e)) => return Err(e),
-                Err((JobErrorCode::AccessDeniedError, message)) => {
-                    fed.refused.push(ErrorRecord {
-                        phase: ctx.phase,
-                        task: String::new(),
-                        input: format!("{}/{}", p.bucket, p.key),
-                        code: JobErrorCode::AccessDeniedError,
-                        message,
-                        stderr: None,
-                        node: None,
-                    });
-                    continue;
-                }
-                // Deleted since: nothing to read.
-                Err(_) => continue,
-            };
-            if o.blob.size == 0 {
+            if blob.size == 0 {
                 continue;
             }
-            let _lease = sv.holds.hold(&o.blob.id);
-            let sent = if o.blob.replicas.iter().any(|n| n == node) {
-                fed.local += o.blob.size;
-                with_patience(|| sv.nodes.stream_append_blob(node, &stream, &o.blob.id)).await
+            let sent = if blob.replicas.iter().any(|n| n == node) {
+                fed.local += blob.size;
+                with_patience(|| sv.nodes.stream_append_blob(node, &stream, &blob.id)).await
             } else {
-                fed.remote += o.blob.size;
-                with_patience(|| sv.nodes.stream_append_copy(node, &stream, &o.blob)).await
+                fed.remote += blob.size;
+                with_patience(|| sv.nodes.stream_append_copy(node, &stream, &blob)).await
             };
             match sent {
                 Ok(()) => {}
@@ -217,6 +208,51 @@ pub(crate) async fn feed_reducer(
                 Err(e) => return Err(e.to_string()),
             }
         }
+    }
+}
+
+/// The current version of an unpinned piece (an earlier phase's output),
+/// if the tenant may still read it: access is checked again on the
+/// version read. `None` to skip it (deleted since, or refused, with the
+/// refusal recorded).
+async fn checked_piece(
+    sv: &Arc<Supervisor>,
+    ctx: &TaskCtx,
+    p: &PieceRecord,
+    away: &mut Option<tokio::time::Instant>,
+    fed: &mut Fed,
+) -> Result<Option<insitu_catalog::ObjectRecord>, String> {
+    let checked = loop {
+        match check_input(sv.catalog.as_ref(), &ctx.tenant, &p.bucket, &p.key).await {
+            // Only the catalog fails this way: wait for it.
+            Err((JobErrorCode::InternalError, e))
+                if tokio::time::Instant::now() < catalog_patience(away) =>
+            {
+                tracing::debug!(error = %e, "reducer feed waits for the catalog");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => break other,
+        }
+    };
+    *away = None;
+    match checked {
+        Ok(o) => Ok(Some(o)),
+        Err((JobErrorCode::InternalError, e)) => Err(e),
+        Err((JobErrorCode::AccessDeniedError, message)) => {
+            fed.refused.push(ErrorRecord {
+                phase: ctx.phase,
+                task: String::new(),
+                input: format!("{}/{}", p.bucket, p.key),
+                code: JobErrorCode::AccessDeniedError,
+                message,
+                stderr: None,
+                node: None,
+                input_etag: None,
+            });
+            Ok(None)
+        }
+        // Deleted since: nothing to read.
+        Err(_) => Ok(None),
     }
 }
 

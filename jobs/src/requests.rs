@@ -76,6 +76,7 @@ impl Supervisor {
                         state: TaskState::Queued,
                         node: None,
                         attempts: 0,
+                        pin: None,
                     };
                     step.put_reducer(&id, task);
                 }

@@ -102,6 +102,19 @@ impl JobRecord {
 pub struct InputRecord {
     /// `bucket/key`.
     pub input: String,
+    /// The version the job reads: its ETag when it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// The version of an object a job reads, fixed when the input is added
+/// (or a task references it): its blob, kept from garbage collection
+/// until the job ends, whatever happens to the key meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputPin {
+    pub blob: String,
+    pub etag: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +139,10 @@ pub struct TaskRecord {
     pub node: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// The version of its input a map task reads (none in records written
+    /// before inputs were pinned: those read the key's current version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<InputPin>,
 }
 
 /// One input of a reducer: an object (an earlier phase's output, or for a
@@ -135,6 +152,9 @@ pub struct PieceRecord {
     pub bucket: String,
     pub key: String,
     pub size: u64,
+    /// The version read, for a job input or a referenced object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<InputPin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +164,9 @@ pub struct OutputRecord {
     /// `bucket/key` of the output object.
     pub object: String,
     pub size: u64,
+    /// The ETag of the input version the task read, for a map task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_etag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,4 +182,7 @@ pub struct ErrorRecord {
     pub stderr: Option<String>,
     #[serde(default)]
     pub node: Option<String>,
+    /// The ETag of the input version, when one was pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_etag: Option<String>,
 }

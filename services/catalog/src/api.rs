@@ -235,6 +235,8 @@ pub trait BlobIndex: Send + Sync {
     /// Rewrites the replica list of a blob, if its owner still references
     /// it; returns whether it did. Used by repair after a copy is durable.
     async fn set_replicas(&self, blob_id: &str, replicas: &[String]) -> Result<bool>;
+    /// The blob as a job that has not ended pinned it, if one did.
+    async fn pinned_blob(&self, blob_id: &str) -> Result<Option<BlobRef>>;
 }
 
 #[async_trait]
@@ -278,6 +280,8 @@ pub(crate) enum JobWrite {
     Piece(String, u32, u32, u64, PieceRecord),
     Output(String, u64, OutputRecord),
     Error(String, u64, ErrorRecord),
+    /// A blob the job pins until its lease is released.
+    Pin(String, BlobRef),
 }
 
 impl JobChange {
@@ -298,7 +302,13 @@ impl JobChange {
     pub fn lease_new_job(&mut self, tenant: &str, job: &str, owner: &str, ttl_ms: i64) {
         self.new_lease = Some((tenant.into(), job.into(), owner.into(), ttl_ms));
     }
-    /// Ends the job's lease: nobody drives it any more.
+    /// Keeps a blob from garbage collection until the job's lease is
+    /// released (its end): an input's version, read later whatever
+    /// happens to its key.
+    pub fn pin(&mut self, job: &str, blob: BlobRef) {
+        self.writes.push(JobWrite::Pin(job.into(), blob));
+    }
+    /// Ends the job's lease: nobody drives it any more. Its pins go too.
     pub fn release_lease(&mut self, job: &str) {
         self.release = Some(job.to_string());
     }

@@ -388,6 +388,17 @@ impl Record for GcRecord {
     const VERSION: u8 = 1;
 }
 
+/// A blob a job has pinned (an input's version, or an object a task
+/// referenced): garbage collection leaves it until the job ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PinRecord {
+    pub blob: BlobRef,
+}
+impl Record for PinRecord {
+    const KIND: &'static str = "pin";
+    const VERSION: u8 = 1;
+}
+
 /// A storage node known to the cluster. Its address may change between runs;
 /// its id never does, because object records name replicas by id.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -556,6 +556,7 @@ fn job(id: &str) -> JobRecord {
 
 fn task(seq: u64) -> TaskRecord {
     TaskRecord {
+        pin: None,
         id: insitu_job_model::plan::map_task_id(seq),
         phase: 0,
         input: Some(format!("b/in{seq}")),
@@ -578,6 +579,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
                 "j1",
                 seq,
                 InputRecord {
+                    etag: None,
                     input: format!("b/in{seq}"),
                 },
             );
@@ -586,6 +588,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
         ch.put_reducer(
             "j1",
             TaskRecord {
+                pin: None,
                 id: "r1-0".into(),
                 phase: 1,
                 input: None,
@@ -614,6 +617,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             [(
                 4,
                 InputRecord {
+                    etag: None,
                     input: "b/in4".into()
                 }
             )]
@@ -632,6 +636,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             0,
             OutputRecord {
+                input_etag: None,
                 phase: 0,
                 task: "m00000002".into(),
                 object: "b/out/2".into(),
@@ -644,6 +649,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             0,
             0,
             PieceRecord {
+                pin: None,
                 bucket: "b".into(),
                 key: "out/2".into(),
                 size: 1,
@@ -653,6 +659,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             0,
             ErrorRecord {
+                input_etag: None,
                 phase: 0,
                 task: "m00000003".into(),
                 input: "b/in3".into(),
@@ -666,6 +673,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             0,
             InputRecord {
+                etag: None,
                 input: "b/in3".into(),
             },
         );
@@ -697,6 +705,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             1,
             OutputRecord {
+                input_etag: None,
                 phase: 0,
                 task: "m00000003".into(),
                 object: "b/out/3".into(),
@@ -834,4 +843,42 @@ async fn state_survives_reopen() {
         c.get_object("b", "k").await.unwrap().unwrap().blob.id,
         "one"
     );
+}
+
+#[tokio::test]
+async fn a_jobs_pins_hold_until_its_lease_is_released() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        let blob = BlobRef {
+            id: "pinned-1".into(),
+            size: 3,
+            replicas: vec!["node-0".into()],
+        };
+        assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), None);
+        for id in ["jp", "jq"] {
+            let mut ch = JobChange::default();
+            ch.put_job(&job(id));
+            ch.pin(id, blob.clone());
+            c.job_commit(ch).await.unwrap();
+        }
+        assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), Some(blob.clone()));
+        // A blob whose id begins like a pinned one's is not pinned.
+        assert_eq!(c.pinned_blob("pinned-").await.unwrap(), None);
+        // One job ends: the other still holds the blob.
+        let mut ch = JobChange::default();
+        ch.release_lease("jp");
+        c.job_commit(ch).await.unwrap();
+        assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), Some(blob.clone()));
+        let mut ch = JobChange::default();
+        ch.release_lease("jq");
+        c.job_commit(ch).await.unwrap();
+        assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), None);
+        // Pinned and released in one change: nothing kept.
+        let mut ch = JobChange::default();
+        ch.put_job(&job("jr"));
+        ch.pin("jr", blob.clone());
+        ch.release_lease("jr");
+        c.job_commit(ch).await.unwrap();
+        assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), None);
+    }
 }

@@ -300,6 +300,16 @@ async fn gc_loop(gw: Arc<Gateway>) {
                 if gw.inflight.in_use(gw.catalog.as_ref(), &entry.blob.id).await {
                     return;
                 }
+                // A job that has not ended reads this version (a pinned
+                // input or referenced object): kept until its end.
+                match gw.catalog.pinned_blob(&entry.blob.id).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => return,
+                    Err(e) => {
+                        tracing::debug!(blob = %entry.blob.id, error = %e, "cannot tell whether a queued blob is pinned; kept for now");
+                        return;
+                    }
+                }
                 let mut all_gone = true;
                 for node in &entry.blob.replicas {
                     match gw.nodes.state(node) {

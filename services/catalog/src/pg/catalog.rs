@@ -162,6 +162,15 @@ impl BlobIndex for PgCatalog {
             .await
             .map(|_| ())
     }
+    async fn pinned_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        let found: Option<PinRecord> = self
+            .read_one(
+                "SELECT rec FROM job_pins WHERE blob_id = $1 LIMIT 1",
+                &[&blob_id],
+            )
+            .await?;
+        Ok(found.map(|p| p.blob))
+    }
     async fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
         let found: Option<GcRecord> = self
             .read_one("SELECT rec FROM gc_queue WHERE blob_id = $1", &[&blob_id])

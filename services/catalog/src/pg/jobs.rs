@@ -8,7 +8,7 @@ use super::ops::{delete_object_in, in_tx, put_object_into};
 use super::{pg_err, PgCatalog};
 use crate::api::{JobChange, JobWrite};
 use crate::listing::increment;
-use crate::records::Record;
+use crate::records::{PinRecord, Record};
 use crate::{CatalogError, Result, WriteCondition};
 
 pub(super) const INPUT: i8 = b'i' as i8;
@@ -217,6 +217,17 @@ impl PgCatalog {
                     }
                     JobWrite::Output(job, s, rec) => (job, OUTPUT, seq(*s), rec.encode()),
                     JobWrite::Error(job, s, rec) => (job, ERROR, seq(*s), rec.encode()),
+                    JobWrite::Pin(job, blob) => {
+                        let rec = PinRecord { blob: blob.clone() }.encode();
+                        tx.execute(
+                            "INSERT INTO job_pins (blob_id, job, rec) VALUES ($1, $2, $3)
+                             ON CONFLICT (blob_id, job) DO NOTHING",
+                            &[&blob.id, job, &rec],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                        continue;
+                    }
                 };
                 tx.execute(
                     "INSERT INTO job_items (job, kind, k, rec) VALUES ($1, $2, $3, $4)
@@ -225,6 +236,12 @@ impl PgCatalog {
                 )
                 .await
                 .map_err(pg_err)?;
+            }
+            // An ended job's pins go with its lease.
+            if let Some(job) = &change.release {
+                tx.execute("DELETE FROM job_pins WHERE job = $1", &[job])
+                    .await
+                    .map_err(pg_err)?;
             }
             Ok(())
         })

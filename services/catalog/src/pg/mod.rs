@@ -18,9 +18,10 @@ use tokio_postgres::NoTls;
 use crate::{CatalogError, Result};
 
 /// The schema, one migration per version, applied in order.
-const MIGRATIONS: [(i32, &str); 2] = [
+const MIGRATIONS: [(i32, &str); 3] = [
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_control.sql")),
+    (3, include_str!("migrations/0003_pins.sql")),
 ];
 
 /// The schema version this build reads and writes.

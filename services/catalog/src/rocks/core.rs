@@ -30,8 +30,12 @@ pub(super) const CF_JOBS: &str = "jobs";
 /// A job's inputs, tasks, outputs and errors, keyed `job_id \0 kind \0 ...`
 /// (see `jobs.rs`).
 pub(super) const CF_JOB_ITEMS: &str = "job_items";
-const ALL_CFS: [&str; 11] = [
+/// Blobs pinned by jobs, keyed `blob_id \0 job_id` (a job's own index of
+/// them is in `CF_JOB_ITEMS`).
+pub(super) const CF_PINS: &str = "pins";
+const ALL_CFS: [&str; 12] = [
     CF_JOBS,
+    CF_PINS,
     CF_JOB_ITEMS,
     CF_BLOB_OWNERS,
     CF_TENANTS,
@@ -681,6 +685,17 @@ impl RocksCore {
     }
 
     // ---- the blob owner index: repair and orphan sweeps ---------------------
+
+    /// The blob as a job pinned it, if one that has not ended did.
+    pub(super) fn pinned_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        let mut prefix = blob_id.as_bytes().to_vec();
+        prefix.push(0);
+        let found = self.scan_prefix(CF_PINS, &prefix, None, 1)?;
+        match found.first() {
+            Some((_, v)) => Ok(Some(PinRecord::decode(v)?.blob)),
+            None => Ok(None),
+        }
+    }
 
     pub(super) fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
         Ok(self

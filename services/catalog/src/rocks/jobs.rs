@@ -17,9 +17,9 @@
 use insitu_job_model::records::{JobRecord, TaskRecord};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::core::{db_err, object_key, RocksCore, CF_JOBS, CF_JOB_ITEMS, CF_OBJECTS};
+use super::core::{db_err, object_key, RocksCore, CF_JOBS, CF_JOB_ITEMS, CF_OBJECTS, CF_PINS};
 use crate::api::{JobChange, JobWrite};
-use crate::records::{ObjectRecord, Record};
+use crate::records::{ObjectRecord, PinRecord, Record};
 use crate::{CatalogError, Result, WriteCondition};
 
 fn job_key(tenant: &str, job: &str) -> Vec<u8> {
@@ -42,6 +42,8 @@ pub(super) enum ItemKind {
     FailedInput,
     /// Inputs by name, to add each once.
     Seen,
+    /// Blobs the job pinned, by id (the other half of `CF_PINS`).
+    Pin,
 }
 
 impl ItemKind {
@@ -55,6 +57,7 @@ impl ItemKind {
             Self::Error => b'e',
             Self::FailedInput => b'f',
             Self::Seen => b'x',
+            Self::Pin => b'P',
         }
     }
 }
@@ -72,6 +75,14 @@ fn item_prefix(job: &str, kind: ItemKind) -> Vec<u8> {
 fn seq_key(job: &str, kind: ItemKind, seq: u64) -> Vec<u8> {
     let mut k = item_prefix(job, kind);
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn pin_key(blob: &str, job: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(blob.len() + job.len() + 1);
+    k.extend_from_slice(blob.as_bytes());
+    k.push(0);
+    k.extend_from_slice(job.as_bytes());
     k
 }
 
@@ -108,7 +119,7 @@ fn seq_of(key: &[u8]) -> Result<u64> {
 impl RocksCore {
     /// Entries under `prefix` strictly after `after` (a full key), at most
     /// `max`.
-    fn scan_prefix(
+    pub(super) fn scan_prefix(
         &self,
         cf: &str,
         prefix: &[u8],
@@ -266,6 +277,35 @@ impl RocksCore {
                 }
                 JobWrite::Error(job, seq, rec) => {
                     b.put_cf(items, seq_key(job, ItemKind::Error, *seq), rec.encode())
+                }
+                // Released in this very change: nothing to keep.
+                JobWrite::Pin(job, _) if change.release.as_ref() == Some(job) => {}
+                JobWrite::Pin(job, blob) => {
+                    let mut k = item_prefix(job, ItemKind::Pin);
+                    k.extend_from_slice(blob.id.as_bytes());
+                    b.put_cf(items, k, []);
+                    b.put_cf(
+                        self.cf(CF_PINS)?,
+                        pin_key(&blob.id, job),
+                        PinRecord { blob: blob.clone() }.encode(),
+                    );
+                }
+            }
+        }
+        // An ended job's pins go with its lease.
+        if let Some(job) = &change.release {
+            let prefix = item_prefix(job, ItemKind::Pin);
+            let mut after = None;
+            loop {
+                let page = self.scan_prefix(CF_JOB_ITEMS, &prefix, after.clone(), 1024)?;
+                for (k, _) in &page {
+                    let blob = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    b.delete_cf(items, k);
+                    b.delete_cf(self.cf(CF_PINS)?, pin_key(&blob, job));
+                }
+                match page.last() {
+                    Some((k, _)) if page.len() == 1024 => after = Some(k.to_vec()),
+                    _ => break,
                 }
             }
         }

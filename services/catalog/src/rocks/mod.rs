@@ -209,6 +209,9 @@ impl BlobIndex for RocksCatalog {
     async fn set_replicas(&self, blob_id: &str, replicas: &[String]) -> Result<bool> {
         blocking!(self, set_replicas(blob_id, replicas))
     }
+    async fn pinned_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        blocking!(self, pinned_blob(blob_id))
+    }
 }
 
 #[async_trait]
