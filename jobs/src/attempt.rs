@@ -41,12 +41,21 @@ const REPLICATE_AT_ONCE: usize = 4;
 pub(crate) const DEADLINE_SLACK: Duration = Duration::from_secs(900);
 
 /// A blob a task produced, and the nodes holding it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Blob {
     pub(crate) id: String,
     pub(crate) size: u64,
     pub(crate) md5: String,
     pub(crate) replicas: Vec<String>,
+}
+
+/// A named output: bytes the task wrote (replicated), or an existing
+/// object it referenced (`mcat`), held from collection until the commit
+/// pins it.
+#[derive(Debug)]
+pub(crate) enum Named {
+    Written(Blob),
+    Reference(insitu_node_api::ObjectReference),
 }
 
 #[derive(Debug)]
@@ -55,8 +64,8 @@ pub(crate) enum Outcome {
         stdout: Option<Blob>,
         pieces: Vec<(u32, Blob)>,
         /// Named outputs written through the task's endpoint: name, the
-        /// reducer it asked for, and the blob.
-        named: Vec<(String, Option<u32>, Blob)>,
+        /// reducer it asked for, and what it is.
+        named: Vec<(String, Option<u32>, Named)>,
     },
     Failed {
         code: JobErrorCode,
@@ -445,7 +454,7 @@ pub(crate) async fn attempt(
             return Err(node_failure(e));
         }
     };
-    let outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob).await;
+    let outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob, leases).await;
     Ok((outcome, moved))
 }
 
@@ -465,6 +474,7 @@ async fn finish_attempt(
     resp: TaskResponse,
     stdout_blob: String,
     stderr_blob: String,
+    leases: &mut Vec<BlobHold>,
 ) -> Outcome {
     let on_node = |id: String, size: u64, md5: String| Blob {
         id,
@@ -476,10 +486,21 @@ async fn finish_attempt(
         TaskEndReport::Exited { code: 0 } => {
             // Up to 1000 of them: replicated a few at a time, in order.
             use futures::StreamExt;
-            let named: Vec<(String, Option<u32>, Blob)> = futures::stream::iter(resp.named)
-                .map(|o| {
-                    let blob = on_node(o.blob, o.size, o.md5);
-                    async move { (o.name, o.reducer, replicate(sv, blob).await) }
+            for o in &resp.named {
+                if let Some(r) = &o.reference {
+                    leases.push(sv.holds.hold(&r.blob));
+                }
+            }
+            let named: Vec<(String, Option<u32>, Named)> = futures::stream::iter(resp.named)
+                .map(|o| async move {
+                    let named = match o.reference {
+                        Some(r) => Named::Reference(r),
+                        None => {
+                            let blob = on_node(o.blob, o.size, o.md5);
+                            Named::Written(replicate(sv, blob).await)
+                        }
+                    };
+                    (o.name, o.reducer, named)
                 })
                 .buffered(REPLICATE_AT_ONCE)
                 .collect()

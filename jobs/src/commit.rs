@@ -13,6 +13,7 @@ use insitu_job_model::records::{
     ErrorRecord, JobRecord, JobState, OutputRecord, PieceRecord, TaskRecord, TaskState,
 };
 use insitu_job_model::{JobErrorCode, JobSpec};
+use insitu_node_api::ObjectReference;
 
 use crate::active::*;
 use crate::attempt::*;
@@ -243,6 +244,7 @@ impl Emit<'_> {
                     &id,
                     self.rec.seq.output,
                     OutputRecord {
+                        etag: None,
                         phase: self.phase,
                         task: self.task.id.clone(),
                         object: loc,
@@ -261,6 +263,65 @@ impl Emit<'_> {
                     _ => plan::reducer_for_name(&loc, count),
                 };
                 self.piece(key, r, blob);
+            }
+        }
+    }
+
+    /// An output that is an existing object, by reference: pinned for the
+    /// job, then listed as a final output (the object itself, not
+    /// copied), the input of a map task of the next phase, or a reducer's
+    /// piece, all reading the version referenced.
+    fn reference(&mut self, spec: &JobSpec, r: &ObjectReference, route: Route<'_>) {
+        let obj = ObjectRecord {
+            size: r.size,
+            etag: r.etag.clone(),
+            blob: BlobRef {
+                id: r.blob.clone(),
+                size: r.size,
+                replicas: r.replicas.clone(),
+            },
+            ..object_record(&self.rec.tenant, &Blob::default())
+        };
+        let id = self.rec.id.clone();
+        let pin = pin_object(self.step, &id, &obj);
+        let loc = format!("{}/{}", r.bucket, r.key);
+        match plan::downstream(spec, self.phase as usize) {
+            Downstream::None => {
+                self.step.add_output(
+                    &id,
+                    self.rec.seq.output,
+                    OutputRecord {
+                        phase: self.phase,
+                        task: self.task.id.clone(),
+                        object: loc,
+                        size: r.size,
+                        input_etag: self.task.pin.as_ref().map(|p| p.etag.clone()),
+                        etag: Some(r.etag.clone()),
+                    },
+                );
+                self.rec.seq.output += 1;
+                self.rec.counters.outputs += 1;
+            }
+            Downstream::Map => add_map_task(self.step, self.rec, self.phase + 1, loc, Some(pin)),
+            Downstream::ReduceByName { count } | Downstream::ReduceByKey { count } => {
+                let reducer = match route {
+                    Route::To(n) if n < count => n,
+                    Route::Name(name) => plan::reducer_for_name(name, count),
+                    _ => plan::reducer_for_name(&loc, count),
+                };
+                self.step.add_piece(
+                    &id,
+                    self.phase + 1,
+                    reducer,
+                    self.rec.seq.piece,
+                    PieceRecord {
+                        bucket: r.bucket.clone(),
+                        key: r.key.clone(),
+                        size: r.size,
+                        pin: Some(pin),
+                    },
+                );
+                self.rec.seq.piece += 1;
             }
         }
     }
@@ -285,6 +346,24 @@ impl Emit<'_> {
         );
         self.rec.seq.piece += 1;
     }
+}
+
+/// Whether the version a task referenced can still be read: the key's
+/// current one, or one queued for collection but not collected yet (held
+/// since the task ended, and pinned by the commit).
+async fn reference_alive(
+    catalog: &dyn insitu_catalog::Catalog,
+    r: &ObjectReference,
+) -> Result<bool, insitu_catalog::CatalogError> {
+    if r.size == 0 {
+        return Ok(true);
+    }
+    if let Some(o) = catalog.get_object(&r.bucket, &r.key).await? {
+        if o.blob.id == r.blob {
+            return Ok(true);
+        }
+    }
+    catalog.is_gc_queued(&r.blob).await
 }
 
 pub(crate) async fn build_commit(
@@ -329,6 +408,16 @@ pub(crate) async fn build_commit(
         ) => {
             task.state = TaskState::Done;
             new.phases[phase].done += 1;
+            // A referenced version collected before the task ended (its
+            // key moved on while the task still ran) cannot be read.
+            let mut gone = Vec::new();
+            for (name, _, n) in named {
+                if let Named::Reference(r) = n {
+                    if !reference_alive(sv.catalog.as_ref(), r).await? {
+                        gone.push((name.clone(), r.clone()));
+                    }
+                }
+            }
             let mut emit = Emit {
                 step: &mut step,
                 rec: &mut new,
@@ -347,17 +436,45 @@ pub(crate) async fn build_commit(
                 );
                 emit.output(&rec.spec, key, blob, Route::Location);
             }
-            for (name, reducer, blob) in named {
-                let key = out.named_output_key(&rec.id, fin.task.phase, last, &task.id, name);
+            for (name, reducer, named) in named {
                 let route = match reducer {
                     Some(r) => Route::To(*r),
                     None => Route::Name(name),
                 };
-                emit.output(&rec.spec, key, blob, route);
+                match named {
+                    Named::Written(blob) => {
+                        let key =
+                            out.named_output_key(&rec.id, fin.task.phase, last, &task.id, name);
+                        emit.output(&rec.spec, key, blob, route);
+                    }
+                    Named::Reference(r) if !gone.iter().any(|(n, _)| n == name) => {
+                        emit.reference(&rec.spec, r, route);
+                    }
+                    Named::Reference(_) => {}
+                }
             }
             for (r, blob) in pieces {
                 let key = OutputPlace::piece_key(&rec.id, fin.task.phase, &task.id, *r);
                 emit.piece(key, *r, blob);
+            }
+            for (_, r) in gone {
+                // Not a failed job input: the error alone.
+                let err = ErrorRecord {
+                    phase: fin.task.phase,
+                    task: task.id.clone(),
+                    input: format!("{}/{}", r.bucket, r.key),
+                    code: JobErrorCode::ResourceNotFoundError,
+                    message: format!(
+                        "the version of {}/{} the task referenced (ETag {}) was replaced and collected before the task ended",
+                        r.bucket, r.key, r.etag
+                    ),
+                    stderr: None,
+                    node: task.node.clone(),
+                    input_etag: Some(r.etag.clone()),
+                };
+                step.add_error(&new.id, new.seq.error, err);
+                new.seq.error += 1;
+                new.counters.errors += 1;
             }
         }
         (outcome, bucket) => {

@@ -193,6 +193,32 @@ pub struct NamedOut {
     /// The reducer of the next phase it asked for.
     #[serde(default)]
     pub reducer: Option<u32>,
+    /// An output that is an existing object, by reference (`mcat`): no
+    /// bytes were written, `blob` is empty and `size` 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ObjectReference>,
+}
+
+impl NamedOut {
+    /// The blob staged on the node for this output: none for a
+    /// reference (whose blob is the object's own, never the node's to
+    /// drop).
+    pub fn staged_blob(&self) -> Option<&str> {
+        (self.reference.is_none() && !self.blob.is_empty()).then_some(self.blob.as_str())
+    }
+}
+
+/// The version of an object a task referenced, as the gateway resolved it
+/// with the tenant's read access checked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectReference {
+    pub bucket: String,
+    pub key: String,
+    pub blob: String,
+    pub etag: String,
+    pub size: u64,
+    /// The nodes holding it.
+    pub replicas: Vec<String>,
 }
 
 /// An asset of a task's phase: its `bucket/key` path, and the blob on the

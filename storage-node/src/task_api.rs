@@ -658,7 +658,11 @@ impl Drop for Staged {
         let (Some(store), false) = (self.store.clone(), self.outputs.is_empty()) else {
             return;
         };
-        let blobs: Vec<String> = self.outputs.drain(..).map(|o| o.blob).collect();
+        let blobs: Vec<String> = self
+            .outputs
+            .drain(..)
+            .filter_map(|o| o.staged_blob().map(str::to_string))
+            .collect();
         tokio::spawn(async move {
             for b in blobs {
                 let _ = store.delete(&b).await;

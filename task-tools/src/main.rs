@@ -5,6 +5,9 @@
 //! - `mpipe [-r N] [NAME]`: stdin becomes the task's named output NAME
 //!   (or an automatic name), routed to reducer N of the next phase if given;
 //! - `mtee [-r N] NAME`: the same, while copying stdin to stdout;
+//! - `mcat [-r N] BUCKET/KEY...`: each object becomes an output of the
+//!   task by reference, with no bytes copied (a copy into the output place,
+//!   `x-amz-copy-source`): the next phase reads the version it names now;
 //! - `insitu-task relay ADDR SOCKET`: the container's first process; it
 //!   relays the task's S3 endpoint (`AWS_ENDPOINT_URL`, TCP on the
 //!   container's loopback) to the node's Unix socket, and reaps orphans.
@@ -104,6 +107,48 @@ impl Endpoint {
                 )
             })?;
         Self::checked(resp).map(|_| ())
+    }
+
+    /// A copy of `source` (`bucket/key`) into `path`: an output by
+    /// reference.
+    fn copy(&self, path: &str, source: &str, reducer: Option<u32>) -> Result<(), String> {
+        let mut headers = self.signed_with(
+            "PUT",
+            path,
+            &[("x-amz-copy-source", &sign::uri_encode(source, true))],
+        );
+        if let Some(r) = reducer {
+            headers.push(("x-insitu-reducer".into(), r.to_string()));
+        }
+        let resp = http::request(&self.socket, "PUT", path, &headers, &[])
+            .map_err(|e| format!("cannot reach the task endpoint at {}: {e}", self.socket))?;
+        Self::checked(resp).map(|_| ())
+    }
+
+    /// Headers for a request with no body, signing `extra` too (every
+    /// `x-amz-*` header sent must be signed).
+    fn signed_with(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut headers = sign::sign_with(
+            &self.creds,
+            method,
+            path,
+            "",
+            &self.host,
+            sign::EMPTY_SHA256,
+            extra,
+            now,
+        );
+        headers.push(("host".into(), self.host.clone()));
+        headers
     }
 
     fn checked(resp: http::Response) -> Result<http::Response, String> {
@@ -273,6 +318,49 @@ fn write_output(args: &[String], tee: bool) -> Result<(), String> {
     result.map_err(|e| format!("{name}: {e}"))
 }
 
+/// Emits each `bucket/key` as an output of the task, by reference: named
+/// by its location (so that one object routes the same way from any
+/// task), to reducer N with `-r`.
+fn mcat(args: &[String]) -> Result<(), String> {
+    let usage = "usage: mcat [-r N] BUCKET/KEY...";
+    let mut reducer = None;
+    let mut objects = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-r" => {
+                let n = it.next().ok_or(usage)?;
+                reducer = Some(
+                    n.parse::<u32>()
+                        .map_err(|_| format!("-r {n}: not a reducer number"))?,
+                );
+            }
+            _ if a.starts_with('-') => return Err(usage.to_string()),
+            _ => objects.push(a.trim_start_matches('/').to_string()),
+        }
+    }
+    if objects.is_empty() {
+        return Err(usage.to_string());
+    }
+    let place = std::env::var("INSITU_OUTPUT_PLACE")
+        .map_err(|_| "no INSITU_OUTPUT_PLACE: this task writes no named outputs")?;
+    let (bucket, prefix) = split_location(&place);
+    let ep = Endpoint::from_env()?;
+    for loc in objects {
+        let (b, k) = split_location(&loc);
+        if b.is_empty() || k.is_empty() {
+            return Err(format!("{loc}: not bucket/key"));
+        }
+        let path = format!(
+            "/{bucket}/{}",
+            sign::uri_encode(&format!("{prefix}{loc}"), true)
+        );
+        ep.copy(&path, &loc, reducer)
+            .map_err(|e| format!("{loc}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let called = args
@@ -291,8 +379,9 @@ fn main() -> ExitCode {
         "mls" => mls(rest),
         "mpipe" => write_output(rest, false),
         "mtee" => write_output(rest, true),
+        "mcat" => mcat(rest),
         "relay" => relay::run(rest),
-        _ => Err("usage: insitu-task mget|mls|mpipe|mtee|relay ...".into()),
+        _ => Err("usage: insitu-task mget|mls|mpipe|mtee|mcat|relay ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,12 +68,49 @@ pub fn sign(
     payload_sha256: &str,
     now_secs: u64,
 ) -> Vec<(String, String)> {
+    sign_with(c, method, path, query, host, payload_sha256, &[], now_secs)
+}
+
+/// `sign`, with `extra` headers (lower-case names) signed too and
+/// returned with the others, to send.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_with(
+    c: &Credentials,
+    method: &str,
+    path: &str,
+    query: &str,
+    host: &str,
+    payload_sha256: &str,
+    extra: &[(&str, &str)],
+    now_secs: u64,
+) -> Vec<(String, String)> {
     let date = amz_date(now_secs);
     let day = &date[..8];
-    let signed = "host;x-amz-content-sha256;x-amz-date";
-    let canonical = format!(
-        "{method}\n{path}\n{query}\nhost:{host}\nx-amz-content-sha256:{payload_sha256}\nx-amz-date:{date}\n\n{signed}\n{payload_sha256}"
+    let mut headers: Vec<(String, String)> = vec![
+        ("x-amz-date".into(), date.clone()),
+        ("x-amz-content-sha256".into(), payload_sha256.to_string()),
+    ];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.trim().to_string())),
     );
+    let mut canonical_headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("host", host)])
+        .collect();
+    canonical_headers.sort();
+    let signed = canonical_headers
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(";");
+    let lines: String = canonical_headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}\n"))
+        .collect();
+    let canonical = format!("{method}\n{path}\n{query}\n{lines}\n{signed}\n{payload_sha256}");
     let scope = format!("{day}/{}/s3/aws4_request", c.region);
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
@@ -84,17 +121,14 @@ pub fn sign(
         key = hmac(&key, part);
     }
     let signature = hex::encode(hmac(&key, &to_sign));
-    vec![
-        ("x-amz-date".into(), date),
-        ("x-amz-content-sha256".into(), payload_sha256.to_string()),
-        (
-            "authorization".into(),
-            format!(
-                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
-                c.access_key
-            ),
+    headers.push((
+        "authorization".into(),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
+            c.access_key
         ),
-    ]
+    ));
+    headers
 }
 
 #[cfg(test)]

@@ -983,3 +983,181 @@ async fn an_sdk_in_the_task_uses_its_endpoint_unchanged() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_map_job_reads_an_asset_and_an_object_writes_named_outputs_and_references_one() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("mcat").expect("tenant");
+    let other = cluster.create_tenant("mcat-other").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let o = RawClient::new(&cluster.endpoint, &other);
+    let b = unique("mcat");
+    c.create_bucket(&b).await.unwrap();
+    let private = unique("mcat-private");
+    o.create_bucket(&private).await.unwrap();
+    put(&o, &format!("/{private}/secret"), b"SECRET\n").await;
+    put(&c, &format!("/{b}/tables/t.txt"), b"T").await;
+    put(&c, &format!("/{b}/side/note.txt"), b"S").await;
+    let inputs: Vec<String> = (0..4).map(|i| format!("{b}/in/{i}")).collect();
+    for i in 0..4 {
+        put(&c, &format!("/{b}/in/{i}"), format!("a{i}").as_bytes()).await;
+    }
+    for runtime in runtimes() {
+        for i in 0..4 {
+            let body = format!("ref a{i}\n");
+            put(&c, &format!("/{b}/refs/a{i}.txt"), body.as_bytes()).await;
+        }
+        // Each map task: an asset, an object read with mget, three named
+        // outputs (one routed to reducer 1), and one reference, after
+        // which it waits: the referenced objects are then overwritten, and
+        // the reducers must read the versions referenced.
+        let go = format!("go-{runtime}");
+        let map = format!(
+            "x=$(cat); t=$(cat /insitu/assets/{b}/tables/t.txt); s=$(mget {b}/side/note.txt); \
+             echo \"one $x $t\" | mpipe one-$x; echo \"two $x $s\" | mpipe two-$x; \
+             echo \"routed $x\" | mpipe -r 1 routed-$x; mcat {b}/refs/$x.txt; echo \"emitted $x\" >&2; \
+             n=0; until mget {b}/{go} >/dev/null 2>&1; do sleep 0.2; n=$((n+1)); [ $n -gt 600 ] && exit 9; done; true"
+        );
+        let spec = serde_json::json!({
+            "phases": [
+                { "type": "map", "image": "insitu-test/busybox:latest", "runtime": runtime,
+                  "exec": map, "assets": [format!("{b}/tables/t.txt")] },
+                { "type": "reduce", "image": "insitu-test/busybox:latest", "runtime": runtime,
+                  "count": 2, "exec": "sort" } ],
+            "inputs": inputs,
+            "output": format!("{b}/mc-{runtime}/"),
+        });
+        let id = submit(&cluster, &t, &spec);
+        assert!(
+            wait_until(Duration::from_secs(120), || {
+                let out = job_command(&cluster, &t)
+                    .args(["logs", &id])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout)
+                    .matches("emitted a")
+                    .count()
+                    == 4
+            }),
+            "{runtime}: the map tasks never all emitted"
+        );
+        for i in 0..4 {
+            put(&c, &format!("/{b}/refs/a{i}.txt"), b"CHANGED\n").await;
+        }
+        put(&c, &format!("/{b}/{go}"), b"go").await;
+        let out = job_command(&cluster, &t)
+            .args(["wait", &id])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(status["state"], "done", "{runtime}: {status}");
+        let errors = job_command(&cluster, &t)
+            .args(["errors", &id])
+            .output()
+            .unwrap();
+        assert_eq!(
+            status["counters"]["errors"],
+            0,
+            "{runtime}: {status} {}",
+            String::from_utf8_lossy(&errors.stdout)
+        );
+        let r0 = get_text(&c, &format!("{b}/mc-{runtime}/reduce.0")).await;
+        let r1 = get_text(&c, &format!("{b}/mc-{runtime}/reduce.1")).await;
+        let mut all: Vec<&str> = r0.lines().chain(r1.lines()).collect();
+        all.sort();
+        let mut want = Vec::new();
+        for i in 0..4 {
+            want.push(format!("one a{i} T"));
+            want.push(format!("two a{i} S"));
+            want.push(format!("routed a{i}"));
+            want.push(format!("ref a{i}"));
+        }
+        want.sort();
+        assert_eq!(
+            all, want,
+            "{runtime}: each output once, references as referenced"
+        );
+        assert_eq!(
+            r1.lines().filter(|l| l.starts_with("routed ")).count(),
+            4,
+            "{runtime}: {r1}"
+        );
+        assert!(!r0.contains("routed "), "{runtime}: {r0}");
+        // The final outputs, listed by name.
+        let listed = job_command(&cluster, &t)
+            .args(["outputs", &id])
+            .output()
+            .unwrap();
+        let mut listed: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                format!("{b}/mc-{runtime}/reduce.0"),
+                format!("{b}/mc-{runtime}/reduce.1")
+            ]
+        );
+    }
+
+    // In a last phase a reference is listed as the object itself, with its
+    // ETag, and nothing is copied; another tenant's private object is
+    // refused.
+    put(&c, &format!("/{b}/refs/final.txt"), b"final\n").await;
+    let map =
+        format!("cat >/dev/null; mcat {b}/refs/final.txt; mcat {private}/secret 2>&1; echo done");
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": map }],
+        "inputs": [inputs[0].clone()],
+        "output": format!("{b}/last/"),
+    });
+    let (status, errors) = run_job(&cluster, &t, &spec);
+    assert!(errors.is_empty(), "{status} {errors:?}");
+    let id = status["id"].as_str().unwrap().to_string();
+    let r = c
+        .send(
+            "GET",
+            &format!("/_insitu/v1/jobs/{id}/outputs"),
+            &[],
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+    let outputs: serde_json::Value = r.json().await.unwrap();
+    let outputs = outputs["outputs"].as_array().unwrap().clone();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    let reference = outputs
+        .iter()
+        .find(|o| o["object"] == format!("{b}/refs/final.txt"))
+        .unwrap_or_else(|| panic!("the reference is listed: {outputs:?}"));
+    assert_eq!(reference["size"], 6);
+    assert!(
+        reference["etag"].as_str().is_some_and(|e| e.len() == 32),
+        "{reference}"
+    );
+    let stdout = get_text(&c, &format!("{b}/last/{b}/in/0")).await;
+    assert!(
+        stdout.starts_with(&format!("mcat: {private}/secret: AccessDenied")),
+        "{stdout}"
+    );
+    let r = c
+        .send(
+            "GET",
+            &format!("/{b}"),
+            &[("list-type", "2"), ("prefix", "last/")],
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let listing = r.text().await.unwrap();
+    assert_eq!(
+        listing.matches("<Key>").count(),
+        1,
+        "only stdout was written: {listing}"
+    );
+}

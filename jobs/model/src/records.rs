@@ -167,6 +167,10 @@ pub struct OutputRecord {
     /// The ETag of the input version the task read, for a map task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_etag: Option<String>,
+    /// The object's ETag, for an output that is an existing object (a
+    /// reference, `mcat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

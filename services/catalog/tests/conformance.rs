@@ -636,6 +636,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             0,
             OutputRecord {
+                etag: None,
                 input_etag: None,
                 phase: 0,
                 task: "m00000002".into(),
@@ -705,6 +706,7 @@ async fn a_job_change_commits_state_lists_and_outputs_together() {
             "j1",
             1,
             OutputRecord {
+                etag: None,
                 input_etag: None,
                 phase: 0,
                 task: "m00000003".into(),

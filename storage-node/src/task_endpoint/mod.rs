@@ -341,8 +341,8 @@ impl TaskEndpoint {
         }
     }
 
-    /// Records a written output, ending its reservation; returns the blob
-    /// it replaces (the same name written before).
+    /// Records a written output, ending its reservation; returns the
+    /// staged blob it replaces (the same name written before).
     fn record(
         &self,
         task_id: &str,
@@ -359,7 +359,10 @@ impl TaskEndpoint {
             return Err(Unrecorded::TooLarge);
         }
         stage.used = used;
-        Ok(stage.outputs.insert(out.name.clone(), out).map(|o| o.blob))
+        Ok(stage
+            .outputs
+            .insert(out.name.clone(), out)
+            .and_then(|o| o.staged_blob().map(str::to_string)))
     }
 
     /// The task ended: its credentials are refused from now on.

@@ -22,15 +22,15 @@ use crate::blob_store::BlobError;
 /// The header that routes an output to a reducer of the next phase.
 pub const REDUCER_HEADER: &str = "x-insitu-reducer";
 
-pub(super) async fn put(
-    hub: &EndpointHub,
+/// Where a task's output goes: its name under the job's output place, and
+/// the reducer of the next phase it asks for.
+fn target<'a>(
     endpoint: &TaskEndpoint,
     task: &str,
     bucket: &str,
-    key: &str,
+    key: &'a str,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, S3Err> {
+) -> Result<(&'a str, Option<u32>), S3Err> {
     let spec = endpoint
         .stage_spec(task)
         .ok_or_else(|| denied("this task writes no named outputs"))?;
@@ -74,6 +74,104 @@ pub(super) async fn put(
             }
         }
     };
+    Ok((name, reducer))
+}
+
+/// A copy into the output place (`x-amz-copy-source`, what `mcat` sends):
+/// the output is the source object itself, by reference, with no bytes
+/// copied. The gateway resolves the source's current version with the
+/// tenant's read access checked; that version is what the next phase
+/// reads (the job pins it when the task's outcome is committed), or what
+/// the job lists as its output in the last phase.
+pub(super) async fn reference(
+    hub: &EndpointHub,
+    endpoint: &TaskEndpoint,
+    task: &str,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<Response, S3Err> {
+    let (name, reducer) = target(endpoint, task, bucket, key, headers)?;
+    let source = headers
+        .get("x-amz-copy-source")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| invalid("x-amz-copy-source is not text".to_string()))?;
+    let (src_bucket, src_key) = parse_copy_source(source)?;
+    let q = insitu_node_api::TaskObjectQuery {
+        tenant: endpoint.tenant.clone(),
+        bucket: src_bucket.clone(),
+        key: src_key.clone(),
+    };
+    let obj: insitu_node_api::TaskObject =
+        super::s3::ask(hub, insitu_node_api::TASK_OBJECT_PATH, &q).await?;
+    // Counted against the task's number of outputs; no bytes.
+    let (_, _) = endpoint
+        .reserve(task, name, Some(0))
+        .map_err(|why| match why {
+            Unreserved::Ended => denied("the task has ended"),
+            Unreserved::TooMany => denied(format!(
+                "a task writes at most {MAX_NAMED_OUTPUTS} named outputs"
+            )),
+            Unreserved::TooLarge => invalid("no room".to_string()),
+        })?;
+    let out = NamedOut {
+        name: name.to_string(),
+        blob: String::new(),
+        size: 0,
+        md5: obj.etag.clone(),
+        reducer,
+        reference: Some(insitu_node_api::ObjectReference {
+            bucket: src_bucket,
+            key: src_key,
+            blob: obj.blob.clone(),
+            etag: obj.etag.clone(),
+            size: obj.size,
+            replicas: obj.holders.iter().map(|h| h.node.clone()).collect(),
+        }),
+    };
+    match endpoint.record(task, out, Some(0)) {
+        Ok(replaced) => {
+            if let Some(old) = replaced {
+                let _ = hub.store.delete(&old).await;
+            }
+            tracing::debug!(name = %name, blob = %obj.blob, "task output referenced");
+            Ok(super::s3::copy_result(&obj.etag, obj.last_modified_ms))
+        }
+        Err(Unrecorded::Ended) => Err(denied("the task has ended")),
+        Err(Unrecorded::TooLarge) => Err(invalid("no room".to_string())),
+    }
+}
+
+/// `bucket/key` of an `x-amz-copy-source` (URL-encoded, with or without a
+/// leading `/`); a version is refused, as insitu keeps none.
+fn parse_copy_source(v: &str) -> Result<(String, String), S3Err> {
+    let v = v.trim().trim_start_matches('/');
+    if v.contains('?') {
+        return Err(err(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "a copy source names an object, not a version: insitu keeps no versions",
+        ));
+    }
+    let decoded = insitu_sigv4::uri_decode(v);
+    match decoded.split_once('/') {
+        Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b.to_string(), k.to_string())),
+        _ => Err(invalid(format!(
+            "x-amz-copy-source must be bucket/key, not {v:?}"
+        ))),
+    }
+}
+
+pub(super) async fn put(
+    hub: &EndpointHub,
+    endpoint: &TaskEndpoint,
+    task: &str,
+    bucket: &str,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, S3Err> {
+    let (name, reducer) = target(endpoint, task, bucket, key, headers)?;
     let claimed = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
@@ -133,6 +231,7 @@ pub(super) async fn put(
         size,
         md5: md5.clone(),
         reducer,
+        reference: None,
     };
     match endpoint.record(task, out, declared) {
         Ok(replaced) => {

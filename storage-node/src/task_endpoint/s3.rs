@@ -66,6 +66,29 @@ struct ErrorXml<'a> {
     message: &'a str,
 }
 
+#[derive(Serialize)]
+#[serde(rename = "CopyObjectResult")]
+struct CopyResultXml {
+    #[serde(rename = "@xmlns")]
+    xmlns: &'static str,
+    #[serde(rename = "LastModified")]
+    last_modified: String,
+    #[serde(rename = "ETag")]
+    etag: String,
+}
+
+/// The answer to a copy into the output place, as S3's CopyObject gives.
+pub(super) fn copy_result(etag: &str, last_modified_ms: i64) -> Response {
+    xml_response(
+        StatusCode::OK,
+        &CopyResultXml {
+            xmlns: "http://s3.amazonaws.com/doc/2006-03-01/",
+            last_modified: iso8601(last_modified_ms),
+            etag: format!("\"{etag}\""),
+        },
+    )
+}
+
 fn xml_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match quick_xml::se::to_string(body) {
         Ok(xml) => (
@@ -164,8 +187,12 @@ async fn route(
         (false, false)
             if parts.method == Method::PUT
                 && plain
-                && !parts.headers.contains_key("x-amz-copy-source") =>
+                && parts.headers.contains_key("x-amz-copy-source") =>
         {
+            super::outputs::reference(&ctx.hub, endpoint, task, &bucket, &key, &parts.headers)
+                .await
+        }
+        (false, false) if parts.method == Method::PUT && plain => {
             super::outputs::put(
                 &ctx.hub,
                 endpoint,
@@ -224,7 +251,7 @@ fn has_subresource(q: &[(String, String)]) -> bool {
 /// Asks a gateway (the first that answers) a task-read question.
 /// Internal failures are logged here; the task gets a plain message
 /// without the cluster's addresses or blob ids.
-async fn ask<Q: Serialize, A: DeserializeOwned>(
+pub(super) async fn ask<Q: Serialize, A: DeserializeOwned>(
     hub: &EndpointHub,
     path: &str,
     q: &Q,
