@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use insitu_catalog::{BlobRef, ObjectRecord};
+use insitu_catalog::{BlobRef, ObjectHeaders, ObjectRecord};
 use insitu_job_model::plan;
 use insitu_job_model::records::{ErrorRecord, TaskRecord};
 use insitu_job_model::{ImageRef, JobErrorCode, PhaseSpec};
@@ -49,12 +49,25 @@ pub(crate) struct Blob {
     pub(crate) replicas: Vec<String>,
 }
 
+/// The catalog's form of the headers a task gave an output.
+fn object_headers(h: insitu_node_api::OutputHeaders) -> ObjectHeaders {
+    ObjectHeaders {
+        content_type: h.content_type,
+        cache_control: h.cache_control,
+        content_disposition: h.content_disposition,
+        content_encoding: h.content_encoding,
+        content_language: h.content_language,
+        expires: h.expires,
+        user_metadata: h.user_metadata,
+    }
+}
+
 /// A named output: bytes the task wrote (replicated), or an existing
 /// object it referenced (`mcat`), held from collection until the commit
 /// pins it.
 #[derive(Debug)]
 pub(crate) enum Named {
-    Written(Blob),
+    Written(Blob, ObjectHeaders),
     Reference(insitu_node_api::ObjectReference),
 }
 
@@ -496,8 +509,9 @@ async fn finish_attempt(
                     let named = match o.reference {
                         Some(r) => Named::Reference(r),
                         None => {
+                            let headers = object_headers(o.headers);
                             let blob = on_node(o.blob, o.size, o.md5);
-                            Named::Written(replicate(sv, blob).await)
+                            Named::Written(replicate(sv, blob).await, headers)
                         }
                     };
                     (o.name, o.reducer, named)

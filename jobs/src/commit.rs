@@ -232,10 +232,20 @@ struct Emit<'a> {
 impl Emit<'_> {
     /// An output object at `key`: a final output, the input of a map task
     /// of the next phase, or a piece for a reducer, routed by `route`.
-    fn output(&mut self, spec: &JobSpec, key: String, blob: &Blob, route: Route<'_>) {
+    fn output(
+        &mut self,
+        spec: &JobSpec,
+        key: String,
+        blob: &Blob,
+        headers: &ObjectHeaders,
+        route: Route<'_>,
+    ) {
         let tenant = self.rec.tenant.clone();
-        self.step
-            .put_object(self.bucket, &key, object_record(&tenant, blob));
+        let obj = ObjectRecord {
+            headers: headers.clone(),
+            ..object_record(&tenant, blob)
+        };
+        self.step.put_object(self.bucket, &key, obj);
         let loc = format!("{}/{key}", self.bucket.name);
         match plan::downstream(spec, self.phase as usize) {
             Downstream::None => {
@@ -434,7 +444,13 @@ pub(crate) async fn build_commit(
                     task.input.as_deref(),
                     task.reducer,
                 );
-                emit.output(&rec.spec, key, blob, Route::Location);
+                emit.output(
+                    &rec.spec,
+                    key,
+                    blob,
+                    &ObjectHeaders::default(),
+                    Route::Location,
+                );
             }
             for (name, reducer, named) in named {
                 let route = match reducer {
@@ -442,10 +458,10 @@ pub(crate) async fn build_commit(
                     None => Route::Name(name),
                 };
                 match named {
-                    Named::Written(blob) => {
+                    Named::Written(blob, headers) => {
                         let key =
                             out.named_output_key(&rec.id, fin.task.phase, last, &task.id, name);
-                        emit.output(&rec.spec, key, blob, route);
+                        emit.output(&rec.spec, key, blob, headers, route);
                     }
                     Named::Reference(r) if !gone.iter().any(|(n, _)| n == name) => {
                         emit.reference(&rec.spec, r, route);

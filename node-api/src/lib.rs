@@ -197,6 +197,30 @@ pub struct NamedOut {
     /// bytes were written, `blob` is empty and `size` 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<ObjectReference>,
+    /// The headers the task's PUT gave it, kept with its object.
+    #[serde(default)]
+    pub headers: OutputHeaders,
+}
+
+/// Standard and user-metadata headers a task gave a named output, as the
+/// S3 API keeps them with an object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// `x-amz-meta-*`, names lower-cased without the prefix.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub user_metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl NamedOut {

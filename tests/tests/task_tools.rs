@@ -916,6 +916,26 @@ for what, call in [
 print("stdout %s listed=%d %s" % (word, len(listed), " ".join(refused)))
 "#;
 
+/// A last phase's task that gives its output headers, and is refused
+/// metadata over S3's 2 KiB.
+const BOTO3_FINAL: &str = r#"
+import os, sys
+import boto3
+from botocore.exceptions import ClientError
+
+word = sys.stdin.read().strip()
+s3 = boto3.client("s3")
+out_bucket, out_prefix = os.environ["INSITU_OUTPUT_PLACE"].split("/", 1)
+s3.put_object(Bucket=out_bucket, Key=out_prefix + "table.csv", Body=b"a,b\n1,2\n",
+              ContentType="text/csv", ContentDisposition="attachment; filename=table.csv",
+              Metadata={"origin": word})
+try:
+    s3.put_object(Bucket=out_bucket, Key=out_prefix + "big", Body=b"x", Metadata={"m": "v" * 3000})
+    print("too-large=allowed")
+except ClientError as e:
+    print("too-large=%s" % e.response["Error"]["Code"])
+"#;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_sdk_in_the_task_uses_its_endpoint_unchanged() {
     let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
@@ -975,6 +995,44 @@ async fn an_sdk_in_the_task_uses_its_endpoint_unchanged() {
         );
         assert!(!r0.contains("routed "), "{runtime}: {r0}");
     }
+    // In a last phase a named output keeps the headers its PUT gave it.
+    put(&c, &format!("/{b}/code/final.py"), BOTO3_FINAL.as_bytes()).await;
+    let spec = serde_json::json!({
+        "phases": [{ "type": "map", "image": "insitu-test/python-boto3:latest",
+                     "exec": format!("python3 /insitu/assets/{b}/code/final.py"),
+                     "assets": [format!("{b}/code/final.py")] }],
+        "inputs": [inputs[0].clone()],
+        "output": format!("{b}/typed/"),
+    });
+    let (status, errors) = run_job(&cluster, &t, &spec);
+    assert!(errors.is_empty(), "{status} {errors:?}");
+    let r = c
+        .send(
+            "HEAD",
+            &format!("/{b}/typed/table.csv"),
+            &[],
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header("content-type"), "text/csv");
+    assert_eq!(
+        header("content-disposition"),
+        "attachment; filename=table.csv"
+    );
+    assert_eq!(header("x-amz-meta-origin"), "a");
+    let out = get_text(&c, &format!("{b}/typed/{b}/in/0")).await;
+    assert_eq!(out, "too-large=MetadataTooLarge\n", "{out}");
+
     // The refused calls changed nothing.
     assert_eq!(get_text(&c, &format!("{b}/side/note.txt")).await, "noted\n");
     let r = c

@@ -48,3 +48,6 @@ pub const MAX_NAMED_OUTPUTS: usize = 1000;
 /// A named output's name: it becomes part of a key (at most 1024 bytes),
 /// after the job's output prefix.
 pub const MAX_OUTPUT_NAME_BYTES: usize = 512;
+/// User metadata (`x-amz-meta-*`, names and values) a named output may
+/// carry: S3's own limit for an object's user metadata.
+pub const MAX_OUTPUT_METADATA_BYTES: usize = 2 * 1024;

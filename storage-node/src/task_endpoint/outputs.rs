@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
-use insitu_job_model::limits::MAX_NAMED_OUTPUTS;
+use insitu_job_model::limits::{MAX_NAMED_OUTPUTS, MAX_OUTPUT_METADATA_BYTES};
 use insitu_job_model::plan::OutputPlace;
-use insitu_node_api::NamedOut;
+use insitu_node_api::{NamedOut, OutputHeaders};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
@@ -120,6 +120,7 @@ pub(super) async fn reference(
         size: 0,
         md5: obj.etag.clone(),
         reducer,
+        headers: Default::default(),
         reference: Some(insitu_node_api::ObjectReference {
             bucket: src_bucket,
             key: src_key,
@@ -172,6 +173,7 @@ pub(super) async fn put(
     body: Body,
 ) -> Result<Response, S3Err> {
     let (name, reducer) = target(endpoint, task, bucket, key, headers)?;
+    let out_headers = output_headers(headers)?;
     let claimed = headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
@@ -232,6 +234,7 @@ pub(super) async fn put(
         md5: md5.clone(),
         reducer,
         reference: None,
+        headers: out_headers,
     };
     match endpoint.record(task, out, declared) {
         Ok(replaced) => {
@@ -249,6 +252,44 @@ pub(super) async fn put(
             })
         }
     }
+}
+
+/// The headers of a PUT kept with its object, as the S3 API keeps them:
+/// the standard ones, and user metadata within S3's 2 KiB.
+fn output_headers(headers: &HeaderMap) -> Result<OutputHeaders, S3Err> {
+    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let get = |n: &str| headers.get(n).map(text);
+    let mut out = OutputHeaders {
+        content_type: get("content-type"),
+        cache_control: get("cache-control"),
+        content_disposition: get("content-disposition"),
+        content_encoding: get("content-encoding"),
+        content_language: get("content-language"),
+        expires: get("expires"),
+        user_metadata: Default::default(),
+    };
+    let mut bytes = 0;
+    for (name, value) in headers {
+        if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
+            let v = text(value);
+            bytes += m.len() + v.len();
+            out.user_metadata
+                .entry(m.to_string())
+                .and_modify(|e| {
+                    e.push(',');
+                    e.push_str(&v);
+                })
+                .or_insert(v);
+        }
+    }
+    if bytes > MAX_OUTPUT_METADATA_BYTES {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "MetadataTooLarge",
+            "Your metadata headers exceed the maximum allowed metadata size (2 KB).",
+        ));
+    }
+    Ok(out)
 }
 
 /// Why a body was not stored.
