@@ -359,8 +359,8 @@ impl Emit<'_> {
 }
 
 /// Whether the version a task referenced can still be read: the key's
-/// current one, or one queued for collection but not collected yet (held
-/// since the task ended, and pinned by the commit).
+/// current one, or one pinned (the gateway pinned it for the job when the
+/// task referenced it, so a version queued for collection since is kept).
 async fn reference_alive(
     catalog: &dyn insitu_catalog::Catalog,
     r: &ObjectReference,
@@ -373,7 +373,7 @@ async fn reference_alive(
             return Ok(true);
         }
     }
-    catalog.is_gc_queued(&r.blob).await
+    Ok(catalog.pinned_blob(&r.blob).await?.is_some())
 }
 
 pub(crate) async fn build_commit(
@@ -418,8 +418,9 @@ pub(crate) async fn build_commit(
         ) => {
             task.state = TaskState::Done;
             new.phases[phase].done += 1;
-            // A referenced version collected before the task ended (its
-            // key moved on while the task still ran) cannot be read.
+            // A referenced version that is neither current nor pinned (a
+            // reference recorded before references were pinned at once)
+            // cannot be relied on.
             let mut gone = Vec::new();
             for (name, _, n) in named {
                 if let Named::Reference(r) = n {

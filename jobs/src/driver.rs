@@ -364,6 +364,8 @@ pub(crate) async fn expand_prefix_page(sv: &Supervisor, job: &ActiveJob) -> Resu
     let (bucket, prefix) = split(location.strip_prefix("s3://").unwrap_or(&location));
     let mut new = rec.clone();
     let mut step = JobChange::default();
+    // Holds on the versions pinned, until the commit lands.
+    let mut held = Vec::new();
     let denied = match sv.catalog.get_bucket(&bucket).await? {
         None => Some((
             JobErrorCode::ResourceNotFoundError,
@@ -414,7 +416,16 @@ pub(crate) async fn expand_prefix_page(sv: &Supervisor, job: &ActiveJob) -> Resu
             .iter()
             .map(|(k, o)| (bucket.clone(), k.clone(), o.size))
             .collect();
-        add_inputs(sv.catalog.as_ref(), &mut step, &mut new, &inputs).await?;
+        held.extend(
+            add_inputs(
+                sv.catalog.as_ref(),
+                sv.holds.as_ref(),
+                &mut step,
+                &mut new,
+                &inputs,
+            )
+            .await?,
+        );
         new.prefix_cursor = match (page.is_truncated, page.last) {
             (true, Some(last)) => Some(last),
             _ => None,

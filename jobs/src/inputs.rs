@@ -12,6 +12,7 @@ use insitu_job_model::JobErrorCode;
 use insitu_job_model::{JobSpec, PhaseKind};
 
 use crate::error::*;
+use crate::host::{BlobHold, BlobHolds};
 
 /// Splits `bucket/key`.
 pub(crate) fn split(loc: &str) -> (String, String) {
@@ -71,14 +72,18 @@ pub(crate) async fn check_assets(
 /// phase is a map, or a reducer piece each when it is a reduce (routed by
 /// the input's name). An input that is missing or refused is an error
 /// record at once. An input already in the job is not added again: its
-/// output would have the same name.
+/// output would have the same name. Returns holds on the versions pinned,
+/// to keep until `step` is committed: GC leaves them alone until the pins
+/// are in the catalog.
 pub(crate) async fn add_inputs(
     catalog: &dyn Catalog,
+    holds: &dyn BlobHolds,
     step: &mut JobChange,
     rec: &mut JobRecord,
     inputs: &[(String, String, u64)],
-) -> Result<(), CatalogError> {
+) -> Result<Vec<BlobHold>, CatalogError> {
     let first = rec.spec.phases[0].clone();
+    let mut held = Vec::new();
     let mut batch = std::collections::HashSet::new();
     for (bucket, key, _) in inputs {
         let loc = format!("{bucket}/{key}");
@@ -87,6 +92,9 @@ pub(crate) async fn add_inputs(
             continue;
         }
         let checked = check_input(catalog, &rec.tenant, bucket, key).await;
+        if let Ok(o) = &checked {
+            held.push(holds.hold(&o.blob.id));
+        }
         let etag = checked.as_ref().ok().map(|o| o.etag.clone());
         step.add_input(
             &rec.id,
@@ -142,7 +150,7 @@ pub(crate) async fn add_inputs(
             }
         }
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Pins an object's current version for a job, in a step: the version
@@ -158,10 +166,11 @@ pub(crate) fn pin_object(step: &mut JobChange, job: &str, obj: &ObjectRecord) ->
     }
 }
 
-/// The blob of a pinned version, with the nodes that hold it now: the
-/// key's current record when it still names that version, else the pin's
-/// own record (the key was overwritten or deleted since). `None` when
-/// the pinned version is gone (a job older than its pins).
+/// The blob of a pinned version, with the nodes that hold it: the key's
+/// current record when it still names that version; else (the key was
+/// overwritten or deleted since) its replicas when the key let go of it,
+/// from the collection queue, or failing that as pinned. `None` when the
+/// pinned version is gone (a job older than its pins).
 pub(crate) async fn pinned_blob(
     catalog: &dyn Catalog,
     bucket: &str,
@@ -180,7 +189,12 @@ pub(crate) async fn pinned_blob(
             return Ok(Some(o.blob));
         }
     }
-    catalog.pinned_blob(&pin.blob).await
+    let Some(pinned) = catalog.pinned_blob(&pin.blob).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        catalog.queued_blob(&pin.blob).await?.unwrap_or(pinned),
+    ))
 }
 
 /// Queues a map task of `phase` over `input` (`bucket/key`) in a step,

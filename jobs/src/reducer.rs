@@ -193,6 +193,9 @@ pub(crate) async fn feed_reducer(
             if blob.size == 0 {
                 continue;
             }
+            // Held while it streams: neither GC nor the orphan sweep takes
+            // it from under the feed.
+            let _lease = sv.holds.hold(&blob.id);
             let sent = if blob.replicas.iter().any(|n| n == node) {
                 fed.local += blob.size;
                 with_patience(|| sv.nodes.stream_append_blob(node, &stream, &blob.id)).await

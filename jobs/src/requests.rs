@@ -62,7 +62,14 @@ impl Supervisor {
             counters: JobCounters::default(),
         };
         let mut step = JobChange::default();
-        add_inputs(self.catalog.as_ref(), &mut step, &mut rec, &inputs).await?;
+        let _held = add_inputs(
+            self.catalog.as_ref(),
+            self.holds.as_ref(),
+            &mut step,
+            &mut rec,
+            &inputs,
+        )
+        .await?;
         // They are in the job's input list now; the record stays small.
         rec.spec.inputs.clear();
         for (i, p) in rec.spec.phases.iter().enumerate() {
@@ -154,7 +161,14 @@ impl Supervisor {
         }
         let mut new = rec.clone();
         let mut step = JobChange::default();
-        add_inputs(self.catalog.as_ref(), &mut step, &mut new, &parsed).await?;
+        let _held = add_inputs(
+            self.catalog.as_ref(),
+            self.holds.as_ref(),
+            &mut step,
+            &mut new,
+            &parsed,
+        )
+        .await?;
         step.put_job(&new);
         job.commit(self, step).await.map_err(lost)?;
         *rec = new;

@@ -304,6 +304,11 @@ pub struct TaskObjectQuery {
     pub tenant: String,
     pub bucket: String,
     pub key: String,
+    /// Pin the version answered for this job of the tenant (a task's
+    /// reference, `mcat`), if the job has not ended: from then on the
+    /// job reads that version whatever happens to the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_for_job: Option<String>,
 }
 
 /// A node that holds a replica of a blob, and its address.

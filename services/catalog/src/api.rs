@@ -228,6 +228,9 @@ pub trait BlobIndex: Send + Sync {
     async fn list_gc_after(&self, after: &str, max: usize) -> Result<Vec<GcRecord>>;
     async fn remove_gc(&self, blob_id: &str) -> Result<()>;
     async fn is_gc_queued(&self, blob_id: &str) -> Result<bool>;
+    /// The blob as queued for collection (its replicas when its record
+    /// let go of it), if it is queued.
+    async fn queued_blob(&self, blob_id: &str) -> Result<Option<BlobRef>>;
     /// The blob as the record that owns it currently describes it.
     async fn owned_blob(&self, blob_id: &str) -> Result<Option<(BlobOwner, BlobRef)>>;
     /// Referenced blobs in id order after `after`, at most `max`.
@@ -264,6 +267,9 @@ pub struct JobChange {
     pub(crate) new_lease: Option<(String, String, String, i64)>,
     /// The job has ended: its lease goes.
     pub(crate) release: Option<String>,
+    /// (tenant, job): refused with `Conflict` unless that job exists and
+    /// has not ended, checked atomically with the change.
+    pub(crate) require_running: Option<(String, String)>,
 }
 
 /// The typed writes a job change can hold.
@@ -307,6 +313,12 @@ impl JobChange {
     /// happens to its key.
     pub fn pin(&mut self, job: &str, blob: BlobRef) {
         self.writes.push(JobWrite::Pin(job.into(), blob));
+    }
+    /// Makes the change conditional on the job existing and not having
+    /// ended: a pin made from outside the job's driver (a task's
+    /// reference) can then never outlive the job's release.
+    pub fn require_running(&mut self, tenant: &str, job: &str) {
+        self.require_running = Some((tenant.to_string(), job.to_string()));
     }
     /// Ends the job's lease: nobody drives it any more. Its pins go too.
     pub fn release_lease(&mut self, job: &str) {
@@ -359,6 +371,7 @@ impl JobChange {
         self.fence = self.fence.take().or(other.fence);
         self.new_lease = self.new_lease.take().or(other.new_lease);
         self.release = self.release.take().or(other.release);
+        self.require_running = self.require_running.take().or(other.require_running);
     }
 }
 

@@ -884,3 +884,45 @@ async fn a_jobs_pins_hold_until_its_lease_is_released() {
         assert_eq!(c.pinned_blob("pinned-1").await.unwrap(), None);
     }
 }
+
+#[tokio::test]
+async fn a_change_that_requires_a_running_job_is_refused_once_it_ended() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        let blob = BlobRef {
+            id: "ref-1".into(),
+            size: 3,
+            replicas: vec!["node-0".into()],
+        };
+        let pin_if_running = |job: &str| {
+            let mut ch = JobChange::default();
+            ch.require_running("t", job);
+            ch.pin(job, blob.clone());
+            ch
+        };
+        // No such job.
+        assert!(matches!(
+            c.job_commit(pin_if_running("nope")).await,
+            Err(CatalogError::Conflict(_))
+        ));
+        let mut rec = job("jrun");
+        let mut ch = JobChange::default();
+        ch.put_job(&rec);
+        c.job_commit(ch).await.unwrap();
+        c.job_commit(pin_if_running("jrun")).await.unwrap();
+        assert_eq!(c.pinned_blob("ref-1").await.unwrap(), Some(blob.clone()));
+        // It ends (cancelled: the lease stays until its cleanup is done).
+        rec.state = JobState::Cancelled;
+        let mut ch = JobChange::default();
+        ch.put_job(&rec);
+        c.job_commit(ch).await.unwrap();
+        assert!(matches!(
+            c.job_commit(pin_if_running("jrun")).await,
+            Err(CatalogError::Conflict(_))
+        ));
+        let mut ch = JobChange::default();
+        ch.release_lease("jrun");
+        c.job_commit(ch).await.unwrap();
+        assert_eq!(c.pinned_blob("ref-1").await.unwrap(), None);
+    }
+}

@@ -70,6 +70,30 @@ fn task_principal(tenant: &str) -> Principal {
 async fn object(gw: &Gateway, q: &TaskObjectQuery) -> S3Result<TaskObject> {
     let who = task_principal(&q.tenant);
     let (_, obj) = readable_object(gw, &who, &q.bucket, &q.key).await?;
+    if let Some(job) = &q.pin_for_job {
+        // Held from the read until the pin is in the catalog: GC leaves
+        // the version alone meanwhile.
+        let _held = gw.inflight.hold(&obj.blob.id);
+        let mut change = insitu_catalog::JobChange::default();
+        change.require_running(&q.tenant, job);
+        change.pin(job, obj.blob.clone());
+        match gw.catalog.job_commit(change).await {
+            Ok(()) => {}
+            Err(insitu_catalog::CatalogError::Conflict(_)) => {
+                return Err(S3Error::new(
+                    S3ErrorCode::AccessDenied,
+                    "the task's job has ended",
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(job = %job, error = %e, "cannot pin a task's reference");
+                return Err(S3Error::new(
+                    S3ErrorCode::ServiceUnavailable,
+                    "the reference cannot be recorded now; retry",
+                ));
+            }
+        }
+    }
     // Up replicas first: the node tries them in order.
     let mut holders: Vec<Holder> = obj
         .blob

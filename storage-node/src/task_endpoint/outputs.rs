@@ -80,9 +80,9 @@ fn target<'a>(
 /// A copy into the output place (`x-amz-copy-source`, what `mcat` sends):
 /// the output is the source object itself, by reference, with no bytes
 /// copied. The gateway resolves the source's current version with the
-/// tenant's read access checked; that version is what the next phase
-/// reads (the job pins it when the task's outcome is committed), or what
-/// the job lists as its output in the last phase.
+/// tenant's read access checked, and pins it for the job at once; that
+/// version is what the next phase reads, or what the job lists as its
+/// output in the last phase.
 pub(super) async fn reference(
     hub: &EndpointHub,
     endpoint: &TaskEndpoint,
@@ -101,6 +101,7 @@ pub(super) async fn reference(
         tenant: endpoint.tenant.clone(),
         bucket: src_bucket.clone(),
         key: src_key.clone(),
+        pin_for_job: Some(endpoint.job.clone()),
     };
     let obj: insitu_node_api::TaskObject =
         super::s3::ask(hub, insitu_node_api::TASK_OBJECT_PATH, &q).await?;

@@ -308,6 +308,7 @@ async fn object(
     head: bool,
 ) -> Result<Response, S3Err> {
     let q = TaskObjectQuery {
+        pin_for_job: None,
         tenant: tenant.to_string(),
         bucket: bucket.to_string(),
         key: key.to_string(),

@@ -171,6 +171,12 @@ impl BlobIndex for PgCatalog {
             .await?;
         Ok(found.map(|p| p.blob))
     }
+    async fn queued_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        let found: Option<GcRecord> = self
+            .read_one("SELECT rec FROM gc_queue WHERE blob_id = $1", &[&blob_id])
+            .await?;
+        Ok(found.map(|r| r.blob))
+    }
     async fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
         let found: Option<GcRecord> = self
             .read_one("SELECT rec FROM gc_queue WHERE blob_id = $1", &[&blob_id])

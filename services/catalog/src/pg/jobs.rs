@@ -130,6 +130,24 @@ impl PgCatalog {
     /// `ops.rs`): a job's own rows have one writer, its fenced owner.
     pub(super) async fn job_commit(&self, change: JobChange) -> Result<()> {
         in_tx!(self, ReadCommitted, |tx| {
+            if let Some((tenant, job)) = &change.require_running {
+                // FOR SHARE: the change that ends the job (an UPDATE of
+                // this row) waits for this one, or this sees it ended.
+                let row = tx
+                    .query_opt(
+                        "SELECT rec FROM jobs WHERE tenant = $1 AND id = $2 FOR SHARE",
+                        &[tenant, job],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let running = match row {
+                    Some(r) => !JobRecord::decode(r.get::<_, &[u8]>(0))?.state.is_final(),
+                    None => false,
+                };
+                if !running {
+                    return Err(CatalogError::Conflict(format!("job {job} has ended")));
+                }
+            }
             if let Some((job, owner, epoch)) = &change.fence {
                 // FOR SHARE: a taker's UPDATE waits for this commit, or
                 // this waits for the taker and then sees its epoch.

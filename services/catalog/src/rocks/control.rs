@@ -103,11 +103,19 @@ impl RocksCatalog {
             return Ok(());
         }
         let mut after: Option<(String, String)> = None;
+        // Ended jobs whose lease release never happened (a crash during a
+        // cancel's cleanup): their pins go now.
+        let mut ended = Vec::new();
         loop {
             let cursor = after.as_ref().map(|(t, j)| (t.as_str(), j.as_str()));
             let page: Vec<JobRecord> = self.all_jobs(cursor, 256).await?;
             let Some(last) = page.last() else { break };
             after = Some((last.tenant.clone(), last.id.clone()));
+            ended.extend(
+                page.iter()
+                    .filter(|r| r.state.is_final())
+                    .map(|r| r.id.clone()),
+            );
             let mut jobs = self.control.jobs.lock().map_err(poisoned)?;
             // Not cancelled ones: their cleanup would run again at every
             // start (an interrupted one is not finished; see ARCHITECTURE).
@@ -120,6 +128,14 @@ impl RocksCatalog {
                     };
                     (rec.tenant.clone(), held)
                 });
+            }
+        }
+        for job in ended {
+            let id = job.clone();
+            if self.run(move |c| c.job_has_pins(&id)).await? {
+                let mut change = JobChange::default();
+                change.release_lease(&job);
+                self.run(move |c| c.job_commit(change)).await?;
             }
         }
         *loaded = true;

@@ -697,6 +697,12 @@ impl RocksCore {
         }
     }
 
+    pub(super) fn queued_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        Ok(self
+            .get::<GcRecord>(CF_GC, blob_id.as_bytes())?
+            .map(|r| r.blob))
+    }
+
     pub(super) fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
         Ok(self
             .db

@@ -218,11 +218,24 @@ impl RocksCore {
             .collect()
     }
 
+    /// Whether the job still pins any blob.
+    pub(super) fn job_has_pins(&self, job: &str) -> Result<bool> {
+        let prefix = item_prefix(job, ItemKind::Pin);
+        Ok(!self.scan_prefix(CF_JOB_ITEMS, &prefix, None, 1)?.is_empty())
+    }
+
     /// Applies a job change as one synced batch: its job-state writes, the
     /// output objects it publishes (each into the very bucket record it was
     /// checked against) and object deletions.
     pub(super) fn job_commit(&self, change: JobChange) -> Result<()> {
         let _g = self.lock()?;
+        if let Some((tenant, job)) = &change.require_running {
+            // Under the lock every job change takes: its end cannot slip
+            // in between.
+            if self.job(tenant, job)?.is_none_or(|r| r.state.is_final()) {
+                return Err(CatalogError::Conflict(format!("job {job} has ended")));
+            }
+        }
         let mut b = WriteBatch::default();
         for (bucket, key, rec) in &change.objects {
             self.put_object_into(

@@ -196,6 +196,9 @@ impl BlobIndex for RocksCatalog {
     async fn remove_gc(&self, blob_id: &str) -> Result<()> {
         blocking!(self, remove_gc(blob_id))
     }
+    async fn queued_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
+        blocking!(self, queued_blob(blob_id))
+    }
     async fn is_gc_queued(&self, blob_id: &str) -> Result<bool> {
         blocking!(self, is_gc_queued(blob_id))
     }
