@@ -557,6 +557,7 @@ pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
     // between repeats this, which is harmless).
     let snapshot = job.record.lock().await.clone();
     cleanup(sv, job, &snapshot).await;
+    release_pins(sv, &snapshot.id).await;
     let mut rec = match job.lock_settled(sv).await {
         Ok(rec) => rec,
         Err(e) => {
@@ -624,11 +625,31 @@ pub(crate) async fn cancelled(sv: &Arc<Supervisor>, job: &ActiveJob, aborted: Ve
         rec.clone()
     };
     cleanup(sv, job, &rec).await;
+    release_pins(sv, &rec.id).await;
     // Now nothing of the job is left to do: its lease goes.
     let mut step = JobChange::default();
     step.release_lease(&rec.id);
     if let Err(e) = job.commit(sv, step).await {
         tracing::warn!(error = %e, "cannot release the cancelled job's lease; its next owner will");
+    }
+}
+
+/// Pins dropped per catalog change when a job ends.
+const PIN_RELEASE_PAGE: usize = 10_000;
+
+/// Drops an ended job's pins a page at a time (its tasks are all over),
+/// so that the change releasing its lease stays small however many
+/// inputs it had. What a failure leaves, that change drops.
+async fn release_pins(sv: &Supervisor, job: &str) {
+    loop {
+        match sv.catalog.release_pins(job, PIN_RELEASE_PAGE).await {
+            Ok(n) if n == PIN_RELEASE_PAGE => continue,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release the job's pins page by page");
+                return;
+            }
+        }
     }
 }
 

@@ -432,6 +432,10 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<(u64, ErrorRecord)>>;
     /// Applies a job change atomically.
     async fn job_commit(&self, change: JobChange) -> Result<()>;
+    /// Drops up to `max` of an ended job's pins, in one change; returns
+    /// how many. A job with many inputs releases them in pages before
+    /// the change that releases its lease (which drops any left).
+    async fn release_pins(&self, job: &str, max: usize) -> Result<usize>;
 }
 
 /// Every domain of the catalog, as one object a service holds.

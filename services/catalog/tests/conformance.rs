@@ -926,3 +926,37 @@ async fn a_change_that_requires_a_running_job_is_refused_once_it_ended() {
         assert_eq!(c.pinned_blob("ref-1").await.unwrap(), None);
     }
 }
+
+#[tokio::test]
+async fn an_ended_jobs_pins_are_released_page_by_page() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        let blob = |i: usize| BlobRef {
+            id: format!("paged-{i}"),
+            size: 1,
+            replicas: vec!["node-0".into()],
+        };
+        let mut ch = JobChange::default();
+        ch.put_job(&job("jpaged"));
+        for i in 0..5 {
+            ch.pin("jpaged", blob(i));
+        }
+        // Another job's pin of one of them stays.
+        ch.pin("jother", blob(0));
+        c.job_commit(ch).await.unwrap();
+        let mut released = Vec::new();
+        loop {
+            let n = c.release_pins("jpaged", 2).await.unwrap();
+            released.push(n);
+            if n < 2 {
+                break;
+            }
+        }
+        assert_eq!(released, vec![2, 2, 1]);
+        assert_eq!(c.pinned_blob("paged-0").await.unwrap(), Some(blob(0)));
+        for i in 1..5 {
+            assert_eq!(c.pinned_blob(&format!("paged-{i}")).await.unwrap(), None);
+        }
+        assert_eq!(c.release_pins("jpaged", 2).await.unwrap(), 0);
+    }
+}

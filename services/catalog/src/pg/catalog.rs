@@ -304,6 +304,9 @@ impl JobStore for PgCatalog {
     ) -> Result<Vec<(u64, ErrorRecord)>> {
         self.job_list(job, ERROR, Vec::new(), after, limit).await
     }
+    async fn release_pins(&self, job: &str, max: usize) -> Result<usize> {
+        PgCatalog::release_pins(self, job, max).await
+    }
     async fn job_commit(&self, change: JobChange) -> Result<()> {
         PgCatalog::job_commit(self, change).await
     }

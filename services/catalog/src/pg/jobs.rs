@@ -126,6 +126,20 @@ impl PgCatalog {
         }
     }
 
+    /// Drops up to `max` of the job's pins.
+    pub(super) async fn release_pins(&self, job: &str, max: usize) -> Result<usize> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM job_pins WHERE (blob_id, job) IN
+                   (SELECT blob_id, job FROM job_pins WHERE job = $1 LIMIT $2)",
+                &[&job, &(max as i64)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n as usize)
+    }
+
     /// READ COMMITTED with row locks, like every object write (see
     /// `ops.rs`): a job's own rows have one writer, its fenced owner.
     pub(super) async fn job_commit(&self, change: JobChange) -> Result<()> {

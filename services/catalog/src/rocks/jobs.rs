@@ -218,6 +218,23 @@ impl RocksCore {
             .collect()
     }
 
+    /// Drops up to `max` of the job's pins in one synced batch.
+    pub(super) fn release_pins(&self, job: &str, max: usize) -> Result<usize> {
+        let _g = self.lock()?;
+        let prefix = item_prefix(job, ItemKind::Pin);
+        let page = self.scan_prefix(CF_JOB_ITEMS, &prefix, None, max)?;
+        let mut b = WriteBatch::default();
+        for (k, _) in &page {
+            let blob = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            b.delete_cf(self.cf(CF_JOB_ITEMS)?, k);
+            b.delete_cf(self.cf(CF_PINS)?, pin_key(&blob, job));
+        }
+        if !page.is_empty() {
+            self.commit(b)?;
+        }
+        Ok(page.len())
+    }
+
     /// Whether the job still pins any blob.
     pub(super) fn job_has_pins(&self, job: &str) -> Result<bool> {
         let prefix = item_prefix(job, ItemKind::Pin);

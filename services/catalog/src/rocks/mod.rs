@@ -328,6 +328,10 @@ impl JobStore for RocksCatalog {
         self.run(move |c| c.job_list(&job, ItemKind::Error, after, limit))
             .await
     }
+    async fn release_pins(&self, job: &str, max: usize) -> Result<usize> {
+        let job = job.to_owned();
+        self.run(move |c| c.release_pins(&job, max)).await
+    }
     async fn job_commit(&self, change: JobChange) -> Result<()> {
         self.control.check(&change)?;
         let leases = JobChange {
