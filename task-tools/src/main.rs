@@ -261,9 +261,9 @@ fn mls(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// `[-r N] [NAME]`: the reducer and the name, if given.
-fn output_args(args: &[String], usage: &str) -> Result<(Option<u32>, Option<String>), String> {
-    let (mut reducer, mut name) = (None, None);
+/// `[-r N] ARG...`: the reducer, if given, and the other arguments.
+fn reducer_and_args(args: &[String], usage: &str) -> Result<(Option<u32>, Vec<String>), String> {
+    let (mut reducer, mut rest) = (None, Vec::new());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -274,11 +274,20 @@ fn output_args(args: &[String], usage: &str) -> Result<(Option<u32>, Option<Stri
                         .map_err(|_| format!("-r {n}: not a reducer number"))?,
                 );
             }
-            _ if name.is_none() && !a.starts_with('-') => name = Some(a.clone()),
-            _ => return Err(usage.to_string()),
+            _ if a.starts_with('-') => return Err(usage.to_string()),
+            _ => rest.push(a.clone()),
         }
     }
-    Ok((reducer, name))
+    Ok((reducer, rest))
+}
+
+/// `[-r N] [NAME]`: the reducer and the name, if given.
+fn output_args(args: &[String], usage: &str) -> Result<(Option<u32>, Option<String>), String> {
+    let (reducer, mut names) = reducer_and_args(args, usage)?;
+    if names.len() > 1 {
+        return Err(usage.to_string());
+    }
+    Ok((reducer, names.pop()))
 }
 
 /// Streams stdin into the task's named output `name` (or an automatic
@@ -323,22 +332,11 @@ fn write_output(args: &[String], tee: bool) -> Result<(), String> {
 /// task), to reducer N with `-r`.
 fn mcat(args: &[String]) -> Result<(), String> {
     let usage = "usage: mcat [-r N] BUCKET/KEY...";
-    let mut reducer = None;
-    let mut objects = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-r" => {
-                let n = it.next().ok_or(usage)?;
-                reducer = Some(
-                    n.parse::<u32>()
-                        .map_err(|_| format!("-r {n}: not a reducer number"))?,
-                );
-            }
-            _ if a.starts_with('-') => return Err(usage.to_string()),
-            _ => objects.push(a.trim_start_matches('/').to_string()),
-        }
-    }
+    let (reducer, objects) = reducer_and_args(args, usage)?;
+    let objects: Vec<String> = objects
+        .iter()
+        .map(|o| o.trim_start_matches('/').to_string())
+        .collect();
     if objects.is_empty() {
         return Err(usage.to_string());
     }

@@ -723,6 +723,24 @@ pub fn job_cli(cluster: &Cluster, tenant: &Tenant, args: &[&str]) -> std::proces
         .expect("insitu job")
 }
 
+/// Submits a job spec (`insitu job run`, without waiting): its id.
+pub fn submit_job(cluster: &Cluster, tenant: &Tenant, spec: &serde_json::Value) -> String {
+    let file = cluster.dir.path().join(format!("{}.json", unique("spec")));
+    std::fs::write(&file, spec.to_string()).expect("spec file");
+    let file = file.to_string_lossy().into_owned();
+    let out = job_cli(cluster, tenant, &["run", "--spec", &file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => v["id"].as_str().unwrap_or_default().to_string(),
+        Err(_) => text.trim().to_string(),
+    }
+}
+
 /// Runs a job spec to its end (`insitu job run --watch`): its final
 /// status and its error records.
 pub fn run_job(

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use insitu_e2e::{job_cli, unique, wait_until, Cluster, RawClient, Tenant};
+use insitu_e2e::{job_cli, submit_job, unique, wait_until, Cluster, RawClient};
 
 async fn put(c: &RawClient, path: &str, headers: &[(&str, &str)], body: &[u8]) {
     let r = c
@@ -28,23 +28,6 @@ fn md5_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// `insitu job run` (no `--watch`): the job's id.
-fn submit(cluster: &Cluster, t: &Tenant, spec: &serde_json::Value) -> String {
-    let file = cluster.dir.path().join(format!("{}.json", unique("spec")));
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let out = job_cli(cluster, t, &["run", "--spec", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => v["id"].as_str().unwrap_or_default().to_string(),
-        Err(_) => text.trim().to_string(),
-    }
 }
 
 fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
@@ -101,7 +84,7 @@ async fn a_job_reads_the_versions_pinned_when_its_inputs_were_added() {
         ],
         "output": format!("{b}/out/"),
     });
-    let id = submit(&cluster, &t, &spec);
+    let id = submit_job(&cluster, &t, &spec);
 
     // A missing input is an error at once, while the job still runs.
     let errors = json_lines(&job_cli(&cluster, &t, &["errors", &id]));

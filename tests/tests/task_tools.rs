@@ -559,27 +559,6 @@ async fn named_outputs_are_committed_with_their_task_and_routed_to_reducers() {
     );
 }
 
-/// `insitu job run` (no `--watch`) of a spec: the job's id.
-fn submit(cluster: &Cluster, t: &Tenant, spec: &serde_json::Value) -> String {
-    let file = cluster.dir.path().join(format!("{}.json", unique("spec")));
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let out = job_command(cluster, t)
-        .args(["run", "--spec", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let id = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => v["id"].as_str().map(str::to_string),
-        Err(_) => None,
-    };
-    id.unwrap_or_else(|| text.trim().to_string())
-}
-
 fn job_command(cluster: &Cluster, t: &Tenant) -> Command {
     let mut cmd = Command::new(insitu_bin());
     cmd.arg("job")
@@ -615,7 +594,7 @@ async fn job_logs_follow_shows_a_running_tasks_lines_while_it_runs() {
         "inputs": inputs,
         "output": format!("{b}/out/"),
     });
-    let id = submit(&cluster, &t, &spec);
+    let id = insitu_e2e::submit_job(&cluster, &t, &spec);
 
     let mut follower = job_command(&cluster, &t)
         .args(["logs", &id, "--follow"])
@@ -766,7 +745,7 @@ async fn a_task_killed_with_its_node_after_emitting_leaves_only_its_retrys_outpu
         "inputs": [format!("{b}/in/0")],
         "output": format!("{b}/out/"),
     });
-    let id = submit(&cluster, &t, &spec);
+    let id = insitu_e2e::submit_job(&cluster, &t, &spec);
     // The first attempt's mark, once it has emitted its outputs.
     let emitted = |cluster: &Cluster| -> Vec<String> {
         let out = job_command(cluster, &t)
@@ -1085,7 +1064,7 @@ async fn a_map_job_reads_an_asset_and_an_object_writes_named_outputs_and_referen
             "inputs": inputs,
             "output": format!("{b}/mc-{runtime}/"),
         });
-        let id = submit(&cluster, &t, &spec);
+        let id = insitu_e2e::submit_job(&cluster, &t, &spec);
         assert!(
             wait_until(Duration::from_secs(120), || {
                 let out = job_command(&cluster, &t)

@@ -106,15 +106,7 @@ pub(super) async fn reference(
     let obj: insitu_node_api::TaskObject =
         super::s3::ask(hub, insitu_node_api::TASK_OBJECT_PATH, &q).await?;
     // Counted against the task's number of outputs; no bytes.
-    let (_, _) = endpoint
-        .reserve(task, name, Some(0))
-        .map_err(|why| match why {
-            Unreserved::Ended => denied("the task has ended"),
-            Unreserved::TooMany => denied(format!(
-                "a task writes at most {MAX_NAMED_OUTPUTS} named outputs"
-            )),
-            Unreserved::TooLarge => invalid("no room".to_string()),
-        })?;
+    endpoint.reserve(task, name, Some(0)).map_err(unreserved)?;
     let out = NamedOut {
         name: name.to_string(),
         blob: String::new(),
@@ -201,22 +193,7 @@ pub(super) async fn put(
         ),
         None => None,
     };
-    let too_large = || {
-        err(
-            StatusCode::BAD_REQUEST,
-            "EntityTooLarge",
-            "the task's outputs would exceed its output_mb",
-        )
-    };
-    let (room, blob) = endpoint
-        .reserve(task, name, declared)
-        .map_err(|why| match why {
-            Unreserved::Ended => denied("the task has ended"),
-            Unreserved::TooMany => denied(format!(
-                "a task writes at most {MAX_NAMED_OUTPUTS} named outputs"
-            )),
-            Unreserved::TooLarge => too_large(),
-        })?;
+    let (room, blob) = endpoint.reserve(task, name, declared).map_err(unreserved)?;
     let written = write(hub, &blob, body, declared, room, sha256.as_deref()).await;
     let (size, md5) = match written {
         Ok(w) => w,
@@ -291,6 +268,25 @@ fn output_headers(headers: &HeaderMap) -> Result<OutputHeaders, S3Err> {
         ));
     }
     Ok(out)
+}
+
+/// The refusal of an output there is no room for.
+fn unreserved(why: Unreserved) -> S3Err {
+    match why {
+        Unreserved::Ended => denied("the task has ended"),
+        Unreserved::TooMany => denied(format!(
+            "a task writes at most {MAX_NAMED_OUTPUTS} named outputs"
+        )),
+        Unreserved::TooLarge => too_large(),
+    }
+}
+
+fn too_large() -> S3Err {
+    err(
+        StatusCode::BAD_REQUEST,
+        "EntityTooLarge",
+        "the task's outputs would exceed its output_mb",
+    )
 }
 
 /// Why a body was not stored.
