@@ -148,16 +148,11 @@ impl Load {
         }
         waiting.extend(remote.tenants_waiting.iter().map(String::as_str));
         let mine = running.get(tenant).copied().unwrap_or(0);
-        if cap > 0 && mine >= cap {
-            return false;
-        }
-        if !waiting.iter().any(|name| *name != tenant) {
-            return true;
-        }
+        let others_waiting = waiting.iter().any(|name| *name != tenant);
         let mut sharing: std::collections::HashSet<&str> = waiting;
         sharing.extend(running.iter().filter(|(_, n)| **n > 0).map(|(k, _)| *k));
         sharing.insert(tenant);
-        mine < total.div_ceil(sharing.len().max(1) as u32).max(1)
+        insitu_job_model::plan::fair_share_allows(mine, cap, total, others_waiting, sharing.len())
     }
 
     pub(crate) fn reducers_on(&self, node: &str) -> i64 {

@@ -52,6 +52,27 @@ pub fn choose_node(
         .map(|(_, n)| n.clone())
 }
 
+/// Whether a tenant with `mine` tasks running may start one more: never
+/// at its `cap` (0: no cap), and, while another tenant waits for a slot,
+/// only under an even share of the `total` slots between the `sharing`
+/// tenants that run or wait (itself included). So a big job cannot
+/// starve a small one, and an idle cluster is all one tenant's.
+pub fn fair_share_allows(
+    mine: u32,
+    cap: u32,
+    total: u32,
+    others_waiting: bool,
+    sharing: usize,
+) -> bool {
+    if cap > 0 && mine >= cap {
+        return false;
+    }
+    if !others_waiting {
+        return true;
+    }
+    mine < total.div_ceil(sharing.max(1) as u32).max(1)
+}
+
 /// A new job id: time-ordered (so listings run oldest first) and unique.
 pub fn new_job_id(now_ms: i64, random: u32) -> String {
     format!("{:011x}{:08x}", now_ms.max(0), random)
