@@ -305,7 +305,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let mut rng = StdRng::seed_from_u64(0x1a5e_ed);
+    let mut rng = StdRng::seed_from_u64(0x001a_5eed);
     let mut cumulative = Vec::with_capacity(NODES);
     let mut acc = 0.0;
     for i in 0..NODES {
