@@ -247,9 +247,11 @@ fn over_socket(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // A refusal may come (and the endpoint close) before the body is
+    // sent, as from any HTTP server: the answer is what counts.
+    let _ = s.write_all(body);
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let _ = s.read_to_string(&mut resp);
     let status = resp
         .split_whitespace()
         .nth(1)
