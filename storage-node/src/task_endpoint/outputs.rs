@@ -137,16 +137,21 @@ pub(super) async fn reference(
 }
 
 /// `bucket/key` of an `x-amz-copy-source` (URL-encoded, with or without a
-/// leading `/`); a version is refused, as insitu keeps none.
+/// leading `/`); a version other than `null` (the only one of an
+/// unversioned bucket) is refused, as insitu keeps none.
 fn parse_copy_source(v: &str) -> Result<(String, String), S3Err> {
     let v = v.trim().trim_start_matches('/');
-    if v.contains('?') {
-        return Err(err(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            "a copy source names an object, not a version: insitu keeps no versions",
-        ));
-    }
+    let v = match v.split_once('?') {
+        None => v,
+        Some((path, "versionId=null")) => path,
+        Some(_) => {
+            return Err(err(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "a copy source names an object, not a version: insitu keeps no versions",
+            ))
+        }
+    };
     let decoded = insitu_sigv4::uri_decode(v);
     match decoded.split_once('/') {
         Some((b, k)) if !b.is_empty() && !k.is_empty() => Ok((b.to_string(), k.to_string())),
@@ -374,4 +379,21 @@ fn internal() -> S3Err {
         "InternalError",
         "the output could not be staged",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_name_an_object_and_no_other_version() {
+        let ok = |v: &str| parse_copy_source(v).ok();
+        let pair = |b: &str, k: &str| Some((b.to_string(), k.to_string()));
+        assert_eq!(ok("b/k"), pair("b", "k"));
+        assert_eq!(ok("/b/dir/a%20b"), pair("b", "dir/a b"));
+        assert_eq!(ok("b/k?versionId=null"), pair("b", "k"));
+        assert_eq!(ok("b/k?versionId=3HL4kqtJ"), None);
+        assert_eq!(ok("b"), None);
+        assert_eq!(ok("/k"), None);
+    }
 }
