@@ -471,9 +471,14 @@ impl TaskService {
         req: insitu_node_api::LogRequest,
     ) -> insitu_node_api::LogResponse {
         let (board, tenant, job) = (self.logs.clone(), tenant.to_string(), job.to_string());
-        tokio::task::spawn_blocking(move || board.read(&tenant, &job, &req))
-            .await
-            .unwrap_or_default()
+        match tokio::task::spawn_blocking(move || board.read(&tenant, &job, &req)).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing to answer with: the caller asks again.
+                tracing::error!(error = %e, "reading task logs failed");
+                Default::default()
+            }
+        }
     }
 
     /// Takes a group whose container is gone out of its slot (unless a
