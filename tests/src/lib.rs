@@ -639,6 +639,15 @@ impl RawClient {
         Ok(stream)
     }
 
+    /// A signed GET of `path` on the jobs API, answered 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let r = self.send("GET", path, &[], &[], Vec::new()).await?;
+        if r.status() != 200 {
+            bail!("GET {path}: {} {}", r.status(), r.text().await?);
+        }
+        Ok(r.json().await?)
+    }
+
     pub async fn create_bucket(&self, name: &str) -> Result<()> {
         let r = self
             .send("PUT", &format!("/{name}"), &[], &[], Vec::new())

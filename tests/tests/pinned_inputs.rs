@@ -92,17 +92,10 @@ async fn a_job_reads_the_versions_pinned_when_its_inputs_were_added() {
     assert_eq!(errors[0]["code"], "ResourceNotFoundError", "{errors:?}");
     assert_eq!(errors[0]["input"], format!("{b}/in/missing"));
     // Every input shows the version pinned.
-    let r = c
-        .send(
-            "GET",
-            &format!("/_insitu/v1/jobs/{id}/inputs"),
-            &[],
-            &[],
-            vec![],
-        )
+    let inputs = c
+        .get_json(&format!("/_insitu/v1/jobs/{id}/inputs"))
         .await
         .unwrap();
-    let inputs: serde_json::Value = r.json().await.unwrap();
     let etag_of = |loc: String| {
         inputs["inputs"]
             .as_array()
@@ -171,17 +164,10 @@ async fn a_job_reads_the_versions_pinned_when_its_inputs_were_added() {
         "a pinned version stays readable to the job after its ACL tightened"
     );
     // Outputs name the version they came from.
-    let r = c
-        .send(
-            "GET",
-            &format!("/_insitu/v1/jobs/{id}/outputs"),
-            &[],
-            &[],
-            vec![],
-        )
+    let outputs = c
+        .get_json(&format!("/_insitu/v1/jobs/{id}/outputs"))
         .await
         .unwrap();
-    let outputs: serde_json::Value = r.json().await.unwrap();
     let named = outputs["outputs"]
         .as_array()
         .unwrap()

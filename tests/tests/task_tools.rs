@@ -1156,17 +1156,10 @@ async fn a_map_job_reads_an_asset_and_an_object_writes_named_outputs_and_referen
     let (status, errors) = run_job(&cluster, &t, &spec);
     assert!(errors.is_empty(), "{status} {errors:?}");
     let id = status["id"].as_str().unwrap().to_string();
-    let r = c
-        .send(
-            "GET",
-            &format!("/_insitu/v1/jobs/{id}/outputs"),
-            &[],
-            &[],
-            vec![],
-        )
+    let outputs = c
+        .get_json(&format!("/_insitu/v1/jobs/{id}/outputs"))
         .await
         .unwrap();
-    let outputs: serde_json::Value = r.json().await.unwrap();
     let outputs = outputs["outputs"].as_array().unwrap().clone();
     assert_eq!(outputs.len(), 2, "{outputs:?}");
     let reference = outputs
