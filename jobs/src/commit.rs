@@ -557,7 +557,10 @@ pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
     // between repeats this, which is harmless).
     let snapshot = job.record.lock().await.clone();
     cleanup(sv, job, &snapshot).await;
-    release_pins(sv, &snapshot.id).await;
+    // Only by the job's driver: one that lost it leaves them to the next.
+    if !job.is_lost() {
+        release_pins(sv, &snapshot.id).await;
+    }
     let mut rec = match job.lock_settled(sv).await {
         Ok(rec) => rec,
         Err(e) => {
@@ -625,7 +628,9 @@ pub(crate) async fn cancelled(sv: &Arc<Supervisor>, job: &ActiveJob, aborted: Ve
         rec.clone()
     };
     cleanup(sv, job, &rec).await;
-    release_pins(sv, &rec.id).await;
+    if !job.is_lost() {
+        release_pins(sv, &rec.id).await;
+    }
     // Now nothing of the job is left to do: its lease goes.
     let mut step = JobChange::default();
     step.release_lease(&rec.id);

@@ -327,6 +327,9 @@ pub struct TaskObject {
     pub content_type: Option<String>,
     pub blob: String,
     pub holders: Vec<Holder>,
+    /// The version was pinned for the job the query named.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -114,6 +114,7 @@ async fn object(gw: &Gateway, q: &TaskObjectQuery) -> S3Result<TaskObject> {
         content_type: obj.headers.content_type,
         blob: obj.blob.id,
         holders,
+        pinned: q.pin_for_job.is_some(),
     })
 }
 

@@ -193,6 +193,9 @@ struct Stage {
     writing_bytes: u64,
     next: u64,
     outputs: BTreeMap<String, NamedOut>,
+    /// References asked for, each a pin for the job: capped like the
+    /// outputs, replaced names included.
+    references: usize,
 }
 
 /// One container's endpoint: its socket, and the credentials of its
@@ -270,6 +273,7 @@ impl TaskEndpoint {
                     writing_bytes: 0,
                     next: 0,
                     outputs: BTreeMap::new(),
+                    references: 0,
                 },
             );
         }
@@ -325,6 +329,21 @@ impl TaskEndpoint {
         stage.writing += 1;
         stage.writing_bytes += declared.unwrap_or(0);
         Ok((room, id))
+    }
+
+    /// Room for one more reference (an output of no bytes), counted
+    /// against the task's outputs and, since each pins a version for the
+    /// job, against a cap on the references it may ask for at all.
+    fn reserve_reference(&self, task_id: &str, name: &str) -> Result<(), Unreserved> {
+        {
+            let mut stages = self.stages.lock().map_err(|_| Unreserved::Ended)?;
+            let stage = stages.get_mut(task_id).ok_or(Unreserved::Ended)?;
+            if stage.references >= insitu_job_model::limits::MAX_NAMED_OUTPUTS {
+                return Err(Unreserved::TooMany);
+            }
+            stage.references += 1;
+        }
+        self.reserve(task_id, name, Some(0)).map(|_| ())
     }
 
     /// A reserved write that failed: its room goes back.

@@ -103,10 +103,26 @@ pub(super) async fn reference(
         key: src_key.clone(),
         pin_for_job: Some(endpoint.job.clone()),
     };
-    let obj: insitu_node_api::TaskObject =
-        super::s3::ask(hub, insitu_node_api::TASK_OBJECT_PATH, &q).await?;
-    // Counted against the task's number of outputs; no bytes.
-    endpoint.reserve(task, name, Some(0)).map_err(unreserved)?;
+    // Counted against the task's outputs (no bytes) before anything is
+    // pinned, so a task past its cap or its end pins nothing.
+    endpoint.reserve_reference(task, name).map_err(unreserved)?;
+    let asked: Result<insitu_node_api::TaskObject, S3Err> =
+        super::s3::ask(hub, insitu_node_api::TASK_OBJECT_PATH, &q).await;
+    let obj = match asked {
+        Ok(obj) if obj.pinned => obj,
+        Ok(_) => {
+            endpoint.release(task, Some(0));
+            return Err(err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the gateway did not pin the reference (a gateway older than references?); retry",
+            ));
+        }
+        Err(e) => {
+            endpoint.release(task, Some(0));
+            return Err(e);
+        }
+    };
     let out = NamedOut {
         name: name.to_string(),
         blob: String::new(),
