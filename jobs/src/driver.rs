@@ -104,6 +104,9 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
     let mut reducers_running: std::collections::HashSet<(usize, u32)> = Default::default();
     // Finished tasks whose commit waits for the catalog to come back.
     let mut uncommitted: Vec<Finished> = Vec::new();
+    // Tasks just finished: committed once what their slots let start has
+    // been sent, so the nodes do not wait on the catalog.
+    let mut fresh: Vec<Finished> = Vec::new();
     loop {
         if job.is_lost() {
             // Another gateway drives the job now; what runs here is
@@ -117,7 +120,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         if job.record.lock().await.state == JobState::Cancelled {
             drop(inflight);
             let aborted = in_flight_tasks.into_values();
-            let unrecorded = uncommitted.into_iter().map(|f| f.task);
+            let unrecorded = uncommitted.into_iter().chain(fresh).map(|f| f.task);
             cancelled(&sv, &job, aborted.chain(unrecorded).collect()).await;
             break;
         }
@@ -142,6 +145,11 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         let mut waiting: HashMap<Waiting, u64> = HashMap::new();
         let mut looked = 0;
         while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
+            if let Some(why) = blocked(&sv, &rec.tenant) {
+                // The slots are taken: the rest are not looked up.
+                *waiting.entry(why).or_default() += (backlog.len().min(LOOKAHEAD) - i) as u64;
+                break;
+            }
             looked += 1;
             match place_map(&sv, &rec, &backlog[i]).await {
                 Place::Wait(Waiting::NoLiveReplica) => {
@@ -198,6 +206,13 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         if let Ok(mut w) = job.waiting.lock() {
             *w = waiting;
         }
+        let rec = if fresh.is_empty() {
+            rec
+        } else {
+            let again = commit_all(&sv, &job, std::mem::take(&mut fresh)).await;
+            uncommitted.extend(again);
+            job.record.lock().await.clone()
+        };
         // Reducers: once everything upstream has finished.
         for (k, started) in reducers_started.iter_mut().enumerate() {
             // Pipelined: a reduce phase starts as soon as the phase before
@@ -258,8 +273,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                         to_commit.push(fin);
                     }
                 }
-                let again = commit_all(&sv, &job, to_commit).await;
-                uncommitted.extend(again);
+                fresh.extend(to_commit);
             }
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}

@@ -80,6 +80,34 @@ impl Waiting {
     }
 }
 
+/// Why no map task of `tenant` could start now, whatever its input:
+/// every up node's slots are taken, or the tenant is at its share. The
+/// driver asks this before looking any task's input up, so that a busy
+/// cluster costs no catalog reads per queued task.
+pub(crate) fn blocked(sv: &Supervisor, tenant: &str) -> Option<Waiting> {
+    let slots = sv.config.task_slots;
+    let up: Vec<String> = sv
+        .nodes
+        .node_ids()
+        .into_iter()
+        .filter(|n| sv.nodes.is_up(n))
+        .collect();
+    if up.is_empty() {
+        // Each task says why: no live replica.
+        return None;
+    }
+    let total = up.len() as u32 * slots;
+    let why = if !sv.load.may_start(tenant, total, sv.config.tenant_max_tasks) {
+        Waiting::TenantShare
+    } else if up.iter().all(|n| sv.load.tasks_on(n) >= slots) {
+        Waiting::NodeBusy
+    } else {
+        return None;
+    };
+    sv.load.note_waiting(tenant);
+    Some(why)
+}
+
 pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &TaskRecord) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);

@@ -168,6 +168,99 @@ async fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).await?.sync_all().await
 }
 
+/// The bytes of `file` as a synced temp blob at `tmp`: hard-linked
+/// (`link`) or copied, with its size, block checksums, MD5 and whether the
+/// checksums went in an extended attribute (small blobs: the blob's own
+/// fsync makes them durable, no second file to sync).
+fn take_over_now(
+    file: std::fs::File,
+    tmp: &Path,
+    link: bool,
+) -> Result<(u64, Vec<u32>, String, bool), BlobError> {
+    use md5::Digest;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut f = file;
+    let mut copy = if link {
+        let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        nix::unistd::linkat(
+            None,
+            source.as_path(),
+            None,
+            tmp,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(io::Error::from)?;
+        None
+    } else {
+        Some(std::fs::File::create(tmp)?)
+    };
+    f.seek(io::SeekFrom::Start(0))?;
+    let mut md5 = md5::Md5::new();
+    let mut blocks = BlockCrcs::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        blocks.update(&buf[..n]);
+        md5.update(&buf[..n]);
+        if let Some(c) = copy.as_mut() {
+            c.write_all(&buf[..n])?;
+        }
+    }
+    let crcs = blocks.finish();
+    let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
+        && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
+    match copy {
+        Some(c) => c.sync_all()?,
+        None => f.sync_all()?,
+    }
+    let digest: [u8; 16] = md5.finalize().into();
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((size, crcs, hex, in_xattr))
+}
+
+/// `BlobStore::publish`, on the calling thread: one trip to the blocking
+/// pool for the whole of it.
+fn publish_now(
+    tmp: &Path,
+    final_path: &Path,
+    crcs: &[u32],
+    in_xattr: bool,
+    blobs: &Path,
+) -> Result<(), BlobError> {
+    use std::io::Write;
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| BlobError::InvalidId(String::new()))?;
+    if !dir.try_exists()? {
+        std::fs::create_dir_all(dir)?;
+        std::fs::File::open(blobs)?.sync_all()?;
+    }
+    if !in_xattr {
+        let mut sidecar = final_path.to_path_buf();
+        sidecar.set_extension("crc");
+        let tmp_sidecar = tmp.with_extension("crc");
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp_sidecar)?;
+            f.write_all(&checksum_record(crcs))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp_sidecar, &sidecar)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp_sidecar);
+            return Err(e.into());
+        }
+    }
+    std::fs::rename(tmp, final_path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 impl BlobStore {
     /// Opens the store, creating its directories, and removes temp files left
     /// by writes that crashed: they were never acknowledged.
@@ -414,33 +507,11 @@ impl BlobStore {
         crcs: &[u32],
         in_xattr: bool,
     ) -> Result<(), BlobError> {
-        let dir = final_path
-            .parent()
-            .ok_or_else(|| BlobError::InvalidId(String::new()))?;
-        if !fs::try_exists(dir).await? {
-            fs::create_dir_all(dir).await?;
-            fsync_dir(&self.root.join("blobs")).await?;
-        }
-        if !in_xattr {
-            let mut sidecar = final_path.to_path_buf();
-            sidecar.set_extension("crc");
-            let tmp_sidecar = tmp.with_extension("crc");
-            let bytes = checksum_record(crcs);
-            let written = async {
-                let mut f = File::create(&tmp_sidecar).await?;
-                f.write_all(&bytes).await?;
-                f.sync_all().await?;
-                fs::rename(&tmp_sidecar, &sidecar).await
-            }
-            .await;
-            if let Err(e) = written {
-                let _ = fs::remove_file(&tmp_sidecar).await;
-                return Err(e.into());
-            }
-        }
-        fs::rename(tmp, final_path).await?;
-        fsync_dir(dir).await?;
-        Ok(())
+        let (tmp, final_path, crcs) = (tmp.to_path_buf(), final_path.to_path_buf(), crcs.to_vec());
+        let blobs = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs))
+            .await
+            .map_err(|e| BlobError::Io(io::Error::other(e)))?
     }
 
     /// Publishes a finished temp file and counts it; the temp file is
@@ -604,69 +675,32 @@ impl BlobStore {
         link: bool,
     ) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
-        if fs::try_exists(&final_path).await? {
-            return Err(BlobError::Exists(id.to_string()));
-        }
         // Written outside the store's accounting: it counts from now.
         self.check_room(file.metadata()?.len())?;
         let tmp = self.temp_path(id);
-        let tmp2 = tmp.clone();
-        let result = tokio::task::spawn_blocking(move || -> io::Result<(u64, Vec<u32>, String)> {
-            use md5::Digest;
-            use std::io::Write;
-            use std::io::{Read, Seek};
-            use std::os::fd::AsRawFd;
-            let mut f = file;
-            let mut copy = if link {
-                let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                nix::unistd::linkat(
-                    None,
-                    source.as_path(),
-                    None,
-                    tmp2.as_path(),
-                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-                )
-                .map_err(io::Error::from)?;
-                None
-            } else {
-                Some(std::fs::File::create(&tmp2)?)
-            };
-            f.seek(io::SeekFrom::Start(0))?;
-            let mut md5 = md5::Md5::new();
-            let mut blocks = BlockCrcs::default();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut size = 0u64;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                blocks.update(&buf[..n]);
-                md5.update(&buf[..n]);
-                if let Some(c) = copy.as_mut() {
-                    c.write_all(&buf[..n])?;
-                }
+        let blobs = self.root.join("blobs");
+        let id_owned = id.to_string();
+        // One trip to the blocking pool: the link (or copy), the hashes,
+        // the fsync and the publication.
+        let result = tokio::task::spawn_blocking(move || -> Result<(u64, String), BlobError> {
+            if final_path.try_exists()? {
+                return Err(BlobError::Exists(id_owned));
             }
-            match copy {
-                Some(c) => c.sync_all()?,
-                None => f.sync_all()?,
+            let taken = take_over_now(file, &tmp, link);
+            let published = taken.and_then(|(size, crcs, md5, in_xattr)| {
+                publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs)?;
+                Ok((size, md5))
+            });
+            if published.is_err() {
+                let _ = std::fs::remove_file(&tmp);
             }
-            let digest: [u8; 16] = md5.finalize().into();
-            let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
-            Ok((size, blocks.finish(), hex))
+            published
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))?;
-        let (size, crcs, md5) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp).await;
-                return Err(e.into());
-            }
-        };
-        self.commit_new(&tmp, &final_path, &crcs, false, size)
-            .await?;
+        let (size, md5) = result?;
+        self.used.fetch_add(size, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
         Ok((
             BlobInfo {
                 id: id.to_string(),

@@ -441,7 +441,12 @@ impl TaskService {
             None
         };
         let stderr_kept = stderr_size.is_some();
-        let _ = tokio::fs::remove_dir_all(&task_dir).await;
+        // Nothing reads the task's directory any more: it goes after the
+        // answer (a node that stops first has its groups' directories
+        // reaped at start).
+        tokio::spawn(async move {
+            let _ = tokio::fs::remove_dir_all(&task_dir).await;
+        });
         if matches!(end, TaskEndReport::Killed { .. } | TaskEndReport::TimedOut) {
             // The container is gone; the group's next task gets a fresh one.
             self.retire(&cell, &group).await;

@@ -1046,19 +1046,8 @@ impl TaskRunner {
         task: &TaskSpec,
     ) -> Result<TaskOutcome, TaskError> {
         let task_out = group.dir.join("out").join(&task.task_id);
-        // Made by the node, with the node's `env` file in it, before the
-        // task user may write there (a sibling task cannot plant a link).
-        tokio::fs::create_dir(&task_out).await?;
         let input_inside = match &task.input {
-            Some(blob) => {
-                let link = group.dir.join("in").join(&task.task_id);
-                // A pipe made by `make_fifo` is already in place.
-                if *blob != link {
-                    let _ = tokio::fs::remove_file(&link).await;
-                    tokio::fs::hard_link(blob, &link).await?;
-                }
-                format!("{IN_DIR}/{}", task.task_id)
-            }
+            Some(_) => format!("{IN_DIR}/{}", task.task_id),
             None => "/dev/null".to_string(),
         };
         let mut env: Vec<(String, String)> = task.env.clone();
@@ -1073,29 +1062,15 @@ impl TaskRunner {
                 "export PATH=\"{TOOLS_DIR_INSIDE}:${{PATH:-/usr/local/bin:/usr/bin:/bin}}\"\n"
             ));
         }
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut f = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(task_out.join("env"))
-                .await?;
-            f.write_all(script.as_bytes()).await?;
-            // tokio completes file writes in the background: the launcher
-            // must not read the file before this one is done.
-            f.flush().await?;
-        }
-        // Root's, and writable by others only: the task may open them to
-        // write, but never to read (so never to map them) nor change their
-        // mode, and `seal_outputs` closes them to new opens when it ends.
-        for name in ["stdout", "stderr"] {
-            use std::os::unix::fs::PermissionsExt;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(task_out.join(name))?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o622))?;
-        }
+        let input_link = task
+            .input
+            .as_ref()
+            .map(|blob| (blob.clone(), group.dir.join("in").join(&task.task_id)));
+        let dir = task_out.clone();
+        // One trip to the blocking pool for the task's files.
+        tokio::task::spawn_blocking(move || prepare_task_files(&dir, input_link, &script))
+            .await
+            .map_err(|e| TaskError::Runtime(e.to_string()))??;
         let stdout = task_out.join("stdout");
         let ooms_before = group.oom_file.as_deref().and_then(oom_kills);
         let forks_refused_before = group.pids_file.as_deref().and_then(pids_max_hits);
@@ -1344,6 +1319,42 @@ impl TaskRunner {
             .await
             .is_ok()
     }
+}
+
+/// Makes a task's files on the node's side: its directory, with the
+/// node's `env` file in it, made before the task user may write there (a
+/// sibling task cannot plant a link); the input's hard link (a pipe made
+/// by `make_fifo` is already in place); and the task's `stdout` and
+/// `stderr`, root's and writable by others only: the task may open them to
+/// write, but never to read (so never to map them) nor change their mode,
+/// and `seal_outputs` closes them to new opens when it ends.
+fn prepare_task_files(
+    task_out: &Path,
+    input_link: Option<(PathBuf, PathBuf)>,
+    env_script: &str,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(task_out)?;
+    if let Some((blob, link)) = input_link {
+        if blob != link {
+            let _ = std::fs::remove_file(&link);
+            std::fs::hard_link(&blob, &link)?;
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(task_out.join("env"))?;
+    f.write_all(env_script.as_bytes())?;
+    for name in ["stdout", "stderr"] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(task_out.join(name))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o622))?;
+    }
+    Ok(())
 }
 
 /// Sends the launcher one of its own commands and waits for the answer.
