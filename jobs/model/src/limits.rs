@@ -51,3 +51,6 @@ pub const MAX_OUTPUT_NAME_BYTES: usize = 512;
 /// User metadata (`x-amz-meta-*`, names and values) a named output may
 /// carry: S3's own limit for an object's user metadata.
 pub const MAX_OUTPUT_METADATA_BYTES: usize = 2 * 1024;
+
+/// Memo entries a tenant keeps (`memoize`); past it the oldest go.
+pub const MAX_MEMO_ENTRIES_PER_TENANT: usize = 100_000;

@@ -32,6 +32,10 @@ pub struct PhaseCounters {
     /// bytes that had to be fetched from another node.
     pub bytes_local: u64,
     pub bytes_remote: u64,
+    /// Of `done`, tasks not run: an earlier task of the tenant with the
+    /// same fingerprint left outputs that were reused (`memoize`).
+    #[serde(default)]
+    pub memoized: u64,
 }
 
 impl PhaseCounters {
@@ -189,4 +193,27 @@ pub struct ErrorRecord {
     /// The ETag of the input version, when one was pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_etag: Option<String>,
+}
+
+/// A memoized task: what an earlier successful task of a tenant left as
+/// its job's final outputs, each by the version it wrote, kept under the
+/// task's fingerprint (`insitu_jobs` computes it) so that a task with the
+/// same fingerprint reuses them instead of running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoRecord {
+    pub created_ms: i64,
+    /// The job and task that ran.
+    pub job: String,
+    pub task: String,
+    pub outputs: Vec<MemoOutput>,
+}
+
+/// One output of a memoized task: the object and the version it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoOutput {
+    pub bucket: String,
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+    pub blob: String,
 }

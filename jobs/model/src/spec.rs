@@ -111,6 +111,10 @@ pub struct JobSpec {
     pub input_open: bool,
     /// `bucket/prefix/` for the final outputs.
     pub output: String,
+    /// Reuse the outputs of an earlier task of the tenant with the same
+    /// fingerprint instead of running a map task of the last phase.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memoize: bool,
 }
 
 /// Splits `bucket/key` (or `bucket/prefix`), checking the bucket name shape.

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use insitu_job_model::records::{
-    ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
+    ErrorRecord, InputRecord, JobRecord, MemoRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 
 use crate::records::*;
@@ -438,6 +438,23 @@ pub trait JobStore: Send + Sync {
     async fn release_pins(&self, job: &str, max: usize) -> Result<usize>;
 }
 
+/// Memoized tasks (`memoize`), per tenant, by fingerprint.
+#[async_trait]
+pub trait MemoStore: Send + Sync {
+    async fn memo_get(&self, tenant: &str, fingerprint: &str) -> Result<Option<MemoRecord>>;
+    /// Records (or replaces) an entry, then drops the tenant's oldest
+    /// entries (by `created_ms`) past `cap`.
+    async fn memo_put(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        rec: &MemoRecord,
+        cap: usize,
+    ) -> Result<()>;
+    /// Drops an entry (one whose outputs are gone); absent is fine.
+    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()>;
+}
+
 /// Every domain of the catalog, as one object a service holds.
 pub trait Catalog:
     TenantStore
@@ -447,6 +464,7 @@ pub trait Catalog:
     + BlobIndex
     + NodeStore
     + JobStore
+    + MemoStore
     + crate::control::ControlStore
     + Send
     + Sync

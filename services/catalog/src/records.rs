@@ -483,5 +483,6 @@ job_record!(
     TaskRecord,
     PieceRecord,
     OutputRecord,
-    ErrorRecord
+    ErrorRecord,
+    MemoRecord
 );

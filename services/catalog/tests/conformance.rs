@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use insitu_catalog::*;
 use insitu_job_model::records::{
-    ErrorRecord, InputRecord, JobCounters, JobRecord, JobState, OutputRecord, PieceRecord, Seqs,
-    TaskRecord, TaskState,
+    ErrorRecord, InputRecord, JobCounters, JobRecord, JobState, MemoOutput, MemoRecord,
+    OutputRecord, PieceRecord, Seqs, TaskRecord, TaskState,
 };
 use insitu_job_model::{JobErrorCode, JobSpec};
 
@@ -958,5 +958,58 @@ async fn an_ended_jobs_pins_are_released_page_by_page() {
             assert_eq!(c.pinned_blob(&format!("paged-{i}")).await.unwrap(), None);
         }
         assert_eq!(c.release_pins("jpaged", 2).await.unwrap(), 0);
+    }
+}
+
+fn memo(created_ms: i64, key: &str) -> MemoRecord {
+    MemoRecord {
+        created_ms,
+        job: "j1".into(),
+        task: "t1".into(),
+        outputs: vec![MemoOutput {
+            bucket: "out".into(),
+            key: key.into(),
+            etag: format!("etag-{key}"),
+            size: 3,
+            blob: format!("blob-{key}"),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memo_entries_are_per_tenant_replaced_deleted_and_capped_oldest_first() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        assert_eq!(c.memo_get("t", "fp1").await.unwrap(), None);
+        c.memo_put("t", "fp1", &memo(10, "a"), 3).await.unwrap();
+        c.memo_put("t", "fp2", &memo(20, "b"), 3).await.unwrap();
+        // Another tenant's entries are its own, and not counted here.
+        c.memo_put("u", "fp1", &memo(5, "u"), 3).await.unwrap();
+        assert_eq!(c.memo_get("t", "fp1").await.unwrap(), Some(memo(10, "a")));
+        assert_eq!(c.memo_get("u", "fp1").await.unwrap(), Some(memo(5, "u")));
+        // A replacement is not a new entry, and gets its new age.
+        c.memo_put("t", "fp1", &memo(30, "a2"), 3).await.unwrap();
+        assert_eq!(c.memo_get("t", "fp1").await.unwrap(), Some(memo(30, "a2")));
+        c.memo_put("t", "fp3", &memo(40, "c"), 3).await.unwrap();
+        // Past the cap of 3: the oldest (fp2, 20) goes, the rest stay.
+        c.memo_put("t", "fp4", &memo(50, "d"), 3).await.unwrap();
+        assert_eq!(c.memo_get("t", "fp2").await.unwrap(), None);
+        for fp in ["fp1", "fp3", "fp4"] {
+            assert!(c.memo_get("t", fp).await.unwrap().is_some(), "{fp}");
+        }
+        // A deleted entry frees its place: the next put evicts nothing.
+        c.memo_delete("t", "fp3").await.unwrap();
+        c.memo_delete("t", "fp3").await.unwrap();
+        assert_eq!(c.memo_get("t", "fp3").await.unwrap(), None);
+        c.memo_put("t", "fp5", &memo(60, "e"), 3).await.unwrap();
+        for fp in ["fp1", "fp4", "fp5"] {
+            assert!(c.memo_get("t", fp).await.unwrap().is_some(), "{fp}");
+        }
+        // An entry written with an age older than all others is still kept
+        // when it is the one that pushes past the cap.
+        c.memo_put("t", "fp6", &memo(1, "f"), 3).await.unwrap();
+        assert!(c.memo_get("t", "fp6").await.unwrap().is_some());
+        assert_eq!(c.memo_get("t", "fp1").await.unwrap(), None);
+        assert_eq!(c.memo_get("u", "fp1").await.unwrap(), Some(memo(5, "u")));
     }
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use insitu_job_model::records::{
-    ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
+    ErrorRecord, InputRecord, JobRecord, MemoRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 
 use super::jobs::{ERROR, FAILED_INPUT, INPUT, OUTPUT, PIECE, TASK};
@@ -309,6 +309,25 @@ impl JobStore for PgCatalog {
     }
     async fn job_commit(&self, change: JobChange) -> Result<()> {
         PgCatalog::job_commit(self, change).await
+    }
+}
+
+#[async_trait]
+impl MemoStore for PgCatalog {
+    async fn memo_get(&self, tenant: &str, fingerprint: &str) -> Result<Option<MemoRecord>> {
+        PgCatalog::memo_get(self, tenant, fingerprint).await
+    }
+    async fn memo_put(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        rec: &MemoRecord,
+        cap: usize,
+    ) -> Result<()> {
+        PgCatalog::memo_put(self, tenant, fingerprint, rec, cap).await
+    }
+    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
+        PgCatalog::memo_delete(self, tenant, fingerprint).await
     }
 }
 

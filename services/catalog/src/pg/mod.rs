@@ -10,6 +10,7 @@
 mod catalog;
 mod control;
 mod jobs;
+mod memo;
 mod ops;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -18,10 +19,11 @@ use tokio_postgres::NoTls;
 use crate::{CatalogError, Result};
 
 /// The schema, one migration per version, applied in order.
-const MIGRATIONS: [(i32, &str); 3] = [
+const MIGRATIONS: [(i32, &str); 4] = [
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_control.sql")),
     (3, include_str!("migrations/0003_pins.sql")),
+    (4, include_str!("migrations/0004_memo.sql")),
 ];
 
 /// The schema version this build reads and writes.

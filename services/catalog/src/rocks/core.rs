@@ -33,9 +33,14 @@ pub(super) const CF_JOB_ITEMS: &str = "job_items";
 /// Blobs pinned by jobs, keyed `blob_id \0 job_id` (a job's own index of
 /// them is in `CF_JOB_ITEMS`).
 pub(super) const CF_PINS: &str = "pins";
-const ALL_CFS: [&str; 12] = [
+/// Memoized tasks (see `memo.rs`).
+pub(super) const CF_MEMO: &str = "memo";
+pub(super) const CF_MEMO_AGE: &str = "memo_age";
+const ALL_CFS: [&str; 14] = [
     CF_JOBS,
     CF_PINS,
+    CF_MEMO,
+    CF_MEMO_AGE,
     CF_JOB_ITEMS,
     CF_BLOB_OWNERS,
     CF_TENANTS,

@@ -6,13 +6,14 @@
 mod control;
 mod core;
 mod jobs;
+mod memo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use insitu_job_model::records::{
-    ErrorRecord, InputRecord, JobRecord, OutputRecord, PieceRecord, TaskRecord,
+    ErrorRecord, InputRecord, JobRecord, MemoRecord, OutputRecord, PieceRecord, TaskRecord,
 };
 
 use self::core::RocksCore;
@@ -214,6 +215,27 @@ impl BlobIndex for RocksCatalog {
     }
     async fn pinned_blob(&self, blob_id: &str) -> Result<Option<BlobRef>> {
         blocking!(self, pinned_blob(blob_id))
+    }
+}
+
+#[async_trait]
+impl MemoStore for RocksCatalog {
+    async fn memo_get(&self, tenant: &str, fingerprint: &str) -> Result<Option<MemoRecord>> {
+        blocking!(self, memo_get(tenant, fingerprint))
+    }
+    async fn memo_put(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        rec: &MemoRecord,
+        cap: usize,
+    ) -> Result<()> {
+        let (tenant, fingerprint, rec) = (tenant.to_owned(), fingerprint.to_owned(), rec.clone());
+        self.run(move |c| c.memo_put(&tenant, &fingerprint, &rec, cap))
+            .await
+    }
+    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
+        blocking!(self, memo_delete(tenant, fingerprint))
     }
 }
 

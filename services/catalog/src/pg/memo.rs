@@ -1,0 +1,101 @@
+//! Memoized tasks on PostgreSQL: `job_memo` (one row per tenant and
+//! fingerprint) and `job_memo_counts` (each tenant's number of rows).
+
+use insitu_job_model::records::MemoRecord;
+
+use super::ops::in_tx;
+use super::{pg_err, PgCatalog};
+use crate::records::Record;
+use crate::Result;
+
+impl PgCatalog {
+    pub(super) async fn memo_get(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+    ) -> Result<Option<MemoRecord>> {
+        self.read_one(
+            "SELECT rec FROM job_memo WHERE tenant = $1 AND fingerprint = $2",
+            &[&tenant, &fingerprint],
+        )
+        .await
+    }
+
+    pub(super) async fn memo_put(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        rec: &MemoRecord,
+        cap: usize,
+    ) -> Result<()> {
+        let bytes = rec.encode();
+        let cap = cap.min(i64::MAX as usize) as i64;
+        in_tx!(self, |tx| {
+            let inserted: bool = tx
+                .query_one(
+                    "INSERT INTO job_memo (tenant, fingerprint, created_ms, rec)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tenant, fingerprint)
+                     DO UPDATE SET created_ms = EXCLUDED.created_ms, rec = EXCLUDED.rec
+                     RETURNING (xmax = 0)",
+                    &[&tenant, &fingerprint, &rec.created_ms, &bytes],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if inserted {
+                let n: i64 = tx
+                    .query_one(
+                        "INSERT INTO job_memo_counts (tenant, n) VALUES ($1, 1)
+                         ON CONFLICT (tenant) DO UPDATE SET n = job_memo_counts.n + 1
+                         RETURNING n",
+                        &[&tenant],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                if n > cap {
+                    // The oldest go, never the one just written.
+                    let gone = tx
+                        .execute(
+                            "DELETE FROM job_memo WHERE (tenant, fingerprint) IN
+                               (SELECT tenant, fingerprint FROM job_memo
+                                WHERE tenant = $1 AND fingerprint <> $2
+                                ORDER BY created_ms, fingerprint LIMIT $3)",
+                            &[&tenant, &fingerprint, &(n - cap)],
+                        )
+                        .await
+                        .map_err(pg_err)? as i64;
+                    tx.execute(
+                        "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
+                        &[&tenant, &gone],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
+        in_tx!(self, |tx| {
+            let gone = tx
+                .execute(
+                    "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2",
+                    &[&tenant, &fingerprint],
+                )
+                .await
+                .map_err(pg_err)? as i64;
+            if gone > 0 {
+                tx.execute(
+                    "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
+                    &[&tenant, &gone],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            Ok(())
+        })
+    }
+}
