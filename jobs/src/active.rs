@@ -35,7 +35,9 @@ pub struct ActiveJob {
     /// Of those, tasks waiting for their image to be pulled or loaded.
     pub(crate) preparing: std::sync::Mutex<Vec<u64>>,
     /// (phase, node) pairs whose image is ready.
-    pub(crate) prepared: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
+    /// (phase, node) pairs whose image is ready, with its content id
+    /// there when the node said it.
+    pub(crate) prepared: std::sync::Mutex<std::collections::HashMap<(u32, String), Option<String>>>,
     /// (phase, node) pairs whose assets are counted in the job's bytes.
     pub(crate) assets_counted: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
     /// Why the queued tasks the dispatcher last looked at are waiting.

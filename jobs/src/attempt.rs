@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::active::*;
 use crate::host::*;
 use crate::inputs::*;
+use crate::memo::*;
 use crate::node_client::*;
 use crate::placement::*;
 use crate::Supervisor;
@@ -79,6 +80,8 @@ pub(crate) enum Outcome {
         /// Named outputs written through the task's endpoint: name, the
         /// reducer it asked for, and what it is.
         named: Vec<(String, Option<u32>, Named)>,
+        /// Reused from the memo, or to be remembered in it.
+        memo: crate::memo::Memo,
     },
     Failed {
         code: JobErrorCode,
@@ -126,6 +129,8 @@ pub(crate) struct TaskCtx {
     pub(crate) output_place: String,
     /// Reducers of the next phase, when it is a reduce.
     pub(crate) next_reducers: Option<u32>,
+    /// The job memoizes this phase's tasks (a map phase, the last).
+    pub(crate) memoize: bool,
 }
 
 pub(crate) enum AttemptError {
@@ -252,8 +257,8 @@ pub(crate) async fn assets_for(
     sv: &Arc<Supervisor>,
     ctx: &TaskCtx,
     node: &str,
-) -> Result<(Vec<AssetOnNode>, u64, u64), AttemptError> {
-    let (mut assets, mut local, mut remote) = (Vec::new(), 0, 0);
+) -> Result<(Vec<AssetOnNode>, Vec<(String, String, String)>, u64, u64), AttemptError> {
+    let (mut assets, mut etags, mut local, mut remote) = (Vec::new(), Vec::new(), 0, 0);
     for asset in &ctx.spec.assets {
         let path = asset.strip_prefix("s3://").unwrap_or(asset).to_string();
         let obj = readable(sv, ctx, &path, "asset").await?;
@@ -262,9 +267,10 @@ pub(crate) async fn assets_for(
             true => remote += obj.blob.size,
             false => local += obj.blob.size,
         }
+        etags.push((path.clone(), obj.etag.clone(), obj.blob.id.clone()));
         assets.push(AssetOnNode { path, blob });
     }
-    Ok((assets, local, remote))
+    Ok((assets, etags, local, remote))
 }
 
 /// An object a task needs (its image, an asset), if the tenant may read it.
@@ -350,7 +356,7 @@ pub(crate) async fn attempt(
     leases: &mut Vec<BlobHold>,
 ) -> Result<(Outcome, AssetBytes), AttemptError> {
     let (image, image_blob) = image_for(sv, ctx, node).await?;
-    let (assets, asset_local, asset_remote) = assets_for(sv, ctx, node).await?;
+    let (assets, asset_etags, asset_local, asset_remote) = assets_for(sv, ctx, node).await?;
     let stdout_blob = new_blob_id();
     let stderr_blob = new_blob_id();
     leases.push(sv.holds.hold(&stdout_blob));
@@ -412,8 +418,8 @@ pub(crate) async fn attempt(
         .active
         .prepared
         .lock()
-        .map(|p| p.contains(&key))
-        .unwrap_or(false);
+        .ok()
+        .and_then(|p| p.get(&key).cloned());
     // Assets count in the job's bytes once per (phase, node).
     let first_here = ctx
         .active
@@ -428,24 +434,52 @@ pub(crate) async fn attempt(
         },
         false => AssetBytes::default(),
     };
-    if !ready {
-        adjust(&ctx.active.preparing, ctx.phase, 1);
-        let prepared = sv.nodes.prepare_image(node, &req, DEADLINE_SLACK).await;
-        adjust(&ctx.active.preparing, ctx.phase, -1);
-        match prepared {
-            Ok(()) => {
-                if let Ok(mut p) = ctx.active.prepared.lock() {
-                    p.insert(key);
+    let image_id = match ready {
+        Some(id) => id,
+        None => {
+            adjust(&ctx.active.preparing, ctx.phase, 1);
+            let prepared = sv.nodes.prepare_image(node, &req, DEADLINE_SLACK).await;
+            adjust(&ctx.active.preparing, ctx.phase, -1);
+            match prepared {
+                Ok(id) => {
+                    if let Ok(mut p) = ctx.active.prepared.lock() {
+                        p.insert(key, id.clone());
+                    }
+                    id
+                }
+                Err(e) => {
+                    // A copied image object may have been swept from the node
+                    // since: copy it again next time.
+                    if let (Some(blob), Ok(mut copies)) =
+                        (&req.image_blob, sv.images.on_nodes.lock())
+                    {
+                        copies.remove(&(node.to_string(), blob.clone()));
+                    }
+                    return Err(node_failure(e));
                 }
             }
-            Err(e) => {
-                // A copied image object may have been swept from the node
-                // since: copy it again next time.
-                if let (Some(blob), Ok(mut copies)) = (&req.image_blob, sv.images.on_nodes.lock()) {
-                    copies.remove(&(node.to_string(), blob.clone()));
-                }
-                return Err(node_failure(e));
+        }
+    };
+    // A memoizing job's task whose fingerprint has reusable outputs does
+    // not run; one that runs is remembered once committed.
+    let mut memo = Memo::Off;
+    if let (true, Some(pin), Some(image_id)) = (ctx.memoize, &task.pin, &image_id) {
+        let fp = fingerprint(
+            &ctx.spec,
+            input_key,
+            pin,
+            image_id,
+            &asset_etags,
+            &ctx.output_place,
+        );
+        match reusable(sv, &ctx.tenant, &ctx.job, &fp, leases).await {
+            Ok(Some(refs)) => {
+                tracing::info!(fingerprint = %fp, "memoized: the earlier outputs are reused");
+                return Ok((reused(refs), moved));
             }
+            Ok(None) => memo = Memo::Record(fp),
+            // The task runs, and is not remembered.
+            Err(e) => tracing::warn!(error = %e, "cannot read the memo; the task runs"),
         }
     }
     // A reducer's clock starts when its input ends, which may be long after
@@ -467,7 +501,13 @@ pub(crate) async fn attempt(
             return Err(node_failure(e));
         }
     };
-    let outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob, leases).await;
+    // Outputs that may depend on what the task read besides its input
+    // are not remembered.
+    let read_more = resp.read_through_endpoint;
+    let mut outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob, leases).await;
+    if let (Outcome::Success { memo: m, .. }, false) = (&mut outcome, read_more) {
+        *m = memo;
+    }
     Ok((outcome, moved))
 }
 
@@ -529,6 +569,7 @@ async fn finish_attempt(
                     stdout: None,
                     pieces,
                     named,
+                    memo: crate::memo::Memo::Off,
                 }
             } else {
                 let blob = on_node(stdout_blob, resp.stdout_size, resp.stdout_md5);
@@ -536,6 +577,7 @@ async fn finish_attempt(
                     stdout: Some(replicate(sv, blob).await),
                     pieces: Vec::new(),
                     named,
+                    memo: crate::memo::Memo::Off,
                 }
             }
         }

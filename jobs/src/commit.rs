@@ -63,6 +63,11 @@ pub(crate) async fn commit_all(
             return Vec::new();
         }
     };
+    if rec.state == JobState::Cancelled {
+        // Cancelled meanwhile: given back, so that the driver records them
+        // with the job's other unfinished tasks.
+        return fins;
+    }
     if rec.state.is_final() {
         return Vec::new();
     }
@@ -100,6 +105,9 @@ pub(crate) async fn commit_all(
             match job.commit(sv, merged).await {
                 Ok(()) => {
                     *rec = current;
+                    for fin in &pending {
+                        crate::memo::remember(sv, &rec, fin);
+                    }
                     return Vec::new();
                 }
                 Err(CatalogError::Fenced(_)) => return Vec::new(),
@@ -165,7 +173,10 @@ async fn commit_one(
     let first_try = build_commit(sv, rec, &fin, true).await;
     let result = match first_try {
         Ok((step, new)) => match job.commit(sv, step).await {
-            Ok(()) => Ok(new),
+            Ok(()) => {
+                crate::memo::remember(sv, &new, &fin);
+                Ok(new)
+            }
             Err(e) if e.is_retryable() => return Err(retried(vec![fin]).remove(0)),
             Err(e) => Err(e),
         },
@@ -413,11 +424,15 @@ pub(crate) async fn build_commit(
                 stdout,
                 pieces,
                 named,
+                memo,
             },
             Some(bucket),
         ) => {
             task.state = TaskState::Done;
             new.phases[phase].done += 1;
+            if *memo == crate::memo::Memo::Reused {
+                new.phases[phase].memoized += 1;
+            }
             // A referenced version that is neither current nor pinned (a
             // reference recorded before references were pinned at once)
             // cannot be relied on.
@@ -729,7 +744,12 @@ mod tests {
         async fn delete(&self, _: &str, _: &str) -> NodeResult<()> {
             unreachable!()
         }
-        async fn prepare_image(&self, _: &str, _: &TaskRequest, _: Duration) -> NodeResult<()> {
+        async fn prepare_image(
+            &self,
+            _: &str,
+            _: &TaskRequest,
+            _: Duration,
+        ) -> NodeResult<Option<String>> {
             unreachable!()
         }
         async fn run_task(
@@ -885,6 +905,7 @@ mod tests {
                 stdout: Some(blob),
                 pieces: Vec::new(),
                 named: Vec::new(),
+                memo: crate::memo::Memo::Off,
             },
             retries: 0,
             bytes_local: 0,

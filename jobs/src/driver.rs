@@ -144,10 +144,12 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         let mut starting: Vec<(TaskRecord, MapRun)> = Vec::new();
         let mut waiting: HashMap<Waiting, u64> = HashMap::new();
         let mut looked = 0;
+        let window = backlog.len().min(LOOKAHEAD);
         while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
             if let Some(why) = blocked(&sv, &rec.tenant) {
-                // The slots are taken: the rest are not looked up.
-                *waiting.entry(why).or_default() += (backlog.len().min(LOOKAHEAD) - i) as u64;
+                // The slots are taken: the rest of the window is not
+                // looked up.
+                *waiting.entry(why).or_default() += window.saturating_sub(looked) as u64;
                 break;
             }
             looked += 1;
@@ -342,6 +344,9 @@ pub(crate) fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> 
         split,
         output_place: format!("{}/{}", out.bucket, out.prefix),
         next_reducers,
+        memoize: rec.spec.memoize
+            && phase as usize + 1 == rec.spec.phases.len()
+            && rec.spec.phases[phase as usize].kind == PhaseKind::Map,
     }
 }
 

@@ -36,6 +36,7 @@ mod host;
 mod inputs;
 mod load;
 mod logs;
+mod memo;
 mod node_client;
 mod ownership;
 mod placement;

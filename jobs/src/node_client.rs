@@ -54,13 +54,14 @@ pub trait NodeClient: Send + Sync {
     /// Copies a blob (read from any of its replicas) to `node` as `new_id`.
     async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()>;
     async fn delete(&self, node: &str, blob: &str) -> NodeResult<()>;
-    /// Pulls or loads a task's image on the node ahead of the task.
+    /// Pulls or loads a task's image on the node ahead of the task;
+    /// returns the image's content id there, if the node says it.
     async fn prepare_image(
         &self,
         node: &str,
         req: &TaskRequest,
         deadline: Duration,
-    ) -> NodeResult<()>;
+    ) -> NodeResult<Option<String>>;
     /// Runs a task and waits for its end, at most `deadline`.
     async fn run_task(
         &self,

@@ -58,6 +58,7 @@ pub fn check_policy(p: &insitu_catalog::TenantPolicy) -> Result<(), String> {
         input_prefix: None,
         input_open: false,
         output: "probe/out/".into(),
+        memoize: false,
     };
     spec.validate()
         .map_err(|e| format!("defaults: {}", e.message))?;

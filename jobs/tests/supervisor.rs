@@ -81,6 +81,7 @@ fn exited(code: i64, stdout_size: u64) -> TaskResponse {
         } else {
             "boom\n".into()
         },
+        read_through_endpoint: false,
     }
 }
 
@@ -106,8 +107,13 @@ impl NodeClient for FakeNodes {
         Ok(())
     }
 
-    async fn prepare_image(&self, _: &str, _: &TaskRequest, _: Duration) -> NodeResult<()> {
-        Ok(())
+    async fn prepare_image(
+        &self,
+        _: &str,
+        _: &TaskRequest,
+        _: Duration,
+    ) -> NodeResult<Option<String>> {
+        Ok(Some("sha256:fake-image".into()))
     }
 
     async fn run_task(

@@ -288,6 +288,11 @@ pub struct TaskResponse {
     /// Named outputs, when the task exited 0.
     #[serde(default)]
     pub named: Vec<NamedOut>,
+    /// The task asked its endpoint for more than writing outputs (read,
+    /// listed or referenced objects): its outputs may depend on more than
+    /// its input, so they are not memoized.
+    #[serde(default)]
+    pub read_through_endpoint: bool,
 }
 
 /// What a task endpoint on a node asks the gateway, for a task of

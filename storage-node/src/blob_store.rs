@@ -213,6 +213,15 @@ fn take_over_now(
         }
     }
     let crcs = blocks.finish();
+    if link {
+        // The file was the task's: whatever it set as the checksum
+        // attribute while it could write the file must not count.
+        match xattr::remove(tmp, CRC_XATTR) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
         && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
     match copy {
@@ -680,6 +689,11 @@ impl BlobStore {
         let tmp = self.temp_path(id);
         let blobs = self.root.join("blobs");
         let id_owned = id.to_string();
+        // Counted before it is published, so that a caller that goes away
+        // meanwhile leaves no visible blob uncounted; given back on failure.
+        let expected = file.metadata()?.len();
+        self.used.fetch_add(expected, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
         // One trip to the blocking pool: the link (or copy), the hashes,
         // the fsync and the publication.
         let result = tokio::task::spawn_blocking(move || -> Result<(u64, String), BlobError> {
@@ -697,10 +711,21 @@ impl BlobStore {
             published
         })
         .await
-        .map_err(|e| BlobError::Io(io::Error::other(e)))?;
-        let (size, md5) = result?;
-        self.used.fetch_add(size, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
+        .map_err(|e| BlobError::Io(io::Error::other(e)))
+        .and_then(|r| r);
+        let (size, md5) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.used.fetch_sub(expected, Ordering::SeqCst);
+                self.count.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        if size != expected {
+            // Not expected of a sealed output; the count follows the bytes.
+            self.used.fetch_add(size, Ordering::SeqCst);
+            self.used.fetch_sub(expected, Ordering::SeqCst);
+        }
         Ok((
             BlobInfo {
                 id: id.to_string(),

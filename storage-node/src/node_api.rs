@@ -425,7 +425,7 @@ async fn prepare_image(
             )
         })?;
     prepared
-        .map(|image| Json(serde_json::json!({ "image": image })))
+        .map(|(image, id)| Json(serde_json::json!({ "image": image, "image_id": id })))
         .map_err(task_api_error)
 }
 

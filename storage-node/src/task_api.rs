@@ -176,15 +176,16 @@ impl TaskService {
     }
 
     /// Makes a task's image available on this node (pulled, or loaded from
-    /// its tarball blob), before any task of it runs; returns its name.
+    /// its tarball blob), before any task of it runs; returns its name and
+    /// its content id.
     pub async fn prepare_image(
         &self,
         store: &BlobStore,
         req: &TaskRequest,
-    ) -> Result<String, TaskApiError> {
+    ) -> Result<(String, String), TaskApiError> {
         let image = self.image_for(store, req).await?;
-        self.runner.ensure_image(&image).await?;
-        Ok(image)
+        let id = self.runner.ensure_image(&image).await?;
+        Ok((image, id))
     }
 
     pub async fn run(
@@ -335,7 +336,9 @@ impl TaskService {
             outputs: Vec::new(),
             store: self.endpoints.as_ref().map(|h| h.store.clone()),
         };
+        let mut read_through_endpoint = false;
         if let Some(ep) = &group.endpoint {
+            read_through_endpoint = ep.took_reads(&req.task_id);
             staged.outputs = ep
                 .take_staged(&req.task_id)
                 .map_err(|e| TaskError::Runtime(e.to_string()))?;
@@ -464,6 +467,7 @@ impl TaskService {
             stderr_kept,
             stderr_size: stderr_size.unwrap_or(0),
             stderr_preview: outcome.stderr_preview,
+            read_through_endpoint,
         })
     }
 

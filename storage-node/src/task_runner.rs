@@ -380,17 +380,16 @@ impl TaskRunner {
     }
 
     /// Makes sure an image is present: local, or pulled from its registry.
-    pub async fn ensure_image(&self, image: &str) -> Result<(), TaskError> {
+    /// Makes `image` present (pulled if missing); returns its content
+    /// id (`sha256:...`).
+    pub async fn ensure_image(&self, image: &str) -> Result<String, TaskError> {
         // Only a tag or digest of that name counts: the engine also takes
         // a name as the start of an image id, which would find an image
         // another tenant loaded from a private object.
-        if self
-            .docker
-            .inspect_image(image)
-            .await
-            .is_ok_and(|i| names_image(&i, image))
-        {
-            return Ok(());
+        if let Ok(i) = self.docker.inspect_image(image).await {
+            if names_image(&i, image) {
+                return Ok(i.id.unwrap_or_default());
+            }
         }
         let opts = bollard::image::CreateImageOptions {
             from_image: image,
@@ -404,7 +403,7 @@ impl TaskRunner {
             }
         }
         match self.docker.inspect_image(image).await {
-            Ok(i) if names_image(&i, image) => Ok(()),
+            Ok(i) if names_image(&i, image) => Ok(i.id.unwrap_or_default()),
             _ => Err(TaskError::ImageNotFound(image.to_string())),
         }
     }

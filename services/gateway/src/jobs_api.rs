@@ -364,7 +364,7 @@ fn parse_input_body(body: &[u8]) -> Result<Vec<String>, JobError> {
 
 /// A job's status: state, counters, and tasks by state per phase.
 pub fn status_json(rec: &JobRecord, running: &[u64], preparing: &[u64]) -> Value {
-    let mut totals = json!({"queued": 0u64, "preparing_image": 0u64, "running": 0u64, "done": 0u64, "failed": 0u64, "total": 0u64});
+    let mut totals = json!({"queued": 0u64, "preparing_image": 0u64, "running": 0u64, "done": 0u64, "memoized": 0u64, "failed": 0u64, "total": 0u64});
     let (mut local, mut remote) = (0u64, 0u64);
     let phases: Vec<Value> = rec
         .phases
@@ -380,6 +380,7 @@ pub fn status_json(rec: &JobRecord, running: &[u64], preparing: &[u64]) -> Value
                 ("preparing_image", prep),
                 ("running", run),
                 ("done", p.done),
+                ("memoized", p.memoized),
                 ("failed", p.failed),
                 ("total", p.tasks),
             ] {
@@ -392,7 +393,7 @@ pub fn status_json(rec: &JobRecord, running: &[u64], preparing: &[u64]) -> Value
                 "phase": i,
                 "type": kind,
                 "reducers": (kind == PhaseKind::Reduce).then(|| rec.spec.phases[i].reducers()),
-                "tasks": {"queued": queued, "preparing_image": prep, "running": run, "done": p.done, "failed": p.failed, "total": p.tasks},
+                "tasks": {"queued": queued, "preparing_image": prep, "running": run, "done": p.done, "memoized": p.memoized, "failed": p.failed, "total": p.tasks},
                 "bytes_local": p.bytes_local,
                 "bytes_remote": p.bytes_remote,
             })

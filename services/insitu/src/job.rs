@@ -113,6 +113,10 @@ struct RunArgs {
     /// Where outputs go: `s3://bucket/prefix/`.
     #[arg(long)]
     output: Option<String>,
+    /// Reuse the outputs of earlier tasks with the same fingerprint
+    /// instead of running the last map phase's tasks again.
+    #[arg(long)]
+    memoize: bool,
     /// Follow the job with a live progress bar, then print its status.
     #[arg(long)]
     watch: bool,
@@ -309,6 +313,9 @@ fn build_spec(r: &RunArgs) -> Result<Value> {
     }
     if let Some(o) = &r.output {
         spec["output"] = json!(strip_s3(o));
+    }
+    if r.memoize {
+        spec["memoize"] = json!(true);
     }
     if spec.get("output").is_none() {
         bail!("give --output s3://bucket/prefix/");

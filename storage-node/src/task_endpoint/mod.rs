@@ -111,6 +111,7 @@ impl EndpointHub {
             job: job.to_string(),
             grants: Mutex::new(HashMap::new()),
             stages: Mutex::new(HashMap::new()),
+            readers: Mutex::new(std::collections::HashSet::new()),
             server: Mutex::new(None),
         });
         let server = tokio::spawn(serve(listener, self.clone(), Arc::downgrade(&endpoint)));
@@ -208,6 +209,10 @@ pub struct TaskEndpoint {
     grants: Mutex<HashMap<String, (String, String)>>,
     /// Task id → its staged named outputs.
     stages: Mutex<HashMap<String, Stage>>,
+    /// Tasks that asked their endpoint for anything but writing an output
+    /// (a read, a listing, a reference): what they made may depend on
+    /// more than their input.
+    readers: Mutex<std::collections::HashSet<String>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -286,6 +291,21 @@ impl TaskEndpoint {
     /// A task's staged outputs, taken when it has ended (its credentials
     /// revoked): a write still in flight then finds no stage and is
     /// dropped.
+    pub(crate) fn note_reader(&self, task_id: &str) {
+        if let Ok(mut r) = self.readers.lock() {
+            r.insert(task_id.to_string());
+        }
+    }
+
+    /// Whether the task asked its endpoint for anything but writing an
+    /// output; forgets it.
+    pub fn took_reads(&self, task_id: &str) -> bool {
+        self.readers
+            .lock()
+            .map(|mut r| r.remove(task_id))
+            .unwrap_or(true)
+    }
+
     pub fn take_staged(&self, task_id: &str) -> Result<Vec<NamedOut>, StageLost> {
         let mut stages = self.stages.lock().map_err(|_| StageLost)?;
         Ok(stages

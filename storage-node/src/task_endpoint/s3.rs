@@ -175,6 +175,11 @@ async fn route(
     let query = query_map(parts.uri.query().unwrap_or(""));
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
     let plain = !has_subresource(&query);
+    let writes_output =
+        parts.method == Method::PUT && plain && !parts.headers.contains_key("x-amz-copy-source");
+    if !writes_output {
+        endpoint.note_reader(task);
+    }
     match (bucket.is_empty(), key.is_empty()) {
         (true, _) => Err(denied("a task may not list or change buckets")),
         (false, true) if parts.method == Method::GET && plain => {

@@ -94,15 +94,28 @@ impl NodeSet {
         Ok(())
     }
 
-    /// Pulls or loads a task's image on a node ahead of the task.
+    /// Pulls or loads a task's image on a node ahead of the task; returns
+    /// the image's content id there, when the node says it.
     pub async fn prepare_image(
         &self,
         node: &str,
         req: &insitu_node_api::TaskRequest,
         deadline: Duration,
-    ) -> Result<(), NodeError> {
-        self.post_task(node, "/v1/images", req, deadline).await?;
-        Ok(())
+    ) -> Result<Option<String>, NodeError> {
+        let answer = self.post_task(node, "/v1/images", req, deadline).await?;
+        #[derive(serde::Deserialize)]
+        struct Prepared {
+            #[serde(default)]
+            image_id: Option<String>,
+        }
+        // An answer without the id (an older node) only disables memoizing.
+        let id = answer
+            .json::<Prepared>()
+            .await
+            .ok()
+            .and_then(|p| p.image_id)
+            .filter(|id| !id.is_empty());
+        Ok(id)
     }
 
     /// Destroys a (job, phase) group's container on a node.
@@ -205,7 +218,7 @@ impl NodeClient for TaskClient {
         node: &str,
         req: &TaskRequest,
         deadline: Duration,
-    ) -> NodeResult<()> {
+    ) -> NodeResult<Option<String>> {
         Ok(self.nodes.prepare_image(node, req, deadline).await?)
     }
 
