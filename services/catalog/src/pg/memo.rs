@@ -30,7 +30,17 @@ impl PgCatalog {
     ) -> Result<()> {
         let bytes = rec.encode();
         let cap = cap.min(i64::MAX as usize) as i64;
-        in_tx!(self, |tx| {
+        // READ COMMITTED with row locks, the tenant's count row first in
+        // every change (here and in `memo_delete`), so that concurrent
+        // changes of one tenant queue on it instead of conflicting.
+        in_tx!(self, ReadCommitted, |tx| {
+            tx.execute(
+                "INSERT INTO job_memo_counts (tenant, n) VALUES ($1, 0)
+                 ON CONFLICT (tenant) DO UPDATE SET n = job_memo_counts.n",
+                &[&tenant],
+            )
+            .await
+            .map_err(pg_err)?;
             let inserted: bool = tx
                 .query_one(
                     "INSERT INTO job_memo (tenant, fingerprint, created_ms, rec)
@@ -79,7 +89,13 @@ impl PgCatalog {
     }
 
     pub(super) async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
-        in_tx!(self, |tx| {
+        in_tx!(self, ReadCommitted, |tx| {
+            tx.execute(
+                "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
+                &[&tenant],
+            )
+            .await
+            .map_err(pg_err)?;
             let gone = tx
                 .execute(
                     "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2",
