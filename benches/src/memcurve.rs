@@ -1,0 +1,220 @@
+//! Memory against input count, run by `benches/run-memcurve.sh`: for each
+//! count N given (default 10000 and 100000), a fresh cluster of 3 nodes at
+//! R=1 stores N objects of 1 byte under one prefix, and a map job `true`
+//! runs over the prefix. The gateway's (and each node's) resident memory
+//! is sampled every 100 ms: idle after the upload, and at its peak while
+//! the job plans and runs. Every 500 ms the gateway's RSS is also read
+//! with its catalog's own memory (rocksdb's memtables and block cache,
+//! from `/_insitu/v1/metrics`, bounded by their configured sizes), so
+//! that what the rest of the gateway holds is seen apart. Prints JSON;
+//! record it in docs/PERFORMANCE.md with the machine and the date.
+//!
+//! `memcurve 10000 100000 1000000` runs the counts named. On a 2-core
+//! machine a million inputs take hours (the upload and a million tasks),
+//! which is why it is not in the default.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use insitu_e2e::{Cluster, RawClient};
+use serde_json::{json, Value};
+
+/// Requests in flight while uploading.
+const UPLOADERS: usize = 32;
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The storage-node processes of the cluster whose data is under `dir`.
+fn node_pids(dir: &std::path::Path) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("node") && args.iter().any(|a| a.contains(&dir))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Peak RSS of each process while `running` is set, sampled every 100 ms.
+fn sample_peaks(pids: Vec<u32>, running: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut peaks = vec![0.0f64; pids.len()];
+        while running.load(Ordering::Relaxed) {
+            for (i, pid) in pids.iter().enumerate() {
+                if let Some(r) = rss_mib(*pid) {
+                    peaks[i] = peaks[i].max(r);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peaks
+    })
+}
+
+/// The gateway's catalog memory (rocksdb), in MiB, from its metrics.
+async fn catalog_mib(c: &RawClient) -> Option<f64> {
+    let r = c
+        .send("GET", "/_insitu/v1/metrics", &[], &[], vec![])
+        .await
+        .ok()?;
+    let text = r.text().await.ok()?;
+    let bytes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("insitu_catalog_memory_bytes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(bytes / (1024.0 * 1024.0))
+}
+
+async fn upload(c: &RawClient, bucket: &str, n: usize) -> Result<()> {
+    let mut results = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let r = c
+                .send(
+                    "PUT",
+                    &format!("/{bucket}/in/{i:07}"),
+                    &[],
+                    &[],
+                    b"x".to_vec(),
+                )
+                .await?;
+            if r.status() != 200 {
+                bail!("PUT {i}: {}", r.status());
+            }
+            Ok(())
+        })
+        .buffer_unordered(UPLOADERS);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn one_count(n: usize) -> Result<Value> {
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("mem")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("memcurve").await?;
+    let up = Instant::now();
+    upload(&c, "memcurve", n).await?;
+    let upload_secs = up.elapsed().as_secs_f64();
+    let gw = cluster.gateway_pid().context("gateway pid")?;
+    let nodes = node_pids(cluster.dir.path());
+    if nodes.len() != 3 {
+        bail!("found {} node processes, expected 3", nodes.len());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_gw = rss_mib(gw).context("gateway RSS")?;
+    let idle_nodes: Vec<f64> = nodes.iter().filter_map(|p| rss_mib(*p)).collect();
+    let mut pids = vec![gw];
+    pids.extend(&nodes);
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = sample_peaks(pids, running.clone());
+    let spec = json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": "true" }],
+        "input_prefix": "memcurve/in/",
+        "output": "memcurve/out/",
+    });
+    let started = Instant::now();
+    let r = c
+        .send(
+            "POST",
+            "/_insitu/v1/jobs",
+            &[],
+            &[],
+            spec.to_string().into_bytes(),
+        )
+        .await?;
+    if r.status() != 201 {
+        bail!("create job: {} {}", r.status(), r.text().await?);
+    }
+    let id = r.json::<Value>().await?["id"]
+        .as_str()
+        .context("job id")?
+        .to_string();
+    let mut peak_outside_catalog = 0.0f64;
+    let mut peak_catalog = 0.0f64;
+    let status = loop {
+        if let (Some(rss), Some(cat)) = (rss_mib(gw), catalog_mib(&c).await) {
+            peak_outside_catalog = peak_outside_catalog.max(rss - cat);
+            peak_catalog = peak_catalog.max(cat);
+        }
+        let s: Value = c
+            .send("GET", &format!("/_insitu/v1/jobs/{id}"), &[], &[], vec![])
+            .await?
+            .json()
+            .await?;
+        if s["state"] == "done" || s["state"] == "cancelled" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let job_secs = started.elapsed().as_secs_f64();
+    running.store(false, Ordering::Relaxed);
+    let peaks = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
+    let outputs = status["counters"]["outputs"].as_u64().unwrap_or(0);
+    if outputs != n as u64 {
+        bail!("job of {n} inputs made {outputs} outputs: {status}");
+    }
+    Ok(json!({
+        "inputs": n,
+        "upload_seconds": upload_secs,
+        "job_seconds": job_secs,
+        "gateway_idle_rss_mib": idle_gw,
+        "gateway_peak_rss_mib": peaks[0],
+        "gateway_growth_mib": peaks[0] - idle_gw,
+        "gateway_catalog_peak_mib": peak_catalog,
+        "gateway_peak_rss_outside_catalog_mib": peak_outside_catalog,
+        "nodes_idle_rss_mib": idle_nodes,
+        "nodes_peak_rss_mib": &peaks[1..],
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut counts: Vec<usize> = Vec::new();
+    for a in std::env::args().skip(1) {
+        counts.push(a.parse().with_context(|| format!("not a count: {a}"))?);
+    }
+    if counts.is_empty() {
+        counts = vec![10_000, 100_000];
+    }
+    let mut runs = Vec::new();
+    for n in counts {
+        eprintln!("memcurve: {n} inputs");
+        runs.push(one_count(n).await?);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({ "runs": runs }))?
+    );
+    Ok(())
+}
