@@ -10,12 +10,16 @@
 //!   through it (`mpipe`), against the same tasks writing the same bytes
 //!   to stdout.
 //!
-//! `jobbench [wc] [per-task] [endpoint]` runs only the sections named.
+//! - memoized tasks: the `wc -l` job with `memoize`, run once (every task
+//!   runs and is remembered) and again (every task reused).
+//!
+//! `jobbench [wc] [per-task] [endpoint] [memo]` runs only the sections
+//! named.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures::StreamExt;
 use insitu_e2e::{Cluster, RawClient};
 use serde_json::{json, Value};
@@ -68,36 +72,7 @@ async fn upload(
 /// Submits a job and waits for it; returns its status and the wall time
 /// from the create request to the job being done.
 async fn run_job(c: &RawClient, spec: Value) -> Result<(Value, Duration)> {
-    let t = Instant::now();
-    let r = c
-        .send(
-            "POST",
-            "/_insitu/v1/jobs",
-            &[],
-            &[],
-            spec.to_string().into_bytes(),
-        )
-        .await?;
-    if r.status() != 201 {
-        bail!("create job: {} {}", r.status(), r.text().await?);
-    }
-    let created: Value = r.json().await?;
-    let id = created["id"].as_str().context("job id")?.to_string();
-    loop {
-        let s: Value = c
-            .send("GET", &format!("/_insitu/v1/jobs/{id}"), &[], &[], vec![])
-            .await?
-            .json()
-            .await?;
-        if s["state"] == "done" {
-            let wall = t.elapsed();
-            if s["counters"]["errors"] != 0 {
-                bail!("job had errors: {s}");
-            }
-            return Ok((s, wall));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    insitu_benches::run_job(c, &spec, Duration::from_millis(5)).await
 }
 
 fn map_spec(bucket: &str, prefix: &str, out: &str, exec: &str) -> Value {
@@ -135,6 +110,9 @@ async fn main() -> Result<()> {
     }
     if run("endpoint") {
         endpoint(&mut report).await?;
+    }
+    if run("memo") {
+        memo(&mut report).await?;
     }
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
@@ -287,6 +265,47 @@ async fn per_task(report: &mut serde_json::Map<String, Value>) -> Result<()> {
     report.insert(
         "submit_to_done_one_task".into(),
         json!({ "median_seconds": single, "runs": singles, "target_first_task_seconds": 1.0 }),
+    );
+    Ok(())
+}
+
+/// Runs of each kind in the memo section.
+const MEMO_RUNS: usize = 3;
+
+/// Section 4, memoized tasks: the `wc -l` job over 500 objects with
+/// `memoize` into a fresh output place (every task runs and is
+/// remembered), then again into the same place (every task reused, no
+/// container work), alternated; medians.
+async fn memo(report: &mut serde_json::Map<String, Value>) -> Result<()> {
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = RawClient::new(&cluster.endpoint, &t);
+    c.create_bucket("memobench").await?;
+    upload(&c, "memobench", "data/", OBJECTS, text_object).await?;
+    run_job(&c, map_spec("memobench", "data/000", "warm/", "wc -l")).await?;
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for i in 0..MEMO_RUNS {
+        let mut spec = map_spec("memobench", "data/", &format!("memo{i}/"), "wc -l");
+        spec["memoize"] = json!(true);
+        let (s, wall) = run_job(&c, spec.clone()).await?;
+        if s["phases"][0]["tasks"]["memoized"] != 0 {
+            bail!("a first run reused tasks: {s}");
+        }
+        first.push(wall.as_secs_f64());
+        let (s, wall) = run_job(&c, spec).await?;
+        if s["phases"][0]["tasks"]["memoized"] != OBJECTS {
+            bail!("a second run did not reuse every task: {s}");
+        }
+        again.push(wall.as_secs_f64());
+    }
+    let (f, a) = (median(first.clone()), median(again.clone()));
+    report.insert(
+        "memo_wc_l_500x256KiB".into(),
+        json!({
+            "first_run_seconds": { "median": f, "runs": first },
+            "memoized_run_seconds": { "median": a, "runs": again },
+            "ratio_memoized_vs_first": a / f,
+        }),
     );
     Ok(())
 }

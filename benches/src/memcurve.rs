@@ -19,23 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use insitu_benches::{catalog_memory_in, rss_mib, run_job};
 use insitu_e2e::{Cluster, RawClient};
 use serde_json::{json, Value};
 
 /// Requests in flight while uploading.
 const UPLOADERS: usize = 32;
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
 
 /// The storage-node processes of the cluster whose data is under `dir`.
 fn node_pids(dir: &std::path::Path) -> Vec<u32> {
@@ -85,13 +74,7 @@ async fn catalog_mib(c: &RawClient) -> Option<f64> {
         .send("GET", "/_insitu/v1/metrics", &[], &[], vec![])
         .await
         .ok()?;
-    let text = r.text().await.ok()?;
-    let bytes: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("insitu_catalog_memory_bytes{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Some(bytes / (1024.0 * 1024.0))
+    Some(catalog_memory_in(&r.text().await.ok()?))
 }
 
 async fn upload(c: &RawClient, bucket: &str, n: usize) -> Result<()> {
@@ -143,41 +126,28 @@ async fn one_count(n: usize) -> Result<Value> {
         "input_prefix": "memcurve/in/",
         "output": "memcurve/out/",
     });
-    let started = Instant::now();
-    let r = c
-        .send(
-            "POST",
-            "/_insitu/v1/jobs",
-            &[],
-            &[],
-            spec.to_string().into_bytes(),
-        )
-        .await?;
-    if r.status() != 201 {
-        bail!("create job: {} {}", r.status(), r.text().await?);
-    }
-    let id = r.json::<Value>().await?["id"]
-        .as_str()
-        .context("job id")?
-        .to_string();
-    let mut peak_outside_catalog = 0.0f64;
-    let mut peak_catalog = 0.0f64;
-    let status = loop {
-        if let (Some(rss), Some(cat)) = (rss_mib(gw), catalog_mib(&c).await) {
-            peak_outside_catalog = peak_outside_catalog.max(rss - cat);
-            peak_catalog = peak_catalog.max(cat);
+    // The gateway's RSS beside its catalog's, every 500 ms while the job
+    // runs.
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = async {
+        let (mut outside, mut catalog) = (0.0f64, 0.0f64);
+        while !done.load(Ordering::Relaxed) {
+            if let (Some(rss), Some(cat)) = (rss_mib(gw), catalog_mib(&c).await) {
+                outside = outside.max(rss - cat);
+                catalog = catalog.max(cat);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let s: Value = c
-            .send("GET", &format!("/_insitu/v1/jobs/{id}"), &[], &[], vec![])
-            .await?
-            .json()
-            .await?;
-        if s["state"] == "done" || s["state"] == "cancelled" {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        (outside, catalog)
     };
-    let job_secs = started.elapsed().as_secs_f64();
+    let job = async {
+        let r = run_job(&c, &spec, Duration::from_millis(500)).await;
+        done.store(true, Ordering::Relaxed);
+        r
+    };
+    let (job, (peak_outside_catalog, peak_catalog)) = tokio::join!(job, watch);
+    let (status, wall) = job?;
+    let job_secs = wall.as_secs_f64();
     running.store(false, Ordering::Relaxed);
     let peaks = sampler.join().map_err(|_| anyhow::anyhow!("sampler"))?;
     let outputs = status["counters"]["outputs"].as_u64().unwrap_or(0);

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use insitu_benches::rss_mib;
 use insitu_e2e::{content_for, insitu_bin, unique, Cluster, RawClient, Tenant};
 use rand::{Rng, SeedableRng};
 
@@ -291,31 +292,13 @@ fn job(endpoint: &str, t: &Tenant, bucket: &str, round: u64, dir: &std::path::Pa
     Ok(())
 }
 
-/// Resident set of a process, MiB.
 /// The sum of `insitu_catalog_memory_bytes` in the gateway's metrics, MiB
 /// (0 if they cannot be read).
 async fn catalog_memory_mib(url: &str) -> f64 {
     let Ok(r) = reqwest::get(url).await else {
         return 0.0;
     };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("insitu_catalog_memory_bytes{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / (1024.0 * 1024.0)
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+    insitu_benches::catalog_memory_in(&r.text().await.unwrap_or_default())
 }
 
 fn pid_of(pattern: &str) -> Option<u32> {

@@ -34,7 +34,6 @@ pub struct ActiveJob {
     pub(crate) running: std::sync::Mutex<Vec<u64>>,
     /// Of those, tasks waiting for their image to be pulled or loaded.
     pub(crate) preparing: std::sync::Mutex<Vec<u64>>,
-    /// (phase, node) pairs whose image is ready.
     /// (phase, node) pairs whose image is ready, with its content id
     /// there when the node said it.
     pub(crate) prepared: std::sync::Mutex<std::collections::HashMap<(u32, String), Option<String>>>,
@@ -42,6 +41,9 @@ pub struct ActiveJob {
     pub(crate) assets_counted: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
     /// Why the queued tasks the dispatcher last looked at are waiting.
     pub(crate) waiting: std::sync::Mutex<HashMap<Waiting, u64>>,
+    /// Memo entries being written for committed tasks: the job is done
+    /// only once they are (finished ones are dropped as more come).
+    pub(crate) memo_writes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ActiveJob {

@@ -106,7 +106,7 @@ pub(crate) async fn commit_all(
                 Ok(()) => {
                     *rec = current;
                     for fin in &pending {
-                        crate::memo::remember(sv, &rec, fin);
+                        crate::memo::remember(sv, job, &rec, fin);
                     }
                     return Vec::new();
                 }
@@ -174,7 +174,7 @@ async fn commit_one(
     let result = match first_try {
         Ok((step, new)) => match job.commit(sv, step).await {
             Ok(()) => {
-                crate::memo::remember(sv, &new, &fin);
+                crate::memo::remember(sv, job, &new, &fin);
                 Ok(new)
             }
             Err(e) if e.is_retryable() => return Err(retried(vec![fin]).remove(0)),
@@ -572,6 +572,8 @@ pub(crate) async fn finish(sv: &Arc<Supervisor>, job: &ActiveJob) {
     // between repeats this, which is harmless).
     let snapshot = job.record.lock().await.clone();
     cleanup(sv, job, &snapshot).await;
+    // What its tasks taught the memo is in before the job is seen done.
+    crate::memo::written(job).await;
     // Only by the job's driver: one that lost it leaves them to the next.
     if !job.is_lost() {
         release_pins(sv, &snapshot.id).await;
@@ -892,6 +894,7 @@ mod tests {
             prepared: Default::default(),
             assets_counted: Default::default(),
             waiting: Default::default(),
+            memo_writes: Default::default(),
         };
         let blob = Blob {
             id: "out-blob".into(),

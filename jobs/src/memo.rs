@@ -23,6 +23,7 @@ use insitu_job_model::{JobErrorCode, PhaseSpec};
 use insitu_node_api::ObjectReference;
 use sha2::{Digest, Sha256};
 
+use crate::active::ActiveJob;
 use crate::attempt::{Finished, Named, Outcome};
 use crate::commit::object_record;
 use crate::host::BlobHold;
@@ -160,7 +161,7 @@ pub(crate) fn reused(refs: Vec<ObjectReference>) -> Outcome {
 /// Remembers what a committed task of a memoizing job left as its final
 /// outputs: built now, checked and written in the background (best
 /// effort: a failure only means the next run runs the task).
-pub(crate) fn remember(sv: &Arc<Supervisor>, rec: &JobRecord, fin: &Finished) {
+pub(crate) fn remember(sv: &Arc<Supervisor>, job: &ActiveJob, rec: &JobRecord, fin: &Finished) {
     let Outcome::Success {
         stdout,
         named,
@@ -218,7 +219,7 @@ pub(crate) fn remember(sv: &Arc<Supervisor>, rec: &JobRecord, fin: &Finished) {
         outputs,
     };
     let (sv, tenant, fp) = (sv.clone(), rec.tenant.clone(), fp.clone());
-    tokio::spawn(async move {
+    let write = tokio::spawn(async move {
         let catalog: &dyn Catalog = sv.catalog.as_ref();
         // Only what the commit published as it is now: a reference that
         // was gone by the commit is not an output, and then nothing is
@@ -237,4 +238,20 @@ pub(crate) fn remember(sv: &Arc<Supervisor>, rec: &JobRecord, fin: &Finished) {
             tracing::warn!(task = %entry.task, error = %e, "cannot remember a memoized task");
         }
     });
+    if let Ok(mut w) = job.memo_writes.lock() {
+        w.retain(|h| !h.is_finished());
+        w.push(write);
+    }
+}
+
+/// Waits for the job's memo entries still being written.
+pub(crate) async fn written(job: &ActiveJob) {
+    let writes = job
+        .memo_writes
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default();
+    for w in writes {
+        let _ = w.await;
+    }
 }
