@@ -176,7 +176,15 @@ pub(crate) async fn run_map(
             let id = attempt_id(&task);
             match attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await {
                 Ok((outcome, assets)) => {
-                    let local = input.size + assets.local;
+                    // A reused task read nothing.
+                    let reused = matches!(
+                        outcome,
+                        Outcome::Success {
+                            memo: Memo::Reused,
+                            ..
+                        }
+                    );
+                    let local = if reused { 0 } else { input.size + assets.local };
                     return finished(task, outcome, retries, local, assets.remote, leases);
                 }
                 Err(AttemptError::Fail(code, message)) => {

@@ -96,6 +96,9 @@ async fn a_memoized_job_runs_only_the_tasks_whose_fingerprint_changed() {
     assert_eq!(second["phases"][0]["tasks"]["done"], 3, "{second}");
     assert_eq!(second["counters"]["tasks"]["memoized"], 3, "{second}");
     assert_eq!(second["counters"]["outputs"], 3, "{second}");
+    // Nothing was read for the reused tasks.
+    assert_eq!(second["phases"][0]["bytes_local"], 0, "{second}");
+    assert_eq!(second["phases"][0]["bytes_remote"], 0, "{second}");
     let second_out = outputs(&c, second["id"].as_str().unwrap()).await;
     assert_eq!(second_out, first_out);
 
