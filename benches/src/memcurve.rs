@@ -116,6 +116,7 @@ async fn one_count(n: usize) -> Result<Value> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_gw = rss_mib(gw).context("gateway RSS")?;
+    let idle_catalog = catalog_mib(&c).await.unwrap_or(0.0);
     let idle_nodes: Vec<f64> = nodes.iter().filter_map(|p| rss_mib(*p)).collect();
     let mut pids = vec![gw];
     pids.extend(&nodes);
@@ -161,6 +162,8 @@ async fn one_count(n: usize) -> Result<Value> {
         "gateway_idle_rss_mib": idle_gw,
         "gateway_peak_rss_mib": peaks[0],
         "gateway_growth_mib": peaks[0] - idle_gw,
+        "gateway_catalog_idle_mib": idle_catalog,
+        "gateway_idle_rss_outside_catalog_mib": idle_gw - idle_catalog,
         "gateway_catalog_peak_mib": peak_catalog,
         "gateway_peak_rss_outside_catalog_mib": peak_outside_catalog,
         "nodes_idle_rss_mib": idle_nodes,
