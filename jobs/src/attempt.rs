@@ -509,11 +509,12 @@ pub(crate) async fn attempt(
             return Err(node_failure(e));
         }
     };
-    // Outputs that may depend on what the task read besides its input
-    // are not remembered.
-    let read_more = resp.read_through_endpoint;
+    // Outputs that may depend on what the task read besides its input,
+    // or that another image than the fingerprint's made (a tag moved on
+    // the node meanwhile), are not remembered.
+    let keep = !resp.read_through_endpoint && image_id.as_deref() == Some(resp.image_id.as_str());
     let mut outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob, leases).await;
-    if let (Outcome::Success { memo: m, .. }, false) = (&mut outcome, read_more) {
+    if let (Outcome::Success { memo: m, .. }, true) = (&mut outcome, keep) {
         *m = memo;
     }
     Ok((outcome, moved))

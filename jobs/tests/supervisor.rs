@@ -82,6 +82,7 @@ fn exited(code: i64, stdout_size: u64) -> TaskResponse {
             "boom\n".into()
         },
         read_through_endpoint: false,
+        image_id: "sha256:fake-image".into(),
     }
 }
 

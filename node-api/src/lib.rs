@@ -293,6 +293,10 @@ pub struct TaskResponse {
     /// its input, so they are not memoized.
     #[serde(default)]
     pub read_through_endpoint: bool,
+    /// The content id of the image the task's container was made from
+    /// (empty from a node that does not say).
+    #[serde(default)]
+    pub image_id: String,
 }
 
 /// What a task endpoint on a node asks the gateway, for a task of

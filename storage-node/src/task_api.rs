@@ -468,6 +468,7 @@ impl TaskService {
             stderr_size: stderr_size.unwrap_or(0),
             stderr_preview: outcome.stderr_preview,
             read_through_endpoint,
+            image_id: group.image_id.clone(),
         })
     }
 

@@ -201,6 +201,8 @@ pub struct Group {
     pub(crate) endpoint: Option<Arc<crate::task_endpoint::TaskEndpoint>>,
     /// The task tools are mounted: `/insitu/bin` goes first on the PATH.
     has_tools: bool,
+    /// The content id of the image the container was made from.
+    pub image_id: String,
 }
 
 impl std::fmt::Debug for Group {
@@ -604,7 +606,7 @@ impl TaskRunner {
     pub async fn start_group(&self, spec: &GroupSpec) -> Result<Group, TaskError> {
         check_token("tenant", &spec.tenant)?;
         check_token("job", &spec.job)?;
-        self.ensure_image(&spec.image).await?;
+        let image_id = self.ensure_image(&spec.image).await?;
         let volumes = self.image_volumes(&spec.image).await?;
         let group_id = spec.group_id();
         // Each container gets its own directory (and name): a group whose
@@ -806,6 +808,7 @@ impl TaskRunner {
             room: None,
             endpoint: None,
             has_tools: spec.tools.is_some(),
+            image_id,
         })
     }
 
