@@ -264,7 +264,13 @@ async fn per_task(report: &mut serde_json::Map<String, Value>) -> Result<()> {
         .await?;
         let id = s["id"].as_str().unwrap_or_default();
         let outs: Value = c
-            .send("GET", &format!("/_insitu/v1/jobs/{id}/outputs"), &[], &[], vec![])
+            .send(
+                "GET",
+                &format!("/_insitu/v1/jobs/{id}/outputs"),
+                &[],
+                &[],
+                vec![],
+            )
             .await?
             .json()
             .await?;
