@@ -95,7 +95,7 @@ pub(crate) async fn reusable(
         Err(CatalogError::Corrupt(e)) => {
             // Unreadable (a newer build's record, say): not used.
             tracing::warn!(fingerprint = fp, error = %e, "an unreadable memo entry is dropped");
-            let _ = catalog.memo_delete(tenant, fp).await;
+            let _ = catalog.memo_delete(tenant, fp, None).await;
             return Ok(None);
         }
         Err(e) => return Err(e.to_string()),
@@ -129,7 +129,7 @@ pub(crate) async fn reusable(
                 // Overwritten, deleted or no longer readable: the entry goes.
                 tracing::info!(fingerprint = fp, object = %format!("{}/{}", o.bucket, o.key), "a memoized output is gone; the task runs");
                 catalog
-                    .memo_delete(tenant, fp)
+                    .memo_delete(tenant, fp, Some(rec.created_ms))
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(None);

@@ -451,8 +451,15 @@ pub trait MemoStore: Send + Sync {
         rec: &MemoRecord,
         cap: usize,
     ) -> Result<()>;
-    /// Drops an entry (one whose outputs are gone); absent is fine.
-    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()>;
+    /// Drops an entry (one whose outputs are gone); absent is fine. With
+    /// `written_ms`, only the entry written then: one another gateway has
+    /// written since stays.
+    async fn memo_delete(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        written_ms: Option<i64>,
+    ) -> Result<()>;
 }
 
 /// Every domain of the catalog, as one object a service holds.

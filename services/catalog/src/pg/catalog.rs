@@ -326,8 +326,13 @@ impl MemoStore for PgCatalog {
     ) -> Result<()> {
         PgCatalog::memo_put(self, tenant, fingerprint, rec, cap).await
     }
-    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
-        PgCatalog::memo_delete(self, tenant, fingerprint).await
+    async fn memo_delete(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        written_ms: Option<i64>,
+    ) -> Result<()> {
+        PgCatalog::memo_delete(self, tenant, fingerprint, written_ms).await
     }
 }
 

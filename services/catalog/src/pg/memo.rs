@@ -88,7 +88,12 @@ impl PgCatalog {
         })
     }
 
-    pub(super) async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
+    pub(super) async fn memo_delete(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        written_ms: Option<i64>,
+    ) -> Result<()> {
         in_tx!(self, ReadCommitted, |tx| {
             tx.execute(
                 "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
@@ -98,8 +103,9 @@ impl PgCatalog {
             .map_err(pg_err)?;
             let gone = tx
                 .execute(
-                    "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2",
-                    &[&tenant, &fingerprint],
+                    "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2
+                       AND ($3::bigint IS NULL OR created_ms = $3)",
+                    &[&tenant, &fingerprint, &written_ms],
                 )
                 .await
                 .map_err(pg_err)? as i64;

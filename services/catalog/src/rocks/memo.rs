@@ -113,11 +113,19 @@ impl RocksCore {
         self.commit(batch)
     }
 
-    pub(super) fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
+    pub(super) fn memo_delete(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        written_ms: Option<i64>,
+    ) -> Result<()> {
         let _g = self.lock()?;
         let Some(old) = self.memo_get(tenant, fingerprint)? else {
             return Ok(());
         };
+        if written_ms.is_some_and(|ms| ms != old.created_ms) {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_MEMO)?, memo_key(tenant, fingerprint));
         batch.delete_cf(

@@ -234,8 +234,15 @@ impl MemoStore for RocksCatalog {
         self.run(move |c| c.memo_put(&tenant, &fingerprint, &rec, cap))
             .await
     }
-    async fn memo_delete(&self, tenant: &str, fingerprint: &str) -> Result<()> {
-        blocking!(self, memo_delete(tenant, fingerprint))
+    async fn memo_delete(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        written_ms: Option<i64>,
+    ) -> Result<()> {
+        let (tenant, fingerprint) = (tenant.to_owned(), fingerprint.to_owned());
+        self.run(move |c| c.memo_delete(&tenant, &fingerprint, written_ms))
+            .await
     }
 }
 
