@@ -685,13 +685,13 @@ impl BlobStore {
     ) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
         // Written outside the store's accounting: it counts from now.
-        self.check_room(file.metadata()?.len())?;
+        let expected = file.metadata()?.len();
+        self.check_room(expected)?;
         let tmp = self.temp_path(id);
         let blobs = self.root.join("blobs");
         let id_owned = id.to_string();
         // Counted before it is published, so that a caller that goes away
         // meanwhile leaves no visible blob uncounted; given back on failure.
-        let expected = file.metadata()?.len();
         self.used.fetch_add(expected, Ordering::SeqCst);
         self.count.fetch_add(1, Ordering::SeqCst);
         // One trip to the blocking pool: the link (or copy), the hashes,
