@@ -209,7 +209,25 @@ async fn wc_l(report: &mut serde_json::Map<String, Value>) -> Result<()> {
     ))?;
     // Warm the image and the engine once, then measure.
     run_job(&c, map_spec("jobbench", "data/000", "warm/", "wc -l")).await?;
+    // JOBBENCH_PERF=FILE: a system-wide `perf record` of this job alone.
+    let perf = match std::env::var("JOBBENCH_PERF") {
+        Ok(out) => {
+            let p = std::process::Command::new("perf")
+                .args(["record", "-a", "-g", "-F", "999", "-o", &out])
+                .spawn()?;
+            // perf records before the job is submitted.
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+            Some(p)
+        }
+        Err(_) => None,
+    };
     let (status, wall) = run_job(&c, map_spec("jobbench", "data/", "wc/", "wc -l")).await?;
+    if let Some(mut p) = perf {
+        std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status()?;
+        p.wait()?;
+    }
     let job_secs = wall.as_secs_f64();
     report.insert(
         "wc_l_500x256KiB".into(),
