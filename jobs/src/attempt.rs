@@ -129,7 +129,7 @@ pub(crate) struct TaskCtx {
     pub(crate) output_place: String,
     /// Reducers of the next phase, when it is a reduce.
     pub(crate) next_reducers: Option<u32>,
-    /// The job memoizes this phase's tasks (a map phase, the last).
+    /// The job memoizes this phase's tasks (the last phase).
     pub(crate) memoize: bool,
 }
 
@@ -471,15 +471,35 @@ pub(crate) async fn attempt(
     // A memoizing job's task whose fingerprint has reusable outputs does
     // not run; one that runs is remembered once committed.
     let mut memo = Memo::Off;
-    if let (true, Some(pin), Some(image_id)) = (ctx.memoize, &task.pin, &image_id) {
-        let fp = fingerprint(
-            &ctx.spec,
-            input_key,
+    // A reducer's pieces as its fingerprint saw them (it starts once its
+    // upstream is done, so they are all known).
+    let mut pieces_seen = None;
+    let input = match (ctx.memoize, &task.pin, task.reducer) {
+        (true, Some(pin), None) => Some(MemoInput::Object {
+            name: input_key,
             pin,
-            image_id,
-            &asset_etags,
-            &ctx.output_place,
-        );
+        }),
+        (true, None, Some(reducer)) => {
+            match reducer_pieces(sv, &ctx.tenant, &ctx.job, ctx.phase, reducer).await {
+                Ok(Some(pieces)) => {
+                    pieces_seen = Some(pieces);
+                    Some(MemoInput::Pieces {
+                        reducer,
+                        count: ctx.spec.reducers(),
+                        pieces,
+                    })
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the reducer's pieces; it runs");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let (Some(input), Some(image_id)) = (input, &image_id) {
+        let fp = fingerprint(&ctx.spec, &input, image_id, &asset_etags, &ctx.output_place);
         match reusable(sv, &ctx.tenant, &ctx.job, &fp, leases).await {
             Ok(Some(refs)) => {
                 tracing::info!(fingerprint = %fp, "memoized: the earlier outputs are reused");
@@ -512,7 +532,14 @@ pub(crate) async fn attempt(
     // Outputs that may depend on what the task read besides its input,
     // or that another image than the fingerprint's made (a tag moved on
     // the node meanwhile), are not remembered.
-    let keep = !resp.read_through_endpoint && image_id.as_deref() == Some(resp.image_id.as_str());
+    let mut keep =
+        !resp.read_through_endpoint && image_id.as_deref() == Some(resp.image_id.as_str());
+    // A reducer is remembered only if what it was fed is what its
+    // fingerprint names: no piece was overwritten or removed meanwhile.
+    if let (true, Some(seen), Some(reducer)) = (keep, pieces_seen, task.reducer) {
+        let now = reducer_pieces(sv, &ctx.tenant, &ctx.job, ctx.phase, reducer).await;
+        keep = matches!(now, Ok(Some(d)) if d == seen);
+    }
     let mut outcome = finish_attempt(sv, ctx, node, resp, stdout_blob, stderr_blob, leases).await;
     if let (Outcome::Success { memo: m, .. }, true) = (&mut outcome, keep) {
         *m = memo;

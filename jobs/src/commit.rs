@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use insitu_catalog::{
     now_ms, Acl, BlobRef, BucketRecord, CannedAcl, CatalogError, JobChange, ListQuery,
     ObjectHeaders, ObjectRecord,
@@ -221,12 +223,15 @@ async fn commit_one(
 }
 
 /// How an output is routed to the next phase's reducers: by the hash of
-/// its object's location (stdout), of its name (a named output, so that
+/// what its task read (stdout: a map task's input `bucket/key`, a
+/// reducer's task id; for tasks that read the job's inputs the same in
+/// every run of the job, so that a memoized reducer gets the same pieces
+/// again), of its name (a named output, so that
 /// the same name from every task meets at one reducer), or to the reducer
 /// the task chose.
 #[derive(Clone, Copy)]
 enum Route<'a> {
-    Location,
+    Source,
     Name(&'a str),
     To(u32),
 }
@@ -281,7 +286,10 @@ impl Emit<'_> {
                 let r = match route {
                     Route::To(r) if r < count => r,
                     Route::Name(name) => plan::reducer_for_name(name, count),
-                    _ => plan::reducer_for_name(&loc, count),
+                    _ => plan::reducer_for_name(
+                        self.task.input.as_deref().unwrap_or(&self.task.id),
+                        count,
+                    ),
                 };
                 self.piece(key, r, blob);
             }
@@ -465,7 +473,7 @@ pub(crate) async fn build_commit(
                     key,
                     blob,
                     &ObjectHeaders::default(),
-                    Route::Location,
+                    Route::Source,
                 );
             }
             for (name, reducer, named) in named {
@@ -675,14 +683,26 @@ async fn release_pins(sv: &Supervisor, job: &str) {
     }
 }
 
+/// Task groups ended concurrently when a job ends.
+const GROUP_ENDS_AT_ONCE: usize = 16;
+
 pub(crate) async fn cleanup(sv: &Arc<Supervisor>, job: &ActiveJob, rec: &JobRecord) {
-    for node in sv.nodes.node_ids() {
-        for phase in 0..rec.spec.phases.len() as u32 {
+    // Every node's groups end at once (a container's removal takes tens
+    // of milliseconds, and a job seen done waits for the last of them).
+    let phases = rec.spec.phases.len() as u32;
+    let groups: Vec<(String, u32)> = sv
+        .nodes
+        .node_ids()
+        .into_iter()
+        .flat_map(|node| (0..phases).map(move |phase| (node.clone(), phase)))
+        .collect();
+    futures::stream::iter(groups)
+        .for_each_concurrent(GROUP_ENDS_AT_ONCE, |(node, phase)| async move {
             if let Err(e) = sv.nodes.end_group(&node, &rec.tenant, &rec.id, phase).await {
                 tracing::debug!(node = %node, error = %e, "ending task group");
             }
-        }
-    }
+        })
+        .await;
     // Intermediate outputs served their purpose; saved stderr stays.
     let out = OutputPlace::of(&rec.spec);
     let prefix = format!("{}p", OutputPlace::job_prefix(&rec.id));

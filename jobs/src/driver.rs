@@ -196,7 +196,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                     adjust_running(&job, task.phase, 1);
                     in_flight_tasks.insert(task.id.clone(), task.clone());
                     let ctx = task_ctx(&job, &rec, task.phase);
-                    inflight.push(run_map(sv.clone(), ctx, task, run).boxed());
+                    inflight.push(spawned(run_map(sv.clone(), ctx, task, run)));
                 }
             } else {
                 // Not recorded (the catalog is away): they wait, and their
@@ -219,7 +219,12 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         for (k, started) in reducers_started.iter_mut().enumerate() {
             // Pipelined: a reduce phase starts as soon as the phase before
             // it has finished a task (or at once when it is the first).
-            let can_start = k == 0 || rec.phases[k - 1].finished() > 0 || rec.upstream_done(k);
+            // A memoized reducer waits for all of its input: its
+            // fingerprint names every piece.
+            let can_start = match memoizes(&rec, k) {
+                true => rec.upstream_done(k),
+                false => k == 0 || rec.phases[k - 1].finished() > 0 || rec.upstream_done(k),
+            };
             if *started || rec.spec.phases[k].kind != PhaseKind::Reduce || !can_start {
                 continue;
             }
@@ -248,7 +253,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                 adjust_running(&job, task.phase, 1);
                 in_flight_tasks.insert(task.id.clone(), task.clone());
                 let ctx = task_ctx(&job, &rec, k as u32);
-                inflight.push(run_reducer(sv.clone(), job.clone(), ctx, task).boxed());
+                inflight.push(spawned(run_reducer(sv.clone(), job.clone(), ctx, task)));
             }
         }
         if inflight.is_empty() && backlog.is_empty() && uncommitted.is_empty() {
@@ -280,6 +285,43 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
             _ = job.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+    }
+}
+
+/// A task's future on a tokio task of its own. The driver polls its
+/// tasks only between its own steps; a task future left unpolled
+/// meanwhile could hold what the driver waits for (a PostgreSQL
+/// transaction's row locks on the job, or the job's record lock handed
+/// to it as the next waiter), and the two would wait on each other. The
+/// task is aborted when this future is dropped (a cancelled or lost
+/// job's tasks stop, as when their futures were dropped in place), and a
+/// panic in it unwinds the driver, as before.
+fn spawned(
+    task: impl std::future::Future<Output = Finished> + Send + 'static,
+) -> BoxFuture<'static, Finished> {
+    let handle = tokio::spawn(task);
+    let abort = AbortOnDrop(handle.abort_handle());
+    async move {
+        let _abort = abort;
+        match handle.await {
+            Ok(finished) => finished,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Aborted only once this future is gone, or the runtime
+                // is shutting down: nothing waits for it.
+                Err(_) => futures::future::pending().await,
+            },
+        }
+    }
+    .boxed()
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -344,10 +386,14 @@ pub(crate) fn task_ctx(active: &Arc<ActiveJob>, rec: &JobRecord, phase: u32) -> 
         split,
         output_place: format!("{}/{}", out.bucket, out.prefix),
         next_reducers,
-        memoize: rec.spec.memoize
-            && phase as usize + 1 == rec.spec.phases.len()
-            && rec.spec.phases[phase as usize].kind == PhaseKind::Map,
+        memoize: memoizes(rec, phase as usize),
     }
+}
+
+/// Whether the job memoizes phase `phase`'s tasks: its last phase, whose
+/// outputs outlive the job (an earlier phase's are removed when it ends).
+pub(crate) fn memoizes(rec: &JobRecord, phase: usize) -> bool {
+    rec.spec.memoize && phase + 1 == rec.spec.phases.len()
 }
 
 /// Loads queued map tasks after `cursor` (a sequence number) into the

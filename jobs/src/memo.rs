@@ -1,9 +1,12 @@
-//! Memoized tasks (a job's `memoize`): a map task of the job's last phase
+//! Memoized tasks (a job's `memoize`): a task of the job's last phase
 //! whose fingerprint equals that of an earlier successful task of the same
 //! tenant reuses that task's outputs, by reference, instead of running.
 //!
-//! The fingerprint covers what decides a task's outputs: its input (where
-//! it is, and its version: blob, ETag and size), the phase's `exec`,
+//! The fingerprint covers what decides a task's outputs: its input (for a
+//! map task where it is, and its version: blob, ETag and size; for a
+//! reducer its index, the phase's reducer count, and the multiset of its
+//! input pieces' ETags and sizes, so that pieces identical by ETag, from
+//! memoized or rerun upstream tasks alike, match), the phase's `exec`,
 //! `init` and `env`, the content id of the image on the node that would
 //! run it, the assets' versions, the limits, and where the job's outputs
 //! go (so reused outputs are under the place the job asked for). An entry
@@ -27,7 +30,7 @@ use crate::active::ActiveJob;
 use crate::attempt::{Finished, Named, Outcome};
 use crate::commit::object_record;
 use crate::host::BlobHold;
-use crate::inputs::{check_input, split};
+use crate::inputs::{check_input, pinned_blob, split};
 use crate::Supervisor;
 
 /// A task with more outputs than this is not memoized: an entry stays
@@ -46,18 +49,130 @@ pub(crate) enum Memo {
     Record(String),
 }
 
+/// What a task reads, as its fingerprint names it.
+pub(crate) enum MemoInput<'a> {
+    /// A map task's input object, at the version pinned.
+    Object { name: &'a str, pin: &'a InputPin },
+    /// A reducer's input: its pieces, in any order.
+    Pieces {
+        reducer: u32,
+        count: u32,
+        pieces: PiecesDigest,
+    },
+}
+
+/// An order-free digest of a reducer's input pieces: the sum, modulo
+/// 2^256, of the SHA-256 of each non-empty piece's ETag and size, and
+/// their count. The feed's order is not part of a job's semantics, so the
+/// same pieces in another order are the same input; and the digest takes
+/// constant memory however many pieces there are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PiecesDigest {
+    sum: [u64; 4],
+    count: u64,
+}
+
+impl PiecesDigest {
+    pub(crate) fn add(&mut self, etag: &str, size: u64) {
+        let mut h = Sha256::new();
+        h.update(etag.as_bytes());
+        h.update([0]);
+        h.update(size.to_le_bytes());
+        let d = h.finalize();
+        let mut carry = false;
+        for (i, word) in self.sum.iter_mut().enumerate() {
+            let mut limb = [0u8; 8];
+            limb.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            let (a, c1) = word.overflowing_add(u64::from_le_bytes(limb));
+            let (b, c2) = a.overflowing_add(u64::from(carry));
+            *word = b;
+            carry = c1 || c2;
+        }
+        self.count += 1;
+    }
+
+    fn hex(&self) -> String {
+        let bytes: Vec<u8> = self.sum.iter().flat_map(|w| w.to_le_bytes()).collect();
+        hex::encode(bytes)
+    }
+}
+
+/// The digest of what reducer `reducer` of the task's phase reads now:
+/// every piece recorded for it (the caller knows the upstream is done),
+/// at its current version. `Ok(None)` when a piece cannot be read (gone,
+/// or refused): such a reducer is not memoized.
+pub(crate) async fn reducer_pieces(
+    sv: &Supervisor,
+    tenant: &str,
+    job: &str,
+    phase: u32,
+    reducer: u32,
+) -> Result<Option<PiecesDigest>, String> {
+    let catalog: &dyn Catalog = sv.catalog.as_ref();
+    let mut digest = PiecesDigest::default();
+    let mut after = None;
+    loop {
+        let page = catalog
+            .job_pieces(job, phase, reducer, after, PIECES_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            return Ok(Some(digest));
+        }
+        for (seq, p) in page {
+            after = Some(seq);
+            let (version, size) = match &p.pin {
+                // A job input or a referenced object, at its pinned
+                // version (blob and ETag: a rewrite is a change); one
+                // gone is skipped, as the feed skips it.
+                Some(pin) => match pinned_blob(catalog, &p.bucket, &p.key, pin).await {
+                    Ok(Some(_)) => (format!("{}/{}", pin.etag, pin.blob), pin.size),
+                    Ok(None) => continue,
+                    Err(e) => return Err(e.to_string()),
+                },
+                // An earlier phase's output: its ETag, whichever run of
+                // the task made it.
+                None => match check_input(catalog, tenant, &p.bucket, &p.key).await {
+                    Ok(o) => (o.etag, o.size),
+                    Err((JobErrorCode::InternalError, e)) => return Err(e),
+                    Err(_) => return Ok(None),
+                },
+            };
+            // The feed skips empty pieces: so does the digest.
+            if size > 0 {
+                digest.add(&version, size);
+            }
+        }
+    }
+}
+
+/// Pieces read per catalog call while digesting a reducer's input.
+const PIECES_PAGE: usize = 1000;
+
 /// The fingerprint of a task: hex SHA-256 of its parts as JSON.
 pub(crate) fn fingerprint(
     spec: &PhaseSpec,
-    input: &str,
-    pin: &InputPin,
+    input: &MemoInput<'_>,
     image_id: &str,
     assets: &[(String, String, String)],
     output_place: &str,
 ) -> String {
+    let input = match input {
+        MemoInput::Object { name, pin } => serde_json::json!({
+            "object": name, "blob": pin.blob, "etag": pin.etag, "size": pin.size,
+        }),
+        MemoInput::Pieces {
+            reducer,
+            count,
+            pieces,
+        } => serde_json::json!({
+            "reducer": reducer, "reducers": count,
+            "pieces": pieces.hex(), "piece_count": pieces.count,
+        }),
+    };
     let parts = serde_json::json!({
         "v": 1,
-        "input": { "object": input, "blob": pin.blob, "etag": pin.etag, "size": pin.size },
+        "input": input,
         "output": output_place,
         "exec": spec.exec,
         "init": spec.init,
@@ -138,6 +253,8 @@ pub(crate) async fn reusable(
     }
     // Pinned before the task counts as done: collection leaves them from
     // now on, as for a reference a task makes.
+    // (Task futures run on tasks of their own, `driver::spawned`: this
+    // transaction is never left unpolled while it locks the job's row.)
     catalog
         .job_commit(change)
         .await

@@ -215,3 +215,164 @@ async fn a_task_that_reads_through_its_endpoint_is_not_memoized() {
         Some(&b"input\ntable v2\n"[..])
     );
 }
+
+/// The last phase's reducers of a memoizing job: reused when their input
+/// pieces are identical by ETag, whether the upstream map tasks ran again
+/// (an earlier phase is not memoized) or not; a changed piece reruns only
+/// the reducer it goes to.
+#[tokio::test(flavor = "multi_thread")]
+async fn reducers_are_memoized_when_their_pieces_are_identical_by_etag() {
+    let cluster = Cluster::start_with(2, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("memo-reduce").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("memored");
+    c.create_bucket(&b).await.unwrap();
+    for i in 0..4 {
+        put(
+            &c,
+            &format!("/{b}/in/{i}"),
+            format!("apple pear fig{i}\nplum kiwi\n").as_bytes(),
+        )
+        .await;
+    }
+    // Each reducer run writes something no other run writes.
+    let reduce = "sort | uniq -c; date +%s%N; echo $RANDOM$RANDOM";
+    let spec = |map: &str, reduce: &str, partition: &str| {
+        json!({
+            "phases": [
+                { "type": "map", "image": "insitu-test/busybox:latest", "exec": map },
+                { "type": "reduce", "image": "insitu-test/busybox:latest", "exec": reduce,
+                  "count": 2, "partition": partition },
+            ],
+            "input_prefix": format!("{b}/in/"),
+            "output": format!("{b}/{partition}/"),
+            "memoize": true,
+        })
+    };
+    let reduced = |s: &Value| {
+        s["phases"][1]["tasks"]["memoized"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    };
+    let map = "tr ' ' '\\n'";
+    for partition in ["key", "object"] {
+        let (first, errors) = run_job(&cluster, &t, &spec(map, reduce, partition));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(reduced(&first), 0, "{first}");
+        let first_out = outputs(&c, first["id"].as_str().unwrap()).await;
+        assert_eq!(first_out.len(), 2, "{first_out:?}");
+
+        // Again: the maps run (an earlier phase), make the same pieces,
+        // and both reducers are reused, byte for byte.
+        let (second, errors) = run_job(&cluster, &t, &spec(map, reduce, partition));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(second["phases"][0]["tasks"]["memoized"], 0, "{second}");
+        assert_eq!(reduced(&second), 2, "{second}");
+        assert_eq!(second["counters"]["tasks"]["memoized"], 2, "{second}");
+        assert_eq!(outputs(&c, second["id"].as_str().unwrap()).await, first_out);
+
+        // Another map exec with the same output: the pieces are identical
+        // by ETag, so the reducers are still reused.
+        let same = "cat | tr ' ' '\\n'";
+        let (third, errors) = run_job(&cluster, &t, &spec(same, reduce, partition));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(reduced(&third), 2, "{third}");
+        assert_eq!(outputs(&c, third["id"].as_str().unwrap()).await, first_out);
+
+        // Another reduce exec: both run.
+        let reduce2 = format!("{reduce}; echo v2");
+        let (fourth, errors) = run_job(&cluster, &t, &spec(map, &reduce2, partition));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(reduced(&fourth), 0, "{fourth}");
+    }
+
+    // The `v2` run wrote its outputs over the remembered ones (the same
+    // keys): those entries no longer hold, and both reducers run.
+    let (before, _) = run_job(&cluster, &t, &spec(map, reduce, "key"));
+    assert_eq!(reduced(&before), 0, "{before}");
+    // By key, one new word in one input changes one piece: only the
+    // reducer it goes to runs; the other is reused as it was.
+    let before_out = outputs(&c, before["id"].as_str().unwrap()).await;
+    put(
+        &c,
+        &format!("/{b}/in/2"),
+        b"apple pear fig2\nplum kiwi\nquince\n",
+    )
+    .await;
+    let (after, errors) = run_job(&cluster, &t, &spec(map, reduce, "key"));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(reduced(&after), 1, "{after}");
+    let after_out = outputs(&c, after["id"].as_str().unwrap()).await;
+    assert_eq!(after_out.len(), 2, "{after_out:?}");
+    let with_quince: Vec<_> = after_out
+        .iter()
+        .filter(|(_, v)| String::from_utf8_lossy(v).contains("quince"))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(with_quince.len(), 1, "{after_out:?}");
+    for (k, v) in &after_out {
+        if with_quince.contains(k) {
+            assert_ne!(Some(v), before_out.get(k), "{k} was not rerun");
+        } else {
+            assert_eq!(Some(v), before_out.get(k), "{k} was rerun");
+        }
+    }
+}
+
+/// The gateway's count of memo entries dropped as a blob they name was
+/// collected.
+async fn forgotten(cluster: &Cluster) -> u64 {
+    let text = reqwest::get(format!("{}/_insitu/v1/metrics", cluster.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("insitu_memo_entries_forgotten_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("insitu_memo_entries_forgotten_total")
+}
+
+/// An entry follows its output: deleting the output drops the entry when
+/// the output's blob is collected, not only when the entry is next looked
+/// up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memo_entry_goes_when_its_output_is_collected() {
+    let cluster = Cluster::start_with(1, Some(1)).expect("cluster");
+    let t = cluster.create_tenant("memo-gc").expect("tenant");
+    let c = RawClient::new(&cluster.endpoint, &t);
+    let b = unique("memogc");
+    c.create_bucket(&b).await.unwrap();
+    put(&c, &format!("/{b}/in/0"), b"input\n").await;
+    let spec = json!({
+        "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": "cat" }],
+        "inputs": [format!("{b}/in/0")],
+        "output": format!("{b}/out/"),
+        "memoize": true,
+    });
+    let (first, errors) = run_job(&cluster, &t, &spec);
+    assert!(errors.is_empty(), "{errors:?}");
+    let out = outputs(&c, first["id"].as_str().unwrap()).await;
+    let object = out.keys().next().expect("an output").clone();
+    assert_eq!(forgotten(&cluster).await, 0);
+    let r = c
+        .send("DELETE", &format!("/{object}"), &[], &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Collected after the dev cluster's grace of 5 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while forgotten(&cluster).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry was not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(forgotten(&cluster).await, 1);
+    let (second, errors) = run_job(&cluster, &t, &spec);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(memoized(&second), 0, "{second}");
+    assert_eq!(outputs(&c, second["id"].as_str().unwrap()).await, out);
+}

@@ -460,6 +460,11 @@ pub trait MemoStore: Send + Sync {
         fingerprint: &str,
         written_ms: Option<i64>,
     ) -> Result<()>;
+    /// Drops every entry, of any tenant, that names `blob` among its
+    /// outputs: called when the blob is collected (its object deleted or
+    /// overwritten), so that entries follow their outputs. Returns how
+    /// many went.
+    async fn memo_forget_blob(&self, blob: &str) -> Result<usize>;
 }
 
 /// Every domain of the catalog, as one object a service holds.

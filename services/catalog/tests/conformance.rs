@@ -1016,3 +1016,52 @@ async fn memo_entries_are_per_tenant_replaced_deleted_and_capped_oldest_first() 
         assert_eq!(c.memo_get("u", "fp1").await.unwrap(), Some(memo(5, "u")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memo_entries_go_when_a_blob_they_name_is_forgotten() {
+    for b in backends().await {
+        let c = b.catalog.as_ref();
+        let two = |created_ms: i64, first: &str, second: &str| {
+            let mut rec = memo(created_ms, first);
+            rec.outputs.extend(memo(created_ms, second).outputs);
+            rec
+        };
+        // fp1 and fp2 of t both name blob-shared; u's fp1 too; fp3 not.
+        c.memo_put("t", "fp1", &two(10, "a", "shared"), 10)
+            .await
+            .unwrap();
+        c.memo_put("t", "fp2", &two(20, "shared", "b"), 10)
+            .await
+            .unwrap();
+        c.memo_put("t", "fp3", &memo(30, "c"), 10).await.unwrap();
+        c.memo_put("u", "fp1", &memo(40, "shared"), 10)
+            .await
+            .unwrap();
+        assert_eq!(c.memo_forget_blob("blob-none").await.unwrap(), 0);
+        assert_eq!(c.memo_forget_blob("blob-shared").await.unwrap(), 3);
+        for (tenant, fp) in [("t", "fp1"), ("t", "fp2"), ("u", "fp1")] {
+            assert_eq!(c.memo_get(tenant, fp).await.unwrap(), None, "{tenant} {fp}");
+        }
+        assert_eq!(c.memo_get("t", "fp3").await.unwrap(), Some(memo(30, "c")));
+        // Forgotten once: a second call finds nothing.
+        assert_eq!(c.memo_forget_blob("blob-shared").await.unwrap(), 0);
+        // An entry replaced by one naming other blobs is not forgotten
+        // for the blobs it no longer names.
+        c.memo_put("t", "fp4", &memo(50, "old"), 10).await.unwrap();
+        c.memo_put("t", "fp4", &memo(60, "new"), 10).await.unwrap();
+        assert_eq!(c.memo_forget_blob("blob-old").await.unwrap(), 0);
+        assert_eq!(c.memo_get("t", "fp4").await.unwrap(), Some(memo(60, "new")));
+        // The counts went down with the entries: t holds fp3 and fp4, so
+        // with a cap of 3 one more entry evicts nothing.
+        c.memo_put("t", "fp5", &memo(70, "e"), 3).await.unwrap();
+        for fp in ["fp3", "fp4", "fp5"] {
+            assert!(c.memo_get("t", fp).await.unwrap().is_some(), "{fp}");
+        }
+        // An entry evicted by the cap leaves no row behind that would
+        // forget a later entry's blob wrongly (and forgets nothing).
+        c.memo_put("t", "fp6", &memo(80, "f"), 3).await.unwrap();
+        assert_eq!(c.memo_get("t", "fp3").await.unwrap(), None);
+        assert_eq!(c.memo_forget_blob("blob-c").await.unwrap(), 0);
+        assert_eq!(c.memo_forget_blob("blob-f").await.unwrap(), 1);
+    }
+}

@@ -35,8 +35,8 @@ async fn schema_is_migrated_once_and_a_newer_one_is_refused() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 21,
-        "15 catalog tables, 5 coordination tables and the schema version"
+        tables, 22,
+        "16 catalog tables, 5 coordination tables and the schema version"
     );
     client
         .execute(

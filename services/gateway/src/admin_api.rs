@@ -434,6 +434,10 @@ fn metrics(gw: &Gateway) -> Response {
         ("insitu_repair_under_replicated_blobs", r.under_replicated),
         ("insitu_orphan_blobs_removed_total", r.orphans_removed),
         ("insitu_gc_blobs_removed_total", r.gc_blobs_removed),
+        (
+            "insitu_memo_entries_forgotten_total",
+            r.memo_entries_forgotten,
+        ),
     ] {
         let _ = writeln!(out, "{name} {v}");
     }

@@ -194,6 +194,8 @@ pub struct RepairStats {
     pub under_replicated: AtomicU64,
     pub orphans_removed: AtomicU64,
     pub gc_blobs_removed: AtomicU64,
+    /// Memo entries dropped because a blob they name was collected.
+    pub memo_entries_forgotten: AtomicU64,
     /// Set to ask for a repair pass now (a node was removed or drained).
     pub wake: std::sync::atomic::AtomicBool,
 }
@@ -207,6 +209,7 @@ pub struct RepairSnapshot {
     pub under_replicated: u64,
     pub orphans_removed: u64,
     pub gc_blobs_removed: u64,
+    pub memo_entries_forgotten: u64,
 }
 
 impl RepairStats {
@@ -220,6 +223,7 @@ impl RepairStats {
             under_replicated: g(&self.under_replicated),
             orphans_removed: g(&self.orphans_removed),
             gc_blobs_removed: g(&self.gc_blobs_removed),
+            memo_entries_forgotten: g(&self.memo_entries_forgotten),
         }
     }
 }
@@ -329,6 +333,20 @@ async fn gc_loop(gw: Arc<Gateway>) {
                     }
                 }
                 if all_gone {
+                    // Memo entries follow their outputs: one naming this
+                    // blob goes with it (else the entry stays queued, and
+                    // this is tried again).
+                    match gw.catalog.memo_forget_blob(&entry.blob.id).await {
+                        Ok(n) => {
+                            gw.repair
+                                .memo_entries_forgotten
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::warn!(blob = %entry.blob.id, error = %e, "cannot drop the memo entries of a collected blob; will retry");
+                            return;
+                        }
+                    }
                     gw.repair.gc_blobs_removed.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = gw.catalog.remove_gc(&entry.blob.id).await {
                         tracing::error!(error = %e, "cannot update the GC queue");

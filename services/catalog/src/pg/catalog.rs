@@ -334,6 +334,9 @@ impl MemoStore for PgCatalog {
     ) -> Result<()> {
         PgCatalog::memo_delete(self, tenant, fingerprint, written_ms).await
     }
+    async fn memo_forget_blob(&self, blob: &str) -> Result<usize> {
+        PgCatalog::memo_forget_blob(self, blob).await
+    }
 }
 
 impl Catalog for PgCatalog {

@@ -1,5 +1,6 @@
 //! Memoized tasks on PostgreSQL: `job_memo` (one row per tenant and
-//! fingerprint) and `job_memo_counts` (each tenant's number of rows).
+//! fingerprint), `job_memo_counts` (each tenant's number of rows) and
+//! `job_memo_blobs` (the output blobs each entry names).
 
 use insitu_job_model::records::MemoRecord;
 
@@ -29,6 +30,7 @@ impl PgCatalog {
         cap: usize,
     ) -> Result<()> {
         let bytes = rec.encode();
+        let blobs: Vec<String> = rec.outputs.iter().map(|o| o.blob.clone()).collect();
         let cap = cap.min(i64::MAX as usize) as i64;
         // READ COMMITTED with row locks, the tenant's count row first in
         // every change (here and in `memo_delete`), so that concurrent
@@ -53,6 +55,21 @@ impl PgCatalog {
                 .await
                 .map_err(pg_err)?
                 .get(0);
+            // The entry's output blobs, indexed anew.
+            tx.execute(
+                "DELETE FROM job_memo_blobs WHERE tenant = $1 AND fingerprint = $2",
+                &[&tenant, &fingerprint],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO job_memo_blobs (blob, tenant, fingerprint)
+                 SELECT b, $2, $3 FROM unnest($1::text[]) AS b
+                 ON CONFLICT DO NOTHING",
+                &[&blobs, &tenant, &fingerprint],
+            )
+            .await
+            .map_err(pg_err)?;
             if inserted {
                 let n: i64 = tx
                     .query_one(
@@ -119,5 +136,52 @@ impl PgCatalog {
             }
             Ok(())
         })
+    }
+
+    pub(super) async fn memo_forget_blob(&self, blob: &str) -> Result<usize> {
+        let tenants: Vec<String> = self
+            .client()
+            .await?
+            .query(
+                "SELECT DISTINCT tenant FROM job_memo_blobs WHERE blob = $1",
+                &[&blob],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut dropped = 0usize;
+        for tenant in &tenants {
+            // As every change of a tenant's entries: its count row first.
+            let gone = in_tx!(self, ReadCommitted, |tx| {
+                tx.execute(
+                    "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
+                    &[&tenant],
+                )
+                .await
+                .map_err(pg_err)?;
+                let gone = tx
+                    .execute(
+                        "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint IN
+                           (SELECT fingerprint FROM job_memo_blobs
+                            WHERE blob = $2 AND tenant = $1)",
+                        &[&tenant, &blob],
+                    )
+                    .await
+                    .map_err(pg_err)? as i64;
+                if gone > 0 {
+                    tx.execute(
+                        "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
+                        &[&tenant, &gone],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                }
+                Ok(gone)
+            })?;
+            dropped += gone as usize;
+        }
+        Ok(dropped)
     }
 }

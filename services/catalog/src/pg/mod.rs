@@ -19,11 +19,12 @@ use tokio_postgres::NoTls;
 use crate::{CatalogError, Result};
 
 /// The schema, one migration per version, applied in order.
-const MIGRATIONS: [(i32, &str); 4] = [
+const MIGRATIONS: [(i32, &str); 5] = [
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_control.sql")),
     (3, include_str!("migrations/0003_pins.sql")),
     (4, include_str!("migrations/0004_memo.sql")),
+    (5, include_str!("migrations/0005_memo_blobs.sql")),
 ];
 
 /// The schema version this build reads and writes.

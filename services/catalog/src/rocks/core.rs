@@ -36,11 +36,13 @@ pub(super) const CF_PINS: &str = "pins";
 /// Memoized tasks (see `memo.rs`).
 pub(super) const CF_MEMO: &str = "memo";
 pub(super) const CF_MEMO_AGE: &str = "memo_age";
-const ALL_CFS: [&str; 14] = [
+pub(super) const CF_MEMO_BLOB: &str = "memo_blob";
+const ALL_CFS: [&str; 15] = [
     CF_JOBS,
     CF_PINS,
     CF_MEMO,
     CF_MEMO_AGE,
+    CF_MEMO_BLOB,
     CF_JOB_ITEMS,
     CF_BLOB_OWNERS,
     CF_TENANTS,

@@ -3,14 +3,18 @@
 //! Keys (column family `memo`): `tenant \0 fingerprint` → `MemoRecord`,
 //! and `tenant \1` → the tenant's entry count (u64 BE). Column family
 //! `memo_age`: `tenant \0 created_ms (u64 BE) \0 fingerprint` → empty,
-//! so a tenant's oldest entries come first.
+//! so a tenant's oldest entries come first. Column family `memo_blob`:
+//! `blob \0 tenant \0 fingerprint` → empty, for each output blob an entry
+//! names, so that entries go when their outputs' blobs are collected.
+
+use std::collections::HashMap;
 
 use insitu_job_model::records::MemoRecord;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::core::{db_err, RocksCore, CF_MEMO, CF_MEMO_AGE};
+use super::core::{db_err, RocksCore, CF_MEMO, CF_MEMO_AGE, CF_MEMO_BLOB};
 use crate::records::Record;
-use crate::Result;
+use crate::{CatalogError, Result};
 
 fn memo_key(tenant: &str, fingerprint: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + 1 + fingerprint.len());
@@ -36,7 +40,51 @@ fn age_key(tenant: &str, created_ms: i64, fingerprint: &str) -> Vec<u8> {
     k
 }
 
+fn blob_key(blob: &str, tenant: &str, fingerprint: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(blob.len() + tenant.len() + 2 + fingerprint.len());
+    k.extend_from_slice(blob.as_bytes());
+    k.push(0);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(fingerprint.as_bytes());
+    k
+}
+
 impl RocksCore {
+    /// Drops `rec`'s rows in the blob index.
+    fn unindex(
+        &self,
+        batch: &mut WriteBatch,
+        tenant: &str,
+        fingerprint: &str,
+        rec: &MemoRecord,
+    ) -> Result<()> {
+        for o in &rec.outputs {
+            batch.delete_cf(
+                self.cf(CF_MEMO_BLOB)?,
+                blob_key(&o.blob, tenant, fingerprint),
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops an entry read as `old`, with its age and blob index rows (the
+    /// count is the caller's).
+    fn drop_entry(
+        &self,
+        batch: &mut WriteBatch,
+        tenant: &str,
+        fingerprint: &str,
+        old: &MemoRecord,
+    ) -> Result<()> {
+        batch.delete_cf(self.cf(CF_MEMO)?, memo_key(tenant, fingerprint));
+        batch.delete_cf(
+            self.cf(CF_MEMO_AGE)?,
+            age_key(tenant, old.created_ms, fingerprint),
+        );
+        self.unindex(batch, tenant, fingerprint, old)
+    }
+
     pub(super) fn memo_get(&self, tenant: &str, fingerprint: &str) -> Result<Option<MemoRecord>> {
         self.get(CF_MEMO, &memo_key(tenant, fingerprint))
     }
@@ -67,6 +115,7 @@ impl RocksCore {
                     self.cf(CF_MEMO_AGE)?,
                     age_key(tenant, old.created_ms, fingerprint),
                 );
+                self.unindex(&mut batch, tenant, fingerprint, &old)?;
             }
             None => count += 1,
         }
@@ -75,6 +124,13 @@ impl RocksCore {
             memo_key(tenant, fingerprint),
             rec.encode(),
         );
+        for o in &rec.outputs {
+            batch.put_cf(
+                self.cf(CF_MEMO_BLOB)?,
+                blob_key(&o.blob, tenant, fingerprint),
+                [],
+            );
+        }
         batch.put_cf(
             self.cf(CF_MEMO_AGE)?,
             age_key(tenant, rec.created_ms, fingerprint),
@@ -106,6 +162,9 @@ impl RocksCore {
                 }
                 batch.delete_cf(self.cf(CF_MEMO_AGE)?, &k);
                 batch.delete_cf(self.cf(CF_MEMO)?, memo_key(tenant, &fp));
+                if let Some(old) = self.memo_get(tenant, &fp)? {
+                    self.unindex(&mut batch, tenant, &fp, &old)?;
+                }
                 count -= 1;
             }
         }
@@ -127,13 +186,49 @@ impl RocksCore {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(CF_MEMO)?, memo_key(tenant, fingerprint));
-        batch.delete_cf(
-            self.cf(CF_MEMO_AGE)?,
-            age_key(tenant, old.created_ms, fingerprint),
-        );
+        self.drop_entry(&mut batch, tenant, fingerprint, &old)?;
         let count = self.memo_count(tenant)?.saturating_sub(1);
         batch.put_cf(self.cf(CF_MEMO)?, count_key(tenant), count.to_be_bytes());
         self.commit(batch)
+    }
+
+    pub(super) fn memo_forget_blob(&self, blob: &str) -> Result<usize> {
+        let _g = self.lock()?;
+        let mut prefix = blob.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = WriteBatch::default();
+        let mut gone: HashMap<String, u64> = HashMap::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_MEMO_BLOB)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item.map_err(db_err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            batch.delete_cf(self.cf(CF_MEMO_BLOB)?, &k);
+            // `blob \0 tenant \0 fingerprint`
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let Some((tenant, fp)) = rest.split_once('\0') else {
+                continue;
+            };
+            match self.memo_get(tenant, fp) {
+                Ok(Some(old)) if old.outputs.iter().any(|o| o.blob == blob) => {
+                    self.drop_entry(&mut batch, tenant, fp, &old)?;
+                    *gone.entry(tenant.to_string()).or_default() += 1;
+                }
+                // An entry this build cannot read is left to its lookup
+                // (which drops it); collection goes on.
+                Ok(_) | Err(CatalogError::Corrupt(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (tenant, n) in &gone {
+            let count = self.memo_count(tenant)?.saturating_sub(*n);
+            batch.put_cf(self.cf(CF_MEMO)?, count_key(tenant), count.to_be_bytes());
+        }
+        self.commit(batch)?;
+        Ok(gone.values().sum::<u64>() as usize)
     }
 }

@@ -244,6 +244,9 @@ impl MemoStore for RocksCatalog {
         self.run(move |c| c.memo_delete(&tenant, &fingerprint, written_ms))
             .await
     }
+    async fn memo_forget_blob(&self, blob: &str) -> Result<usize> {
+        blocking!(self, memo_forget_blob(blob))
+    }
 }
 
 #[async_trait]
