@@ -6,7 +6,10 @@
 //! the job plans and runs. Every 500 ms the gateway's RSS is also read
 //! with its catalog's own memory (rocksdb's memtables and block cache,
 //! from `/_insitu/v1/metrics`, bounded by their configured sizes), so
-//! that what the rest of the gateway holds is seen apart. Prints JSON;
+//! that what the rest of the gateway holds is seen apart, and jemalloc's
+//! own figures (`insitu_allocator_bytes`), which split that rest into the
+//! live heap, what the allocator keeps of freed memory, and what lies
+//! outside the allocator (thread stacks, code). Prints JSON;
 //! record it in docs/PERFORMANCE.md with the machine and the date.
 //!
 //! `memcurve 10000 100000 1000000` runs the counts named. On a 2-core
@@ -68,13 +71,37 @@ fn sample_peaks(pids: Vec<u32>, running: Arc<AtomicBool>) -> std::thread::JoinHa
     })
 }
 
-/// The gateway's catalog memory (rocksdb), in MiB, from its metrics.
-async fn catalog_mib(c: &RawClient) -> Option<f64> {
+/// The gateway's memory as it reports it, in MiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reported {
+    /// The catalog's caches (rocksdb's memtables and block cache).
+    catalog: f64,
+    /// What the allocator has handed out and not had back (the caches
+    /// included).
+    allocated: f64,
+    /// What the allocator keeps resident (freed pages not yet returned
+    /// included).
+    resident: f64,
+}
+
+async fn reported(c: &RawClient) -> Option<Reported> {
     let r = c
         .send("GET", "/_insitu/v1/metrics", &[], &[], vec![])
         .await
         .ok()?;
-    Some(catalog_memory_in(&r.text().await.ok()?))
+    let text = r.text().await.ok()?;
+    let alloc = |kind: &str| {
+        let prefix = format!("insitu_allocator_bytes{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / (1024.0 * 1024.0)
+    };
+    Some(Reported {
+        catalog: catalog_memory_in(&text),
+        allocated: alloc("allocated"),
+        resident: alloc("resident"),
+    })
 }
 
 async fn upload(c: &RawClient, bucket: &str, n: usize) -> Result<()> {
@@ -116,7 +143,8 @@ async fn one_count(n: usize) -> Result<Value> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_gw = rss_mib(gw).context("gateway RSS")?;
-    let idle_catalog = catalog_mib(&c).await.unwrap_or(0.0);
+    let idle = reported(&c).await.context("the gateway's metrics")?;
+    let idle_catalog = idle.catalog;
     let idle_nodes: Vec<f64> = nodes.iter().filter_map(|p| rss_mib(*p)).collect();
     let mut pids = vec![gw];
     pids.extend(&nodes);
@@ -132,21 +160,29 @@ async fn one_count(n: usize) -> Result<Value> {
     let done = Arc::new(AtomicBool::new(false));
     let watch = async {
         let (mut outside, mut catalog) = (0.0f64, 0.0f64);
+        // Peaks of: the live heap outside the catalog's caches; what the
+        // allocator keeps beyond the live heap; the RSS beyond what the
+        // allocator keeps (stacks, code, rocksdb's own mappings).
+        let (mut heap, mut kept, mut beyond) = (0.0f64, 0.0f64, 0.0f64);
         while !done.load(Ordering::Relaxed) {
-            if let (Some(rss), Some(cat)) = (rss_mib(gw), catalog_mib(&c).await) {
-                outside = outside.max(rss - cat);
-                catalog = catalog.max(cat);
+            if let (Some(rss), Some(r)) = (rss_mib(gw), reported(&c).await) {
+                outside = outside.max(rss - r.catalog);
+                catalog = catalog.max(r.catalog);
+                heap = heap.max(r.allocated - r.catalog);
+                kept = kept.max(r.resident - r.allocated);
+                beyond = beyond.max(rss - r.resident);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        (outside, catalog)
+        (outside, catalog, heap, kept, beyond)
     };
     let job = async {
         let r = run_job(&c, &spec, Duration::from_millis(500)).await;
         done.store(true, Ordering::Relaxed);
         r
     };
-    let (job, (peak_outside_catalog, peak_catalog)) = tokio::join!(job, watch);
+    let (job, (peak_outside_catalog, peak_catalog, peak_heap, peak_kept, peak_beyond)) =
+        tokio::join!(job, watch);
     let (status, wall) = job?;
     let job_secs = wall.as_secs_f64();
     running.store(false, Ordering::Relaxed);
@@ -166,6 +202,12 @@ async fn one_count(n: usize) -> Result<Value> {
         "gateway_idle_rss_outside_catalog_mib": idle_gw - idle_catalog,
         "gateway_catalog_peak_mib": peak_catalog,
         "gateway_peak_rss_outside_catalog_mib": peak_outside_catalog,
+        "gateway_idle_heap_outside_catalog_mib": idle.allocated - idle.catalog,
+        "gateway_peak_heap_outside_catalog_mib": peak_heap,
+        "gateway_idle_allocator_kept_mib": idle.resident - idle.allocated,
+        "gateway_peak_allocator_kept_mib": peak_kept,
+        "gateway_idle_rss_beyond_allocator_mib": idle_gw - idle.resident,
+        "gateway_peak_rss_beyond_allocator_mib": peak_beyond,
         "nodes_idle_rss_mib": idle_nodes,
         "nodes_peak_rss_mib": &peaks[1..],
     }))

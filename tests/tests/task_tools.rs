@@ -74,7 +74,13 @@ async fn assets_are_readable_in_every_task_and_refused_when_missing_or_private()
             .filter(|(_, size)| *size == 2)
             .filter_map(|(p, _)| {
                 let rel = p.strip_prefix(&nodes).ok()?;
-                Some(rel.components().next()?.as_os_str().to_string_lossy().into_owned())
+                Some(
+                    rel.components()
+                        .next()?
+                        .as_os_str()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             })
             .collect();
         with.sort();

@@ -393,6 +393,17 @@ fn nodes_report(gw: &Gateway) -> serde_json::Value {
 }
 
 /// Prometheus text format: node state and space, repair progress.
+/// What the process's memory allocator reports, by kind, in bytes.
+pub type AllocatorProbe = fn() -> Vec<(&'static str, u64)>;
+
+static ALLOCATOR_PROBE: std::sync::OnceLock<AllocatorProbe> = std::sync::OnceLock::new();
+
+/// Lets the metrics report the allocator's own figures (the binary
+/// chooses the allocator; the gateway library does not know it).
+pub fn set_allocator_probe(probe: AllocatorProbe) {
+    let _ = ALLOCATOR_PROBE.set(probe);
+}
+
 fn metrics(gw: &Gateway) -> Response {
     use std::fmt::Write;
     let mut out = String::new();
@@ -462,6 +473,12 @@ fn metrics(gw: &Gateway) -> Response {
             out,
             "insitu_catalog_memory_bytes{{kind=\"{kind}\"}} {bytes}"
         );
+    }
+    if let Some(probe) = ALLOCATOR_PROBE.get() {
+        let _ = writeln!(out, "# TYPE insitu_allocator_bytes gauge");
+        for (kind, bytes) in probe() {
+            let _ = writeln!(out, "insitu_allocator_bytes{{kind=\"{kind}\"}} {bytes}");
+        }
     }
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
