@@ -111,31 +111,14 @@ impl PgCatalog {
         fingerprint: &str,
         written_ms: Option<i64>,
     ) -> Result<()> {
-        in_tx!(self, ReadCommitted, |tx| {
-            tx.execute(
-                "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
-                &[&tenant],
-            )
-            .await
-            .map_err(pg_err)?;
-            let gone = tx
-                .execute(
-                    "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2
-                       AND ($3::bigint IS NULL OR created_ms = $3)",
-                    &[&tenant, &fingerprint, &written_ms],
-                )
-                .await
-                .map_err(pg_err)? as i64;
-            if gone > 0 {
-                tx.execute(
-                    "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
-                    &[&tenant, &gone],
-                )
-                .await
-                .map_err(pg_err)?;
-            }
-            Ok(())
-        })
+        self.drop_counted(
+            tenant,
+            "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint = $2
+               AND ($3::bigint IS NULL OR created_ms = $3)",
+            &[&tenant, &fingerprint, &written_ms],
+        )
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn memo_forget_blob(&self, blob: &str) -> Result<usize> {
@@ -153,35 +136,46 @@ impl PgCatalog {
             .collect();
         let mut dropped = 0usize;
         for tenant in &tenants {
-            // As every change of a tenant's entries: its count row first.
-            let gone = in_tx!(self, ReadCommitted, |tx| {
+            dropped += self
+                .drop_counted(
+                    tenant,
+                    "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint IN
+                       (SELECT fingerprint FROM job_memo_blobs
+                        WHERE blob = $2 AND tenant = $1)",
+                    &[&tenant, &blob],
+                )
+                .await? as usize;
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes a tenant's entries with `delete` (its `$1` the tenant) and
+    /// lowers the tenant's count by as many, in one transaction that, as
+    /// every change of a tenant's entries, locks its count row first.
+    /// Returns how many went.
+    async fn drop_counted(
+        &self,
+        tenant: &str,
+        delete: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<i64> {
+        in_tx!(self, ReadCommitted, |tx| {
+            tx.execute(
+                "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
+                &[&tenant],
+            )
+            .await
+            .map_err(pg_err)?;
+            let gone = tx.execute(delete, params).await.map_err(pg_err)? as i64;
+            if gone > 0 {
                 tx.execute(
-                    "SELECT n FROM job_memo_counts WHERE tenant = $1 FOR UPDATE",
-                    &[&tenant],
+                    "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
+                    &[&tenant, &gone],
                 )
                 .await
                 .map_err(pg_err)?;
-                let gone = tx
-                    .execute(
-                        "DELETE FROM job_memo WHERE tenant = $1 AND fingerprint IN
-                           (SELECT fingerprint FROM job_memo_blobs
-                            WHERE blob = $2 AND tenant = $1)",
-                        &[&tenant, &blob],
-                    )
-                    .await
-                    .map_err(pg_err)? as i64;
-                if gone > 0 {
-                    tx.execute(
-                        "UPDATE job_memo_counts SET n = n - $2 WHERE tenant = $1",
-                        &[&tenant, &gone],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                }
-                Ok(gone)
-            })?;
-            dropped += gone as usize;
-        }
-        Ok(dropped)
+            }
+            Ok(gone)
+        })
     }
 }
