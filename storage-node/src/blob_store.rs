@@ -29,6 +29,9 @@ const SIDECAR_VERSION: u8 = 1;
 const CRC_XATTR: &str = "user.insitu.crc32c";
 /// Blobs of at most this many blocks use the attribute instead of a sidecar.
 const XATTR_MAX_BLOCKS: usize = 64;
+/// Blobs announced at most this long are gathered in memory and written in
+/// one blocking call (`BlobStore::put_small`).
+const SMALL_BLOB: u64 = 64 * 1024;
 
 /// `"ICRC"`, format version, block size (u32 LE), one CRC32C per block (u32 LE).
 fn checksum_record(crcs: &[u32]) -> Vec<u8> {
@@ -233,6 +236,21 @@ fn take_over_now(
     Ok((size, crcs, hex, in_xattr))
 }
 
+/// Writes a small body to a new temp file with its block checksums and
+/// syncs it, on the calling thread.
+fn write_small_now(tmp: &Path, data: &[u8]) -> Result<(Vec<u32>, bool), BlobError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(data)?;
+    let mut blocks = BlockCrcs::default();
+    blocks.update(data);
+    let crcs = blocks.finish();
+    let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
+        && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
+    f.sync_all()?;
+    Ok((crcs, in_xattr))
+}
+
 /// `BlobStore::publish`, on the calling thread: one trip to the blocking
 /// pool for the whole of it.
 fn publish_now(
@@ -420,6 +438,9 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let final_path = self.path_of(id)?;
+        if let Some(len) = expected_len.filter(|n| *n <= SMALL_BLOB) {
+            return self.put_small(id, final_path, body, len).await;
+        }
         if fs::try_exists(&final_path).await? {
             return Err(BlobError::Exists(id.to_string()));
         }
@@ -445,6 +466,62 @@ impl BlobStore {
         self.commit_new(&tmp, &final_path, &crcs, in_xattr, info.size)
             .await?;
         Ok(info)
+    }
+
+    /// `put` of a body whose announced length is at most `SMALL_BLOB`: the
+    /// body is gathered in memory (never past `len`), then written, synced
+    /// and published in one trip to the blocking pool instead of one per
+    /// file operation, which is most of a small write's cost.
+    async fn put_small<S, E>(
+        &self,
+        id: &str,
+        final_path: PathBuf,
+        mut body: S,
+        len: u64,
+    ) -> Result<BlobInfo, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut data = Vec::with_capacity(len as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+            let got = (data.len() + chunk.len()) as u64;
+            if got > len {
+                return Err(BlobError::ShortBody { got, expected: len });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        if data.len() as u64 != len {
+            return Err(BlobError::ShortBody {
+                got: data.len() as u64,
+                expected: len,
+            });
+        }
+        self.check_room(len)?;
+        let tmp = self.temp_path(id);
+        let blobs = self.root.join("blobs");
+        let id_owned = id.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
+            if final_path.try_exists()? {
+                return Err(BlobError::Exists(id_owned));
+            }
+            let written = write_small_now(&tmp, &data).and_then(|(crcs, in_xattr)| {
+                publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs)
+            });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        })
+        .await
+        .map_err(|e| BlobError::Io(io::Error::other(e)))??;
+        self.used.fetch_add(len, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Ok(BlobInfo {
+            id: id.to_string(),
+            size: len,
+        })
     }
 
     async fn write_temp<S, E>(
@@ -1061,6 +1138,48 @@ mod tests {
         assert_eq!(s.temp_files().await.unwrap(), 0);
         assert!(s.size("x1").await.is_err() && s.size("x2").await.is_err());
         assert!(matches!(s.path_of("../etc"), Err(BlobError::InvalidId(_))));
+    }
+
+    #[tokio::test]
+    async fn small_announced_bodies_are_checked_like_streamed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(BlobStore::open(dir.path(), None).await.unwrap());
+        let long = s.put("s1", chunks(&[b"abc", b"def"]), Some(4)).await;
+        assert!(matches!(
+            long,
+            Err(BlobError::ShortBody {
+                got: 6,
+                expected: 4
+            })
+        ));
+        let broken = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err("reset".to_string()),
+        ]);
+        assert!(matches!(
+            s.put("s2", broken, Some(4)).await,
+            Err(BlobError::Body(_))
+        ));
+        assert_eq!(s.temp_files().await.unwrap(), 0);
+        assert_eq!(s.usage().blob_count, 0);
+
+        let data = vec![b'x'; SMALL_BLOB as usize];
+        let body = futures::stream::iter(vec![Ok::<_, String>(Bytes::from(data.clone()))]);
+        let info = s.put("s3", body, Some(SMALL_BLOB)).await.unwrap();
+        assert_eq!(info.size, SMALL_BLOB);
+        assert!(matches!(
+            s.put("s3", chunks(&[b"a"]), Some(1)).await,
+            Err(BlobError::Exists(_))
+        ));
+        let mut st = Box::pin(s.read_verified("s3", 0, SMALL_BLOB - 1).await.unwrap());
+        let mut read = Vec::new();
+        while let Some(c) = st.next().await {
+            read.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(read, data);
+        s.verify("s3").await.unwrap();
+        assert_eq!(s.usage().used_bytes, SMALL_BLOB);
+        assert_eq!(s.usage().blob_count, 1);
     }
 
     #[tokio::test]
