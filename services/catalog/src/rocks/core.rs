@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, ReadTier, WriteBatch,
+    WriteOptions, DB,
 };
 
 use crate::api::{ListQuery, ObjectPage, UploadPage, UploadQuery, WriteCondition};
@@ -165,6 +166,19 @@ impl RocksCore {
         }
     }
 
+    /// `get`, answered from memory only (the memtables and the block
+    /// cache): `None` when the answer would need a read from disk.
+    pub(super) fn get_cached<R: Record>(&self, cf: &str, key: &[u8]) -> Result<Option<Option<R>>> {
+        let mut ro = ReadOptions::default();
+        ro.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_cf_opt(self.cf(cf)?, key, &ro) {
+            Ok(Some(bytes)) => Ok(Some(Some(R::decode(&bytes)?))),
+            Ok(None) => Ok(Some(None)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
     /// Every commit is synced: an acknowledged write survives power loss.
     pub(super) fn commit(&self, batch: WriteBatch) -> Result<()> {
         let mut wo = WriteOptions::default();
@@ -217,10 +231,6 @@ impl RocksCore {
         Ok(rec)
     }
 
-    pub(super) fn get_tenant(&self, name: &str) -> Result<Option<TenantRecord>> {
-        self.get(CF_TENANTS, name.as_bytes())
-    }
-
     /// Replaces a tenant's policy; false if there is no such tenant.
     pub(super) fn set_tenant_policy(&self, name: &str, policy: &TenantPolicy) -> Result<bool> {
         let _g = self.lock()?;
@@ -264,10 +274,6 @@ impl RocksCore {
         self.commit(b)
     }
 
-    pub(super) fn get_access_key(&self, id: &str) -> Result<Option<AccessKeyRecord>> {
-        self.get(CF_KEYS, id.as_bytes())
-    }
-
     // ---- buckets ----------------------------------------------------------
 
     pub(super) fn create_bucket(&self, name: &str, owner: &str, acl: Acl) -> Result<BucketRecord> {
@@ -290,10 +296,6 @@ impl RocksCore {
         b.put_cf(self.cf(CF_BUCKETS)?, name.as_bytes(), rec.encode());
         self.commit(b)?;
         Ok(rec)
-    }
-
-    pub(super) fn get_bucket(&self, name: &str) -> Result<Option<BucketRecord>> {
-        self.get(CF_BUCKETS, name.as_bytes())
     }
 
     pub(super) fn update_bucket(&self, bucket: &BucketRecord, update: BucketUpdate) -> Result<()> {
@@ -343,10 +345,6 @@ impl RocksCore {
     }
 
     // ---- objects ----------------------------------------------------------
-
-    pub(super) fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>> {
-        self.get(CF_OBJECTS, &object_key(bucket, key))
-    }
 
     /// Makes `rec` the visible version of `bucket/key`, atomically replacing
     /// any previous version, whose blob is queued for collection. The caller
@@ -829,5 +827,41 @@ impl RocksCore {
                 Ok((k, _)) => k.starts_with(prefix),
                 Err(_) => true,
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that memory cannot answer says so (and the full read then
+    /// answers it); a read that memory can answer gives the record, or
+    /// that there is none.
+    #[test]
+    fn cached_reads_answer_from_memory_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let core = RocksCore::open(dir.path()).unwrap();
+            core.create_tenant("t").unwrap();
+            core.db.flush_cf(core.cf(CF_TENANTS).unwrap()).unwrap();
+        }
+        // Reopened: the record is in a table file, none of it cached yet.
+        let core = RocksCore::open(dir.path()).unwrap();
+        assert!(core
+            .get_cached::<TenantRecord>(CF_TENANTS, b"t")
+            .unwrap()
+            .is_none());
+        let full: Option<TenantRecord> = core.get(CF_TENANTS, b"t").unwrap();
+        assert_eq!(full.as_ref().map(|t| t.name.as_str()), Some("t"));
+        // The full read brought its block into the cache.
+        let cached = core.get_cached::<TenantRecord>(CF_TENANTS, b"t").unwrap();
+        assert_eq!(cached.flatten().map(|t| t.name), Some("t".to_string()));
+        core.create_tenant("u").unwrap();
+        let fresh = core.get_cached::<TenantRecord>(CF_TENANTS, b"u").unwrap();
+        assert!(fresh.flatten().is_some(), "a memtable entry is in memory");
+        assert!(matches!(
+            core.get_cached::<TenantRecord>(CF_TENANTS, b"nobody"),
+            Ok(Some(None)) | Ok(None)
+        ));
     }
 }
