@@ -21,6 +21,44 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The storage-node processes of the cluster whose data is under `dir`.
+pub fn node_pids(dir: &std::path::Path) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("node") && args.iter().any(|a| a.contains(&dir))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// CPU time (user and system) a process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports these in USER_HZ, 100 on every platform it runs on.
+    Some((utime + stime) / 100.0)
+}
+
 /// The sum of `insitu_catalog_memory_bytes` in a gateway's metrics text,
 /// MiB.
 pub fn catalog_memory_in(metrics: &str) -> f64 {

@@ -22,38 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use insitu_benches::{catalog_memory_in, rss_mib, run_job};
+use insitu_benches::{catalog_memory_in, node_pids, rss_mib, run_job};
 use insitu_e2e::{Cluster, RawClient};
 use serde_json::{json, Value};
 
 /// Requests in flight while uploading.
 const UPLOADERS: usize = 32;
-
-/// The storage-node processes of the cluster whose data is under `dir`.
-fn node_pids(dir: &std::path::Path) -> Vec<u32> {
-    let dir = dir.display().to_string();
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.get(1).map(String::as_str) == Some("node") && args.iter().any(|a| a.contains(&dir))
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 /// Peak RSS of each process while `running` is set, sampled every 100 ms.
 fn sample_peaks(pids: Vec<u32>, running: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64>> {

@@ -6,6 +6,9 @@
 //!   `UNSIGNED-PAYLOAD`, and a warm GET;
 //! - 4 KiB PUT and GET operations per second at 32 concurrent clients;
 //! - the gateway's peak RSS while a 2 GiB object streams in and out.
+//!
+//! `s3bench small` runs the 4 KiB phases alone, 5 times each, for
+//! profiling and for comparing two builds quickly.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,8 +264,64 @@ async fn repair_time() -> Result<(f64, u64, f64)> {
     Ok((secs, copied, cp_secs))
 }
 
+/// CPU seconds used so far by the gateway, the nodes (together) and this
+/// client.
+fn cpu_split(gateway: u32, nodes: &[u32]) -> [f64; 3] {
+    let cpu = |pid| insitu_benches::cpu_seconds(pid).unwrap_or(0.0);
+    [
+        cpu(gateway),
+        nodes.iter().map(|p| cpu(*p)).sum(),
+        cpu(std::process::id()),
+    ]
+}
+
+/// `s3bench small`: the 4 KiB phases alone on a fresh cluster, with the CPU
+/// time each operation cost the gateway, the nodes and the client (a
+/// steadier figure than the rate on a shared machine).
+async fn small_only() -> Result<()> {
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = Arc::new(RawClient::new(&cluster.endpoint, &t));
+    c.create_bucket("bench").await?;
+    let gateway = cluster.gateway_pid().context("gateway pid")?;
+    let nodes = insitu_benches::node_pids(&cluster.data_dir());
+    let dur = Duration::from_secs(5);
+    let (mut rates, mut cpu_ms) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for _ in 0..5 {
+        for (phase, put) in [(0, true), (1, false)] {
+            let (before, t) = (cpu_split(gateway, &nodes), Instant::now());
+            let rate = ops_per_sec(c.clone(), "bench", 32, dur, put).await?;
+            let ops = rate * t.elapsed().as_secs_f64();
+            let after = cpu_split(gateway, &nodes);
+            let per_op: Vec<f64> = (0..3).map(|i| (after[i] - before[i]) * 1e3 / ops).collect();
+            rates[phase].push(rate);
+            cpu_ms[phase].push(per_op);
+        }
+    }
+    let medians = |v: &Vec<Vec<f64>>| -> Vec<f64> {
+        (0..3)
+            .map(|i| (median(v.iter().map(|r| r[i]).collect()) * 1000.0).round() / 1000.0)
+            .collect()
+    };
+    let result = serde_json::json!({
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        "nodes": nodes.len(),
+        "put_4kib_ops_s": rates[0].clone(),
+        "get_4kib_ops_s": rates[1].clone(),
+        "put_4kib_ops_s_median": median(rates[0].clone()),
+        "get_4kib_ops_s_median": median(rates[1].clone()),
+        "put_cpu_ms_per_op_gateway_nodes_client": medians(&cpu_ms[0]),
+        "get_cpu_ms_per_op_gateway_nodes_client": medians(&cpu_ms[1]),
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("small") {
+        return small_only().await;
+    }
     let big_mib: u64 = std::env::var("BENCH_RSS_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
