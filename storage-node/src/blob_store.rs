@@ -109,11 +109,13 @@ pub struct BlobStore {
     root: PathBuf,
     /// Optional cap on stored bytes, below the filesystem's own size.
     capacity: Option<u64>,
-    used: AtomicU64,
+    /// Counted by the blocking call that publishes a blob, so that a caller
+    /// that goes away meanwhile leaves no published blob uncounted.
+    used: Arc<AtomicU64>,
     /// Room held for what the node writes beside its blobs on the same
     /// filesystem (tasks' scratch space), see `reserve`.
     reserved: Arc<AtomicU64>,
-    count: AtomicU64,
+    count: Arc<AtomicU64>,
     /// Blobs found corrupt by a read or the scrubber, reported to the
     /// gateway in heartbeats until it repairs them.
     corrupt: Mutex<BTreeSet<String>>,
@@ -313,9 +315,9 @@ impl BlobStore {
         Ok(Self {
             root: root.to_path_buf(),
             capacity,
-            used: AtomicU64::new(used),
+            used: Arc::new(AtomicU64::new(used)),
             reserved: Arc::new(AtomicU64::new(0)),
-            count: AtomicU64::new(count),
+            count: Arc::new(AtomicU64::new(count)),
             corrupt: Mutex::new(BTreeSet::new()),
         })
     }
@@ -502,6 +504,7 @@ impl BlobStore {
         let tmp = self.temp_path(id);
         let blobs = self.root.join("blobs");
         let id_owned = id.to_string();
+        let (used, count) = (self.used.clone(), self.count.clone());
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
             if final_path.try_exists()? {
                 return Err(BlobError::Exists(id_owned));
@@ -509,15 +512,19 @@ impl BlobStore {
             let written = write_small_now(&tmp, &data).and_then(|(crcs, in_xattr)| {
                 publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs)
             });
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => {
+                    used.fetch_add(len, Ordering::SeqCst);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&tmp);
+                }
             }
             written
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))??;
-        self.used.fetch_add(len, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
         Ok(BlobInfo {
             id: id.to_string(),
             size: len,
@@ -584,23 +591,9 @@ impl BlobStore {
         Ok((size, crcs, in_xattr))
     }
 
-    /// Makes a synced temp file visible: the sidecar first, then the blob,
-    /// whose rename is the commit point; then the directory is synced.
-    async fn publish(
-        &self,
-        tmp: &Path,
-        final_path: &Path,
-        crcs: &[u32],
-        in_xattr: bool,
-    ) -> Result<(), BlobError> {
-        let (tmp, final_path, crcs) = (tmp.to_path_buf(), final_path.to_path_buf(), crcs.to_vec());
-        let blobs = self.root.join("blobs");
-        tokio::task::spawn_blocking(move || publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs))
-            .await
-            .map_err(|e| BlobError::Io(io::Error::other(e)))?
-    }
-
-    /// Publishes a finished temp file and counts it; the temp file is
+    /// Makes a synced temp file visible (`publish_now`: the sidecar first,
+    /// then the blob, whose rename is the commit point; then the directory
+    /// is synced) and counts it, in one blocking call; the temp file is
     /// removed if publishing fails.
     async fn commit_new(
         &self,
@@ -610,13 +603,24 @@ impl BlobStore {
         in_xattr: bool,
         size: u64,
     ) -> Result<(), BlobError> {
-        if let Err(e) = self.publish(tmp, final_path, crcs, in_xattr).await {
-            let _ = fs::remove_file(tmp).await;
-            return Err(e);
-        }
-        self.used.fetch_add(size, Ordering::SeqCst);
-        self.count.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        let (tmp, final_path, crcs) = (tmp.to_path_buf(), final_path.to_path_buf(), crcs.to_vec());
+        let blobs = self.root.join("blobs");
+        let (used, count) = (self.used.clone(), self.count.clone());
+        tokio::task::spawn_blocking(move || {
+            match publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs) {
+                Ok(()) => {
+                    used.fetch_add(size, Ordering::SeqCst);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| BlobError::Io(io::Error::other(e)))?
     }
 
     async fn read_sidecar(&self, id: &str) -> Result<Option<Vec<u32>>, BlobError> {
