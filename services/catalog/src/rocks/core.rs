@@ -346,6 +346,10 @@ impl RocksCore {
 
     // ---- objects ----------------------------------------------------------
 
+    pub(super) fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>> {
+        self.get(CF_OBJECTS, &object_key(bucket, key))
+    }
+
     /// Makes `rec` the visible version of `bucket/key`, atomically replacing
     /// any previous version, whose blob is queued for collection. The caller
     /// has already made `rec.blob` durable on every replica.
