@@ -2,7 +2,10 @@
 //! `benches/run-catalogscale.sh`: the embedded rocksdb catalog, opened
 //! directly (no gateway, no HTTP), is filled with N object records under
 //! one bucket, and then read back by random key from 4 concurrent tasks for
-//! 10 s, three times. Each count gets a fresh catalog. It shows whether a
+//! 10 s, three times; then read again the same way while a sweep runs
+//! beside the readers, as the gateway's orphan sweep does: every blob's
+//! owner looked up in blob-id order (`owned_blob`, two point reads each).
+//! Each count gets a fresh catalog. It shows whether a
 //! point lookup stays as cheap when the catalog's files outgrow its block
 //! cache, which is what a job over a million inputs does to the gateway.
 //!
@@ -42,7 +45,7 @@ fn record(i: u64) -> ObjectRecord {
         headers: ObjectHeaders::default(),
         acl: Acl::Canned(CannedAcl::Private),
         blob: BlobRef {
-            id: format!("{:032x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)),
+            id: blob_id(i),
             size: 1,
             replicas: vec!["node-0".into()],
         },
@@ -51,6 +54,10 @@ fn record(i: u64) -> ObjectRecord {
         upload_id: None,
         checksum: None,
     }
+}
+
+fn blob_id(i: u64) -> String {
+    format!("{:032x}", i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -103,6 +110,34 @@ async fn one(n: u64) -> Result<serde_json::Value> {
     for _ in 0..RUNS {
         rates.push(lookups(&cat, n).await?);
     }
+    // The sweep: blob ids in order, as a node lists them.
+    let mut ids: Vec<String> = (0..n).map(blob_id).collect();
+    ids.sort();
+    let sweeping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let swept = Arc::new(AtomicU64::new(0));
+    let sweep = {
+        let (cat, sweeping, swept) = (cat.clone(), sweeping.clone(), swept.clone());
+        tokio::spawn(async move {
+            for id in ids.iter().cycle() {
+                if !sweeping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if cat.owned_blob(id).await?.is_none() {
+                    bail!("blob {id} has no owner");
+                }
+                swept.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    let t = Instant::now();
+    let mut under_sweep = Vec::new();
+    for _ in 0..RUNS {
+        under_sweep.push(lookups(&cat, n).await?);
+    }
+    sweeping.store(false, Ordering::Relaxed);
+    sweep.await??;
+    let sweep_rate = swept.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
     let memory: serde_json::Map<String, serde_json::Value> = cat
         .memory_usage()
         .into_iter()
@@ -113,6 +148,9 @@ async fn one(n: u64) -> Result<serde_json::Value> {
         "fill_s": (fill * 10.0).round() / 10.0,
         "lookups_per_s": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         "lookups_per_s_median": median(rates).round(),
+        "lookups_per_s_under_sweep": under_sweep.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        "lookups_per_s_under_sweep_median": median(under_sweep).round(),
+        "sweep_blobs_per_s": sweep_rate.round(),
         "catalog_memory_mib": memory,
         "files_mib": dir_mib(dir.path()),
     }))
