@@ -1184,6 +1184,12 @@ mod tests {
         s.verify("s3").await.unwrap();
         assert_eq!(s.usage().used_bytes, SMALL_BLOB);
         assert_eq!(s.usage().blob_count, 1);
+
+        let empty = futures::stream::iter(Vec::<Result<Bytes, String>>::new());
+        assert_eq!(s.put("s4", empty, Some(0)).await.unwrap().size, 0);
+        s.verify("s4").await.unwrap();
+        assert_eq!(s.size("s4").await.unwrap(), 0);
+        assert_eq!(s.usage().blob_count, 2);
     }
 
     #[tokio::test]
