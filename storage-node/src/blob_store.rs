@@ -227,8 +227,7 @@ fn take_over_now(
             Err(e) => return Err(e.into()),
         }
     }
-    let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
-        && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
+    let in_xattr = set_crc_xattr(tmp, &crcs);
     match copy {
         Some(c) => c.sync_all()?,
         None => f.sync_all()?,
@@ -236,6 +235,36 @@ fn take_over_now(
     let digest: [u8; 16] = md5.finalize().into();
     let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
     Ok((size, crcs, hex, in_xattr))
+}
+
+/// Small blobs keep their checksums in an extended attribute, which the
+/// blob's own fsync makes durable: no second file to sync. False when the
+/// blob has too many blocks, or the filesystem refuses the attribute (a
+/// sidecar file is then written instead).
+fn set_crc_xattr(path: &Path, crcs: &[u32]) -> bool {
+    crcs.len() <= XATTR_MAX_BLOCKS && xattr::set(path, CRC_XATTR, &checksum_record(crcs)).is_ok()
+}
+
+/// Ends a blocking write: a published blob is counted, and a failed one's
+/// temp file is removed. Called on the blocking thread, so that a caller
+/// that goes away meanwhile leaves no published blob uncounted.
+fn settle(
+    published: Result<(), BlobError>,
+    tmp: &Path,
+    size: u64,
+    used: &AtomicU64,
+    count: &AtomicU64,
+) -> Result<(), BlobError> {
+    match &published {
+        Ok(()) => {
+            used.fetch_add(size, Ordering::SeqCst);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+    published
 }
 
 /// Writes a small body to a new temp file with its block checksums and
@@ -247,8 +276,7 @@ fn write_small_now(tmp: &Path, data: &[u8]) -> Result<(Vec<u32>, bool), BlobErro
     let mut blocks = BlockCrcs::default();
     blocks.update(data);
     let crcs = blocks.finish();
-    let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
-        && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
+    let in_xattr = set_crc_xattr(tmp, &crcs);
     f.sync_all()?;
     Ok((crcs, in_xattr))
 }
@@ -512,16 +540,7 @@ impl BlobStore {
             let written = write_small_now(&tmp, &data).and_then(|(crcs, in_xattr)| {
                 publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs)
             });
-            match written {
-                Ok(()) => {
-                    used.fetch_add(len, Ordering::SeqCst);
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_file(&tmp);
-                }
-            }
-            written
+            settle(written, &tmp, len, &used, &count)
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))??;
@@ -583,10 +602,7 @@ impl BlobStore {
         file.flush().await?;
         let file = file.into_inner();
         let crcs = blocks.finish();
-        // Small blobs keep their checksums in an extended attribute, which
-        // the blob's own fsync makes durable: no second file to sync.
-        let in_xattr = crcs.len() <= XATTR_MAX_BLOCKS
-            && xattr::set(tmp, CRC_XATTR, &checksum_record(&crcs)).is_ok();
+        let in_xattr = set_crc_xattr(tmp, &crcs);
         file.sync_all().await?;
         Ok((size, crcs, in_xattr))
     }
@@ -607,17 +623,8 @@ impl BlobStore {
         let blobs = self.root.join("blobs");
         let (used, count) = (self.used.clone(), self.count.clone());
         tokio::task::spawn_blocking(move || {
-            match publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs) {
-                Ok(()) => {
-                    used.fetch_add(size, Ordering::SeqCst);
-                    count.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    Err(e)
-                }
-            }
+            let published = publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs);
+            settle(published, &tmp, size, &used, &count)
         })
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e)))?
