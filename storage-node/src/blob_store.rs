@@ -173,33 +173,27 @@ async fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).await?.sync_all().await
 }
 
-/// The bytes of `file` as a synced temp blob at `tmp`: hard-linked
-/// (`link`) or copied, with its size, block checksums, MD5 and whether the
-/// checksums went in an extended attribute (small blobs: the blob's own
-/// fsync makes them durable, no second file to sync).
+/// The bytes of `file` as a synced temp blob at `tmp`, hard-linked (no
+/// copy), with its size, block checksums, MD5 and whether the checksums
+/// went in an extended attribute (small blobs: the blob's own fsync makes
+/// them durable, no second file to sync).
 fn take_over_now(
     file: std::fs::File,
     tmp: &Path,
-    link: bool,
 ) -> Result<(u64, Vec<u32>, String, bool), BlobError> {
     use md5::Digest;
-    use std::io::{Read, Seek, Write};
+    use std::io::{Read, Seek};
     use std::os::fd::AsRawFd;
     let mut f = file;
-    let mut copy = if link {
-        let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-        nix::unistd::linkat(
-            None,
-            source.as_path(),
-            None,
-            tmp,
-            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-        )
-        .map_err(io::Error::from)?;
-        None
-    } else {
-        Some(std::fs::File::create(tmp)?)
-    };
+    let source = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    nix::unistd::linkat(
+        None,
+        source.as_path(),
+        None,
+        tmp,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)?;
     f.seek(io::SeekFrom::Start(0))?;
     let mut md5 = md5::Md5::new();
     let mut blocks = BlockCrcs::default();
@@ -213,25 +207,17 @@ fn take_over_now(
         size += n as u64;
         blocks.update(&buf[..n]);
         md5.update(&buf[..n]);
-        if let Some(c) = copy.as_mut() {
-            c.write_all(&buf[..n])?;
-        }
     }
     let crcs = blocks.finish();
-    if link {
-        // The file was the task's: whatever it set as the checksum
-        // attribute while it could write the file must not count.
-        match xattr::remove(tmp, CRC_XATTR) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => {}
-            Err(e) => return Err(e.into()),
-        }
+    // The file may have been the task's: whatever it set as the checksum
+    // attribute while it could write the file must not count.
+    match xattr::remove(tmp, CRC_XATTR) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => {}
+        Err(e) => return Err(e.into()),
     }
     let in_xattr = set_crc_xattr(tmp, &crcs);
-    match copy {
-        Some(c) => c.sync_all()?,
-        None => f.sync_all()?,
-    }
+    f.sync_all()?;
     let digest: [u8; 16] = md5.finalize().into();
     let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
     Ok((size, crcs, hex, in_xattr))
@@ -750,27 +736,6 @@ impl BlobStore {
         id: &str,
         file: std::fs::File,
     ) -> Result<(BlobInfo, String), BlobError> {
-        self.take_over(id, file, true).await
-    }
-
-    /// `adopt`, but the bytes are copied into a new file of the node's
-    /// own: for an output that something of its task may still hold
-    /// open, so that nothing can change the blob once its checksums are
-    /// taken.
-    pub async fn adopt_copy(
-        &self,
-        id: &str,
-        file: std::fs::File,
-    ) -> Result<(BlobInfo, String), BlobError> {
-        self.take_over(id, file, false).await
-    }
-
-    async fn take_over(
-        &self,
-        id: &str,
-        file: std::fs::File,
-        link: bool,
-    ) -> Result<(BlobInfo, String), BlobError> {
         let final_path = self.path_of(id)?;
         // Written outside the store's accounting: it counts from now.
         let expected = file.metadata()?.len();
@@ -788,7 +753,7 @@ impl BlobStore {
             if final_path.try_exists()? {
                 return Err(BlobError::Exists(id_owned));
             }
-            let taken = take_over_now(file, &tmp, link);
+            let taken = take_over_now(file, &tmp);
             let published = taken.and_then(|(size, crcs, md5, in_xattr)| {
                 publish_now(&tmp, &final_path, &crcs, in_xattr, &blobs)?;
                 Ok((size, md5))

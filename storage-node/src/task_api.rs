@@ -327,7 +327,10 @@ impl TaskService {
         );
         let outcome = self.runner.run_task(&group, &task).await;
         // However it ended, its last lines stay readable a while.
-        let stderr_path = self.runner.stderr_path(&group, &req.task_id);
+        let stderr_path = match &outcome {
+            Ok(o) => o.stderr.clone(),
+            Err(_) => self.runner.stderr_path(&group, &req.task_id),
+        };
         let _ = tokio::task::spawn_blocking(move || log.ended(&stderr_path)).await;
         drop(creds);
         // What the task wrote through its endpoint: dropped (its blobs
@@ -422,19 +425,14 @@ impl TaskService {
                 (total, String::new(), pieces)
             }
             _ => {
-                let (info, md5) = if outcome.alone {
-                    store.adopt(&req.stdout_blob, stdout_file).await?
-                } else {
-                    store.adopt_copy(&req.stdout_blob, stdout_file).await?
-                };
+                let (info, md5) = store.adopt(&req.stdout_blob, stdout_file).await?;
                 (info.size, md5, Vec::new())
             }
         };
-        let stderr_file = outcome.stdout.with_file_name("stderr");
         let stderr_size = if failed {
-            match open_output(&stderr_file).await {
+            match open_output(&outcome.stderr).await {
                 Ok(f) => store
-                    .adopt_copy(&req.stderr_blob, f)
+                    .adopt(&req.stderr_blob, f)
                     .await
                     .ok()
                     .map(|(info, _)| info.size),

@@ -187,6 +187,13 @@ pub struct Group {
     /// launcher): anything else left when no task runs is a stray a task
     /// left behind (`setsid sleep 1000 &`), and is killed.
     strays: Option<(PathBuf, Vec<i32>)>,
+    /// The container's cgroup freezer (v1 `freezer.state`, v2
+    /// `cgroup.freeze`), when found: it holds still while an ended task's
+    /// outputs are copied.
+    freezer: Option<PathBuf>,
+    /// Held while a task's outputs are sealed (the container may be
+    /// frozen meanwhile).
+    sealing: Arc<tokio::sync::Mutex<()>>,
     /// Held shared by running tasks; the stray sweep takes it alone.
     activity: Arc<tokio::sync::RwLock<()>>,
     /// Tasks running in the container now.
@@ -321,15 +328,13 @@ pub enum TaskEnd {
 #[derive(Debug, Clone)]
 pub struct TaskOutcome {
     pub end: TaskEnd,
-    /// The task's stdout, a file on this node.
+    /// The task's stdout and stderr, files on this node that nothing of
+    /// the task holds or can open (the node's copies of a task that
+    /// exited; of one stopped otherwise, the files of a container that is
+    /// gone): they can be taken over as they are.
     pub stdout: PathBuf,
+    pub stderr: PathBuf,
     pub stderr_preview: String,
-    /// Every process the task may have left was killed before its outputs
-    /// are read (it ended alone, and the container was swept, or the
-    /// container is gone). When false, other tasks still run beside what
-    /// it left: its outputs must be copied, not linked, since a descriptor
-    /// in flight in a Unix socket is in no process's table.
-    pub alone: bool,
 }
 
 pub struct TaskRunner {
@@ -781,6 +786,10 @@ impl TaskRunner {
             .and_then(|s| s.pid);
         let oom_file = init_pid.and_then(oom_counter_file);
         let pids_file = init_pid.and_then(pids_counter_file);
+        let freezer = init_pid.and_then(freezer_file);
+        if freezer.is_none() {
+            tracing::warn!(container = %created.id, "cannot find the container's cgroup freezer; an ended task's output is copied up to its size at the end instead");
+        }
         // Under gVisor the host sees the sandbox, not the task processes.
         let strays = match (&oom_file, init_pid, launcher_pid, spec.runtime.as_deref()) {
             (Some(f), Some(init), Some(l), None | Some("runc")) => {
@@ -802,6 +811,8 @@ impl TaskRunner {
             oom_file,
             pids_file,
             strays,
+            freezer,
+            sealing: Default::default(),
             activity: Default::default(),
             running: Default::default(),
             guest_nproc,
@@ -954,27 +965,88 @@ impl TaskRunner {
         }
     }
 
-    /// Makes sure nothing of an ended task can still change its stdout or
-    /// stderr before the node reads them: the files are closed to new
-    /// opens, and every process still holding one open (a background
-    /// process the task left, which may run on while other tasks of the
-    /// container do) is killed, until none is left. A container where
-    /// that cannot be made sure goes, with everything in it.
+    /// Takes what an ended task wrote to its stdout and stderr, so that
+    /// nothing of the task can change it afterwards, and returns the
+    /// files to take over.
+    ///
+    /// Where the host sees that no process but the container's init and
+    /// launcher is left (runc), nothing can write them any more: they are
+    /// closed to new opens and returned as they are. Otherwise (other
+    /// tasks, or what the task left, still run; or gVisor, where the host
+    /// cannot tell) the container is frozen (its cgroup freezer) while
+    /// each file is copied, as it is at that moment, into a new file of
+    /// the node's that no process of the container ever held
+    /// (`stdout.sealed`, `stderr.sealed`), and closed to new opens; the
+    /// copies are returned, and whatever a leftover writes from then on
+    /// reaches only the originals. Every process still holding an
+    /// original is then killed; a container where that cannot be made
+    /// sure goes, with everything in it (the copies stand).
     async fn seal_outputs(
         &self,
         group: &Group,
         task_id: &str,
         task_out: &Path,
-    ) -> Result<(), TaskError> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    ) -> Result<(PathBuf, PathBuf), TaskError> {
+        use std::os::unix::fs::MetadataExt;
+        let originals = [task_out.join("stdout"), task_out.join("stderr")];
         let mut files = Vec::new();
-        for name in ["stdout", "stderr"] {
-            let path = task_out.join(name);
-            let m = std::fs::symlink_metadata(&path)?;
-            if m.is_file() {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
-            }
+        for path in &originals {
+            let m = std::fs::symlink_metadata(path)?;
             files.push((m.dev(), m.ino()));
+        }
+        // One seal at a time freezes the container: one's thaw must not
+        // end another's freeze.
+        let _one = group.sealing.lock().await;
+        let freezer = group.freezer.clone();
+        let procs = group.strays.clone();
+        let group_id = group.group_id.clone();
+        let taken = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + SEAL_BUDGET;
+            if procs
+                .as_ref()
+                .is_some_and(|(procs, keep)| only_kept(procs, keep))
+            {
+                for path in &originals {
+                    close_to_opens(path)?;
+                }
+                let [stdout, stderr] = originals;
+                return Ok(((stdout, stderr), true));
+            }
+            let frozen = match &freezer {
+                Some(f) if set_frozen(f, true, deadline) => true,
+                Some(f) => {
+                    set_frozen(f, false, deadline);
+                    tracing::warn!(group = %group_id, "cannot freeze the container; copying the task's output unfrozen, up to its size now");
+                    false
+                }
+                None => false,
+            };
+            let take = |path: &PathBuf| {
+                let copy = snapshot_output(path)?;
+                close_to_opens(path)?;
+                Ok::<_, std::io::Error>(copy)
+            };
+            let [stdout, stderr] = &originals;
+            let copies = take(stdout).and_then(|o| Ok((o, take(stderr)?)));
+            if let (Some(f), true) = (&freezer, frozen) {
+                set_frozen(f, false, deadline);
+            }
+            copies.map(|c| (c, false))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        let ((stdout, stderr), quiet) = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                self.remove(&group.container_id).await;
+                return Err(TaskError::Runtime(format!(
+                    "cannot take the task's output ({e}); its container was removed"
+                )));
+            }
+        };
+        if quiet {
+            return Ok((stdout, stderr));
         }
         const PASSES: usize = 200;
         let deadline = std::time::Instant::now() + SEAL_BUDGET;
@@ -1000,7 +1072,7 @@ impl TaskRunner {
                 }
             };
             match found {
-                Some(0) => return Ok(()),
+                Some(0) => return Ok((stdout, stderr)),
                 Some(n) => {
                     tracing::info!(group = %group.group_id, task = %task_id, killed = n, "killed processes still holding an ended task's output");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1008,10 +1080,9 @@ impl TaskRunner {
                 None => break,
             }
         }
+        tracing::warn!(group = %group.group_id, task = %task_id, "processes of the task kept its output open; its container is removed");
         self.remove(&group.container_id).await;
-        Err(TaskError::Runtime(
-            "processes of the task kept its output open; its container was removed".into(),
-        ))
+        Ok((stdout, stderr))
     }
 
     /// Runs one task in its group's container and waits for it.
@@ -1029,17 +1100,10 @@ impl TaskRunner {
             outcome
         };
         // The last task out sweeps; a task starting meanwhile waits for it.
-        let swept = match group.activity.try_write() {
-            Ok(_alone) => {
-                self.sweep_strays(group).await;
-                true
-            }
-            Err(_) => false,
-        };
-        outcome.map(|mut o| {
-            o.alone = swept || !matches!(o.end, TaskEnd::Exited(_));
-            o
-        })
+        if let Ok(_alone) = group.activity.try_write() {
+            self.sweep_strays(group).await;
+        }
+        outcome
     }
 
     async fn run_task_inner(
@@ -1209,15 +1273,24 @@ impl TaskRunner {
                 }
             }
         };
-        if matches!(end, TaskEnd::Exited(_)) {
-            self.seal_outputs(group, &task.task_id, &task_out).await?;
-        }
-        let stderr_preview = read_preview(&task_out.join("stderr")).await;
+        let (stdout, stderr) = if matches!(end, TaskEnd::Exited(_)) {
+            self.seal_outputs(group, &task.task_id, &task_out).await?
+        } else {
+            // Any other end removes the container; copied all the same,
+            // should its removal not be over yet.
+            let stderr = task_out.join("stderr");
+            tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                Ok((snapshot_output(&stdout)?, snapshot_output(&stderr)?))
+            })
+            .await
+            .map_err(|e| TaskError::Runtime(e.to_string()))??
+        };
+        let stderr_preview = read_preview(&stderr).await;
         Ok(TaskOutcome {
             end,
             stdout,
+            stderr,
             stderr_preview,
-            alone: false,
         })
     }
 
@@ -1276,6 +1349,18 @@ impl TaskRunner {
             let Some(id) = &c.id else { continue };
             if keep(id) {
                 continue;
+            }
+            // A node that stopped while sealing may have left it frozen,
+            // and a frozen container cannot be killed.
+            let pid = self
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state)
+                .and_then(|s| s.pid);
+            if let Some(f) = pid.and_then(freezer_file) {
+                set_frozen(&f, false, std::time::Instant::now());
             }
             self.remove(id).await;
             reaped += 1;
@@ -1338,6 +1423,9 @@ fn prepare_task_files(
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir(task_out)?;
+    // Root's, whatever the node's umask: the task user cannot add, rename
+    // or replace a name in it.
+    std::fs::set_permissions(task_out, std::fs::Permissions::from_mode(0o755))?;
     if let Some((blob, link)) = input_link {
         if blob != link {
             let _ = std::fs::remove_file(&link);
@@ -1451,6 +1539,93 @@ fn kill_holders(
     Some(found)
 }
 
+/// Freezes (`true`) or thaws a container through its cgroup freezer
+/// (v1 `freezer.state`, v2 `cgroup.freeze`); a freeze waits until every
+/// process of it is frozen (none is then inside a write), until
+/// `deadline`. Whether it took.
+fn set_frozen(file: &Path, frozen: bool, deadline: std::time::Instant) -> bool {
+    let v2 = file.file_name() == Some(std::ffi::OsStr::new("cgroup.freeze"));
+    let value = match (v2, frozen) {
+        (true, true) => "1",
+        (true, false) => "0",
+        (false, true) => "FROZEN",
+        (false, false) => "THAWED",
+    };
+    if std::fs::write(file, value).is_err() {
+        return false;
+    }
+    if !frozen {
+        return true;
+    }
+    loop {
+        let done = if v2 {
+            std::fs::read_to_string(file.with_file_name("cgroup.events"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+        } else {
+            // Reading a freezing cgroup's state tries the freeze again.
+            std::fs::read_to_string(file).is_ok_and(|t| t.trim() == "FROZEN")
+        };
+        if done {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether the container's process list (`cgroup.procs`) holds nothing
+/// but `keep` (its init and launcher): no process of any task is left.
+fn only_kept(procs: &Path, keep: &[i32]) -> bool {
+    std::fs::read_to_string(procs).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .all(|pid| keep.contains(&pid))
+    })
+}
+
+/// Makes a task's output file root's to read only (a plain file; the
+/// node's checks refuse anything else when it is opened).
+fn close_to_opens(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(path)?.is_file() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))?;
+    }
+    Ok(())
+}
+
+/// Copies a task's output file as it is now (no further than its size
+/// as it is opened, should something still write to it) into a new file
+/// of the node's beside it (`<name>.sealed`, which the task's side never
+/// had open), and returns that file's path.
+fn snapshot_output(path: &Path) -> std::io::Result<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)?;
+    let m = source.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a plain file", path.display()),
+        ));
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sealed");
+    let copy_path = PathBuf::from(name);
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&copy_path)?;
+    std::io::copy(&mut source.take(m.len()), &mut copy)?;
+    Ok(copy_path)
+}
+
 fn oom_counter_file(pid: i64) -> Option<PathBuf> {
     cgroup_file(
         pid,
@@ -1459,6 +1634,13 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
         "memory.events",
         oom_kills,
     )
+}
+
+/// The freezer of the cgroup of process `pid`.
+fn freezer_file(pid: i64) -> Option<PathBuf> {
+    cgroup_file(pid, "freezer", "freezer.state", "cgroup.freeze", |f| {
+        std::fs::metadata(f).ok().map(|_| 0)
+    })
 }
 
 /// The `pids.events` file of the pids cgroup of process `pid`.
