@@ -187,13 +187,6 @@ pub struct Group {
     /// launcher): anything else left when no task runs is a stray a task
     /// left behind (`setsid sleep 1000 &`), and is killed.
     strays: Option<(PathBuf, Vec<i32>)>,
-    /// The container's cgroup freezer (v1 `freezer.state`, v2
-    /// `cgroup.freeze`), when found: it holds still while an ended task's
-    /// outputs are copied.
-    freezer: Option<PathBuf>,
-    /// Held while a task's outputs are sealed (the container may be
-    /// frozen meanwhile).
-    sealing: Arc<tokio::sync::Mutex<()>>,
     /// Held shared by running tasks; the stray sweep takes it alone.
     activity: Arc<tokio::sync::RwLock<()>>,
     /// Tasks running in the container now.
@@ -786,10 +779,6 @@ impl TaskRunner {
             .and_then(|s| s.pid);
         let oom_file = init_pid.and_then(oom_counter_file);
         let pids_file = init_pid.and_then(pids_counter_file);
-        let freezer = init_pid.and_then(freezer_file);
-        if freezer.is_none() {
-            tracing::warn!(container = %created.id, "cannot find the container's cgroup freezer; an ended task's output is copied up to its size at the end instead");
-        }
         // Under gVisor the host sees the sandbox, not the task processes.
         let strays = match (&oom_file, init_pid, launcher_pid, spec.runtime.as_deref()) {
             (Some(f), Some(init), Some(l), None | Some("runc")) => {
@@ -811,8 +800,6 @@ impl TaskRunner {
             oom_file,
             pids_file,
             strays,
-            freezer,
-            sealing: Default::default(),
             activity: Default::default(),
             running: Default::default(),
             guest_nproc,
@@ -967,20 +954,19 @@ impl TaskRunner {
 
     /// Takes what an ended task wrote to its stdout and stderr, so that
     /// nothing of the task can change it afterwards, and returns the
-    /// files to take over.
+    /// node's copies (`stdout.sealed`, `stderr.sealed`).
     ///
-    /// Where the host sees that no process but the container's init and
-    /// launcher is left (runc), nothing can write them any more: they are
-    /// closed to new opens and returned as they are. Otherwise (other
-    /// tasks, or what the task left, still run; or gVisor, where the host
-    /// cannot tell) the container is frozen (its cgroup freezer) while
-    /// each file is copied, as it is at that moment, into a new file of
-    /// the node's that no process of the container ever held
-    /// (`stdout.sealed`, `stderr.sealed`), and closed to new opens; the
-    /// copies are returned, and whatever a leftover writes from then on
-    /// reaches only the originals. Every process still holding an
+    /// Each file is copied as it is (no further than its size when the
+    /// copy begins) into a new file of the node's that no process of the
+    /// container ever held, and the original is then closed to new opens:
+    /// whatever a process the task left writes from then on reaches only
+    /// the originals, however it holds them (a second descriptor, or one
+    /// in flight in a Unix socket). A write racing the copy may or may not
+    /// be in it, as if made just before. Every process still holding an
     /// original is then killed; a container where that cannot be made
-    /// sure goes, with everything in it (the copies stand).
+    /// sure goes, with everything in it (the copies stand). The copy is
+    /// made however quiet the container looks: its init and launcher run
+    /// the image's own shell, which may hold a task's files.
     async fn seal_outputs(
         &self,
         group: &Group,
@@ -994,49 +980,19 @@ impl TaskRunner {
             let m = std::fs::symlink_metadata(path)?;
             files.push((m.dev(), m.ino()));
         }
-        // One seal at a time freezes the container: one's thaw must not
-        // end another's freeze.
-        let _one = group.sealing.lock().await;
-        let freezer = group.freezer.clone();
-        let procs = group.strays.clone();
-        let group_id = group.group_id.clone();
         let taken = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + SEAL_BUDGET;
-            if procs
-                .as_ref()
-                .is_some_and(|(procs, keep)| only_kept(procs, keep))
-            {
-                for path in &originals {
-                    close_to_opens(path)?;
-                }
-                let [stdout, stderr] = originals;
-                return Ok(((stdout, stderr), true));
-            }
-            let frozen = match &freezer {
-                Some(f) if set_frozen(f, true, deadline) => true,
-                Some(f) => {
-                    set_frozen(f, false, deadline);
-                    tracing::warn!(group = %group_id, "cannot freeze the container; copying the task's output unfrozen, up to its size now");
-                    false
-                }
-                None => false,
-            };
             let take = |path: &PathBuf| {
                 let copy = snapshot_output(path)?;
                 close_to_opens(path)?;
                 Ok::<_, std::io::Error>(copy)
             };
             let [stdout, stderr] = &originals;
-            let copies = take(stdout).and_then(|o| Ok((o, take(stderr)?)));
-            if let (Some(f), true) = (&freezer, frozen) {
-                set_frozen(f, false, deadline);
-            }
-            copies.map(|c| (c, false))
+            take(stdout).and_then(|o| Ok((o, take(stderr)?)))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r);
-        let ((stdout, stderr), quiet) = match taken {
+        let (stdout, stderr) = match taken {
             Ok(t) => t,
             Err(e) => {
                 self.remove(&group.container_id).await;
@@ -1045,9 +1001,6 @@ impl TaskRunner {
                 )));
             }
         };
-        if quiet {
-            return Ok((stdout, stderr));
-        }
         const PASSES: usize = 200;
         let deadline = std::time::Instant::now() + SEAL_BUDGET;
         for _ in 0..PASSES {
@@ -1350,18 +1303,6 @@ impl TaskRunner {
             if keep(id) {
                 continue;
             }
-            // A node that stopped while sealing may have left it frozen,
-            // and a frozen container cannot be killed.
-            let pid = self
-                .docker
-                .inspect_container(id, None::<InspectContainerOptions>)
-                .await
-                .ok()
-                .and_then(|c| c.state)
-                .and_then(|s| s.pid);
-            if let Some(f) = pid.and_then(freezer_file) {
-                set_frozen(&f, false, std::time::Instant::now());
-            }
             self.remove(id).await;
             reaped += 1;
             let dir = c
@@ -1539,52 +1480,6 @@ fn kill_holders(
     Some(found)
 }
 
-/// Freezes (`true`) or thaws a container through its cgroup freezer
-/// (v1 `freezer.state`, v2 `cgroup.freeze`); a freeze waits until every
-/// process of it is frozen (none is then inside a write), until
-/// `deadline`. Whether it took.
-fn set_frozen(file: &Path, frozen: bool, deadline: std::time::Instant) -> bool {
-    let v2 = file.file_name() == Some(std::ffi::OsStr::new("cgroup.freeze"));
-    let value = match (v2, frozen) {
-        (true, true) => "1",
-        (true, false) => "0",
-        (false, true) => "FROZEN",
-        (false, false) => "THAWED",
-    };
-    if std::fs::write(file, value).is_err() {
-        return false;
-    }
-    if !frozen {
-        return true;
-    }
-    loop {
-        let done = if v2 {
-            std::fs::read_to_string(file.with_file_name("cgroup.events"))
-                .is_ok_and(|t| t.lines().any(|l| l.trim() == "frozen 1"))
-        } else {
-            // Reading a freezing cgroup's state tries the freeze again.
-            std::fs::read_to_string(file).is_ok_and(|t| t.trim() == "FROZEN")
-        };
-        if done {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Whether the container's process list (`cgroup.procs`) holds nothing
-/// but `keep` (its init and launcher): no process of any task is left.
-fn only_kept(procs: &Path, keep: &[i32]) -> bool {
-    std::fs::read_to_string(procs).is_ok_and(|text| {
-        text.lines()
-            .filter_map(|l| l.trim().parse::<i32>().ok())
-            .all(|pid| keep.contains(&pid))
-    })
-}
-
 /// Makes a task's output file root's to read only (a plain file; the
 /// node's checks refuse anything else when it is opened).
 fn close_to_opens(path: &Path) -> std::io::Result<()> {
@@ -1634,13 +1529,6 @@ fn oom_counter_file(pid: i64) -> Option<PathBuf> {
         "memory.events",
         oom_kills,
     )
-}
-
-/// The freezer of the cgroup of process `pid`.
-fn freezer_file(pid: i64) -> Option<PathBuf> {
-    cgroup_file(pid, "freezer", "freezer.state", "cgroup.freeze", |f| {
-        std::fs::metadata(f).ok().map(|_| 0)
-    })
 }
 
 /// The `pids.events` file of the pids cgroup of process `pid`.
