@@ -1495,7 +1495,6 @@ fn close_to_opens(path: &Path) -> std::io::Result<()> {
 /// of the node's beside it (`<name>.sealed`, which the task's side never
 /// had open), and returns that file's path.
 fn snapshot_output(path: &Path) -> std::io::Result<PathBuf> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
     let source = std::fs::OpenOptions::new()
@@ -1517,8 +1516,46 @@ fn snapshot_output(path: &Path) -> std::io::Result<PathBuf> {
         .create_new(true)
         .mode(0o600)
         .open(&copy_path)?;
-    std::io::copy(&mut source.take(m.len()), &mut copy)?;
+    copy_data(&source, &mut copy, m.len())?;
+    copy.set_len(m.len())?;
     Ok(copy_path)
+}
+
+/// Copies the first `len` bytes of `from` into `to` at the same offsets,
+/// its data only: a hole stays a hole (a task's sparse output takes no
+/// more room copied than it did).
+fn copy_data(from: &std::fs::File, to: &mut std::fs::File, len: u64) -> std::io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let end = i64::try_from(len).map_err(std::io::Error::other)?;
+    let mut at = 0i64;
+    while at < end {
+        let data = match lseek(from.as_raw_fd(), at, Whence::SeekData) {
+            Ok(d) => d,
+            // No data past `at` (or a filesystem without the lookup: then
+            // everything from `at` on is data).
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(nix::errno::Errno::EINVAL) => at,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(from.as_raw_fd(), data, Whence::SeekHole)
+            .unwrap_or(end)
+            .min(end);
+        let mut src = from;
+        src.seek(SeekFrom::Start(data as u64))?;
+        to.seek(SeekFrom::Start(data as u64))?;
+        let copied = std::io::copy(&mut src.take((hole - data) as u64), to)?;
+        if copied < (hole - data) as u64 {
+            // Shortened meanwhile: the rest reads as a hole.
+            break;
+        }
+        at = hole;
+    }
+    Ok(())
 }
 
 fn oom_counter_file(pid: i64) -> Option<PathBuf> {
@@ -1771,6 +1808,42 @@ async fn read_preview(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sealed copy keeps nothing written after it was taken, through
+    /// any descriptor, and a sparse output stays sparse.
+    #[test]
+    fn a_sealed_copy_keeps_no_later_write_and_no_filled_hole() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let mut held = std::fs::File::create(&path).unwrap();
+        held.write_all(b"on-time\n").unwrap();
+        let mut second = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let copy = snapshot_output(&path).unwrap();
+        close_to_opens(&path).unwrap();
+        second.write_all(b"LATE").unwrap();
+        held.write_all(b"APPENDED").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"LATEime\nAPPENDED");
+        assert_eq!(std::fs::read(&copy).unwrap(), b"on-time\n");
+        assert_eq!(copy.file_name().unwrap(), "stdout.sealed");
+        // Sealing again finds its copy's name taken: refused, not reused.
+        assert!(snapshot_output(&path).is_err());
+
+        const MIB: u64 = 1 << 20;
+        let sparse = dir.path().join("stderr");
+        let mut f = std::fs::File::create(&sparse).unwrap();
+        f.set_len(64 * MIB).unwrap();
+        f.seek(SeekFrom::Start(32 * MIB)).unwrap();
+        f.write_all(b"x").unwrap();
+        let copy = snapshot_output(&sparse).unwrap();
+        let m = std::fs::metadata(&copy).unwrap();
+        assert_eq!(m.len(), 64 * MIB);
+        assert!(m.blocks() * 512 < MIB, "{} blocks", m.blocks());
+        let bytes = std::fs::read(&copy).unwrap();
+        assert_eq!(bytes[32 * MIB as usize], b'x');
+        assert_eq!(bytes.iter().filter(|b| **b != 0).count(), 1);
+    }
 
     #[test]
     fn gvisor_limits_leave_the_sandbox_room() {
