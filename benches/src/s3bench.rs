@@ -317,10 +317,68 @@ async fn small_only() -> Result<()> {
     Ok(())
 }
 
+/// `s3bench get`: warm 256 MiB GETs alone on a fresh cluster (3 nodes,
+/// R=1), 5 rounds over 3 objects, with the CPU time each GiB cost the
+/// gateway, the nodes and the client; with `S3BENCH_PERF=FILE`, a
+/// system-wide `perf record` of the GET rounds.
+async fn large_get_only() -> Result<()> {
+    let cluster = Cluster::start_with(3, Some(1))?;
+    let t = cluster.create_tenant("bench")?;
+    let c = Arc::new(RawClient::new(&cluster.endpoint, &t));
+    c.create_bucket("bench").await?;
+    let gateway = cluster.gateway_pid().context("gateway pid")?;
+    let nodes = insitu_benches::node_pids(&cluster.data_dir());
+    for i in 0..3 {
+        put_stream(&c, &format!("/bench/large-{i}"), 256 * MIB).await?;
+        get_stream(&c, &format!("/bench/large-{i}")).await?; // warm the page cache
+    }
+    let _ = Command::new("sync").status();
+    let perf = match std::env::var("S3BENCH_PERF") {
+        Ok(out) => Some(
+            Command::new("perf")
+                .args(["record", "-a", "-g", "-F", "999", "-o", &out])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ),
+        Err(_) => None,
+    };
+    let (mut rates, mut cpu_s_per_gib) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for i in 0..3 {
+            let before = cpu_split(gateway, &nodes);
+            rates.push(get_stream(&c, &format!("/bench/large-{i}")).await?);
+            let after = cpu_split(gateway, &nodes);
+            // 256 MiB is a quarter of a GiB.
+            let per_gib: Vec<f64> = (0..3).map(|k| (after[k] - before[k]) * 4.0).collect();
+            cpu_s_per_gib.push(per_gib);
+        }
+    }
+    if let Some(p) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait_with_output();
+    }
+    let medians: Vec<f64> = (0..3)
+        .map(|k| (median(cpu_s_per_gib.iter().map(|r| r[k]).collect()) * 1000.0).round() / 1000.0)
+        .collect();
+    let result = serde_json::json!({
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        "warm_get_256mib_mib_s": rates.clone(),
+        "warm_get_256mib_mib_s_median": median(rates),
+        "cpu_s_per_gib_gateway_nodes_client": medians,
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("small") {
-        return small_only().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("small") => return small_only().await,
+        Some("get") => return large_get_only().await,
+        _ => {}
     }
     let big_mib: u64 = std::env::var("BENCH_RSS_MIB")
         .ok()

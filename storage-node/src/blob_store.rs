@@ -876,27 +876,35 @@ impl BlobStore {
         let crcs = Some(crcs);
         let store = self.clone();
         let id = id.to_string();
+        let file = Arc::new(file.into_std().await);
         let state = (file, start - start % CHECKSUM_BLOCK, store, id, crcs, false);
         Ok(futures::stream::unfold(
             state,
-            move |(mut file, block_start, store, id, crcs, done)| async move {
+            move |(file, block_start, store, id, crcs, done)| async move {
                 if done || block_start > end {
                     return None;
                 }
                 let len = CHECKSUM_BLOCK.min(size - block_start) as usize;
-                let mut buf = vec![0u8; len];
-                let read = async {
-                    file.seek(SeekFrom::Start(block_start)).await?;
-                    file.read_exact(&mut buf).await?;
-                    Ok::<_, io::Error>(())
-                }
-                .await;
-                if let Err(e) = read {
-                    return Some((Err(e), (file, block_start, store, id, crcs, true)));
-                }
+                // One trip to the blocking pool per block: read straight
+                // into the block's buffer at its offset, and checksum it.
+                let f = file.clone();
+                let read = tokio::task::spawn_blocking(move || -> io::Result<(Vec<u8>, u32)> {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len];
+                    f.read_exact_at(&mut buf, block_start)?;
+                    let crc = crc32c::crc32c(&buf);
+                    Ok((buf, crc))
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+                let (buf, crc) = match read {
+                    Ok(r) => r,
+                    Err(e) => return Some((Err(e), (file, block_start, store, id, crcs, true))),
+                };
                 if let Some(crcs) = &crcs {
                     let idx = (block_start / CHECKSUM_BLOCK) as usize;
-                    if crcs.get(idx) != Some(&crc32c::crc32c(&buf)) {
+                    if crcs.get(idx) != Some(&crc) {
                         store.mark_corrupt(&id, block_start);
                         let e =
                             io::Error::other(format!("blob {id} is corrupt at byte {block_start}"));
