@@ -275,16 +275,25 @@ fn cpu_split(gateway: u32, nodes: &[u32]) -> [f64; 3] {
     ]
 }
 
-/// `s3bench small`: the 4 KiB phases alone on a fresh cluster, with the CPU
-/// time each operation cost the gateway, the nodes and the client (a
-/// steadier figure than the rate on a shared machine).
-async fn small_only() -> Result<()> {
+/// A fresh cluster (3 nodes, R=1) with a tenant's client and its bucket
+/// `bench`, and the pids whose CPU time a phase is split by: the gateway
+/// and the nodes. The cluster stops when dropped.
+async fn measured_cluster() -> Result<(Cluster, Arc<RawClient>, u32, Vec<u32>)> {
     let cluster = Cluster::start_with(3, Some(1))?;
     let t = cluster.create_tenant("bench")?;
     let c = Arc::new(RawClient::new(&cluster.endpoint, &t));
     c.create_bucket("bench").await?;
     let gateway = cluster.gateway_pid().context("gateway pid")?;
     let nodes = insitu_benches::node_pids(&cluster.data_dir());
+    Ok((cluster, c, gateway, nodes))
+}
+
+/// `s3bench small`: the 4 KiB phases alone on a fresh cluster, with the CPU
+/// time each operation cost the gateway, the nodes and the client (a
+/// steadier figure than the rate on a shared machine).
+async fn small_only() -> Result<()> {
+    // Held to the end: the cluster stops when dropped.
+    let (_cluster, c, gateway, nodes) = measured_cluster().await?;
     let dur = Duration::from_secs(5);
     let (mut rates, mut cpu_ms) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for _ in 0..5 {
@@ -322,12 +331,8 @@ async fn small_only() -> Result<()> {
 /// gateway, the nodes and the client; with `S3BENCH_PERF=FILE`, a
 /// system-wide `perf record` of the GET rounds.
 async fn large_get_only() -> Result<()> {
-    let cluster = Cluster::start_with(3, Some(1))?;
-    let t = cluster.create_tenant("bench")?;
-    let c = Arc::new(RawClient::new(&cluster.endpoint, &t));
-    c.create_bucket("bench").await?;
-    let gateway = cluster.gateway_pid().context("gateway pid")?;
-    let nodes = insitu_benches::node_pids(&cluster.data_dir());
+    // Held to the end: the cluster stops when dropped.
+    let (_cluster, c, gateway, nodes) = measured_cluster().await?;
     for i in 0..3 {
         put_stream(&c, &format!("/bench/large-{i}"), 256 * MIB).await?;
         get_stream(&c, &format!("/bench/large-{i}")).await?; // warm the page cache

@@ -201,25 +201,32 @@ fn check_id(id: &str) -> Result<(), BlobError> {
     }
 }
 
+/// Opens a file to read where a task may have had a hand: never through
+/// a symbolic link (`ELOOP`), and without waiting on a FIFO. The caller
+/// checks what it opened.
+pub(crate) fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+}
+
 /// Opens a file a task wrote, for the node to take over, refusing anything
 /// but a plain file with one name (a symlink, a FIFO, a device, a hard link
 /// to something else): tasks control their output directories and the node
 /// reads as root. The file becomes root's and read-only, so the task side
 /// cannot open it again to change it.
 pub fn open_task_output(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == nix::errno::Errno::ELOOP as i32 => io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is not a plain file (a symbolic link)", path.display()),
-            ),
-            _ => e,
-        })?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let f = open_no_follow(path).map_err(|e| match e.raw_os_error() {
+        Some(code) if code == nix::errno::Errno::ELOOP as i32 => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a plain file (a symbolic link)", path.display()),
+        ),
+        _ => e,
+    })?;
     let m = f.metadata()?;
     if !m.is_file() || m.nlink() != 1 {
         return Err(io::Error::new(
@@ -879,7 +886,9 @@ impl BlobStore {
                 size,
             });
         }
-        f.seek(SeekFrom::Start(start)).await?;
+        if start > 0 {
+            f.seek(SeekFrom::Start(start)).await?;
+        }
         Ok((f, size))
     }
 

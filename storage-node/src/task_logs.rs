@@ -298,12 +298,8 @@ fn keep_tail(stderr: &Path, kept: &Path) -> std::io::Result<(u64, u64)> {
 /// Opens a task's stderr to read without changing it: a plain file of
 /// the node's with one name, never through a symbolic link.
 fn safe_open(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)?;
+    use std::os::unix::fs::MetadataExt;
+    let f = crate::blob_store::open_no_follow(path)?;
     let m = f.metadata()?;
     if !m.is_file() || m.nlink() != 1 || m.uid() != nix::unistd::geteuid().as_raw() {
         return Err(std::io::Error::new(

@@ -1496,11 +1496,7 @@ fn close_to_opens(path: &Path) -> std::io::Result<()> {
 /// had open), and returns that file's path.
 fn snapshot_output(path: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let source = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)?;
+    let source = crate::blob_store::open_no_follow(path)?;
     let m = source.metadata()?;
     if !m.is_file() {
         return Err(std::io::Error::new(
