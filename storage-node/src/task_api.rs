@@ -504,7 +504,8 @@ impl TaskService {
         self.runner.end_group(group).await;
     }
 
-    /// Ends a group: its container and directories go.
+    /// Ends a group: its processes are killed, its container and
+    /// directories go.
     pub async fn end_group(&self, tenant: &str, job: &str, phase: u32) -> bool {
         let key = format!("{tenant}/{job}/{phase}");
         let cell = {
@@ -527,7 +528,7 @@ impl TaskService {
         };
         match group {
             Some(g) => {
-                self.runner.end_group(&g).await;
+                self.runner.retire_group(g).await;
                 true
             }
             None => false,

@@ -1,7 +1,8 @@
 //! Runs tasks in hardened Docker containers on this node, next to the data.
 //!
-//! One container per (job, phase) group runs that group's tasks with `exec`
-//! (measured here: ~60 ms per exec against ~230 ms per fresh container).
+//! One container per (job, phase) group runs that group's tasks, started
+//! by a resident launcher that is the container's own process (a Docker
+//! exec would cost ~50–60 ms more per container).
 //! Inputs are hard links of the node's blob files in the group's read-only
 //! `in/` directory: no copy, and the bytes stay alive for the task even if
 //! the object is deleted meanwhile. Each task writes stdout and stderr to
@@ -16,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::container::{
-    Config, CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
-    RemoveContainerOptions,
+    AttachContainerOptions, AttachContainerResults, Config, CreateContainerOptions,
+    InspectContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
 use bollard::Docker;
 use futures::StreamExt;
@@ -214,16 +214,39 @@ impl std::fmt::Debug for Group {
     }
 }
 
-/// The resident launcher of a group: one `exec` started with the
-/// container, reading task ids on stdin and starting each task as a child
+/// The resident launcher of a group: the container's own process (under
+/// its init), reading task ids on stdin and starting each task as a child
 /// process, then answering `<task> <exit status> <processes>` on stdout
 /// (the threads in the container as the task ended). A task then
 /// costs a process start inside the container instead of a Docker exec
-/// (measured here: ~60 ms each).
+/// (measured here: ~50–60 ms each).
 struct Launcher {
     input: Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
     waiters: Waiters,
 }
+
+impl Launcher {
+    /// Registers a waiter for the answer named `name`; an error once the
+    /// launcher is gone.
+    fn expect(&self, name: &str, tx: oneshot::Sender<Answer>) -> Result<(), TaskError> {
+        self.waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.as_mut().map(|w| w.insert(name.to_string(), tx)))
+            .map(|_| ())
+            .ok_or_else(|| TaskError::Runtime("the task container has stopped".into()))
+    }
+}
+
+/// The longest line the launcher answers with: anything longer is not
+/// its answer.
+const MAX_ANSWER_LINE: usize = 4096;
+
+/// The launcher's first line, once it reads tasks.
+const LAUNCHER_READY: &str = "__ready";
+/// How long a container's launcher may take to start (a gVisor sandbox
+/// boots first).
+const LAUNCHER_START: Duration = Duration::from_secs(60);
 
 /// The launcher's answer for one task.
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +276,7 @@ const LAUNCHER: &str = r#"insitu_count() {
   INSITU_N=0
   for INSITU_P in /proc/[0-9]*/task/[0-9]*; do INSITU_N=$((INSITU_N + 1)); done
 }
+echo "__ready 0"
 while read -r INSITU_T; do
   if [ "$INSITU_T" = __sweep ]; then
     for INSITU_P in /proc/[0-9]*; do
@@ -604,8 +628,18 @@ impl TaskRunner {
     pub async fn start_group(&self, spec: &GroupSpec) -> Result<Group, TaskError> {
         check_token("tenant", &spec.tenant)?;
         check_token("job", &spec.job)?;
+        let t0 = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::debug!(
+                step = what,
+                us = t0.elapsed().as_micros() as u64,
+                "group start"
+            )
+        };
         let image_id = self.ensure_image(&spec.image).await?;
+        step("image");
         let volumes = self.image_volumes(&spec.image).await?;
+        step("volumes");
         let group_id = spec.group_id();
         // Each container gets its own directory (and name): a group whose
         // container was destroyed can start again while the old one goes.
@@ -623,81 +657,7 @@ impl TaskRunner {
         // it (each capped by `fsize`), so output space is bounded and no
         // task can swap a file for a link.
 
-        let l = &spec.limits;
-        let mem = (l.memory_mb * 1024 * 1024) as i64;
-        let scratch = {
-            let (dir, mb) = (dir.clone(), l.scratch_mb);
-            tokio::task::spawn_blocking(move || make_scratch(&dir, mb))
-                .await
-                .ok()
-                .flatten()
-        };
-        let bind = |source: &Path, target: &str, read_only: bool| Mount {
-            source: Some(source.to_string_lossy().into_owned()),
-            target: Some(target.to_string()),
-            typ: Some(MountTypeEnum::BIND),
-            read_only: Some(read_only),
-            ..Default::default()
-        };
-        let host = HostConfig {
-            network_mode: Some("none".into()),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: scratch.is_none().then(|| {
-                HashMap::from([(
-                    "/tmp".to_string(),
-                    format!(
-                        "rw,nosuid,nodev,noexec,size={}m",
-                        l.scratch_mb.min(l.memory_mb / 2).max(1)
-                    ),
-                )])
-            }),
-            memory: Some(mem),
-            // Equal to the memory limit: no swap to hide behind.
-            memory_swap: Some(mem),
-            pids_limit: Some(if spec.under_gvisor() {
-                l.gvisor().1
-            } else {
-                l.pids
-            }),
-            nano_cpus: Some((l.cpus * 1e9) as i64),
-            ulimits: Some(vec![
-                ResourcesUlimits {
-                    name: Some("nofile".into()),
-                    soft: Some(l.open_files),
-                    hard: Some(l.open_files),
-                },
-                ResourcesUlimits {
-                    name: Some("fsize".into()),
-                    soft: Some(l.max_file_bytes),
-                    hard: Some(l.max_file_bytes),
-                },
-            ]),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("none".into()),
-                config: None,
-            }),
-            mounts: Some({
-                let mut m = vec![
-                    bind(&in_dir, IN_DIR, true),
-                    bind(&out_dir, OUT_DIR, false),
-                    bind(&assets_dir, ASSETS_DIR, true),
-                ];
-                if let Some(scratch) = &scratch {
-                    m.push(bind(scratch, "/tmp", false));
-                }
-                if let Some(t) = &spec.tools {
-                    m.push(bind(&t.bin, TOOLS_DIR_INSIDE, true));
-                    m.push(bind(&t.socket_dir, SOCKET_DIR_INSIDE, true));
-                }
-                m.extend(volume_mounts(&volumes, scratch.as_deref()));
-                m
-            }),
-            runtime: spec.runtime.clone(),
-            auto_remove: Some(false),
-            ..Default::default()
-        };
+        let guest_nproc = spec.under_gvisor().then(|| spec.limits.gvisor().0);
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), self.node_id.clone()),
             (
@@ -710,66 +670,80 @@ impl TaskRunner {
             (LABEL_GROUP.to_string(), group_id.clone()),
             (LABEL_DIR.to_string(), dir_name.clone()),
         ]);
-        let config = Config {
-            image: Some(spec.image.clone()),
-            // The container only idles (relaying the endpoint, when it has
-            // one); tasks arrive by exec.
-            entrypoint: Some(match &spec.tools {
-                Some(_) => vec![
-                    format!("{TOOLS_DIR_INSIDE}/insitu-task"),
-                    "relay".to_string(),
-                    format!("127.0.0.1:{TASK_S3_PORT}"),
-                    SOCKET_INSIDE.to_string(),
-                ],
-                None => vec![
-                    "/bin/sh".to_string(),
-                    "-c".to_string(),
-                    "exec sleep 2147483647".to_string(),
-                ],
-            }),
-            user: Some(TASK_USER.into()),
-            working_dir: Some("/tmp".into()),
-            // The image's own health check would run commands in the
-            // container on the engine's schedule, and its stop signal is
-            // the tenant's choice: neither applies to a task container.
-            healthcheck: Some(bollard::models::HealthConfig {
-                test: Some(vec!["NONE".to_string()]),
-                ..Default::default()
-            }),
-            stop_signal: Some("SIGKILL".into()),
-            labels: Some(labels),
-            network_disabled: Some(true),
-            host_config: Some(host),
-            ..Default::default()
+        // The scratch filesystem is made while the engine creates the
+        // container: its mount point is there first, and the mount is in
+        // place before the container starts. Where the host cannot (no
+        // loop devices, not root), the container is made again with a
+        // tmpfs.
+        let scratch_dir = dir.join("scratch");
+        let loop_scratch = tokio::fs::create_dir(&scratch_dir).await.is_ok();
+        let making = loop_scratch.then(|| {
+            let (dir, mb) = (dir.clone(), spec.limits.scratch_mb);
+            tokio::task::spawn_blocking(move || make_scratch(&dir, mb))
+        });
+        // An image's volumes are directories made in the mounted scratch
+        // file system (`volume_mounts`): for such an image it comes first.
+        let (making, mut scratch) = match making {
+            Some(job) if !volumes.is_empty() => (None, job.await.ok().flatten()),
+            making => (making, None),
         };
+        let first_scratch =
+            (making.is_some() || scratch.is_some()).then_some(scratch_dir.as_path());
         let name = format!("insitu-{}-{}", self.node_id, dir_name);
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.clone(),
-                    platform: None,
-                }),
-                config,
-            )
-            .await?;
-        if let Err(e) = self
-            .docker
-            .start_container::<String>(&created.id, None)
-            .await
-        {
-            self.remove(&created.id).await;
-            drop_dir(&dir).await;
-            return Err(e.into());
+        let create = |scratch: Option<&Path>, name: String| {
+            let config = container_config(spec, &dir, scratch, &volumes, labels.clone());
+            let options = CreateContainerOptions {
+                name,
+                platform: None,
+            };
+            async move { self.docker.create_container(Some(options), config).await }
+        };
+        let mut created = create(first_scratch, name.clone()).await;
+        if let Some(job) = making {
+            scratch = job.await.ok().flatten();
         }
-        let guest_nproc = spec.under_gvisor().then(|| spec.limits.gvisor().0);
-        let (launcher, launcher_pid) = match self.start_launcher(&created.id, guest_nproc).await {
+        if first_scratch.is_some() && scratch.is_none() {
+            if let Ok(c) = &created {
+                self.remove(&c.id).await;
+            }
+            // Its own name, should that removal not be over.
+            created = create(None, format!("{name}-tmpfs")).await;
+        }
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                drop_dir(&dir).await;
+                return Err(e.into());
+            }
+        };
+        step("create");
+        let started = async {
+            // Attached before it starts: no answer is missed.
+            let launcher = self.attach_launcher(&created.id).await?;
+            let (tx, ready) = oneshot::channel();
+            launcher.expect(LAUNCHER_READY, tx)?;
+            self.docker
+                .start_container::<String>(&created.id, None)
+                .await?;
+            self.watch_stop(&created.id, &launcher);
+            step("start");
+            match tokio::time::timeout(LAUNCHER_START, ready).await {
+                Ok(Ok(_)) => Ok(launcher),
+                _ => Err(TaskError::Runtime(
+                    "the task container's launcher did not start".into(),
+                )),
+            }
+        }
+        .await;
+        let launcher = match started {
             Ok(l) => l,
             Err(e) => {
                 self.remove(&created.id).await;
+                drop_dir(&dir).await;
                 return Err(e);
             }
         };
+        step("launcher");
         let init_pid = self
             .docker
             .inspect_container(&created.id, None::<InspectContainerOptions>)
@@ -780,13 +754,26 @@ impl TaskRunner {
         let oom_file = init_pid.and_then(oom_counter_file);
         let pids_file = init_pid.and_then(pids_counter_file);
         // Under gVisor the host sees the sandbox, not the task processes.
-        let strays = match (&oom_file, init_pid, launcher_pid, spec.runtime.as_deref()) {
-            (Some(f), Some(init), Some(l), None | Some("runc")) => {
+        // Before any task, the container's processes are its init and the
+        // launcher: those a sweep keeps.
+        let strays = match (&oom_file, init_pid, spec.runtime.as_deref()) {
+            (Some(f), Some(init), None | Some("runc")) => {
                 let procs = f.with_file_name("cgroup.procs");
-                procs.exists().then(|| (procs, vec![init as i32, l as i32]))
+                let keep: Vec<i32> = std::fs::read_to_string(&procs)
+                    .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                    .unwrap_or_default();
+                if keep.len() == 2 && keep.contains(&(init as i32)) {
+                    Some((procs, keep))
+                } else {
+                    // The image's shell started something of its own: the
+                    // launcher sweeps instead (it is the tenant's anyway).
+                    tracing::warn!(container = %created.id, ?keep, "unexpected processes at the container's start; the launcher sweeps");
+                    None
+                }
             }
             _ => None,
         };
+        step("inspect");
         if oom_file.is_none() {
             tracing::warn!(container = %created.id, "cannot find the container's OOM counter; relying on the engine's OOMKilled flag");
         }
@@ -810,40 +797,23 @@ impl TaskRunner {
         })
     }
 
-    /// Starts the group's launcher, the task that reads its answers, and
-    /// the one that fails every waiting task if the container stops (the
-    /// engine may never end an exec whose gVisor sandbox died).
-    async fn start_launcher(
-        &self,
-        container: &str,
-        guest_nproc: Option<u64>,
-    ) -> Result<(Launcher, Option<i64>), TaskError> {
-        let env = guest_nproc.map(|n| vec![format!("INSITU_NPROC={n}")]);
-        let exec = self
+    /// Attaches to the launcher (the container's process), and starts the
+    /// task that reads its answers.
+    async fn attach_launcher(&self, container: &str) -> Result<Launcher, TaskError> {
+        let AttachContainerResults { mut output, input } = self
             .docker
-            .create_exec(
+            .attach_container(
                 container,
-                CreateExecOptions {
-                    cmd: Some(vec![
-                        "/bin/sh".to_string(),
-                        "-c".to_string(),
-                        LAUNCHER.to_string(),
-                    ]),
-                    env,
-                    user: Some(TASK_USER.to_string()),
-                    working_dir: Some("/tmp".to_string()),
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
+                Some(AttachContainerOptions::<String> {
+                    stdin: Some(true),
+                    stdout: Some(true),
+                    stderr: Some(true),
+                    stream: Some(true),
+                    logs: Some(false),
+                    detach_keys: None,
+                }),
             )
             .await?;
-        let StartExecResults::Attached { mut output, input } =
-            self.docker.start_exec(&exec.id, None).await?
-        else {
-            return Err(TaskError::Runtime("the launcher did not attach".into()));
-        };
         let waiters: Waiters = Arc::new(std::sync::Mutex::new(Some(HashMap::new())));
         let answers = waiters.clone();
         tokio::spawn(async move {
@@ -872,6 +842,12 @@ impl TaskRunner {
                         let _ = tx.send(answer);
                     }
                 }
+                if buf.len() > MAX_ANSWER_LINE {
+                    // Not the launcher's: a process of a task writing to
+                    // the launcher's stdout, which is not held in memory.
+                    tracing::warn!("the launcher's output is not answers; its tasks fail");
+                    break;
+                }
             }
             // The launcher is gone (the container stopped): nobody waits
             // for an answer that cannot come.
@@ -879,9 +855,23 @@ impl TaskRunner {
                 w.take();
             }
         });
+        Ok(Launcher {
+            input: Mutex::new(input),
+            waiters,
+        })
+    }
+
+    /// Fails every task waiting on `launcher` once its container stops (the
+    /// engine may never end a stream whose gVisor sandbox died). Only for
+    /// a started container: the engine's wait ends at once for one not yet
+    /// running.
+    fn watch_stop(&self, container: &str, launcher: &Launcher) {
         {
-            let (docker, id, waiters) =
-                (self.docker.clone(), container.to_string(), waiters.clone());
+            let (docker, id, waiters) = (
+                self.docker.clone(),
+                container.to_string(),
+                launcher.waiters.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     let _ = docker.wait_container::<String>(&id, None).next().await;
@@ -907,23 +897,6 @@ impl TaskRunner {
                 }
             });
         }
-        // The launcher's host pid, once the engine reports it running.
-        let mut pid = None;
-        for _ in 0..100 {
-            let info = self.docker.inspect_exec(&exec.id).await.ok();
-            if let Some(p) = info.as_ref().and_then(|e| e.pid).filter(|p| *p > 0) {
-                pid = Some(p);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok((
-            Launcher {
-                input: Mutex::new(input),
-                waiters,
-            },
-            pid,
-        ))
     }
 
     /// Kills what tasks left running in a group's container once none
@@ -965,8 +938,8 @@ impl TaskRunner {
     /// be in it, as if made just before. Every process still holding an
     /// original is then killed; a container where that cannot be made
     /// sure goes, with everything in it (the copies stand). The copy is
-    /// made however quiet the container looks: its init and launcher run
-    /// the image's own shell, which may hold a task's files.
+    /// made however quiet the container looks: its launcher runs the
+    /// image's own shell, which may hold a task's files.
     async fn seal_outputs(
         &self,
         group: &Group,
@@ -1095,16 +1068,7 @@ impl TaskRunner {
         let forks_refused_before = group.pids_file.as_deref().and_then(pids_max_hits);
         let memory_hits_before = group.oom_file.as_deref().and_then(memory_limit_hits);
         let (tx, rx) = oneshot::channel();
-        let registered = group
-            .launcher
-            .waiters
-            .lock()
-            .ok()
-            .and_then(|mut w| w.as_mut().map(|w| w.insert(task.task_id.clone(), tx)))
-            .is_some();
-        if !registered {
-            return Err(TaskError::Runtime("the task container has stopped".into()));
-        }
+        group.launcher.expect(&task.task_id, tx)?;
         {
             let mut input = group.launcher.input.lock().await;
             let line = format!("{}\n", task.task_id);
@@ -1271,15 +1235,37 @@ impl TaskRunner {
         drop_dir(&group.dir).await;
     }
 
-    async fn remove(&self, container: &str) {
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        if let Err(e) = self.docker.remove_container(container, Some(opts)).await {
-            tracing::debug!(container, error = %e, "remove container");
+    /// Ends a group whose job is over: every process in its container is
+    /// killed before this returns (the engine waits for a killed
+    /// container to stop); the container and the group's directories are
+    /// removed in the background, which takes tens of milliseconds that
+    /// nobody needs to wait for. A crash before the removal leaves them
+    /// to [`TaskRunner::reap`].
+    pub async fn retire_group(&self, group: Group) {
+        let t0 = std::time::Instant::now();
+        let opts = KillContainerOptions { signal: "SIGKILL" };
+        if let Err(e) = self
+            .docker
+            .kill_container(&group.container_id, Some(opts))
+            .await
+        {
+            // Stopped already (a timeout or a kill), or the engine is
+            // away: the removal below tries again.
+            tracing::info!(container = %group.container_id, error = %e, "kill container");
         }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "group killed");
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            remove_container(&docker, &group.container_id).await;
+            drop_dir(&group.dir).await;
+            tracing::debug!(us = t0.elapsed().as_micros() as u64, "group removed");
+            // Its scratch room goes back only now.
+            drop(group);
+        });
+    }
+
+    async fn remove(&self, container: &str) {
+        remove_container(&self.docker, container).await;
     }
 
     /// Containers of this node whose id `keep` does not claim: left by a
@@ -1391,13 +1377,7 @@ fn prepare_task_files(
 /// Sends the launcher one of its own commands and waits for the answer.
 async fn ask_launcher(group: &Group, command: &str, wait: Duration) -> Option<Answer> {
     let (tx, rx) = oneshot::channel();
-    group
-        .launcher
-        .waiters
-        .lock()
-        .ok()?
-        .as_mut()?
-        .insert(command.to_string(), tx);
+    group.launcher.expect(command, tx).ok()?;
     let ask = async {
         let sent = {
             let mut input = group.launcher.input.lock().await;
@@ -1614,7 +1594,7 @@ fn make_scratch(dir: &Path, mb: u64) -> Option<PathBuf> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let made = std::fs::create_dir(&mnt).is_ok()
+    let made = mnt.is_dir()
         && std::fs::File::create(&img)
             .and_then(|f| f.set_len(mb.max(8) << 20))
             .is_ok()
@@ -1634,6 +1614,134 @@ fn make_scratch(dir: &Path, mb: u64) -> Option<PathBuf> {
     let _ = std::fs::remove_dir(mnt.join("lost+found"));
     std::os::unix::fs::chown(&mnt, Some(TASK_UID), Some(TASK_UID)).ok()?;
     Some(mnt)
+}
+
+/// The hardened container of a group: its mounts (the group's
+/// directories under `dir`, the scratch filesystem at `scratch` or else a
+/// tmpfs), limits, and the launcher as its process.
+fn container_config(
+    spec: &GroupSpec,
+    dir: &Path,
+    scratch: Option<&Path>,
+    volumes: &[String],
+    labels: HashMap<String, String>,
+) -> Config<String> {
+    let l = &spec.limits;
+    let mem = (l.memory_mb * 1024 * 1024) as i64;
+    let (in_dir, out_dir, assets_dir) = (dir.join("in"), dir.join("out"), dir.join("assets"));
+    let bind = |source: &Path, target: &str, read_only: bool| Mount {
+        source: Some(source.to_string_lossy().into_owned()),
+        target: Some(target.to_string()),
+        typ: Some(MountTypeEnum::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let host = HostConfig {
+        network_mode: Some("none".into()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: scratch.is_none().then(|| {
+            HashMap::from([(
+                "/tmp".to_string(),
+                format!(
+                    "rw,nosuid,nodev,noexec,size={}m",
+                    l.scratch_mb.min(l.memory_mb / 2).max(1)
+                ),
+            )])
+        }),
+        memory: Some(mem),
+        // Equal to the memory limit: no swap to hide behind.
+        memory_swap: Some(mem),
+        pids_limit: Some(if spec.under_gvisor() {
+            l.gvisor().1
+        } else {
+            l.pids
+        }),
+        nano_cpus: Some((l.cpus * 1e9) as i64),
+        ulimits: Some(vec![
+            ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(l.open_files),
+                hard: Some(l.open_files),
+            },
+            ResourcesUlimits {
+                name: Some("fsize".into()),
+                soft: Some(l.max_file_bytes),
+                hard: Some(l.max_file_bytes),
+            },
+        ]),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        mounts: Some({
+            let mut m = vec![
+                bind(&in_dir, IN_DIR, true),
+                bind(&out_dir, OUT_DIR, false),
+                bind(&assets_dir, ASSETS_DIR, true),
+            ];
+            if let Some(scratch) = scratch {
+                m.push(bind(scratch, "/tmp", false));
+            }
+            if let Some(t) = &spec.tools {
+                m.push(bind(&t.bin, TOOLS_DIR_INSIDE, true));
+                m.push(bind(&t.socket_dir, SOCKET_DIR_INSIDE, true));
+            }
+            m.extend(volume_mounts(volumes, scratch));
+            m
+        }),
+        runtime: spec.runtime.clone(),
+        // Set either way: an engine whose default is an init of its own
+        // would put the relay under it, where tasks could kill it.
+        init: Some(spec.tools.is_none()),
+        auto_remove: Some(false),
+        ..Default::default()
+    };
+    let guest_nproc = spec.under_gvisor().then(|| spec.limits.gvisor().0);
+    let launcher = ["/bin/sh", "-c", LAUNCHER].map(String::from);
+    Config {
+        image: Some(spec.image.clone()),
+        // The container's own process is the launcher, which reads the
+        // tasks to start on its standard input (attached below): no
+        // exec, whose start costs tens of milliseconds. Its parent is
+        // an init that reaps orphans: the tools' relay, which also
+        // relays the endpoint, or else the engine's.
+        entrypoint: Some(match &spec.tools {
+            Some(_) => [
+                format!("{TOOLS_DIR_INSIDE}/insitu-task"),
+                "relay".to_string(),
+                format!("127.0.0.1:{TASK_S3_PORT}"),
+                SOCKET_INSIDE.to_string(),
+                "--".to_string(),
+            ]
+            .into_iter()
+            .chain(launcher)
+            .collect(),
+            None => launcher.to_vec(),
+        }),
+        env: guest_nproc.map(|n| vec![format!("INSITU_NPROC={n}")]),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        user: Some(TASK_USER.into()),
+        working_dir: Some("/tmp".into()),
+        // The image's own health check would run commands in the
+        // container on the engine's schedule, and its stop signal is
+        // the tenant's choice: neither applies to a task container.
+        healthcheck: Some(bollard::models::HealthConfig {
+            test: Some(vec!["NONE".to_string()]),
+            ..Default::default()
+        }),
+        stop_signal: Some("SIGKILL".into()),
+        labels: Some(labels),
+        network_disabled: Some(true),
+        host_config: Some(host),
+        ..Default::default()
+    }
 }
 
 /// Whether `name` is one of the image's tags or digests, as the engine
@@ -1717,6 +1825,17 @@ async fn link_assets(dir: &Path, assets: &[(String, PathBuf)]) -> Result<(), Tas
         tokio::fs::hard_link(blob, &target).await?;
     }
     Ok(())
+}
+
+async fn remove_container(docker: &Docker, container: &str) {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    if let Err(e) = docker.remove_container(container, Some(opts)).await {
+        tracing::debug!(container, error = %e, "remove container");
+    }
 }
 
 async fn drop_dir(dir: &Path) {

@@ -316,3 +316,31 @@ async fn gvisor_runs_tasks_when_installed() {
         .args(["rmi", &image])
         .output();
 }
+
+/// What a task writes to the launcher's own stdout, without a line end,
+/// is not held in the node's memory: the container's tasks fail and the
+/// group is not used again, and a new group runs as before.
+#[tokio::test]
+async fn a_task_flooding_the_launchers_stdout_fails_its_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path(), &unique("node")).await;
+    let g = r.start_group(&group(&unique("job"), None)).await.unwrap();
+    // The task's shell's parent is the launcher's subshell; its parent
+    // is the launcher.
+    let flood = "L=$(cut -d' ' -f4 /proc/$PPID/stat); \\
+        head -c 1048576 /dev/zero | tr '\\0' x > /proc/$L/fd/1; sleep 5";
+    let outcome = r.run_task(&g, &task("flood", flood, None)).await;
+    assert!(
+        outcome.is_err(),
+        "the flood was taken as an answer: {outcome:?}"
+    );
+    let later = r.run_task(&g, &task("later", "echo hi", None)).await;
+    assert!(later.is_err(), "the flooded launcher still ran: {later:?}");
+    r.end_group(&g).await;
+
+    let g = r.start_group(&group(&unique("job"), None)).await.unwrap();
+    let out = r.run_task(&g, &task("t", "echo hi", None)).await.unwrap();
+    assert_eq!(out.end, TaskEnd::Exited(0));
+    assert_eq!(std::fs::read_to_string(&out.stdout).unwrap(), "hi\n");
+    r.end_group(&g).await;
+}
