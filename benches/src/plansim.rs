@@ -2,10 +2,12 @@
 //! (`benches/run-plansim.sh`): 1,000,000 map tasks of 5 tenants over 100
 //! nodes with 4 task slots each, every input on 3 nodes chosen with a
 //! skew (a few nodes hold far more replicas than the rest). It compares
-//! the dispatcher's policy (a task runs only on a node holding its
-//! input, and waits for one to have a free slot) with delay scheduling
+//! local-only placement (a task runs only on a node holding its input,
+//! and waits for one to have a free slot: the dispatcher's policy until
+//! it kept delay scheduling, and still its policy with a
+//! `--locality-wait-ms` longer than its jobs) with delay scheduling
 //! (Zaharia et al., EuroSys 2010: a tenant waits up to D for a local slot,
-//! then takes a remote one), and reports the fraction of tasks run on a
+//! then takes a remote one; the dispatcher's policy now), and reports the fraction of tasks run on a
 //! node holding their input, the slot utilisation, each tenant's share of
 //! the slots while all five compete against its fair share, and the
 //! planning time per task.
@@ -286,7 +288,7 @@ fn run(tasks: &[Task], delay_us: Option<u64>) -> Value {
         .collect();
     json!({
         "policy": match delay_us {
-            None => "local only (the dispatcher's)".to_string(),
+            None => "local only".to_string(),
             Some(0) => "no locality wait".to_string(),
             Some(d) => format!("delay scheduling, D = {} ms", d as f64 / 1000.0),
         },

@@ -172,9 +172,24 @@ pub(crate) async fn run_map(
             };
             task.attempts += 1;
             task.node = Some(n.clone());
-            let input_blob = (input.size > 0).then(|| input.id.clone());
             let id = attempt_id(&task);
-            match attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await {
+            // On a node without the input (placed there by delay
+            // scheduling): a copy of it made for this attempt, and
+            // removed after it (or by the orphan sweep).
+            let away = input.size > 0 && !input.replicas.contains(&n);
+            let copy = away.then(|| format!("in-{}", new_blob_id()));
+            let result = match input_on(&sv, &input, &n, copy.as_deref(), &mut leases).await {
+                Ok(input_blob) => {
+                    attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Some(copy) = &copy {
+                if let Err(e) = sv.nodes.delete(&n, copy).await {
+                    tracing::debug!(node = %n, blob = %copy, error = %e, "input copy left to the orphan sweep");
+                }
+            }
+            match result {
                 Ok((outcome, assets)) => {
                     // A reused task read nothing.
                     let reused = matches!(
@@ -184,8 +199,19 @@ pub(crate) async fn run_map(
                             ..
                         }
                     );
-                    let local = if reused { 0 } else { input.size + assets.local };
-                    return finished(task, outcome, retries, local, assets.remote, leases);
+                    let (input_local, input_remote) = match (reused, away) {
+                        (true, _) => (0, 0),
+                        (false, false) => (input.size, 0),
+                        (false, true) => (0, input.size),
+                    };
+                    return finished(
+                        task,
+                        outcome,
+                        retries,
+                        input_local + assets.local,
+                        input_remote + assets.remote,
+                        leases,
+                    );
                 }
                 Err(AttemptError::Fail(code, message)) => {
                     return finished(task, failed(code, message), retries, 0, 0, leases)
@@ -232,6 +258,30 @@ pub(crate) fn finished(
         _leases: leases,
         retried: false,
     }
+}
+
+/// The blob a map task reads on `node`, if it has an input: its own, or,
+/// when given a `copy` id, a copy of it made there, kept from the orphan
+/// sweep while the task's leases are held.
+async fn input_on(
+    sv: &Arc<Supervisor>,
+    input: &BlobRef,
+    node: &str,
+    copy: Option<&str>,
+    leases: &mut Vec<BlobHold>,
+) -> Result<Option<String>, AttemptError> {
+    if input.size == 0 {
+        return Ok(None);
+    }
+    let Some(copy) = copy else {
+        return Ok(Some(input.id.clone()));
+    };
+    leases.push(sv.holds.hold(copy));
+    sv.nodes
+        .copy_to(input, node, copy)
+        .await
+        .map_err(|e| AttemptError::Retry(format!("copying the input to {node}: {e}")))?;
+    Ok(Some(copy.to_string()))
 }
 
 /// The image a task runs in: a name, or an image tarball object made

@@ -852,6 +852,7 @@ mod tests {
             config: SupervisorConfig {
                 replicas: 1,
                 task_slots: 1,
+                locality_wait: std::time::Duration::MAX,
                 tenant_max_tasks: 0,
                 tenant_max_jobs: 0,
                 task_maxima: Default::default(),
@@ -914,6 +915,7 @@ mod tests {
             prepared: Default::default(),
             assets_counted: Default::default(),
             waiting: Default::default(),
+            launches: Default::default(),
             memo_writes: Default::default(),
         };
         let blob = Blob {

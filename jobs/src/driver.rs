@@ -153,7 +153,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                 break;
             }
             looked += 1;
-            match place_map(&sv, &rec, &backlog[i]).await {
+            match place_map(&sv, &rec, &job.launches, &backlog[i]).await {
                 Place::Wait(Waiting::NoLiveReplica) => {
                     // To the back: tasks whose inputs are on live nodes go
                     // first, rather than waiting behind it.
@@ -192,6 +192,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         if !starting.is_empty() {
             let tasks: Vec<&TaskRecord> = starting.iter().map(|(t, _)| t).collect();
             if record_starts(&sv, &job, &tasks).await {
+                job.launches.launched();
                 for (task, run) in starting.drain(..) {
                     adjust_running(&job, task.phase, 1);
                     in_flight_tasks.insert(task.id.clone(), task.clone());

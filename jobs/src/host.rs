@@ -41,6 +41,10 @@ pub struct SupervisorConfig {
     pub replicas: usize,
     /// Task slots per node.
     pub task_slots: u32,
+    /// How long a job that can start no map task on a node holding its
+    /// input waits before it starts one on another node, its input copied
+    /// there (delay scheduling). `Duration::MAX`: never.
+    pub locality_wait: std::time::Duration,
     /// Tasks one tenant may run at once across the cluster (0: no cap).
     pub tenant_max_tasks: u32,
     /// Jobs one tenant may have that have not ended (0: no cap).

@@ -1,7 +1,9 @@
 //! Where a task runs: the up holders of its input with a free slot, within
-//! its tenant's share; and why a task waits when none will do.
+//! its tenant's share, or, once its job has waited long enough for one,
+//! another node (delay scheduling); and why a task waits when none will do.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use insitu_catalog::BlobRef;
 use insitu_job_model::plan;
@@ -40,6 +42,30 @@ pub(crate) enum Place {
     Run(MapRun),
     Wait(Waiting),
     Fail(JobErrorCode, String),
+}
+
+/// When a job last started a map task: the clock of delay scheduling
+/// (Zaharia et al., EuroSys 2010). A job that could start none on a node
+/// holding its input for [`SupervisorConfig::locality_wait`] may start one
+/// on another node, its input copied there.
+pub(crate) struct LaunchClock(std::sync::Mutex<Instant>);
+
+impl Default for LaunchClock {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Instant::now()))
+    }
+}
+
+impl LaunchClock {
+    pub(crate) fn launched(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn waited(&self) -> Duration {
+        self.0.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
 }
 
 /// Where a map task runs and what it reads.
@@ -108,7 +134,12 @@ pub(crate) fn blocked(sv: &Supervisor, tenant: &str) -> Option<Waiting> {
     Some(why)
 }
 
-pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &TaskRecord) -> Place {
+pub(crate) async fn place_map(
+    sv: &Arc<Supervisor>,
+    rec: &JobRecord,
+    clock: &LaunchClock,
+    task: &TaskRecord,
+) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
     let blob = match &task.pin {
@@ -158,7 +189,16 @@ pub(crate) async fn place_map(sv: &Arc<Supervisor>, rec: &JobRecord, task: &Task
         sv.load.note_waiting(&rec.tenant);
         return Place::Wait(Waiting::TenantShare);
     }
-    let Some(node) = plan::choose_node(&holders, &[], |n| sv.load.tasks_on(n), slots) else {
+    let load = |n: &str| sv.load.tasks_on(n);
+    let node = plan::choose_node(&holders, &[], load, slots).or_else(|| {
+        // Past the job's wait, a node without the input will do.
+        let others: Vec<String> = match clock.waited() >= sv.config.locality_wait {
+            true => sv.nodes.node_ids().into_iter().filter(up).collect(),
+            false => Vec::new(),
+        };
+        plan::choose_node(&others, &holders, load, slots)
+    });
+    let Some(node) = node else {
         sv.load.note_waiting(&rec.tenant);
         return Place::Wait(Waiting::NodeBusy);
     };

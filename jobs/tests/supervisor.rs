@@ -38,6 +38,10 @@ struct Calls {
     appends: Vec<(String, String, String)>,
     ended: HashSet<String>,
     groups_ended: Vec<(String, String, u32)>,
+    /// (blob, node, new id) of each copy made.
+    copies: Vec<(String, String, String)>,
+    /// (node, blob) of each blob removed.
+    deleted: Vec<(String, String)>,
 }
 
 struct FakeNodes {
@@ -100,11 +104,15 @@ impl NodeClient for FakeNodes {
         Ok(Vec::new())
     }
 
-    async fn copy_to(&self, _: &BlobRef, _: &str, _: &str) -> NodeResult<()> {
+    async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()> {
+        self.calls()
+            .copies
+            .push((blob.id.clone(), node.into(), new_id.into()));
         Ok(())
     }
 
-    async fn delete(&self, _: &str, _: &str) -> NodeResult<()> {
+    async fn delete(&self, node: &str, blob: &str) -> NodeResult<()> {
+        self.calls().deleted.push((node.into(), blob.into()));
         Ok(())
     }
 
@@ -227,6 +235,11 @@ struct Setup {
 /// A catalog with tenants alice and bob, alice's buckets `src` and `out`,
 /// and bob's private bucket `secret`.
 async fn setup(nodes: FakeNodes) -> Setup {
+    setup_waiting(nodes, Duration::MAX).await
+}
+
+/// The same, with delay scheduling's wait set.
+async fn setup_waiting(nodes: FakeNodes, locality_wait: Duration) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let catalog = insitu_catalog::open_rocksdb(&dir.path().join("catalog")).unwrap();
     for t in ["alice", "bob"] {
@@ -239,7 +252,7 @@ async fn setup(nodes: FakeNodes) -> Setup {
             .unwrap();
     }
     let nodes = Arc::new(nodes);
-    let sv = supervisor(&catalog, nodes.clone(), "gw-a", 10_000);
+    let sv = supervisor_waiting(&catalog, nodes.clone(), "gw-a", 10_000, locality_wait);
     Setup {
         _dir: dir,
         catalog,
@@ -254,6 +267,16 @@ fn supervisor(
     id: &str,
     lease_ms: i64,
 ) -> Arc<Supervisor> {
+    supervisor_waiting(catalog, nodes, id, lease_ms, Duration::MAX)
+}
+
+fn supervisor_waiting(
+    catalog: &Arc<dyn Catalog>,
+    nodes: Arc<FakeNodes>,
+    id: &str,
+    lease_ms: i64,
+    locality_wait: Duration,
+) -> Arc<Supervisor> {
     Supervisor::new(SupervisorParts {
         catalog: catalog.clone(),
         nodes,
@@ -265,6 +288,7 @@ fn supervisor(
         config: SupervisorConfig {
             replicas: 1,
             task_slots: 4,
+            locality_wait,
             tenant_max_tasks: 0,
             tenant_max_jobs: 0,
             task_maxima: Default::default(),
@@ -474,6 +498,73 @@ async fn an_input_the_tenant_may_not_read_fails_with_access_denied_and_never_run
             ),
         ]
     );
+}
+
+/// Delay scheduling: five inputs all on n1, whose four slots stay taken
+/// (its tasks never end). With a wait of 100 ms, the fifth task runs on
+/// n2 on a copy of its input, made for it and removed after it; with no
+/// wait set (the `Duration::MAX` of `setup`), it waits for n1.
+#[tokio::test]
+async fn past_its_wait_a_job_runs_a_map_task_on_a_node_without_its_input() {
+    for wait in [Some(Duration::from_millis(100)), None] {
+        let nodes = FakeNodes::new(&["n1", "n2"]).with("n1", Behaviour::Hang);
+        let s = setup_waiting(nodes, wait.unwrap_or(Duration::MAX)).await;
+        let inputs: Vec<String> = (0..5).map(|i| format!("src/in{i}")).collect();
+        for i in 0..5 {
+            let (key, blob) = (format!("in{i}"), format!("blob-{i}"));
+            put(s.catalog.as_ref(), "src", &key, &blob, &["n1"]).await;
+        }
+        let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let job = s.sv.create("alice", spec(MAP, &names)).await.unwrap();
+        let on_n2 = || {
+            let calls = s.nodes.calls();
+            calls
+                .maps
+                .iter()
+                .filter(|m| m.0 == "n2")
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..60 {
+            if !on_n2().is_empty() && !s.nodes.calls().deleted.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let n1_runs = s.nodes.calls().maps.iter().filter(|m| m.0 == "n1").count();
+        assert_eq!(n1_runs, 4, "n1's slots are all taken");
+        match wait {
+            Some(_) => {
+                let ran = on_n2();
+                assert_eq!(ran.len(), 1, "one task ran away from its input: {ran:?}");
+                let copies = s.nodes.calls().copies.clone();
+                assert_eq!(copies.len(), 1, "{copies:?}");
+                let (from, to, copy) = &copies[0];
+                assert!(from.starts_with("blob-") && to == "n2" && copy.starts_with("in-"));
+                assert_eq!(ran[0].1.as_deref(), Some(copy.as_str()), "it read the copy");
+                assert_eq!(
+                    s.nodes.calls().deleted,
+                    vec![("n2".to_string(), copy.clone())],
+                    "the copy goes once the task has run"
+                );
+                // Counted as remote bytes once committed.
+                let mut remote = 0;
+                for _ in 0..100 {
+                    remote = s.sv.get("alice", &job.id).await.unwrap().phases[0].bytes_remote;
+                    if remote > 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(remote, 100);
+            }
+            None => {
+                assert!(on_n2().is_empty(), "no wait set: it waits for n1");
+                assert!(s.nodes.calls().copies.is_empty());
+            }
+        }
+        s.sv.cancel("alice", &job.id).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -1152,3 +1152,89 @@ async fn a_failed_task_shows_its_last_stderr_lines_and_each_phase_its_progress()
         .collect();
     assert_eq!(e["stderr_tail"], serde_json::json!(tail), "{e}");
 }
+
+/// Delay scheduling end to end: two nodes, one slot each, one replica.
+/// A sleeping job takes the one slot of the node holding an object; a
+/// second job over the same object then runs its task on the other node,
+/// on a copy of the input, once its locality wait (5 ms here) is over,
+/// and counts the input as remote bytes. With a wait longer than the
+/// test, the second job waits for the holder instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_map_task_runs_away_from_its_busy_holder_after_the_locality_wait() {
+    for (wait, away) in [("5", true), ("600000", false)] {
+        let cluster = Cluster::start_with_args(
+            2,
+            Some(1),
+            &["--task-slots", "1", "--locality-wait-ms", wait],
+        )
+        .expect("cluster");
+        let t = cluster.create_tenant("away").expect("tenant");
+        let c = RawClient::new(&cluster.endpoint, &t);
+        let bucket = unique("away");
+        c.create_bucket(&bucket).await.unwrap();
+        let body = b"one\ntwo\nthree\n".to_vec();
+        let put = c
+            .send("PUT", &format!("/{bucket}/in"), &[], &[], body.clone())
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        let input = format!("{bucket}/in\n");
+        let run = |out: &str, map: &str| {
+            let out = job_cli(
+                &cluster,
+                &t,
+                &[
+                    "run",
+                    "--output",
+                    &format!("s3://{bucket}/{out}/"),
+                    "--map",
+                    map,
+                ],
+                Some(&input),
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            lines_of(&out)[0].clone()
+        };
+        let sleeper = run("slept", "sleep 30");
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let s = json_of(&job_cli(&cluster, &t, &["status", &sleeper], None));
+                s["counters"]["tasks"]["running"].as_u64().unwrap_or(0) > 0
+            }),
+            "the sleeper started"
+        );
+        let counter = run("counted", "wc -l");
+        let status = || json_of(&job_cli(&cluster, &t, &["status", &counter], None));
+        if away {
+            assert!(
+                wait_until(Duration::from_secs(20), || status()["state"] == "done"),
+                "the second job ran while the holder's slot was taken: {}",
+                status()
+            );
+            let s = status();
+            assert_eq!(s["counters"]["errors"], 0, "{s}");
+            assert_eq!(s["phases"][0]["bytes_remote"], body.len() as u64, "{s}");
+            assert_eq!(s["phases"][0]["bytes_local"], 0, "{s}");
+            let outputs = lines_of(&job_cli(&cluster, &t, &["outputs", &counter], None));
+            assert_eq!(outputs.len(), 1, "{outputs:?}");
+            assert_eq!(get_text(&c, &outputs[0]).await.trim(), "3");
+            let sleeping = json_of(&job_cli(&cluster, &t, &["status", &sleeper], None));
+            assert_eq!(sleeping["state"], "running", "{sleeping}");
+        } else {
+            std::thread::sleep(Duration::from_secs(3));
+            let s = status();
+            assert_eq!(s["state"], "running", "{s}");
+            assert_eq!(
+                s["counters"]["tasks"]["running"], 0,
+                "it waits for the holder: {s}"
+            );
+        }
+        for id in [&sleeper, &counter] {
+            let _ = job_cli(&cluster, &t, &["cancel", id], None);
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     pub orphan_sweep_interval: Duration,
     /// Tasks the job supervisor runs at once on each node.
     pub task_slots: u32,
+    /// How long a job waits for a slot on a node holding a map task's
+    /// input before running it on another (delay scheduling).
+    pub locality_wait: Duration,
     /// Most tasks one tenant runs at once across the cluster (0: no cap
     /// beyond its fair share when others wait).
     pub tenant_max_tasks: u32,
@@ -167,6 +170,7 @@ impl Gateway {
             config: insitu_jobs::SupervisorConfig {
                 replicas: config.replicas,
                 task_slots: config.task_slots,
+                locality_wait: config.locality_wait,
                 tenant_max_tasks: config.tenant_max_tasks,
                 tenant_max_jobs: config.tenant_max_jobs,
                 task_maxima: config.task_maxima,

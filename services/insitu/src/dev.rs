@@ -83,6 +83,13 @@ pub struct ClusterTuning {
     /// Tasks the job supervisor runs at once on each node [default: 4].
     #[arg(long)]
     task_slots: Option<u32>,
+    /// Milliseconds a job that can start no map task on a node holding
+    /// its input waits before it starts one on another node, the input
+    /// copied there (delay scheduling). Short against the tasks' run
+    /// time; a wait longer than any job keeps every map task on a holder
+    /// [default: 1000].
+    #[arg(long)]
+    locality_wait_ms: Option<u64>,
     /// Most tasks one tenant runs at once across the cluster [default: 0, no cap].
     #[arg(long)]
     tenant_max_tasks: Option<u32>,
@@ -129,6 +136,7 @@ impl ClusterTuning {
             health_interval_ms: self.health_interval_ms.or(file.health_interval_ms),
             orphan_sweep_secs: self.orphan_sweep_secs.or(file.orphan_sweep_secs),
             task_slots: self.task_slots.or(file.task_slots),
+            locality_wait_ms: self.locality_wait_ms.or(file.locality_wait_ms),
             tenant_max_tasks: self.tenant_max_tasks.or(file.tenant_max_tasks),
             tenant_max_jobs: self.tenant_max_jobs.or(file.tenant_max_jobs),
             task_max_memory_mb: self.task_max_memory_mb.or(file.task_max_memory_mb),
@@ -165,6 +173,7 @@ impl ClusterTuning {
             "health-interval-ms" => t.health_interval_ms,
             "orphan-sweep-secs" => t.orphan_sweep_secs,
             "task-slots" => t.task_slots,
+            "locality-wait-ms" => t.locality_wait_ms,
             "tenant-max-tasks" => t.tenant_max_tasks,
             "tenant-max-jobs" => t.tenant_max_jobs,
             "task-max-memory-mb" => t.task_max_memory_mb,
@@ -216,6 +225,7 @@ fn gateway_config(
         repair_bytes_per_sec: t.repair_mib_per_sec.unwrap_or(64) * 1024 * 1024,
         orphan_sweep_interval: secs(t.orphan_sweep_secs, 600),
         task_slots: t.task_slots.unwrap_or(4).max(1),
+        locality_wait: Duration::from_millis(t.locality_wait_ms.unwrap_or(1000)),
         tenant_max_tasks: t.tenant_max_tasks.unwrap_or(0),
         tenant_max_jobs: t.tenant_max_jobs.unwrap_or(0),
         task_maxima: {
