@@ -12,10 +12,13 @@
 //!   to stdout.
 //!
 //! - memoized tasks: the `wc -l` job with `memoize`, run once (every task
-//!   runs and is remembered) and again (every task reused).
+//!   runs and is remembered) and again (every task reused);
+//! - delay scheduling: a job whose inputs all sit on one node of three,
+//!   run with the default locality wait and with a wait longer than the
+//!   job (every task on that one node), alternately.
 //!
-//! `jobbench [wc] [per-task] [endpoint] [memo]` runs only the sections
-//! named.
+//! `jobbench [wc] [per-task] [endpoint] [memo] [skew]` runs only the
+//! sections named.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -115,6 +118,9 @@ async fn main() -> Result<()> {
     if run("memo") {
         memo(&mut report).await?;
     }
+    if run("skew") {
+        skew(&mut report).await?;
+    }
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
 }
@@ -122,6 +128,67 @@ async fn main() -> Result<()> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
+}
+
+/// Inputs, task length and runs of each kind in the skew section.
+const SKEW_INPUTS: usize = 24;
+const SKEW_TASK: &str = "sleep 0.3; wc -l";
+const SKEW_RUNS: usize = 3;
+
+/// Section 5, delay scheduling: every input is uploaded while the cluster
+/// has one node, then two more join, so each input has its one replica on
+/// the first (4 slots for 24 tasks of 0.3 s). The job runs with the
+/// default wait (`--locality-wait-ms 100`: the other nodes' 8 slots take
+/// tasks, each on a copy of its input) and with a wait longer than the
+/// job (all on the one node), each in its own cluster, alternately.
+async fn skew(report: &mut serde_json::Map<String, Value>) -> Result<()> {
+    let mut runs: std::collections::BTreeMap<&str, Vec<Value>> = Default::default();
+    for round in 0..SKEW_RUNS {
+        for (name, wait) in [("local_only", "600000"), ("delay_100ms", "100")] {
+            let mut cluster = Cluster::start_with_args(1, Some(1), &["--locality-wait-ms", wait])?;
+            let t = cluster.create_tenant("bench")?;
+            let c = RawClient::new(&cluster.endpoint, &t);
+            c.create_bucket("skew").await?;
+            upload(&c, "skew", "in/", SKEW_INPUTS, |i| {
+                format!("{i}\n").repeat(1000).into_bytes()
+            })
+            .await?;
+            for n in 1..3 {
+                cluster.start_node(&format!("joined-{round}-{n}"), &[])?;
+            }
+            // Warm the image on every node (and wait until both have
+            // joined): a job over an input with no bytes may run anywhere.
+            c.send("PUT", "/skew/empty", &[], &[], Vec::new()).await?;
+            let warm = json!({
+                "phases": [{ "type": "map", "image": "insitu-test/busybox:latest", "exec": "true" }],
+                "inputs": vec!["skew/empty"; 12],
+                "output": "skew/warm/",
+            });
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            run_job(&c, warm).await?;
+            let (status, wall) = run_job(&c, map_spec("skew", "in/", "out/", SKEW_TASK)).await?;
+            runs.entry(name).or_default().push(json!({
+                "seconds": wall.as_secs_f64(),
+                "bytes_local": status["phases"][0]["bytes_local"],
+                "bytes_remote": status["phases"][0]["bytes_remote"],
+            }));
+        }
+    }
+    let summary: serde_json::Map<String, Value> = runs
+        .into_iter()
+        .map(|(name, r)| {
+            let secs: Vec<f64> = r.iter().filter_map(|x| x["seconds"].as_f64()).collect();
+            (
+                name.to_string(),
+                json!({ "median_seconds": median(secs), "runs": r }),
+            )
+        })
+        .collect();
+    report.insert(
+        "skew_24_tasks_of_0.3s_on_one_node_of_3".into(),
+        Value::Object(summary),
+    );
+    Ok(())
 }
 
 /// Named outputs per task, and their size, in the endpoint section.

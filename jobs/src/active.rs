@@ -39,8 +39,8 @@ pub struct ActiveJob {
     pub(crate) prepared: std::sync::Mutex<std::collections::HashMap<(u32, String), Option<String>>>,
     /// (phase, node) pairs whose assets are counted in the job's bytes.
     pub(crate) assets_counted: std::sync::Mutex<std::collections::HashSet<(u32, String)>>,
-    /// When it last started a map task, for delay scheduling.
-    pub(crate) launches: LaunchClock,
+    /// How long its map tasks have waited for their holders' slots.
+    pub(crate) locality: LocalityClock,
     /// Why the queued tasks the dispatcher last looked at are waiting.
     pub(crate) waiting: std::sync::Mutex<HashMap<Waiting, u64>>,
     /// Memo entries being written for committed tasks: the job is done

@@ -178,11 +178,15 @@ pub(crate) async fn run_map(
             // removed after it (or by the orphan sweep).
             let away = input.size > 0 && !input.replicas.contains(&n);
             let copy = away.then(|| format!("in-{}", new_blob_id()));
+            let mut started = true;
             let result = match input_on(&sv, &input, &n, copy.as_deref(), &mut leases).await {
                 Ok(input_blob) => {
                     attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    started = false;
+                    Err(e)
+                }
             };
             if let Some(copy) = &copy {
                 if let Err(e) = sv.nodes.delete(&n, copy).await {
@@ -218,8 +222,15 @@ pub(crate) async fn run_map(
                 }
                 Err(AttemptError::Retry(why)) => {
                     tracing::warn!(node = %n, error = %why, "task attempt failed; trying another holder");
-                    if never_started(&sv, &n) {
+                    // A copy that could not be made, or a node now down,
+                    // never started the task.
+                    if !started || never_started(&sv, &n) {
                         task.attempts -= 1;
+                    }
+                    if away && task.attempts < MAX_ATTEMPTS {
+                        // Its holders were full when it went away: back to
+                        // the queue, to be placed afresh.
+                        return finished(task, Outcome::Requeue, retries, 0, 0, leases);
                     }
                     tried.push(n);
                     node = plan::choose_node(&holders, &tried, |x| sv.load.tasks_on(x), u32::MAX)

@@ -760,6 +760,9 @@ mod tests {
         fn place_more(&self, _: &str, _: usize, _: u64, _: &[String]) -> NodeResult<Vec<String>> {
             Ok(Vec::new())
         }
+        fn has_room(&self, _: &str, _: u64) -> bool {
+            false
+        }
         async fn copy_to(&self, _: &BlobRef, _: &str, _: &str) -> NodeResult<()> {
             unreachable!()
         }
@@ -915,7 +918,7 @@ mod tests {
             prepared: Default::default(),
             assets_counted: Default::default(),
             waiting: Default::default(),
-            launches: Default::default(),
+            locality: Default::default(),
             memo_writes: Default::default(),
         };
         let blob = Blob {

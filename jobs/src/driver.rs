@@ -140,51 +140,25 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         }
         // Map tasks: each to the least-loaded holder of its input that has
         // a free slot.
-        let mut i = 0;
         let mut starting: Vec<(TaskRecord, MapRun)> = Vec::new();
-        let mut waiting: HashMap<Waiting, u64> = HashMap::new();
-        let mut looked = 0;
-        let window = backlog.len().min(LOOKAHEAD);
-        while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
-            if let Some(why) = blocked(&sv, &rec.tenant) {
-                // The slots are taken: the rest of the window is not
-                // looked up.
-                *waiting.entry(why).or_default() += window.saturating_sub(looked) as u64;
-                break;
-            }
-            looked += 1;
-            match place_map(&sv, &rec, &job.launches, &backlog[i]).await {
-                Place::Wait(Waiting::NoLiveReplica) => {
-                    // To the back: tasks whose inputs are on live nodes go
-                    // first, rather than waiting behind it.
-                    *waiting.entry(Waiting::NoLiveReplica).or_default() += 1;
-                    if let Some(task) = backlog.remove(i) {
-                        backlog.push_back(task);
-                    }
-                }
-                Place::Wait(why) => {
-                    *waiting.entry(why).or_default() += 1;
-                    i += 1;
-                }
-                Place::Fail(code, message) => {
-                    let task = backlog.remove(i).unwrap_or_else(|| backlog[0].clone());
-                    let fin = Finished {
-                        task,
-                        outcome: failed(code, message),
-                        retries: 0,
-                        bytes_local: 0,
-                        bytes_remote: 0,
-                        refused: Vec::new(),
-                        _leases: Vec::new(),
-                        retried: false,
-                    };
-                    uncommitted.extend(commit(&sv, &job, fin).await);
-                }
-                Place::Run(run) => {
-                    let Some(task) = backlog.remove(i) else { break };
-                    starting.push((task, run));
-                }
-            }
+        let pass = Pass {
+            sv: &sv,
+            job: &job,
+            rec: &rec,
+        };
+        let (mut waiting, held) = pass
+            .place(&mut backlog, false, &mut starting, &mut uncommitted)
+            .await;
+        // Delay scheduling: a job that starts nothing next to its input
+        // while tasks wait for their holders' slots runs them elsewhere
+        // once its wait is over.
+        if !starting.is_empty() || !held {
+            job.locality.stop();
+        } else if job.locality.waited(sv.config.locality_wait) {
+            waiting = pass
+                .place(&mut backlog, true, &mut starting, &mut uncommitted)
+                .await
+                .0;
         }
         // What starts is recorded first, so that a gateway that takes the
         // job over knows which tasks an attempt had started (and counts
@@ -192,7 +166,6 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
         if !starting.is_empty() {
             let tasks: Vec<&TaskRecord> = starting.iter().map(|(t, _)| t).collect();
             if record_starts(&sv, &job, &tasks).await {
-                job.launches.launched();
                 for (task, run) in starting.drain(..) {
                     adjust_running(&job, task.phase, 1);
                     in_flight_tasks.insert(task.id.clone(), task.clone());
@@ -284,8 +257,89 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
                 fresh.extend(to_commit);
             }
             _ = job.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(tick(&sv, &job)) => {}
         }
+    }
+}
+
+/// The longest a driver sleeps between turns when nothing wakes it; less
+/// while its job's locality wait runs, so that it ends on time.
+fn tick(sv: &Supervisor, job: &ActiveJob) -> Duration {
+    const TURN: Duration = Duration::from_millis(250);
+    match job.locality.left(sv.config.locality_wait) {
+        Some(left) => left.clamp(Duration::from_millis(1), TURN),
+        None => TURN,
+    }
+}
+
+/// One pass of a driver's turn over the window of queued map tasks.
+struct Pass<'a> {
+    sv: &'a Arc<Supervisor>,
+    job: &'a Arc<ActiveJob>,
+    rec: &'a JobRecord,
+}
+
+impl Pass<'_> {
+    /// Each task of the window is placed (into `starting`), failed (its
+    /// outcome committed) or left waiting, counted by why; with `away`, a
+    /// task whose holders are full may go to another node. Also says
+    /// whether a task was left waiting for a holder's slot alone.
+    async fn place(
+        &self,
+        backlog: &mut VecDeque<TaskRecord>,
+        away: bool,
+        starting: &mut Vec<(TaskRecord, MapRun)>,
+        uncommitted: &mut Vec<Finished>,
+    ) -> (HashMap<Waiting, u64>, bool) {
+        let (sv, job, rec) = (self.sv, self.job, self.rec);
+        let mut waiting: HashMap<Waiting, u64> = HashMap::new();
+        let mut held = false;
+        let mut i = 0;
+        let mut looked = 0;
+        let window = backlog.len().min(LOOKAHEAD);
+        while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
+            if let Some(why) = blocked(sv, &rec.tenant) {
+                // The slots are taken: the rest of the window is not
+                // looked up.
+                *waiting.entry(why).or_default() += window.saturating_sub(looked) as u64;
+                break;
+            }
+            looked += 1;
+            match place_map(sv, rec, &backlog[i], away).await {
+                Place::Wait(Waiting::NoLiveReplica) => {
+                    // To the back: tasks whose inputs are on live nodes go
+                    // first, rather than waiting behind it.
+                    *waiting.entry(Waiting::NoLiveReplica).or_default() += 1;
+                    if let Some(task) = backlog.remove(i) {
+                        backlog.push_back(task);
+                    }
+                }
+                Place::Wait(why) => {
+                    held |= why == Waiting::NodeBusy;
+                    *waiting.entry(why).or_default() += 1;
+                    i += 1;
+                }
+                Place::Fail(code, message) => {
+                    let task = backlog.remove(i).unwrap_or_else(|| backlog[0].clone());
+                    let fin = Finished {
+                        task,
+                        outcome: failed(code, message),
+                        retries: 0,
+                        bytes_local: 0,
+                        bytes_remote: 0,
+                        refused: Vec::new(),
+                        _leases: Vec::new(),
+                        retried: false,
+                    };
+                    uncommitted.extend(commit(sv, job, fin).await);
+                }
+                Place::Run(run) => {
+                    let Some(task) = backlog.remove(i) else { break };
+                    starting.push((task, run));
+                }
+            }
+        }
+        (waiting, held)
     }
 }
 

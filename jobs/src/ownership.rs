@@ -60,7 +60,7 @@ pub(crate) fn start(sv: &Arc<Supervisor>, rec: JobRecord, epoch: u64) {
         prepared: Default::default(),
         assets_counted: Default::default(),
         waiting: Default::default(),
-        launches: Default::default(),
+        locality: Default::default(),
         memo_writes: Default::default(),
         record: Mutex::new(rec),
         wake: Notify::new(),

@@ -44,27 +44,34 @@ pub(crate) enum Place {
     Fail(JobErrorCode, String),
 }
 
-/// When a job last started a map task: the clock of delay scheduling
-/// (Zaharia et al., EuroSys 2010). A job that could start none on a node
-/// holding its input for [`SupervisorConfig::locality_wait`] may start one
-/// on another node, its input copied there.
-pub(crate) struct LaunchClock(std::sync::Mutex<Instant>);
+/// Delay scheduling's clock (Zaharia et al., EuroSys 2010): since when a
+/// job has had map tasks waiting only for a slot on a node holding their
+/// input, starting none next to its input. Past
+/// [`SupervisorConfig::locality_wait`], such a task may run on another
+/// node, its input copied there. It stops when the job starts a task next
+/// to its input, or has no task waiting so.
+#[derive(Default)]
+pub(crate) struct LocalityClock(std::sync::Mutex<Option<Instant>>);
 
-impl Default for LaunchClock {
-    fn default() -> Self {
-        Self(std::sync::Mutex::new(Instant::now()))
-    }
-}
-
-impl LaunchClock {
-    pub(crate) fn launched(&self) {
-        if let Ok(mut t) = self.0.lock() {
-            *t = Instant::now();
+impl LocalityClock {
+    /// Starts the clock if it is not running; whether `wait` is over.
+    pub(crate) fn waited(&self, wait: Duration) -> bool {
+        match self.0.lock() {
+            Ok(mut since) => since.get_or_insert_with(Instant::now).elapsed() >= wait,
+            Err(_) => false,
         }
     }
 
-    fn waited(&self) -> Duration {
-        self.0.lock().map(|t| t.elapsed()).unwrap_or_default()
+    pub(crate) fn stop(&self) {
+        if let Ok(mut since) = self.0.lock() {
+            *since = None;
+        }
+    }
+
+    /// What is left of `wait`, while the clock runs.
+    pub(crate) fn left(&self, wait: Duration) -> Option<Duration> {
+        let since = (*self.0.lock().ok()?)?;
+        Some(wait.saturating_sub(since.elapsed()))
     }
 }
 
@@ -134,11 +141,14 @@ pub(crate) fn blocked(sv: &Supervisor, tenant: &str) -> Option<Waiting> {
     Some(why)
 }
 
+/// Places a map task on a holder of its input with a free slot, or, with
+/// `away` (its job's locality wait is over), on another up node with a
+/// free slot and room for a copy of the input.
 pub(crate) async fn place_map(
     sv: &Arc<Supervisor>,
     rec: &JobRecord,
-    clock: &LaunchClock,
     task: &TaskRecord,
+    away: bool,
 ) -> Place {
     let loc = task.input.clone().unwrap_or_default();
     let (bucket, key) = split(&loc);
@@ -191,12 +201,16 @@ pub(crate) async fn place_map(
     }
     let load = |n: &str| sv.load.tasks_on(n);
     let node = plan::choose_node(&holders, &[], load, slots).or_else(|| {
-        // Past the job's wait, a node without the input will do.
-        let others: Vec<String> = match clock.waited() >= sv.config.locality_wait {
-            true => sv.nodes.node_ids().into_iter().filter(up).collect(),
+        let others: Vec<String> = match away {
+            true => sv
+                .nodes
+                .node_ids()
+                .into_iter()
+                .filter(|n| up(n) && !holders.contains(n) && sv.nodes.has_room(n, blob.size))
+                .collect(),
             false => Vec::new(),
         };
-        plan::choose_node(&others, &holders, load, slots)
+        plan::choose_node(&others, &[], load, slots)
     });
     let Some(node) = node else {
         sv.load.note_waiting(&rec.tenant);

@@ -104,6 +104,10 @@ impl NodeClient for FakeNodes {
         Ok(Vec::new())
     }
 
+    fn has_room(&self, _: &str, _: u64) -> bool {
+        true
+    }
+
     async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()> {
         self.calls()
             .copies

@@ -87,7 +87,7 @@ pub struct ClusterTuning {
     /// its input waits before it starts one on another node, the input
     /// copied there (delay scheduling). Short against the tasks' run
     /// time; a wait longer than any job keeps every map task on a holder
-    /// [default: 1000].
+    /// [default: 100].
     #[arg(long)]
     locality_wait_ms: Option<u64>,
     /// Most tasks one tenant runs at once across the cluster [default: 0, no cap].
@@ -225,7 +225,7 @@ fn gateway_config(
         repair_bytes_per_sec: t.repair_mib_per_sec.unwrap_or(64) * 1024 * 1024,
         orphan_sweep_interval: secs(t.orphan_sweep_secs, 600),
         task_slots: t.task_slots.unwrap_or(4).max(1),
-        locality_wait: Duration::from_millis(t.locality_wait_ms.unwrap_or(1000)),
+        locality_wait: Duration::from_millis(t.locality_wait_ms.unwrap_or(100)),
         tenant_max_tasks: t.tenant_max_tasks.unwrap_or(0),
         tenant_max_jobs: t.tenant_max_jobs.unwrap_or(0),
         task_maxima: {

@@ -25,6 +25,22 @@ fn score(node: &str, blob: &str, weight: f64) -> f64 {
 }
 
 impl NodeSet {
+    /// Whether `node` is up, has reported its space, and has room for
+    /// `size` more bytes above the reserve every node keeps.
+    pub fn has_room(&self, node: &str, size: u64) -> bool {
+        self.snapshot()
+            .into_iter()
+            .any(|(id, s, st)| id == node && st == NodeState::Up && self.room(&s.usage, size))
+    }
+
+    fn room(&self, usage: &insitu_node_api::Usage, size: u64) -> bool {
+        // A node that has not reported its space yet gets nothing:
+        // "unmeasured" is no promise of room.
+        usage.capacity_bytes > 0
+            && usage.free_bytes > self.reserve_bytes
+            && usage.free_bytes - self.reserve_bytes >= size
+    }
+
     /// Chooses `replicas` distinct up nodes with room for `size` bytes.
     pub fn place(
         &self,
@@ -50,12 +66,7 @@ impl NodeSet {
         let mut candidates: Vec<(f64, String)> = snapshot
             .into_iter()
             .filter(|(id, s, st)| {
-                // A node that has not reported its space yet gets nothing:
-                // "unmeasured" is no promise of room.
-                let measured = s.usage.capacity_bytes > 0;
-                let room = s.usage.free_bytes > self.reserve_bytes
-                    && s.usage.free_bytes - self.reserve_bytes >= size;
-                *st == NodeState::Up && !exclude.contains(id) && measured && room
+                *st == NodeState::Up && !exclude.contains(id) && self.room(&s.usage, size)
             })
             .map(|(id, s, _)| {
                 let gib = (s.usage.free_bytes as f64 / (1u64 << 30) as f64).max(1.0 / 1024.0);

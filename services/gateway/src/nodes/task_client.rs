@@ -204,6 +204,10 @@ impl NodeClient for TaskClient {
         Ok(self.nodes.place_excluding(blob, want, size, have)?)
     }
 
+    fn has_room(&self, node: &str, size: u64) -> bool {
+        self.nodes.has_room(node, size)
+    }
+
     async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()> {
         self.nodes.copy_to(blob, node, new_id).await?;
         Ok(())
