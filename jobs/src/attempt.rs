@@ -178,15 +178,13 @@ pub(crate) async fn run_map(
             // removed after it (or by the orphan sweep).
             let away = input.size > 0 && !input.replicas.contains(&n);
             let copy = away.then(|| format!("in-{}", new_blob_id()));
-            let mut started = true;
+            // A copy that fails counts as an attempt: a task whose input
+            // cannot be copied does not go away and back for ever.
             let result = match input_on(&sv, &input, &n, copy.as_deref(), &mut leases).await {
                 Ok(input_blob) => {
                     attempt(&sv, &ctx, &task, &id, &n, input_blob, &input_key, &mut leases).await
                 }
-                Err(e) => {
-                    started = false;
-                    Err(e)
-                }
+                Err(e) => Err(e),
             };
             if let Some(copy) = &copy {
                 if let Err(e) = sv.nodes.delete(&n, copy).await {
@@ -222,9 +220,7 @@ pub(crate) async fn run_map(
                 }
                 Err(AttemptError::Retry(why)) => {
                     tracing::warn!(node = %n, error = %why, "task attempt failed; trying another holder");
-                    // A copy that could not be made, or a node now down,
-                    // never started the task.
-                    if !started || never_started(&sv, &n) {
+                    if never_started(&sv, &n) {
                         task.attempts -= 1;
                     }
                     if away && task.attempts < MAX_ATTEMPTS {

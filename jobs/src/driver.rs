@@ -146,19 +146,27 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
             job: &job,
             rec: &rec,
         };
-        let (mut waiting, held) = pass
+        let (mut waiting, placed) = pass
             .place(&mut backlog, false, &mut starting, &mut uncommitted)
             .await;
         // Delay scheduling: a job that starts nothing next to its input
         // while tasks wait for their holders' slots runs them elsewhere
-        // once its wait is over.
-        if !starting.is_empty() || !held {
-            job.locality.stop();
-        } else if job.locality.waited(sv.config.locality_wait) {
-            waiting = pass
-                .place(&mut backlog, true, &mut starting, &mut uncommitted)
-                .await
-                .0;
+        // once its wait is over. A full cluster leaves the clock as it is.
+        match placed {
+            _ if !starting.is_empty() => job.locality.stop(),
+            Placed::Held if job.locality.waited(sv.config.locality_wait) => {
+                waiting = pass
+                    .place(&mut backlog, true, &mut starting, &mut uncommitted)
+                    .await
+                    .0;
+                if starting.is_empty() {
+                    // No other node would do (full, or no room): another
+                    // wait before looking again.
+                    job.locality.restart();
+                }
+            }
+            Placed::Held | Placed::Blocked => {}
+            Placed::Free => job.locality.stop(),
         }
         // What starts is recorded first, so that a gateway that takes the
         // job over knows which tasks an attempt had started (and counts
@@ -272,6 +280,18 @@ fn tick(sv: &Supervisor, job: &ActiveJob) -> Duration {
     }
 }
 
+/// What a pass over the window found, besides the tasks it started.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Placed {
+    /// A task waits only for its holders' slots, while another node has
+    /// a free one.
+    Held,
+    /// Every up node's slots are taken (or the tenant is at its share).
+    Blocked,
+    /// Neither.
+    Free,
+}
+
 /// One pass of a driver's turn over the window of queued map tasks.
 struct Pass<'a> {
     sv: &'a Arc<Supervisor>,
@@ -283,25 +303,28 @@ impl Pass<'_> {
     /// Each task of the window is placed (into `starting`), failed (its
     /// outcome committed) or left waiting, counted by why; with `away`, a
     /// task whose holders are full may go to another node. Also says
-    /// whether a task was left waiting for a holder's slot alone.
+    /// what kept the rest waiting.
     async fn place(
         &self,
         backlog: &mut VecDeque<TaskRecord>,
         away: bool,
         starting: &mut Vec<(TaskRecord, MapRun)>,
         uncommitted: &mut Vec<Finished>,
-    ) -> (HashMap<Waiting, u64>, bool) {
+    ) -> (HashMap<Waiting, u64>, Placed) {
         let (sv, job, rec) = (self.sv, self.job, self.rec);
         let mut waiting: HashMap<Waiting, u64> = HashMap::new();
-        let mut held = false;
+        let mut placed = Placed::Free;
         let mut i = 0;
         let mut looked = 0;
         let window = backlog.len().min(LOOKAHEAD);
-        while i < backlog.len().min(LOOKAHEAD) && looked < LOOKAHEAD {
+        // Each task of the window is looked at once (one put back at the
+        // end for want of a live replica is not looked at again).
+        while i < backlog.len().min(LOOKAHEAD) && looked < window {
             if let Some(why) = blocked(sv, &rec.tenant) {
                 // The slots are taken: the rest of the window is not
                 // looked up.
                 *waiting.entry(why).or_default() += window.saturating_sub(looked) as u64;
+                placed = Placed::Blocked;
                 break;
             }
             looked += 1;
@@ -315,7 +338,9 @@ impl Pass<'_> {
                     }
                 }
                 Place::Wait(why) => {
-                    held |= why == Waiting::NodeBusy;
+                    if why == Waiting::NodeBusy {
+                        placed = Placed::Held;
+                    }
                     *waiting.entry(why).or_default() += 1;
                     i += 1;
                 }
@@ -339,7 +364,7 @@ impl Pass<'_> {
                 }
             }
         }
-        (waiting, held)
+        (waiting, placed)
     }
 }
 

@@ -51,10 +51,10 @@ pub trait NodeClient: Send + Sync {
         size: u64,
         have: &[String],
     ) -> NodeResult<Vec<String>>;
-    /// Copies a blob (read from any of its replicas) to `node` as `new_id`.
     /// Whether an up node has room for `size` more bytes (above the
     /// reserve every node keeps).
     fn has_room(&self, node: &str, size: u64) -> bool;
+    /// Copies a blob (read from any of its replicas) to `node` as `new_id`.
     async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()>;
     async fn delete(&self, node: &str, blob: &str) -> NodeResult<()>;
     /// Pulls or loads a task's image on the node ahead of the task;

@@ -68,6 +68,13 @@ impl LocalityClock {
         }
     }
 
+    /// Starts the wait again from now.
+    pub(crate) fn restart(&self) {
+        if let Ok(mut since) = self.0.lock() {
+            *since = Some(Instant::now());
+        }
+    }
+
     /// What is left of `wait`, while the clock runs.
     pub(crate) fn left(&self, wait: Duration) -> Option<Duration> {
         let since = (*self.0.lock().ok()?)?;

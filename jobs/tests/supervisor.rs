@@ -42,11 +42,17 @@ struct Calls {
     copies: Vec<(String, String, String)>,
     /// (node, blob) of each blob removed.
     deleted: Vec<(String, String)>,
+    /// Times a node was asked whether it has room.
+    room_asked: usize,
 }
 
 struct FakeNodes {
     nodes: Vec<String>,
     behaviour: HashMap<String, Behaviour>,
+    /// Whether a node has room for a copy.
+    room: bool,
+    /// Whether every copy to a node fails.
+    copies_fail: bool,
     calls: Mutex<Calls>,
     stream_ended: tokio::sync::Notify,
 }
@@ -56,6 +62,8 @@ impl FakeNodes {
         Self {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             behaviour: HashMap::new(),
+            room: true,
+            copies_fail: false,
             calls: Mutex::default(),
             stream_ended: tokio::sync::Notify::new(),
         }
@@ -105,14 +113,18 @@ impl NodeClient for FakeNodes {
     }
 
     fn has_room(&self, _: &str, _: u64) -> bool {
-        true
+        self.calls().room_asked += 1;
+        self.room
     }
 
     async fn copy_to(&self, blob: &BlobRef, node: &str, new_id: &str) -> NodeResult<()> {
         self.calls()
             .copies
             .push((blob.id.clone(), node.into(), new_id.into()));
-        Ok(())
+        match self.copies_fail {
+            true => Err(NodeCallError::Failed("the copy broke off".into())),
+            false => Ok(()),
+        }
     }
 
     async fn delete(&self, node: &str, blob: &str) -> NodeResult<()> {
@@ -567,6 +579,58 @@ async fn past_its_wait_a_job_runs_a_map_task_on_a_node_without_its_input() {
                 assert!(s.nodes.calls().copies.is_empty());
             }
         }
+        s.sv.cancel("alice", &job.id).await.unwrap();
+    }
+}
+
+/// Delay scheduling's limits: a node without room for the copy takes no
+/// task away from its input (and the driver does not spin: it looks
+/// again after each wait), and a task whose input cannot be copied fails
+/// after its attempts rather than going back and forth for ever.
+#[tokio::test]
+async fn a_task_goes_away_only_where_its_input_can_be_copied_and_not_for_ever() {
+    for (room, copies_fail) in [(false, false), (true, true)] {
+        let mut nodes = FakeNodes::new(&["n1", "n2"]).with("n1", Behaviour::Hang);
+        nodes.room = room;
+        nodes.copies_fail = copies_fail;
+        let s = setup_waiting(nodes, Duration::from_millis(50)).await;
+        let inputs: Vec<String> = (0..5).map(|i| format!("src/in{i}")).collect();
+        for i in 0..5 {
+            let (key, blob) = (format!("in{i}"), format!("blob-{i}"));
+            put(s.catalog.as_ref(), "src", &key, &blob, &["n1"]).await;
+        }
+        let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let job = s.sv.create("alice", spec(MAP, &names)).await.unwrap();
+        if room {
+            // Three copies, each an attempt, then the task fails.
+            let mut errors = Vec::new();
+            for _ in 0..100 {
+                errors = list(&s.sv, &job.id, JobList::Errors).await;
+                if !errors.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0]["code"], "InternalError", "{errors:?}");
+            let copies = s.nodes.calls().copies.len();
+            assert_eq!(copies, 3, "one copy per attempt");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(s.nodes.calls().copies.len(), 3, "and no more");
+        } else {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let calls = s.nodes.calls();
+            assert!(calls.copies.is_empty(), "{:?}", calls.copies);
+            assert!(calls.maps.iter().all(|m| m.0 == "n1"), "{:?}", calls.maps);
+            // Asked about once per wait (50 ms), not on every turn of a
+            // spinning driver.
+            assert!(
+                (5..=40).contains(&calls.room_asked),
+                "n2 asked {} times in 1 s",
+                calls.room_asked
+            );
+        }
+        assert!(s.nodes.calls().maps.iter().all(|m| m.0 != "n2"));
         s.sv.cancel("alice", &job.id).await.unwrap();
     }
 }
