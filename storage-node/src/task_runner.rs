@@ -20,7 +20,9 @@ use bollard::container::{
     AttachContainerOptions, AttachContainerResults, Config, CreateContainerOptions,
     InspectContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
 };
-use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
+use bollard::models::{
+    HostConfig, HostConfigLogConfig, ImageInspect, Mount, MountTypeEnum, ResourcesUlimits,
+};
 use bollard::Docker;
 use futures::StreamExt;
 use std::pin::Pin;
@@ -405,16 +407,21 @@ impl TaskRunner {
         })
     }
 
-    /// Makes sure an image is present: local, or pulled from its registry.
     /// Makes `image` present (pulled if missing); returns its content
     /// id (`sha256:...`).
     pub async fn ensure_image(&self, image: &str) -> Result<String, TaskError> {
+        Ok(self.present_image(image).await?.id.unwrap_or_default())
+    }
+
+    /// Makes `image` present: local, or pulled from its registry; returns
+    /// what the engine says of it.
+    async fn present_image(&self, image: &str) -> Result<ImageInspect, TaskError> {
         // Only a tag or digest of that name counts: the engine also takes
         // a name as the start of an image id, which would find an image
         // another tenant loaded from a private object.
         if let Ok(i) = self.docker.inspect_image(image).await {
             if names_image(&i, image) {
-                return Ok(i.id.unwrap_or_default());
+                return Ok(i);
             }
         }
         let opts = bollard::image::CreateImageOptions {
@@ -429,7 +436,7 @@ impl TaskRunner {
             }
         }
         match self.docker.inspect_image(image).await {
-            Ok(i) if names_image(&i, image) => Ok(i.id.unwrap_or_default()),
+            Ok(i) if names_image(&i, image) => Ok(i),
             _ => Err(TaskError::ImageNotFound(image.to_string())),
         }
     }
@@ -440,16 +447,12 @@ impl TaskRunner {
     /// replaced by a mount of the node's ([`volume_mounts`]). One at or
     /// inside the task's own mounts (or at the root) is refused: the
     /// engine would make its mount point in the node's directories.
-    async fn image_volumes(&self, image: &str) -> Result<Vec<String>, TaskError> {
-        let inspect = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|_| TaskError::ImageNotFound(image.to_string()))?;
+    fn image_volumes(image: &str, inspect: &ImageInspect) -> Result<Vec<String>, TaskError> {
         let mut volumes: Vec<String> = inspect
             .config
-            .and_then(|c| c.volumes)
-            .map(|v| v.into_keys().collect())
+            .as_ref()
+            .and_then(|c| c.volumes.as_ref())
+            .map(|v| v.keys().cloned().collect())
             .unwrap_or_default();
         volumes.sort();
         for v in &volumes {
@@ -638,10 +641,11 @@ impl TaskRunner {
                 "group start"
             )
         };
-        let image_id = self.ensure_image(&spec.image).await?;
+        // One look at the image for its id and its volumes.
+        let image = self.present_image(&spec.image).await?;
+        let image_id = image.id.clone().unwrap_or_default();
+        let volumes = Self::image_volumes(&spec.image, &image)?;
         step("image");
-        let volumes = self.image_volumes(&spec.image).await?;
-        step("volumes");
         let group_id = spec.group_id();
         // Each container gets its own directory (and name): a group whose
         // container was destroyed can start again while the old one goes.
