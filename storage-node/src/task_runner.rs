@@ -8,7 +8,8 @@
 //! the object is deleted meanwhile. Each task writes stdout and stderr to
 //! files in its own directory under the group's writable `out/` mount
 //! (measured: ~4x faster than streaming stdout through attach). Docker
-//! cannot kill a single exec, so a timeout or kill destroys the container.
+//! cannot kill one process of a container cleanly, so a timeout or kill
+//! destroys the container.
 //!
 //! This module owns containers; nothing else talks to Docker.
 
