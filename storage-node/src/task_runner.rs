@@ -190,6 +190,10 @@ pub struct Group {
     /// launcher): anything else left when no task runs is a stray a task
     /// left behind (`setsid sleep 1000 &`), and is killed.
     strays: Option<(PathBuf, Vec<i32>)>,
+    /// Under runc, a pidfd of the container's init: signalling it kills
+    /// every process of the container at once (they share its pid
+    /// namespace), with no engine call and no pid reuse to fear.
+    init: Option<Arc<std::os::fd::OwnedFd>>,
     /// Held shared by running tasks; the stray sweep takes it alone.
     activity: Arc<tokio::sync::RwLock<()>>,
     /// Tasks running in the container now.
@@ -785,6 +789,10 @@ impl TaskRunner {
             tracing::warn!(container = %created.id, "cannot find the container's OOM counter; relying on the engine's OOMKilled flag");
         }
         tracing::info!(node = %self.node_id, group = %group_id, container = %created.id, "task container started");
+        let init = match spec.runtime.as_deref() {
+            None | Some("runc") => init_pid.and_then(|p| init_pidfd(p, &created.id)),
+            _ => None,
+        };
         Ok(Group {
             container_id: created.id,
             group_id,
@@ -794,6 +802,7 @@ impl TaskRunner {
             oom_file,
             pids_file,
             strays,
+            init,
             activity: Default::default(),
             running: Default::default(),
             guest_nproc,
@@ -1243,22 +1252,36 @@ impl TaskRunner {
     }
 
     /// Ends a group whose job is over: every process in its container is
-    /// killed before this returns (the engine waits for a killed
-    /// container to stop); the container and the group's directories are
+    /// killed before this returns (under runc its init, through a pidfd,
+    /// waited for; else the engine, which waits for the container to
+    /// stop); the container and the group's directories are
     /// removed in the background, which takes tens of milliseconds that
     /// nobody needs to wait for. A crash before the removal leaves them
     /// to [`TaskRunner::reap`].
     pub async fn retire_group(&self, group: Group) {
         let t0 = std::time::Instant::now();
-        let opts = KillContainerOptions { signal: "SIGKILL" };
-        if let Err(e) = self
-            .docker
-            .kill_container(&group.container_id, Some(opts))
-            .await
-        {
-            // Stopped already (a timeout or a kill), or the engine is
-            // away: the removal below tries again.
-            tracing::info!(container = %group.container_id, error = %e, "kill container");
+        // Under runc its init is signalled directly, and waited for: it
+        // exits only once the kernel has ended the rest of its pid
+        // namespace. (The engine answers only once the container has
+        // stopped, 45–55 ms later.)
+        let killed = match &group.init {
+            Some(fd) => {
+                rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL).is_ok()
+                    && exited(fd).await
+            }
+            None => false,
+        };
+        if !killed {
+            let opts = KillContainerOptions { signal: "SIGKILL" };
+            if let Err(e) = self
+                .docker
+                .kill_container(&group.container_id, Some(opts))
+                .await
+            {
+                // Stopped already (a timeout or a kill), or the engine is
+                // away: the removal below tries again.
+                tracing::info!(container = %group.container_id, error = %e, "kill container");
+            }
         }
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "group killed");
         let docker = self.docker.clone();
@@ -1832,6 +1855,33 @@ async fn link_assets(dir: &Path, assets: &[(String, PathBuf)]) -> Result<(), Tas
         tokio::fs::hard_link(blob, &target).await?;
     }
     Ok(())
+}
+
+/// Whether the process of a pidfd has exited (the descriptor turns
+/// readable), within a few seconds.
+async fn exited(fd: &Arc<std::os::fd::OwnedFd>) -> bool {
+    let fd = fd.clone();
+    tokio::task::spawn_blocking(move || {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&*fd, PollFlags::IN)];
+        let wait = Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&wait)), Ok(n) if n > 0)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A pidfd of process `pid`, the init of `container`, checked after it is
+/// opened to still be that container's (its cgroup names the container):
+/// from then on it names that process whatever happens to the pid.
+fn init_pidfd(pid: i64, container: &str) -> Option<Arc<std::os::fd::OwnedFd>> {
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroup.contains(container).then(|| Arc::new(fd))
 }
 
 async fn remove_container(docker: &Docker, container: &str) {

@@ -344,3 +344,44 @@ async fn a_task_flooding_the_launchers_stdout_fails_its_container() {
     assert_eq!(std::fs::read_to_string(&out.stdout).unwrap(), "hi\n");
     r.end_group(&g).await;
 }
+
+/// A job's end kills what runs in its container before it answers: a
+/// task still running when its group is retired is gone when the call
+/// returns (the container's removal goes on in the background), and the
+/// task ends with an error rather than waiting out its timeout.
+#[tokio::test]
+async fn retiring_a_group_kills_its_running_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = std::sync::Arc::new(runner(dir.path(), &unique("node")).await);
+    let g = r.start_group(&group(&unique("job"), None)).await.unwrap();
+    let marker = format!("{}", 4000 + std::process::id() % 1000);
+    let running = {
+        let (r, g) = (r.clone(), g.clone());
+        let exec = format!("sleep {marker}");
+        tokio::spawn(async move { r.run_task(&g, &task("long", &exec, None)).await })
+    };
+    let alive = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("^sleep {marker}$")])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)
+    };
+    for _ in 0..100 {
+        if alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alive(), "the task started");
+    r.retire_group(g).await;
+    assert!(
+        !alive(),
+        "the task's process outlived its group's retirement"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the task ended")
+        .unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+}
