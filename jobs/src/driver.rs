@@ -139,7 +139,7 @@ pub(crate) async fn drive_job(sv: Arc<Supervisor>, job: Arc<ActiveJob>) {
             refill(&sv, &rec.id, &mut cursor, &mut backlog).await;
         }
         // Map tasks: each to the least-loaded holder of its input that has
-        // a free slot.
+        // a free slot, or, past the job's locality wait, to another node.
         let mut starting: Vec<(TaskRecord, MapRun)> = Vec::new();
         let pass = Pass {
             sv: &sv,

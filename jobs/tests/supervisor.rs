@@ -516,6 +516,17 @@ async fn an_input_the_tenant_may_not_read_fails_with_access_denied_and_never_run
     );
 }
 
+/// A map job of five inputs, each with its one replica on n1.
+async fn five_inputs_on_n1(s: &Setup) -> JobRecord {
+    let inputs: Vec<String> = (0..5).map(|i| format!("src/in{i}")).collect();
+    for i in 0..5 {
+        let (key, blob) = (format!("in{i}"), format!("blob-{i}"));
+        put(s.catalog.as_ref(), "src", &key, &blob, &["n1"]).await;
+    }
+    let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    s.sv.create("alice", spec(MAP, &names)).await.unwrap()
+}
+
 /// Delay scheduling: five inputs all on n1, whose four slots stay taken
 /// (its tasks never end). With a wait of 100 ms, the fifth task runs on
 /// n2 on a copy of its input, made for it and removed after it; with no
@@ -525,13 +536,7 @@ async fn past_its_wait_a_job_runs_a_map_task_on_a_node_without_its_input() {
     for wait in [Some(Duration::from_millis(100)), None] {
         let nodes = FakeNodes::new(&["n1", "n2"]).with("n1", Behaviour::Hang);
         let s = setup_waiting(nodes, wait.unwrap_or(Duration::MAX)).await;
-        let inputs: Vec<String> = (0..5).map(|i| format!("src/in{i}")).collect();
-        for i in 0..5 {
-            let (key, blob) = (format!("in{i}"), format!("blob-{i}"));
-            put(s.catalog.as_ref(), "src", &key, &blob, &["n1"]).await;
-        }
-        let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let job = s.sv.create("alice", spec(MAP, &names)).await.unwrap();
+        let job = five_inputs_on_n1(&s).await;
         let on_n2 = || {
             let calls = s.nodes.calls();
             calls
@@ -594,13 +599,7 @@ async fn a_task_goes_away_only_where_its_input_can_be_copied_and_not_for_ever() 
         nodes.room = room;
         nodes.copies_fail = copies_fail;
         let s = setup_waiting(nodes, Duration::from_millis(50)).await;
-        let inputs: Vec<String> = (0..5).map(|i| format!("src/in{i}")).collect();
-        for i in 0..5 {
-            let (key, blob) = (format!("in{i}"), format!("blob-{i}"));
-            put(s.catalog.as_ref(), "src", &key, &blob, &["n1"]).await;
-        }
-        let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let job = s.sv.create("alice", spec(MAP, &names)).await.unwrap();
+        let job = five_inputs_on_n1(&s).await;
         if room {
             // Three copies, each an attempt, then the task fails.
             let mut errors = Vec::new();

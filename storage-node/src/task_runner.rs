@@ -882,37 +882,35 @@ impl TaskRunner {
     /// a started container: the engine's wait ends at once for one not yet
     /// running.
     fn watch_stop(&self, container: &str, launcher: &Launcher) {
-        {
-            let (docker, id, waiters) = (
-                self.docker.clone(),
-                container.to_string(),
-                launcher.waiters.clone(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let _ = docker.wait_container::<String>(&id, None).next().await;
-                    let stopped = match docker
-                        .inspect_container(&id, None::<InspectContainerOptions>)
-                        .await
-                    {
-                        Ok(c) => c.state.and_then(|s| s.running) == Some(false),
-                        Err(bollard::errors::Error::DockerResponseServerError {
-                            status_code: 404,
-                            ..
-                        }) => true,
-                        // The engine is busy or restarting: look again.
-                        Err(_) => false,
-                    };
-                    if stopped {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        let (docker, id, waiters) = (
+            self.docker.clone(),
+            container.to_string(),
+            launcher.waiters.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let _ = docker.wait_container::<String>(&id, None).next().await;
+                let stopped = match docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+                {
+                    Ok(c) => c.state.and_then(|s| s.running) == Some(false),
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => true,
+                    // The engine is busy or restarting: look again.
+                    Err(_) => false,
+                };
+                if stopped {
+                    break;
                 }
-                if let Ok(mut w) = waiters.lock() {
-                    w.take();
-                }
-            });
-        }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Ok(mut w) = waiters.lock() {
+                w.take();
+            }
+        });
     }
 
     /// Kills what tasks left running in a group's container once none
